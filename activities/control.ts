@@ -1,0 +1,98 @@
+// Control-worker activities: the bridge between resource workflows and the entity workflows
+// (a subnet's IPAM, a gateway) they depend on. Updates are sent from activities because a
+// workflow cannot send one itself; errors come back as non-retryable failures named by reason.
+import { ApplicationFailure, WorkflowNotFoundError } from '@temporalio/common';
+import { Context } from '@temporalio/activity';
+import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import { Reason } from '../domain/errors.js';
+import type { EipAddress, GatewayReadiness } from '../domain/gateway.js';
+import type { Allocation } from '../domain/ipam.js';
+import { workflowIds } from '../domain/names.js';
+import { bindEipUpdate, gatewayStateQuery, unbindEipUpdate } from '../workflows/gateway.js';
+import { allocateUpdate, releaseUpdate } from '../workflows/ipam.js';
+import { gatewayChangedSignal } from '../workflows/signals.js';
+
+export type ControlActivities = ReturnType<typeof createControlActivities>;
+
+/** Re-raises an update's own failure (its type is the domain reason) as non-retryable. */
+async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) return notFound();
+    if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
+      throw ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? Reason.InvalidSpec);
+    }
+    throw err;
+  }
+}
+
+function fail(reason: Reason, message: string): never {
+  throw ApplicationFailure.nonRetryable(message, reason);
+}
+
+export function createControlActivities(client: Client) {
+  const running = async (workflowId: string) => {
+    try {
+      return (await client.workflow.getHandle(workflowId).describe()).status.name === 'RUNNING';
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) return false;
+      throw err;
+    }
+  };
+
+  return {
+    async allocateAddress(req: { subnet: string; owner: string; requested?: string }): Promise<Allocation> {
+      return viaUpdate(
+        () => client.workflow.getHandle(workflowIds.ipam(req.subnet)).executeUpdate(allocateUpdate, { args: [{ owner: req.owner, requested: req.requested }] }),
+        () => fail(Reason.SubnetNotFound, `external subnet ${req.subnet} does not exist`),
+      );
+    },
+
+    async releaseAddress(req: { subnet: string; owner: string }): Promise<string | null> {
+      // A subnet that is gone holds nothing.
+      return viaUpdate(
+        () => client.workflow.getHandle(workflowIds.ipam(req.subnet)).executeUpdate(releaseUpdate, { args: [{ owner: req.owner }] }),
+        () => null,
+      );
+    },
+
+    async gatewayReadiness(gateway: string): Promise<GatewayReadiness> {
+      const id = workflowIds.gateway(gateway);
+      if (!(await running(id))) return { exists: false, ready: false, reason: `NAT gateway ${gateway} does not exist` };
+      const state = await client.workflow.getHandle(id).query(gatewayStateQuery);
+      return { exists: true, ready: state.ready && !state.deleting, reason: state.reason };
+    },
+
+    async bindAddress(req: { gateway: string; owner: string } & EipAddress): Promise<void> {
+      await viaUpdate(
+        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(bindEipUpdate, { args: [{ owner: req.owner, address: req.address, prefixLength: req.prefixLength }] }),
+        () => fail(Reason.GatewayNotFound, `NAT gateway ${req.gateway} does not exist`),
+      );
+    },
+
+    async unbindAddress(req: { gateway: string; owner: string }): Promise<{ applied: boolean }> {
+      // A gateway that is gone has already taken its addresses off.
+      return viaUpdate(
+        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(unbindEipUpdate, { args: [{ owner: req.owner }] }),
+        () => ({ applied: true }),
+      );
+    },
+
+    /** Wakes every resource workflow waiting for this gateway (they also re-check on a timer). */
+    async notifyGatewayWaiters(gateway: string): Promise<number> {
+      const query = `NatflowGateway = ${JSON.stringify(gateway)} AND NatflowPhase = "WaitingForGateway" AND ExecutionStatus = "Running"`;
+      let woken = 0;
+      for await (const execution of client.workflow.list({ query })) {
+        if (execution.workflowId === workflowIds.gateway(gateway)) continue;
+        await client.workflow.getHandle(execution.workflowId).signal(gatewayChangedSignal).catch((err) => {
+          if (!(err instanceof WorkflowNotFoundError)) throw err;
+        });
+        woken++;
+        Context.current().heartbeat(woken);
+      }
+      return woken;
+    },
+  };
+}
+

@@ -1,0 +1,61 @@
+// IptablesEIP (kubeovn.io/v1): the spec fields natflow acts on, and their validation.
+import { NatflowError, Reason } from './errors.js';
+import { parseIPv4 } from './ip.js';
+import { validateName, type ResourceRef } from './names.js';
+import { DEFAULT_EXTERNAL_SUBNET } from './subnet.js';
+import type { Condition } from './status.js';
+
+export interface EipSpec {
+  /** The NAT gateway (VpcNatGateway name); required and immutable. */
+  natGwDp: string;
+  /** Empty means the default external subnet, as in Kube-OVN. */
+  externalSubnet?: string;
+  /** A requested address; empty means any free one. */
+  v4ip?: string;
+  v6ip?: string;
+  macAddress?: string;
+  qosPolicy?: string;
+}
+
+export interface EipInput {
+  resource: ResourceRef;
+  spec: EipSpec;
+}
+
+export type EipPhase = 'Pending' | 'Invalid' | 'WaitingForGateway' | 'Allocating' | 'Binding' | 'Ready' | 'Failed' | 'Deleting' | 'Deleted';
+
+/** IptablesEIP status (Kube-OVN's fields) plus the phase natflow shows in the Web UI. */
+export interface EipStatus {
+  phase: EipPhase;
+  ready: boolean;
+  ip: string;
+  natGwDp: string;
+  /** Kube-OVN: which NAT kinds use this EIP ("fip", "dnat", "snat"), comma-separated. */
+  nat: string;
+  conditions: Condition[];
+  observedGeneration: number;
+}
+
+/** The spec with defaults applied, or a NatflowError naming the bad field. */
+export function normalizeEipSpec(name: string, spec: EipSpec): Required<Pick<EipSpec, 'natGwDp' | 'externalSubnet'>> & EipSpec {
+  validateName(name, 'EIP name');
+  if (!spec || typeof spec !== 'object') throw new NatflowError(Reason.InvalidSpec, 'spec is missing');
+  if (!spec.natGwDp) throw new NatflowError(Reason.InvalidSpec, 'spec.natGwDp is required');
+  validateName(spec.natGwDp, 'spec.natGwDp');
+  const externalSubnet = spec.externalSubnet || DEFAULT_EXTERNAL_SUBNET;
+  validateName(externalSubnet, 'spec.externalSubnet');
+  if (spec.v6ip) throw new NatflowError(Reason.InvalidSpec, 'spec.v6ip: IPv6 EIPs are not supported by natflow yet');
+  if (spec.v4ip) {
+    try {
+      parseIPv4(spec.v4ip, 'spec.v4ip');
+    } catch (err) {
+      throw new NatflowError(Reason.InvalidSpec, (err as Error).message);
+    }
+  }
+  return { ...spec, natGwDp: spec.natGwDp, externalSubnet };
+}
+
+/** Changes that need the address to be released and taken again. */
+export function eipAddressChanged(before: EipSpec, after: EipSpec): boolean {
+  return (before.v4ip ?? '') !== (after.v4ip ?? '') || (before.externalSubnet || DEFAULT_EXTERNAL_SUBNET) !== (after.externalSubnet || DEFAULT_EXTERNAL_SUBNET);
+}

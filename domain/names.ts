@@ -1,0 +1,36 @@
+// Names, IDs and task queues derived from resources. Everything that two processes must agree
+// on (the bridge and the workers, the CLI and the agent) is computed here, once.
+import { NatflowError, Reason } from './errors.js';
+
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+
+/** Kubernetes object names (DNS-1123 subdomain, ≤ 253). They also end up in workflow IDs and commands. */
+export function validateName(name: unknown, what: string): string {
+  if (typeof name !== 'string' || name.length === 0 || name.length > 253 || !DNS1123_SUBDOMAIN.test(name)) {
+    throw new NatflowError(
+      Reason.InvalidSpec,
+      `${what} ${JSON.stringify(name)} is not a valid name (lower-case letters, digits, '-' and '.', at most 253)`,
+    );
+  }
+  return name;
+}
+
+export type ResourceKind = 'eip' | 'fip' | 'dnat' | 'snat';
+
+/** A resource as the workflows know it: the Kubernetes identity of the object. */
+export interface ResourceRef {
+  name: string;
+  uid: string;
+  generation: number;
+}
+
+export const CONTROL_TASK_QUEUE = 'natflow-control';
+
+export const workflowIds = {
+  resource: (kind: ResourceKind, ref: Pick<ResourceRef, 'name' | 'uid'>) => `natflow/${kind}/${ref.name}/${ref.uid}`,
+  ipam: (subnet: string) => `natflow/ipam/${subnet}`,
+  gateway: (gateway: string) => `natflow/gateway/${gateway}`,
+};
+
+/** Each gateway agent polls its own queue, so an activity sent there runs in that gateway. */
+export const gatewayTaskQueue = (gateway: string) => `natflow-gateway-${gateway}`;

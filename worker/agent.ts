@@ -1,0 +1,105 @@
+// The gateway agent: one per NAT gateway, polling that gateway's own task queue, so every
+// activity sent there runs against that gateway's network stack. In production it runs inside
+// the NAT gateway pod; in the local lab it runs on the host and enters the gateway's network
+// namespace for each command (`--netns`), because a process inside the lab namespace could not
+// reach the Temporal server on the host's loopback.
+import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { createAddressActivities } from '../activities/gateway-addresses.js';
+import { runCommand } from '../activities/exec.js';
+import type { AgentInfo, GatewayAgentActivities } from '../domain/gateway.js';
+import { gatewayTaskQueue, validateName, workflowIds } from '../domain/names.js';
+import { agentStartedSignal } from '../workflows/gateway.js';
+import { temporalTarget, type TemporalTarget } from './connection.js';
+
+export interface AgentConfig {
+  gateway: string;
+  /** Network namespace to enter for every command; unset when already inside the gateway. */
+  netns?: string;
+  externalInterface: string;
+}
+
+/** Checks the gateway's interfaces and sets the kernel switches NAT needs; safe to repeat. */
+export async function initGateway(cfg: AgentConfig): Promise<void> {
+  await runCommand('ip', ['link', 'show', 'dev', cfg.externalInterface], { netns: cfg.netns });
+  for (const setting of ['net.ipv4.ip_forward=1', `net.ipv4.conf.${cfg.externalInterface}.promote_secondaries=1`]) {
+    await runCommand('sysctl', ['-q', '-w', setting], { netns: cfg.netns });
+  }
+}
+
+export function createAgentActivities(cfg: AgentConfig, info: AgentInfo): GatewayAgentActivities {
+  const addresses = createAddressActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface });
+  return {
+    agentInfo: async () => info,
+    reconcileEipAddresses: addresses.reconcileEipAddresses,
+  };
+}
+
+export interface RunningAgent {
+  info: AgentInfo;
+  worker: Worker;
+  /** Resolves when the worker has stopped. */
+  done: Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Initialises the gateway, starts polling, then tells the gateway workflow a new agent is up. */
+export async function startGatewayAgent(cfg: AgentConfig, connection: NativeConnection, client: Client, namespace = 'default'): Promise<RunningAgent> {
+  validateName(cfg.gateway, 'gateway name');
+  await initGateway(cfg);
+  const info: AgentInfo = { gateway: cfg.gateway, instanceId: randomUUID(), startedAt: new Date().toISOString(), externalInterface: cfg.externalInterface };
+  const worker = await Worker.create({
+    connection,
+    namespace,
+    taskQueue: gatewayTaskQueue(cfg.gateway),
+    activities: createAgentActivities(cfg, info),
+  });
+  const done = worker.run();
+  // Best effort: the gateway workflow also probes on its own, and may not exist yet.
+  await client.workflow
+    .getHandle(workflowIds.gateway(cfg.gateway))
+    .signal(agentStartedSignal, info)
+    .catch((err) => {
+      if (!(err instanceof WorkflowNotFoundError)) throw err;
+    });
+  return {
+    info,
+    worker,
+    done,
+    stop: async () => {
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+      await done;
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      gateway: { type: 'string' },
+      netns: { type: 'string' },
+      'external-interface': { type: 'string', default: 'net1' },
+      address: { type: 'string' },
+      namespace: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help || !values.gateway) {
+    console.log('usage: agent --gateway NAME [--netns NS] [--external-interface net1] [--address host:port] [--namespace default]');
+    process.exit(values.help ? 0 : 2);
+  }
+  const target: TemporalTarget = temporalTarget({ address: values.address, namespace: values.namespace });
+  const connection = await NativeConnection.connect({ address: target.address });
+  const client = new Client({ connection: await Connection.connect({ address: target.address }), namespace: target.namespace });
+  const agent = await startGatewayAgent({ gateway: values.gateway, netns: values.netns, externalInterface: values['external-interface']! }, connection, client, target.namespace);
+  console.log(JSON.stringify({ msg: 'gateway agent started', ...agent.info, taskQueue: gatewayTaskQueue(values.gateway) }));
+  await agent.done;
+  await connection.close();
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  await main();
+}

@@ -1,0 +1,4 @@
+// Every workflow type the control worker runs (the bundle's entry point).
+export { eipWorkflow } from './eip.js';
+export { gatewayWorkflow } from './gateway.js';
+export { ipamWorkflow } from './ipam.js';

@@ -8,6 +8,8 @@
 // Interface names live inside the namespaces, so they are the same for every gateway and match
 // Kube-OVN's gateway pod (net1 external, eth0 VPC side).
 
+import type { SubnetSpec } from './subnet.js';
+
 export interface LabTopology {
   gateway: string;
   gatewayNs: string;
@@ -44,4 +46,13 @@ export function labTopology(gateway: string): LabTopology {
     lanIp: '10.0.1.254',
     vmIps,
   };
+}
+
+/**
+ * The external subnet of the lab: every lab gateway has its own isolated copy of the same
+ * addressing, so one subnet spec serves them all. The gateway's own address is excluded.
+ */
+export function labExternalSubnet(name: string): SubnetSpec {
+  const t = labTopology('lab');
+  return { name, cidrBlock: t.externalCidr, gateway: t.externalGatewayIp, excludeIps: [t.gatewayExternalIp] };
 }

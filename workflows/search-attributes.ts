@@ -1,6 +1,6 @@
 // What natflow's workflows put in their search attributes, so operators can filter the Web UI
 // (e.g. `NatflowGateway = "gw1" AND NatflowPhase = "WaitingForGateway"`).
-import type { SearchAttributeUpdatePair } from '@temporalio/common';
+import type { SearchAttributePair } from '@temporalio/common';
 import { NatflowGateway, NatflowKind, NatflowName, NatflowPhase, NatflowSubnet } from '../temporal-dev/search-attributes.js';
 
 export interface NatflowAttributes {
@@ -11,8 +11,8 @@ export interface NatflowAttributes {
   phase?: string;
 }
 
-export function searchAttributes(attrs: NatflowAttributes): SearchAttributeUpdatePair[] {
-  const pairs: SearchAttributeUpdatePair[] = [];
+export function searchAttributes(attrs: NatflowAttributes): SearchAttributePair[] {
+  const pairs: SearchAttributePair[] = [];
   if (attrs.kind !== undefined) pairs.push({ key: NatflowKind, value: attrs.kind });
   if (attrs.name !== undefined) pairs.push({ key: NatflowName, value: attrs.name });
   if (attrs.gateway !== undefined) pairs.push({ key: NatflowGateway, value: attrs.gateway });

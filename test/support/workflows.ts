@@ -15,16 +15,24 @@ export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
 export const uniqueQueue = (prefix: string) => `${prefix}-${randomUUID().slice(0, 8)}`;
 export const uid = () => randomUUID();
 
-/** Polls `probe` until `accept` holds (the probe's last value is returned), failing after `timeoutMs`. */
+/**
+ * Polls `probe` until `accept` holds and returns that value, failing after `timeoutMs` with the
+ * last value or error seen (a probe may throw while, e.g., visibility has not caught up yet).
+ */
 export async function eventually<T>(probe: () => Promise<T>, accept: (value: T) => boolean, timeoutMs = 30_000, what = 'condition'): Promise<T> {
   const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
+  let last: unknown;
   while (Date.now() < deadline) {
-    last = await probe();
-    if (accept(last)) return last;
+    try {
+      const value = await probe();
+      if (accept(value)) return value;
+      last = value;
+    } catch (err) {
+      last = err instanceof Error ? `error: ${err.message}` : err;
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`timed out waiting for ${what}; last value: ${JSON.stringify(last)}`);
+  throw new Error(`timed out waiting for ${what}; last seen: ${JSON.stringify(last)}`);
 }
 
 /** Cancels a workflow (a delete) and waits until it has finished its cleanup. */

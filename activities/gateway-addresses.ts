@@ -1,0 +1,203 @@
+// The gateway agent's EIP addresses: the EIPs live as extra addresses on the gateway's external
+// interface. natflow marks each address it owns with the interface label `<if>:eip`, so that it
+// can always tell its own addresses from the gateway's (which it must never touch) and clean up
+// after any partial apply by reading the interface, with no state of its own.
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import ipaddr from 'ipaddr.js';
+import { runCommand } from './exec.js';
+
+import type { EipAddress } from '../domain/gateway.js';
+
+export interface AddressActivitiesConfig {
+  /** Network namespace of the gateway (the local lab); unset when the agent runs inside it (a pod). */
+  netns?: string;
+  /** The gateway's external interface, `net1` in Kube-OVN's gateway pod. */
+  externalInterface: string;
+  /** Where best-effort problems (a failed ARP announcement) are reported; the activity log by default. */
+  warn?: (message: string) => void;
+}
+
+export interface AddressActivities {
+  /**
+   * Makes the labelled addresses on the external interface exactly `desired`: adds the missing
+   * ones (and announces them with a gratuitous ARP), removes the labelled ones not desired, and
+   * never touches an unlabelled address. Idempotent. Results are `address/prefix` strings.
+   */
+  reconcileEipAddresses(desired: EipAddress[]): Promise<{ added: string[]; removed: string[] }>;
+  /** The EIP addresses (labelled ones) currently on the interface, as `address/prefix`. */
+  listEipAddresses(): Promise<string[]>;
+}
+
+interface InterfaceAddress {
+  local: string;
+  prefixlen: number;
+  label?: string;
+}
+
+// Address labels share the kernel's interface name limit (IFNAMSIZ - 1) and must start with
+// the interface name, so `<if>:eip` needs an interface name of at most 11 characters.
+const MAX_LABEL_LENGTH = 15;
+
+export function createAddressActivities(cfg: AddressActivitiesConfig): AddressActivities {
+  const dev = cfg.externalInterface;
+  const label = `${dev}:eip`;
+  if (!/^[A-Za-z0-9_.-]+$/.test(dev) || label.length > MAX_LABEL_LENGTH) {
+    throw new Error(
+      `invalid external interface ${JSON.stringify(dev)}: needs a plain interface name of at most ` +
+        `${MAX_LABEL_LENGTH - ':eip'.length} characters, so that the address label ${JSON.stringify(label)} fits in ${MAX_LABEL_LENGTH}`,
+    );
+  }
+  const run = (cmd: string, args: string[], allowExitCodes?: number[]) =>
+    runCommand(cmd, args, { netns: cfg.netns, allowExitCodes });
+  const warn = cfg.warn ?? activityWarn;
+  let arping: Promise<ArpingFlavor> | undefined;
+
+  async function readAddresses(): Promise<InterfaceAddress[]> {
+    const { stdout } = await run('ip', ['-j', '-4', 'addr', 'show', 'dev', dev]);
+    const links = JSON.parse(stdout) as { addr_info?: (InterfaceAddress & { family?: string })[] }[];
+    return links.flatMap((l) => l.addr_info ?? []).filter((a) => a.family === undefined || a.family === 'inet');
+  }
+
+  const ours = (addrs: InterfaceAddress[]) => addrs.filter((a) => a.label === label);
+
+  async function announce(address: string): Promise<void> {
+    arping ??= detectArping();
+    const flavor = await arping;
+    if (flavor.kind === 'unavailable') {
+      warn(`EIP ${address} added on ${dev} but not announced: arping is unavailable (${flavor.reason})`);
+      return;
+    }
+    try {
+      if (flavor.kind === 'habets') {
+        // Habets' arping sends the interface's primary address as sender unless told with -S,
+        // which would not update anyone's entry for the EIP. It exits 1 when nothing answers,
+        // which is always the case for an announcement; -w keeps it from waiting a second.
+        await run('arping', ['-q', '-U', '-c', '1', '-w', '0.2', '-i', dev, '-S', address, address], [1]);
+      } else {
+        // iputils/busybox: -U already uses the target as the sender address.
+        await run('arping', ['-q', '-U', '-c', '1', '-I', dev, address]);
+      }
+    } catch (err) {
+      warn(`EIP ${address} added on ${dev} but the ARP announcement failed: ${(err as Error).message}`);
+    }
+  }
+
+  return {
+    async listEipAddresses() {
+      return sortCidrs(ours(await readAddresses()).map(cidr));
+    },
+
+    async reconcileEipAddresses(desired) {
+      // Everything is validated before the first command, so bad input changes nothing.
+      const wanted = validateDesired(desired);
+      const wantedCidrs = new Set(wanted.map(cidr));
+
+      let current = await readAddresses();
+      const conflicts = current.filter((a) => a.label !== label && wanted.some((w) => w.address === a.local));
+      if (conflicts.length > 0) {
+        throw ApplicationFailure.nonRetryable(
+          `EIP address ${conflicts.map((a) => a.local).join(', ')} is already on ${dev} without the ` +
+            `${label} label (the gateway's own address or someone else's); natflow will not take it over`,
+          'EipAddressConflict',
+        );
+      }
+
+      const removed: string[] = [];
+      for (const a of ours(current)) {
+        if (wantedCidrs.has(cidr(a))) continue;
+        await run('ip', ['addr', 'del', cidr(a), 'dev', dev]);
+        removed.push(cidr(a));
+      }
+      // Re-read after removing: were promote_secondaries ever off, deleting the first address
+      // of a subnet would flush the others with it, and they must be added back in this pass.
+      if (removed.length > 0) current = await readAddresses();
+
+      const present = new Set(ours(current).map(cidr));
+      const toAdd = wanted.filter((w) => !present.has(cidr(w)));
+      for (const w of toAdd) {
+        await run('ip', ['addr', 'replace', cidr(w), 'dev', dev, 'label', label]);
+      }
+      // Best effort: neighbours that cached another MAC for this address (an EIP moved from
+      // another gateway) learn the new one now instead of after their entries expire.
+      await Promise.all(toAdd.map((w) => announce(w.address)));
+
+      return { added: sortCidrs(toAdd.map(cidr)), removed: sortCidrs(removed) };
+    },
+  };
+}
+
+function cidr(a: EipAddress | InterfaceAddress): string {
+  return 'address' in a ? `${a.address}/${a.prefixLength}` : `${a.local}/${a.prefixlen}`;
+}
+
+// Numeric order, so results do not depend on the kernel's address order (stable for callers
+// that compare or record them).
+function sortCidrs(cidrs: string[]): string[] {
+  const key = (c: string) => {
+    const [address, prefix] = c.split('/');
+    return ipaddr.IPv4.parse(address!).toByteArray().reduce((n, b) => n * 256 + b, 0) * 64 + Number(prefix);
+  };
+  return cidrs.sort((a, b) => key(a) - key(b));
+}
+
+// Ranges that can never be an EIP on an interface.
+const UNUSABLE_RANGES = new Set(['unspecified', 'broadcast', 'multicast', 'loopback']);
+
+function validateDesired(desired: EipAddress[]): EipAddress[] {
+  if (!Array.isArray(desired)) {
+    throw ApplicationFailure.nonRetryable('desired EIP addresses must be an array', 'InvalidEipAddress');
+  }
+  const problems: string[] = [];
+  const byAddress = new Map<string, EipAddress>();
+  for (const entry of desired) {
+    const address: unknown = entry?.address;
+    const prefixLength: unknown = entry?.prefixLength;
+    const shown = `${JSON.stringify(address)}/${JSON.stringify(prefixLength)}`;
+    if (typeof address !== 'string' || !ipaddr.IPv4.isValidFourPartDecimal(address)) {
+      problems.push(`${shown}: address must be an IPv4 dotted quad such as 172.18.0.10`);
+      continue;
+    }
+    if (typeof prefixLength !== 'number' || !Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 32) {
+      problems.push(`${shown}: prefix length must be an integer from 0 to 32`);
+      continue;
+    }
+    const range = ipaddr.IPv4.parse(address).range();
+    if (UNUSABLE_RANGES.has(range)) {
+      problems.push(`${shown}: a ${range} address cannot be an EIP`);
+      continue;
+    }
+    const seen = byAddress.get(address);
+    if (seen && seen.prefixLength !== prefixLength) {
+      problems.push(`${address} is desired with two prefix lengths (${seen.prefixLength} and ${prefixLength})`);
+      continue;
+    }
+    byAddress.set(address, { address, prefixLength });
+  }
+  if (problems.length > 0) {
+    throw ApplicationFailure.nonRetryable(`invalid EIP addresses: ${problems.join('; ')}`, 'InvalidEipAddress');
+  }
+  return [...byAddress.values()];
+}
+
+type ArpingFlavor = { kind: 'iputils' } | { kind: 'habets' } | { kind: 'unavailable'; reason: string };
+
+// Two incompatible arpings exist: iputils' (and busybox's, same options) and Thomas Habets'
+// (Debian's `arping` package, installed here). Only their help text tells them apart.
+async function detectArping(): Promise<ArpingFlavor> {
+  try {
+    const { stdout, stderr } = await runCommand('arping', ['--help'], { allowExitCodes: [1, 2, 64] });
+    return /Habets/.test(stdout + stderr) ? { kind: 'habets' } : { kind: 'iputils' };
+  } catch (err) {
+    return { kind: 'unavailable', reason: (err as Error).message };
+  }
+}
+
+function activityWarn(message: string): void {
+  try {
+    Context.current().log.warn(message);
+  } catch {
+    // Not inside an activity (a script or a test).
+    console.warn(message);
+  }
+}

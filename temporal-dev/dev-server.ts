@@ -1,0 +1,219 @@
+/**
+ * The local Temporal dev server (`temporal server start-dev`) with its Web UI, persisted in
+ * SQLite under `<repo>/.natflow/` so workflows survive a restart, with natflow's search
+ * attributes registered.
+ *
+ * Run `npx tsx temporal-dev/dev-server.ts` to start it; it prints the gRPC address and the UI
+ * URL and runs until Ctrl-C.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { Connection } from '@temporalio/client';
+import { findOrProvisionTemporalCli, isMainModule, repoRoot } from './provision.js';
+import { NATFLOW_SEARCH_ATTRIBUTES } from './search-attributes.js';
+
+export interface DevServerOptions {
+  /** gRPC port, default 7233. */
+  port?: number;
+  /** Web UI port, default 8233. */
+  uiPort?: number;
+  /** SQLite file, default `<repo>/.natflow/temporal.sqlite` (its directory is created). */
+  dbFile?: string;
+  /** Namespace created at startup, default `default`. */
+  namespace?: string;
+}
+
+export interface DevServer {
+  /** gRPC address, `host:port`. */
+  address: string;
+  /** Web UI URL. */
+  uiUrl: string;
+  /** SIGTERM the server and wait for it to exit; does nothing if an already-running server was reused. */
+  stop(): Promise<void>;
+}
+
+const HOST = '127.0.0.1';
+const READY_TIMEOUT_MS = 30_000;
+const STOP_TIMEOUT_MS = 15_000;
+const LOG_TAIL_CHARS = 8_192;
+
+export function defaultDbFile(): string {
+  return path.join(repoRoot(), '.natflow', 'temporal.sqlite');
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** True if something accepts TCP connections on host:port. */
+function tcpAnswers(host: string, port: number, timeoutMs = 1_000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+/** True if a Temporal frontend answers on `address` (and, if given, knows `namespace`). */
+async function temporalAnswers(address: string, namespace?: string, timeoutMs = 2_000): Promise<boolean> {
+  let connection: Connection | undefined;
+  try {
+    connection = await Connection.connect({ address, connectTimeout: timeoutMs });
+    if (namespace) await connection.workflowService.describeNamespace({ namespace });
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await connection?.close().catch(() => undefined);
+  }
+}
+
+export async function startDevServer(opts: DevServerOptions = {}): Promise<DevServer> {
+  const port = opts.port ?? 7233;
+  const uiPort = opts.uiPort ?? 8233;
+  const dbFile = path.resolve(opts.dbFile ?? defaultDbFile());
+  const namespace = opts.namespace ?? 'default';
+  const address = `${HOST}:${port}`;
+  const uiUrl = `http://${HOST}:${uiPort}`;
+
+  if (await tcpAnswers(HOST, port)) {
+    if (await temporalAnswers(address, undefined, 5_000)) {
+      return { address, uiUrl, stop: async () => undefined };
+    }
+    throw new Error(`port ${port} on ${HOST} is in use by something that is not a Temporal server`);
+  }
+
+  const cli = await findOrProvisionTemporalCli();
+  await mkdir(path.dirname(dbFile), { recursive: true });
+
+  const args = [
+    'server',
+    'start-dev',
+    '--db-filename',
+    dbFile,
+    '--ip',
+    HOST,
+    '--port',
+    String(port),
+    '--ui-port',
+    String(uiPort),
+    '--namespace',
+    namespace,
+    '--log-level',
+    'warn',
+  ];
+  for (const [name, type] of Object.entries(NATFLOW_SEARCH_ATTRIBUTES)) {
+    args.push('--search-attribute', `${name}=${type}`);
+  }
+
+  const child = spawn(cli, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let logTail = '';
+  const keep = (chunk: Buffer) => {
+    logTail = (logTail + chunk.toString()).slice(-LOG_TAIL_CHARS);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+
+  let spawnError: Error | undefined;
+  child.once('error', (e) => {
+    spawnError = e;
+  });
+  const exited = new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve();
+    else child.once('exit', () => resolve());
+  });
+  const hasExited = () => child.exitCode !== null || child.signalCode !== null || spawnError !== undefined;
+
+  // Never leave an orphaned server behind if this process exits without calling stop().
+  const killOnExit = () => {
+    if (!hasExited()) child.kill('SIGKILL');
+  };
+  process.on('exit', killOnExit);
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      if (!hasExited()) {
+        child.kill('SIGTERM');
+        const timedOut = await Promise.race([exited.then(() => false), sleep(STOP_TIMEOUT_MS).then(() => true)]);
+        if (timedOut && !hasExited()) {
+          child.kill('SIGKILL');
+          await exited;
+        }
+      }
+      process.off('exit', killOnExit);
+    })();
+    return stopping;
+  };
+
+  try {
+    await waitUntilReady(child, { address, namespace, uiPort, hasExited, spawnError: () => spawnError });
+  } catch (e) {
+    await stop();
+    const detail = logTail.trim() ? `\n--- temporal output (tail) ---\n${logTail.trim()}` : '';
+    throw new Error(`${e instanceof Error ? e.message : String(e)} (${cli} ${args.join(' ')})${detail}`);
+  }
+  return { address, uiUrl, stop };
+}
+
+async function waitUntilReady(
+  child: ChildProcess,
+  w: { address: string; namespace: string; uiPort: number; hasExited: () => boolean; spawnError: () => Error | undefined },
+): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  const checkAlive = () => {
+    const err = w.spawnError();
+    if (err) throw new Error(`temporal dev server failed to start: ${err.message}`);
+    if (w.hasExited()) {
+      throw new Error(
+        `temporal dev server exited during startup (code ${child.exitCode ?? 'none'}, signal ${child.signalCode ?? 'none'})`,
+      );
+    }
+  };
+  for (;;) {
+    checkAlive();
+    if (await temporalAnswers(w.address, w.namespace)) break;
+    if (Date.now() > deadline) throw new Error(`temporal dev server did not answer on ${w.address} within ${READY_TIMEOUT_MS / 1000}s`);
+    await sleep(250);
+  }
+  // The UI is served by the same process; make sure its port is open too so the returned URL works.
+  for (;;) {
+    checkAlive();
+    if (await tcpAnswers(HOST, w.uiPort)) return;
+    if (Date.now() > deadline) throw new Error(`temporal dev server UI did not open port ${w.uiPort} within ${READY_TIMEOUT_MS / 1000}s`);
+    await sleep(250);
+  }
+}
+
+if (await isMainModule(import.meta.url)) {
+  try {
+    const server = await startDevServer();
+    console.log(`Temporal gRPC: ${server.address}`);
+    console.log(`Temporal UI:   ${server.uiUrl}`);
+    console.log('Press Ctrl-C to stop.');
+    let shuttingDown = false;
+    const shutdown = () => {
+      if (shuttingDown) return;
+      shuttingDown = true;
+      server.stop().then(
+        () => process.exit(0),
+        (e) => {
+          console.error(e);
+          process.exit(1);
+        },
+      );
+    };
+    process.on('SIGINT', shutdown);
+    process.on('SIGTERM', shutdown);
+    // Keep the event loop alive until a signal arrives (also covers the reused-server case).
+    setInterval(() => undefined, 1 << 30);
+  } catch (e) {
+    console.error(e instanceof Error ? e.message : e);
+    process.exit(1);
+  }
+}

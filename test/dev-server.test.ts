@@ -1,0 +1,77 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Connection } from '@temporalio/client';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { startDevServer } from '../temporal-dev/dev-server.js';
+import { findOrProvisionTemporalCli } from '../temporal-dev/provision.js';
+import { NATFLOW_SEARCH_ATTRIBUTES } from '../temporal-dev/search-attributes.js';
+import { createTestEnv } from './support/temporal-env.js';
+
+// Provisioning may have to install the CLI on a fresh checkout; do it once, up front.
+beforeAll(async () => {
+  await findOrProvisionTemporalCli();
+}, 15 * 60_000);
+
+describe('createTestEnv', () => {
+  let env: TestWorkflowEnvironment | undefined;
+
+  beforeAll(async () => {
+    env = await createTestEnv();
+  }, 60_000);
+
+  afterAll(async () => {
+    await env?.teardown();
+  }, 30_000);
+
+  test('registers every natflow search attribute as Keyword', async () => {
+    const { customAttributes } = await env!.connection.operatorService.listSearchAttributes({ namespace: 'default' });
+    for (const name of Object.keys(NATFLOW_SEARCH_ATTRIBUTES)) {
+      // INDEXED_VALUE_TYPE_KEYWORD = 2
+      expect(customAttributes?.[name], name).toBe(2);
+    }
+  });
+});
+
+describe('startDevServer', () => {
+  let scratch: string;
+
+  beforeAll(async () => {
+    scratch = await mkdtemp(path.join(tmpdir(), 'natflow-dev-server-test-'));
+  });
+
+  afterAll(async () => {
+    if (scratch) await rm(scratch, { recursive: true, force: true });
+  });
+
+  test('serves gRPC + UI on the given ports and persists across a restart', { timeout: 120_000 }, async () => {
+    const opts = { port: 17233, uiPort: 18233, dbFile: path.join(scratch, 'db', 'temporal.sqlite') };
+
+    const first = await startDevServer(opts);
+    try {
+      expect(first.address).toBe('127.0.0.1:17233');
+      expect(first.uiUrl).toBe('http://127.0.0.1:18233');
+      const res = await fetch(first.uiUrl);
+      expect(res.status).toBe(200);
+      await res.body?.cancel();
+    } finally {
+      await first.stop();
+    }
+
+    const second = await startDevServer(opts);
+    try {
+      const connection = await Connection.connect({ address: second.address });
+      try {
+        const ns = await connection.workflowService.describeNamespace({ namespace: 'default' });
+        expect(ns.namespaceInfo?.name).toBe('default');
+        const { customAttributes } = await connection.operatorService.listSearchAttributes({ namespace: 'default' });
+        expect(Object.keys(customAttributes ?? {})).toEqual(expect.arrayContaining(Object.keys(NATFLOW_SEARCH_ATTRIBUTES)));
+      } finally {
+        await connection.close();
+      }
+    } finally {
+      await second.stop();
+    }
+  });
+});

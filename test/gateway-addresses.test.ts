@@ -1,0 +1,150 @@
+// EIP addresses on a real lab gateway: reconcile converges, only ever touches labelled
+// addresses, and the external network sees exactly the EIPs that are desired.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCommand } from '../activities/exec.js';
+import { createAddressActivities, type EipAddress } from '../activities/gateway-addresses.js';
+import type { LabTopology } from '../domain/lab.js';
+import { labDown, labUp } from '../temporal-dev/lab.js';
+
+const GW = 't-addr';
+let t: LabTopology;
+let acts: ReturnType<typeof createAddressActivities>;
+const warnings: string[] = [];
+
+const eip = (address: string, prefixLength = 24): EipAddress => ({ address, prefixLength });
+
+/** Every IPv4 address on net1 as `cidr label`, sorted. */
+async function net1(): Promise<string[]> {
+  const { stdout } = await runCommand('ip', ['-n', t.gatewayNs, '-j', '-4', 'addr', 'show', 'dev', 'net1']);
+  const [link] = JSON.parse(stdout) as { addr_info: { local: string; prefixlen: number; label: string }[] }[];
+  return link!.addr_info.map((a) => `${a.local}/${a.prefixlen} ${a.label}`).sort();
+}
+
+async function canPing(netns: string, ip: string): Promise<boolean> {
+  const { code } = await runCommand('ping', ['-c', '1', '-W', '1', ip], { netns, allowExitCodes: [1, 2] });
+  return code === 0;
+}
+
+describe('EIP addresses on the gateway', () => {
+  beforeAll(async () => {
+    await labDown(GW);
+    t = await labUp(GW);
+    acts = createAddressActivities({ netns: t.gatewayNs, externalInterface: t.externalInterface, warn: (m) => warnings.push(m) });
+  });
+
+  afterAll(async () => {
+    await labDown(GW);
+  });
+
+  it('adds the desired EIPs, labelled, beside the gateway address', async () => {
+    const result = await acts.reconcileEipAddresses([eip('172.18.0.10'), eip('172.18.0.11'), eip('172.18.0.12')]);
+    expect(result).toEqual({ added: ['172.18.0.10/24', '172.18.0.11/24', '172.18.0.12/24'], removed: [] });
+    expect(await net1()).toEqual([
+      '172.18.0.10/24 net1:eip',
+      '172.18.0.11/24 net1:eip',
+      '172.18.0.12/24 net1:eip',
+      '172.18.0.254/24 net1',
+    ]);
+    expect(await acts.listEipAddresses()).toEqual(['172.18.0.10/24', '172.18.0.11/24', '172.18.0.12/24']);
+    expect(warnings).toEqual([]);
+  });
+
+  it('is idempotent', async () => {
+    const before = await net1();
+    expect(await acts.reconcileEipAddresses([eip('172.18.0.12'), eip('172.18.0.10'), eip('172.18.0.11')])).toEqual({
+      added: [],
+      removed: [],
+    });
+    expect(await net1()).toEqual(before);
+  });
+
+  it('makes an added EIP reachable from outside, and unreachable once removed', async () => {
+    expect(await canPing(t.clientNs, '172.18.0.10')).toBe(true);
+    await acts.reconcileEipAddresses([eip('172.18.0.11'), eip('172.18.0.12')]);
+    expect(await canPing(t.clientNs, '172.18.0.10')).toBe(false);
+    expect(await canPing(t.clientNs, '172.18.0.11')).toBe(true);
+  });
+
+  it('removes only labelled addresses, never the gateway address or a foreign one', async () => {
+    await runCommand('ip', ['-n', t.gatewayNs, 'addr', 'add', '172.18.0.50/24', 'dev', 'net1']);
+    expect(await acts.reconcileEipAddresses([])).toEqual({ added: [], removed: ['172.18.0.11/24', '172.18.0.12/24'] });
+    expect(await net1()).toEqual(['172.18.0.254/24 net1', '172.18.0.50/24 net1']);
+    expect(await canPing(t.clientNs, t.gatewayExternalIp)).toBe(true);
+    await runCommand('ip', ['-n', t.gatewayNs, 'addr', 'del', '172.18.0.50/24', 'dev', 'net1']);
+  });
+
+  it('keeps the other EIPs when the first one of a subnet is removed', async () => {
+    // In a subnet of their own the first EIP is the primary address: without
+    // promote_secondaries, deleting it would take the others with it.
+    await acts.reconcileEipAddresses([eip('198.51.100.10'), eip('198.51.100.11'), eip('198.51.100.12')]);
+    expect(await acts.reconcileEipAddresses([eip('198.51.100.11'), eip('198.51.100.12')])).toEqual({
+      added: [],
+      removed: ['198.51.100.10/24'],
+    });
+    expect(await acts.listEipAddresses()).toEqual(['198.51.100.11/24', '198.51.100.12/24']);
+    await acts.reconcileEipAddresses([]);
+  });
+
+  it('converges from a partial state: a stray labelled address, a missing one, a changed prefix', async () => {
+    await runCommand('ip', ['-n', t.gatewayNs, 'addr', 'add', '172.18.0.20/24', 'dev', 'net1', 'label', 'net1:eip']);
+    await runCommand('ip', ['-n', t.gatewayNs, 'addr', 'add', '172.18.0.21/32', 'dev', 'net1', 'label', 'net1:eip']);
+    const result = await acts.reconcileEipAddresses([eip('172.18.0.21'), eip('172.18.0.22')]);
+    expect(result).toEqual({ added: ['172.18.0.21/24', '172.18.0.22/24'], removed: ['172.18.0.20/24', '172.18.0.21/32'] });
+    expect(await acts.listEipAddresses()).toEqual(['172.18.0.21/24', '172.18.0.22/24']);
+  });
+
+  it('announces an added EIP so that neighbours drop a stale MAC for it', async () => {
+    // As if the EIP had lived on another gateway before.
+    await runCommand('ip', ['-n', t.clientNs, 'neigh', 'replace', '172.18.0.13', 'lladdr', '02:00:00:00:00:99', 'dev', 'eth0', 'nud', 'stale']);
+    const { stdout } = await runCommand('ip', ['-n', t.gatewayNs, '-j', 'link', 'show', 'dev', 'net1']);
+    const net1Mac = (JSON.parse(stdout) as { address: string }[])[0]!.address;
+
+    await acts.reconcileEipAddresses([eip('172.18.0.13')]);
+    let mac = '';
+    for (let i = 0; i < 20 && mac !== net1Mac; i++) {
+      const neigh = await runCommand('ip', ['-n', t.clientNs, '-j', 'neigh', 'show', '172.18.0.13', 'dev', 'eth0']);
+      mac = (JSON.parse(neigh.stdout) as { lladdr?: string }[])[0]?.lladdr ?? '';
+      if (mac !== net1Mac) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(mac).toBe(net1Mac);
+    expect(warnings).toEqual([]);
+  });
+
+  it('rejects bad addresses with a clear, non-retryable error and changes nothing', async () => {
+    const before = await net1();
+    const bad: [EipAddress[], RegExp][] = [
+      [[eip('172.18.0.30'), eip('172.18.0.300')], /"172\.18\.0\.300"\/24: address must be an IPv4 dotted quad/],
+      [[eip('172.18.0.30', 33)], /"172\.18\.0\.30"\/33: prefix length must be an integer from 0 to 32/],
+      [[eip('172.18.0.30', 24.5)], /prefix length must be an integer/],
+      [[eip('172.18.1')], /address must be an IPv4 dotted quad/],
+      [[eip('fd00::1', 64)], /address must be an IPv4 dotted quad/],
+      [[eip('172.18.0.30; reboot')], /address must be an IPv4 dotted quad/],
+      [[eip('224.0.0.1', 32)], /a multicast address cannot be an EIP/],
+      [[eip('172.18.0.30', 24), eip('172.18.0.30', 32)], /172\.18\.0\.30 is desired with two prefix lengths/],
+      [[{ address: 12, prefixLength: 24 } as unknown as EipAddress], /address must be an IPv4 dotted quad/],
+    ];
+    for (const [desired, message] of bad) {
+      const err = await acts.reconcileEipAddresses(desired).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err, JSON.stringify(desired)).toMatchObject({ type: 'InvalidEipAddress', nonRetryable: true });
+      expect((err as Error).message).toMatch(message);
+    }
+    expect(await net1()).toEqual(before);
+  });
+
+  it('refuses to take over the gateway address as an EIP', async () => {
+    const before = await net1();
+    await expect(acts.reconcileEipAddresses([eip('172.18.0.31'), eip(t.gatewayExternalIp)])).rejects.toMatchObject({
+      type: 'EipAddressConflict',
+      nonRetryable: true,
+      message: expect.stringMatching(/172\.18\.0\.254 is already on net1 without the net1:eip label/),
+    });
+    expect(await net1()).toEqual(before);
+  });
+
+  it('rejects an external interface too long for its label', () => {
+    expect(() => createAddressActivities({ externalInterface: 'averylongname' })).toThrow(/at most 11 characters/);
+  });
+});

@@ -1,0 +1,70 @@
+// The end-to-end stack for tests: a throwaway dev server, a lab gateway in network namespaces,
+// a control worker and that gateway's agent, all real. One per test file.
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { Worker } from '@temporalio/worker';
+import { createAddressActivities } from '../../activities/gateway-addresses.js';
+import { labExternalSubnet, type LabTopology } from '../../domain/lab.js';
+import type { SubnetSpec } from '../../domain/subnet.js';
+import { labDown, labUp } from '../../temporal-dev/lab.js';
+import { startGatewayAgent, type RunningAgent } from '../../worker/agent.js';
+import { createControlWorker } from '../../worker/control.js';
+import { ensureGateway, ensureSubnet, type Resources } from '../../starter/resources.js';
+import { createTestEnv } from './temporal-env.js';
+import { uniqueQueue, workflowBundle } from './workflows.js';
+
+export interface Stack {
+  env: TestWorkflowEnvironment;
+  resources: Resources;
+  subnet: SubnetSpec;
+  /** Lab gateways brought up by this stack, by name. */
+  gateways: Map<string, { topology: LabTopology; agent: RunningAgent }>;
+  addGateway(name: string): Promise<LabTopology>;
+  /** Stops a gateway's agent (the pod dies) and starts a new one. */
+  restartAgent(name: string, beforeStart?: () => Promise<void>): Promise<void>;
+  eipAddresses(gateway: string): Promise<string[]>;
+  teardown(): Promise<void>;
+}
+
+export async function startStack(subnetName: string): Promise<Stack> {
+  const env = await createTestEnv();
+  const resources: Resources = { client: env.client, taskQueue: uniqueQueue('control') };
+  const control: Worker = await createControlWorker({ connection: env.nativeConnection, client: env.client, taskQueue: resources.taskQueue, workflowBundle: await workflowBundle() });
+  const controlRun = control.run();
+  const gateways: Stack['gateways'] = new Map();
+  const agentFor = (name: string, topology: LabTopology) =>
+    startGatewayAgent({ gateway: name, netns: topology.gatewayNs, externalInterface: topology.externalInterface }, env.nativeConnection, env.client);
+
+  const stack: Stack = {
+    env,
+    resources,
+    subnet: labExternalSubnet(subnetName),
+    gateways,
+    async addGateway(name) {
+      const topology = await labUp(name);
+      await ensureGateway(resources, { name, externalSubnet: stack.subnet.name, lanIp: topology.lanIp });
+      gateways.set(name, { topology, agent: await agentFor(name, topology) });
+      return topology;
+    },
+    async restartAgent(name, beforeStart) {
+      const gw = gateways.get(name)!;
+      await gw.agent.stop();
+      await beforeStart?.();
+      gw.agent = await agentFor(name, gw.topology);
+    },
+    eipAddresses(gateway) {
+      const topology = gateways.get(gateway)!.topology;
+      return createAddressActivities({ netns: topology.gatewayNs, externalInterface: topology.externalInterface }).listEipAddresses();
+    },
+    async teardown() {
+      for (const [name, gw] of gateways) {
+        await gw.agent.stop().catch(() => undefined);
+        await labDown(name);
+      }
+      control.shutdown();
+      await controlRun;
+      await env.teardown();
+    },
+  };
+  await ensureSubnet(resources, stack.subnet);
+  return stack;
+}

@@ -1,0 +1,18 @@
+/**
+ * A throwaway Temporal dev server (in-memory, random port) for tests, using the provisioned
+ * `temporal` CLI (never the SDK's download, which needs the internet) and with natflow's
+ * search attributes registered.
+ */
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { findOrProvisionTemporalCli } from '../../temporal-dev/provision.js';
+import { NATFLOW_SEARCH_ATTRIBUTE_KEY_LIST } from '../../temporal-dev/search-attributes.js';
+
+export async function createTestEnv(): Promise<TestWorkflowEnvironment> {
+  return TestWorkflowEnvironment.createLocal({
+    server: {
+      executable: { type: 'existing-path', path: await findOrProvisionTemporalCli() },
+      searchAttributes: NATFLOW_SEARCH_ATTRIBUTE_KEY_LIST,
+      ip: '127.0.0.1',
+    },
+  });
+}

@@ -2,7 +2,8 @@
 // addresses, and the external network sees exactly the EIPs that are desired.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCommand } from '../activities/exec.js';
-import { createAddressActivities, type EipAddress } from '../activities/gateway-addresses.js';
+import { createAddressActivities } from '../activities/gateway-addresses.js';
+import type { EipAddress } from '../domain/gateway.js';
 import type { LabTopology } from '../domain/lab.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
 

@@ -107,10 +107,17 @@ export async function createEip(r: Resources, name: string, spec: EipSpec, uid: 
   return { name, uid, workflowId: handle.workflowId };
 }
 
+/** Visibility is eventually consistent: a just-created EIP may take a moment to be found by name. */
+const VISIBILITY_GRACE_MS = 5_000;
+
 async function eipWorkflowId(r: Resources, name: string): Promise<string> {
-  const [found] = await findRunning(r, 'eip', { name });
-  if (!found) throw new WorkflowNotFoundError(`EIP ${name} does not exist`, name, undefined);
-  return found.workflowId;
+  const deadline = Date.now() + VISIBILITY_GRACE_MS;
+  for (;;) {
+    const [found] = await findRunning(r, 'eip', { name });
+    if (found) return found.workflowId;
+    if (Date.now() > deadline) throw new WorkflowNotFoundError(`EIP ${name} does not exist`, name, undefined);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 export async function eipStatus(r: Resources, name: string): Promise<EipStatus & { name: string; workflowId: string }> {

@@ -1,0 +1,195 @@
+// natflow's command-line tool: EIPs, subnets and gateways through the Temporal client, and the
+// local lab. `--json` on any command prints machine-readable output; errors go to stderr with
+// exit code 1 (and as {"error": ...} with --json).
+import { fileURLToPath } from 'node:url';
+import { Client, Connection } from '@temporalio/client';
+import { Command, Option } from 'commander';
+import { workflowIds } from '../domain/names.js';
+import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
+import { labDown, labStatus, labUp } from '../temporal-dev/lab.js';
+import { temporalTarget } from '../worker/connection.js';
+import {
+  createEip,
+  deleteEip,
+  deleteGateway,
+  eipStatus,
+  ensureGateway,
+  ensureSubnet,
+  findRunning,
+  gatewayState,
+  subnetState,
+  webUiLink,
+  type Resources,
+} from './resources.js';
+
+interface GlobalOptions {
+  address?: string;
+  namespace?: string;
+  uiUrl: string;
+  json?: boolean;
+}
+
+/** The CLI, and a `close` for the Temporal connection it may have opened. */
+export function buildCli(out: (text: string) => void = console.log): { program: Command; close(): Promise<void> } {
+  const program = new Command('natflow')
+    .description('Durable, leak-free EIPs and NAT rules on VPC NAT gateways')
+    .option('--address <host:port>', 'Temporal frontend (env TEMPORAL_ADDRESS, default 127.0.0.1:7233)')
+    .option('--namespace <ns>', 'Temporal namespace (env TEMPORAL_NAMESPACE, default "default")')
+    .addOption(new Option('--ui-url <url>', 'Temporal Web UI base URL').env('NATFLOW_UI_URL').default('http://127.0.0.1:8233'))
+    .option('--json', 'print JSON for scripts')
+    .showHelpAfterError();
+
+  const globals = () => program.opts<GlobalOptions>();
+  const print = (value: unknown, text: (v: never) => string) => out(globals().json ? JSON.stringify(value, null, 2) : text(value as never));
+  let connection: Connection | undefined;
+  const resources = async (): Promise<Resources> => {
+    const target = temporalTarget({ address: globals().address, namespace: globals().namespace });
+    connection ??= await Connection.connect({ address: target.address });
+    return { client: new Client({ connection, namespace: target.namespace }) };
+  };
+  const link = (workflowId: string) => webUiLink(globals().uiUrl, temporalTarget({ namespace: globals().namespace }).namespace, workflowId);
+
+  const eip = program.command('eip').description('elastic IPs (IptablesEIP)');
+  eip
+    .command('create <name>')
+    .description('create an EIP on a NAT gateway')
+    .requiredOption('--gateway <name>', 'the NAT gateway (spec.natGwDp)')
+    .option('--subnet <name>', 'external subnet (spec.externalSubnet)', DEFAULT_EXTERNAL_SUBNET)
+    .option('--v4ip <address>', 'a specific address (spec.v4ip)')
+    .option('--wait', 'wait until the EIP is ready or reports a problem')
+    .action(async (name: string, o: { gateway: string; subnet: string; v4ip?: string; wait?: boolean }) => {
+      const r = await resources();
+      const created = await createEip(r, name, { natGwDp: o.gateway, externalSubnet: o.subnet, v4ip: o.v4ip });
+      const status = o.wait ? await waitSettled(r, name) : undefined;
+      print({ ...created, ui: link(created.workflowId), ...(status && { status }) }, (v: typeof created) =>
+        `EIP ${v.name} created (uid ${v.uid})${status ? `: ${status.phase} ${status.ip}` : ''}\n  ${link(v.workflowId)}`,
+      );
+    });
+  eip
+    .command('list')
+    .description('list EIPs with their phase and address')
+    .action(async () => {
+      const r = await resources();
+      const rows = await Promise.all((await findRunning(r, 'eip')).map((found) => eipStatus(r, found.name)));
+      print(rows, () => rows.map((s) => `${s.name}\t${s.phase}\t${s.ip || '-'}\t${s.natGwDp}`).join('\n') || 'no EIPs');
+    });
+  eip
+    .command('get <name>')
+    .description("show an EIP's status, conditions and Web UI link")
+    .action(async (name: string) => {
+      const status = await eipStatus(await resources(), name);
+      print({ ...status, ui: link(status.workflowId) }, () => `${JSON.stringify(status, null, 2)}\n${link(status.workflowId)}`);
+    });
+  eip
+    .command('delete <name>')
+    .description('delete an EIP: its address leaves the gateway and returns to the subnet')
+    .option('--no-wait', 'return once the delete is requested')
+    .action(async (name: string, o: { wait: boolean }) => {
+      const workflowId = await deleteEip(await resources(), name, o.wait);
+      print({ name, workflowId, deleted: o.wait }, () => `EIP ${name} ${o.wait ? 'deleted' : 'delete requested'}`);
+    });
+
+  const subnet = program.command('subnet').description('external subnets and their IPAM');
+  subnet
+    .command('create <name>')
+    .description('create an external subnet that EIPs are allocated from')
+    .requiredOption('--cidr <cidr>', 'spec.cidrBlock, e.g. 172.18.0.0/24')
+    .requiredOption('--gateway <address>', "spec.gateway, the subnet's router")
+    .option('--exclude <entries>', 'spec.excludeIps, comma-separated addresses or a..b ranges', '')
+    .action(async (name: string, o: { cidr: string; gateway: string; exclude: string }) => {
+      const excludeIps = o.exclude.split(',').filter(Boolean);
+      const workflowId = await ensureSubnet(await resources(), { name, cidrBlock: o.cidr, gateway: o.gateway, excludeIps });
+      print({ name, workflowId, ui: link(workflowId) }, () => `subnet ${name} ready for allocations\n  ${link(workflowId)}`);
+    });
+  subnet
+    .command('show <name>')
+    .description("a subnet's usage (Kube-OVN status fields) and its allocations")
+    .action(async (name: string) => {
+      const state = await subnetState(await resources(), name);
+      print(state, () =>
+        [`subnet ${name} (${state.subnet.cidrBlock})`, ...Object.entries(state.usage).map(([k, v]) => `  ${k}: ${v}`), 'allocations:', ...Object.entries(state.allocations).map(([owner, ip]) => `  ${ip}\t${owner}`)].join('\n'),
+      );
+    });
+
+  const gateway = program.command('gateway').description('NAT gateways (VpcNatGateway)');
+  gateway
+    .command('create <name>')
+    .description('register a NAT gateway; its agent makes it ready')
+    .option('--subnet <name>', 'its external subnet', DEFAULT_EXTERNAL_SUBNET)
+    .action(async (name: string, o: { subnet: string }) => {
+      const workflowId = await ensureGateway(await resources(), { name, externalSubnet: o.subnet });
+      print({ name, workflowId, ui: link(workflowId) }, () => `gateway ${name} registered\n  ${link(workflowId)}`);
+    });
+  gateway
+    .command('get <name>')
+    .description("a gateway's readiness, agent and bound EIPs")
+    .action(async (name: string) => {
+      const state = await gatewayState(await resources(), name);
+      print(state, () => JSON.stringify(state, null, 2));
+    });
+  gateway
+    .command('delete <name>')
+    .description('delete a gateway (refused while EIPs use it)')
+    .action(async (name: string) => {
+      await deleteGateway(await resources(), name);
+      print({ name, deleted: true }, () => `gateway ${name} deleted`);
+    });
+
+  program
+    .command('ui <kind> <name>')
+    .description('print the Web UI link of a resource workflow (kind: eip, subnet, gateway)')
+    .action(async (kind: string, name: string) => {
+      const workflowId =
+        kind === 'subnet' ? workflowIds.ipam(name) : kind === 'gateway' ? workflowIds.gateway(name) : kind === 'eip' ? (await eipStatus(await resources(), name)).workflowId : undefined;
+      if (!workflowId) throw new Error(`unknown kind ${JSON.stringify(kind)}: use eip, subnet or gateway`);
+      print({ kind, name, workflowId, ui: link(workflowId) }, () => link(workflowId));
+    });
+
+  const lab = program.command('lab').description('the local lab: a NAT gateway made of network namespaces');
+  lab
+    .command('up <gateway>')
+    .description('create (or repair) the lab gateway and its client and VMs; idempotent')
+    .action(async (name: string) => {
+      const topology = await labUp(name);
+      print(topology, () => `lab ${name} is up: gateway netns ${topology.gatewayNs}, client ${topology.clientNs}, VMs ${topology.vmNamespaces.join(', ')}`);
+    });
+  lab
+    .command('down <gateway>')
+    .description('remove the lab gateway, leaving no namespace, link or process')
+    .action(async (name: string) => {
+      await labDown(name);
+      print({ gateway: name, down: true }, () => `lab ${name} is down`);
+    });
+  lab
+    .command('status <gateway>')
+    .description('which of the lab namespaces exist')
+    .action(async (name: string) => {
+      const status = await labStatus(name);
+      print(status, () => `present: ${status.present.join(', ') || '-'}\nmissing: ${status.missing.join(', ') || '-'}`);
+    });
+  return { program, close: async () => connection?.close() };
+}
+
+/** Polls until the EIP is ready or stuck on something the user must act on. */
+async function waitSettled(r: Resources, name: string, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const status = await eipStatus(r, name).catch(() => undefined);
+    if (status && ['Ready', 'Invalid', 'Failed', 'WaitingForGateway'].includes(status.phase)) return status;
+    if (Date.now() > deadline) throw new Error(`EIP ${name} did not settle within ${timeoutMs / 1000}s (phase ${status?.phase ?? 'unknown'})`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const { program, close } = buildCli();
+  try {
+    await program.parseAsync(process.argv);
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    console.error(program.opts<GlobalOptions>().json ? JSON.stringify({ error: message }) : `error: ${message}`);
+    process.exitCode = 1;
+  } finally {
+    await close();
+  }
+}

@@ -1,0 +1,73 @@
+// The main job, one command (`npm start`): the local Temporal dev server with its Web UI, a lab
+// NAT gateway in network namespaces, the control worker and that gateway's agent, plus the
+// lab's external subnet and gateway registered. Ctrl-C stops everything and takes the lab down;
+// the workflows live on in the dev server's SQLite file, and the next start restores every
+// EIP onto the fresh lab (a new agent instance gets the gateway's whole desired state).
+import { parseArgs } from 'node:util';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
+import { labExternalSubnet } from '../domain/lab.js';
+import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
+import { startDevServer } from '../temporal-dev/dev-server.js';
+import { labDown, labUp } from '../temporal-dev/lab.js';
+import { startGatewayAgent } from '../worker/agent.js';
+import { createControlWorker } from '../worker/control.js';
+import { ensureGateway, ensureSubnet, webUiLink } from './resources.js';
+
+const { values } = parseArgs({
+  options: {
+    gateway: { type: 'string', default: 'gw1' },
+    help: { type: 'boolean', short: 'h' },
+  },
+});
+if (values.help) {
+  console.log('usage: npm start [-- --gateway NAME]\nStarts the dev server (Web UI), a lab gateway, the control worker and its agent; Ctrl-C stops all.');
+  process.exit(0);
+}
+const gateway = values.gateway!;
+const log = (msg: string) => console.log(`[natflow] ${msg}`);
+
+const server = await startDevServer();
+log(`Temporal dev server at ${server.address}; Web UI ${server.uiUrl}`);
+const topology = await labUp(gateway);
+log(`lab gateway ${gateway} is up (namespaces ${topology.gatewayNs}, ${topology.clientNs}, ${topology.vmNamespaces.join(', ')})`);
+
+const nativeConnection = await NativeConnection.connect({ address: server.address });
+const connection = await Connection.connect({ address: server.address });
+const client = new Client({ connection });
+const control = await createControlWorker({ connection: nativeConnection, client });
+const controlRun = control.run();
+await ensureSubnet({ client }, labExternalSubnet(DEFAULT_EXTERNAL_SUBNET));
+const gatewayWorkflowId = await ensureGateway({ client }, { name: gateway, externalSubnet: DEFAULT_EXTERNAL_SUBNET, lanIp: topology.lanIp });
+const agent = await startGatewayAgent({ gateway, netns: topology.gatewayNs, externalInterface: topology.externalInterface }, nativeConnection, client);
+log(`control worker and gateway agent (instance ${agent.info.instanceId}) are polling`);
+log(`gateway workflow: ${webUiLink(server.uiUrl, 'default', gatewayWorkflowId)}`);
+log(`try: npm run natflow -- eip create eip1 --gateway ${gateway} --wait`);
+log('Ctrl-C stops everything');
+
+let stopping = false;
+async function shutdown(signal: string): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  log(`${signal}: stopping`);
+  await agent.stop();
+  control.shutdown();
+  await controlRun;
+  await connection.close();
+  await nativeConnection.close();
+  await labDown(gateway);
+  await server.stop();
+  log('stopped; the lab is down, workflows are kept in the dev server database');
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    shutdown(signal).then(
+      () => process.exit(0),
+      (err) => {
+        console.error(err);
+        process.exit(1);
+      },
+    );
+  });
+}
+await controlRun;

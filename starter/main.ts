@@ -5,7 +5,7 @@
 // EIP onto the fresh lab (a new agent instance gets the gateway's whole desired state).
 import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
-import { NativeConnection } from '@temporalio/worker';
+import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import { labExternalSubnet } from '../domain/lab.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { startDevServer } from '../temporal-dev/dev-server.js';
@@ -25,6 +25,8 @@ if (values.help) {
   process.exit(0);
 }
 const gateway = values.gateway!;
+// natflow stops its workers itself (below), in order; the SDK's own signal handling would race it.
+Runtime.install({ logger: new DefaultLogger('WARN'), shutdownSignals: [] });
 const log = (msg: string) => console.log(`[natflow] ${msg}`);
 
 const server = await startDevServer();

@@ -13,6 +13,8 @@ export async function createTestEnv(): Promise<TestWorkflowEnvironment> {
       executable: { type: 'existing-path', path: await findOrProvisionTemporalCli() },
       searchAttributes: NATFLOW_SEARCH_ATTRIBUTE_KEY_LIST,
       ip: '127.0.0.1',
+      // Tests assert behaviour; the server's own errors (e.g. updates aborted by continue-as-new, which the client retries) are noise here.
+      log: { format: 'pretty', level: 'fatal' },
     },
   });
 }

@@ -8,7 +8,10 @@ import { Reason } from '../domain/errors.js';
 import type { EipAddress, GatewayReadiness } from '../domain/gateway.js';
 import type { Allocation } from '../domain/ipam.js';
 import { workflowIds } from '../domain/names.js';
-import { bindEipUpdate, gatewayStateQuery, unbindEipUpdate } from '../workflows/gateway.js';
+import { bindEipUpdate, gatewayStateQuery, removeRuleUpdate, setRuleUpdate, unbindEipUpdate } from '../workflows/gateway.js';
+import { claimEipUpdate, eipStatusQuery, unclaimEipUpdate, type EipClaim } from '../workflows/eip.js';
+import type { NatRule } from '../domain/nat-rules.js';
+import { findOneRunning } from './visibility.js';
 import { allocateUpdate, releaseUpdate } from '../workflows/ipam.js';
 import { gatewayChangedSignal } from '../workflows/signals.js';
 
@@ -76,6 +79,43 @@ export function createControlActivities(client: Client) {
       return viaUpdate(
         () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(unbindEipUpdate, { args: [{ owner: req.owner }] }),
         () => ({ applied: true }),
+      );
+    },
+
+    /** The EIP a NAT rule names, found by name: its workflow, readiness, address and gateway. */
+    async eipForRule(eip: string): Promise<{ workflowId: string; ready: boolean; address: string; gateway: string; reason: string } | null> {
+      const found = await findOneRunning({ client }, 'eip', eip);
+      if (!found) return null;
+      const status = await client.workflow.getHandle(found.workflowId).query(eipStatusQuery);
+      const condition = status.conditions.find((c) => c.type === 'Ready');
+      return { workflowId: found.workflowId, ready: status.ready, address: status.ip, gateway: status.natGwDp, reason: condition ? `${condition.reason}: ${condition.message}` : status.phase };
+    },
+
+    async claimEip(req: { eipWorkflowId: string } & EipClaim): Promise<{ address: string; gateway: string }> {
+      return viaUpdate(
+        () => client.workflow.getHandle(req.eipWorkflowId).executeUpdate(claimEipUpdate, { args: [{ owner: req.owner, kind: req.kind, name: req.name }] }),
+        () => fail(Reason.EipNotFound, `EIP ${req.eipWorkflowId} does not exist any more`),
+      );
+    },
+
+    async unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void> {
+      await viaUpdate(
+        () => client.workflow.getHandle(req.eipWorkflowId).executeUpdate(unclaimEipUpdate, { args: [{ owner: req.owner }] }),
+        () => undefined, // an EIP that is gone holds no claims
+      );
+    },
+
+    async setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void> {
+      await viaUpdate(
+        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(setRuleUpdate, { args: [req.rule] }),
+        () => fail(Reason.GatewayNotFound, `NAT gateway ${req.gateway} does not exist`),
+      );
+    },
+
+    async removeGatewayRule(req: { gateway: string; owner: string }): Promise<{ applied: boolean }> {
+      return viaUpdate(
+        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(removeRuleUpdate, { args: [{ owner: req.owner }] }),
+        () => ({ applied: true }), // a gateway that is gone took its rules with it
       );
     },
 

@@ -11,6 +11,10 @@ export const Reason = {
   GatewayNotFound: 'GatewayNotFound',
   GatewayNotReady: 'GatewayNotReady',
   GatewayApplyFailed: 'GatewayApplyFailed',
+  EipNotFound: 'EipNotFound',
+  EipNotReady: 'EipNotReady',
+  EipInUse: 'EipInUse',
+  DuplicateDnat: 'DuplicateDnat',
   Ready: 'Ready',
   Deleting: 'Deleting',
 } as const;

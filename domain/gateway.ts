@@ -1,5 +1,7 @@
 // A NAT gateway as natflow sees it: what its agent reports, and the desired state that the
 // gateway workflow holds and the agent applies.
+import type { ConntrackTarget } from './nat.js';
+import type { NatRule } from './nat-rules.js';
 
 export interface GatewaySpec {
   name: string;
@@ -7,6 +9,8 @@ export interface GatewaySpec {
   externalSubnet?: string;
   /** Kube-OVN `lanIp`: the gateway's address in the VPC. */
   lanIp?: string;
+  /** The VPC subnet behind the gateway: NAT rules may only point into it. */
+  internalCidr?: string;
 }
 
 export interface EipAddress {
@@ -28,6 +32,11 @@ export interface GatewayAgentActivities {
   agentInfo(): Promise<AgentInfo>;
   /** Makes the EIP addresses on the external interface exactly `desired`. */
   reconcileEipAddresses(desired: EipAddress[]): Promise<{ added: string[]; removed: string[] }>;
+  /** Creates natflow's chains and jumps; idempotent. */
+  initNatChains(): Promise<void>;
+  /** One batch: removes rules by owner tag, adds the missing ones (`replaceAll`: nothing else stays). */
+  applyNatRules(change: { add: NatRule[]; removeOwners: string[]; replaceAll?: boolean }): Promise<{ added: number; removed: number }>;
+  flushConntrack(targets: ConntrackTarget[]): Promise<number>;
 }
 
 export interface GatewayState {
@@ -38,6 +47,8 @@ export interface GatewayState {
   agent: AgentInfo | null;
   /** Owner (EIP workflow ID) → address bound on this gateway. */
   eips: Record<string, EipAddress>;
+  /** Owner (the rule resource's uid, its tag on the gateway) → NAT rule. */
+  rules: Record<string, NatRule>;
   deleting: boolean;
 }
 

@@ -1,13 +1,16 @@
 // What a client does with natflow's resources: the operations behind the CLI, the main job
 // and (later) the kube bridge. Every "ensure" is idempotent: repeats find the running workflow.
 import { randomUUID } from 'node:crypto';
-import { WorkflowNotFoundError, type Client, type WorkflowExecutionInfo } from '@temporalio/client';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { normalizeEipSpec, type EipSpec, type EipStatus } from '../domain/eip.js';
 import type { GatewaySpec, GatewayState } from '../domain/gateway.js';
 import { CONTROL_TASK_QUEUE, validateName, workflowIds, type ResourceKind } from '../domain/names.js';
 import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain/subnet.js';
 import { searchAttributes } from '../workflows/search-attributes.js';
-import { eipStatusQuery, eipWorkflow } from '../workflows/eip.js';
+import { eipWorkflow } from '../workflows/eip.js';
+import { dnatWorkflow, fipWorkflow, natSpecSignal, snatWorkflow } from '../workflows/nat-rule.js';
+import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat.js';
+import { findOneRunning, findRunning } from '../activities/visibility.js';
 import { gatewayStateQuery, gatewayWorkflow } from '../workflows/gateway.js';
 import { ipamStateQuery, ipamWorkflow, type IpamState } from '../workflows/ipam.js';
 
@@ -51,6 +54,8 @@ export async function gatewayState(r: Resources, name: string): Promise<GatewayS
 }
 
 /** Deletes a gateway; refused while EIPs still name it (as Kube-OVN's webhook does). */
+export { findRunning };
+
 export async function deleteGateway(r: Resources, name: string): Promise<void> {
   const users = await findRunning(r, 'eip', { gateway: name });
   if (users.length > 0) {
@@ -61,77 +66,74 @@ export async function deleteGateway(r: Resources, name: string): Promise<void> {
   await handle.result().catch(() => undefined);
 }
 
-export interface ResourceRecord {
+export interface CreatedResource {
   kind: ResourceKind;
-  name: string;
-  workflowId: string;
-}
-
-/** Running resource workflows of a kind, found through their search attributes. */
-export async function findRunning(r: Resources, kind: ResourceKind, filter: { name?: string; gateway?: string } = {}): Promise<ResourceRecord[]> {
-  const clauses = [`NatflowKind = "${kind}"`, 'ExecutionStatus = "Running"'];
-  if (filter.name) clauses.push(`NatflowName = ${JSON.stringify(validateName(filter.name, 'name'))}`);
-  if (filter.gateway) clauses.push(`NatflowGateway = ${JSON.stringify(validateName(filter.gateway, 'gateway'))}`);
-  const found: ResourceRecord[] = [];
-  for await (const execution of r.client.workflow.list({ query: clauses.join(' AND ') })) {
-    found.push({ kind, name: nameOf(execution), workflowId: execution.workflowId });
-  }
-  return found;
-}
-
-function nameOf(execution: WorkflowExecutionInfo): string {
-  const value = execution.searchAttributes?.NatflowName;
-  return Array.isArray(value) ? String(value[0]) : execution.workflowId.split('/')[2] ?? execution.workflowId;
-}
-
-export interface CreatedEip {
   name: string;
   uid: string;
   workflowId: string;
 }
 
-/** Starts an EIP's workflow. Without Kubernetes the CLI mints the uid, as the apiserver would. */
-export async function createEip(r: Resources, name: string, spec: EipSpec, uid: string = randomUUID()): Promise<CreatedEip> {
-  normalizeEipSpec(name, spec);
-  const existing = await findRunning(r, 'eip', { name });
-  if (existing.length > 0) throw new Error(`EIP ${name} already exists`);
+const workflowOf = { eip: eipWorkflow, fip: fipWorkflow, dnat: dnatWorkflow, snat: snatWorkflow } as const;
+
+/** The status every resource workflow answers (`status` query), with what found it. */
+export type ResourceStatus<K extends ResourceKind> = (K extends 'eip' ? EipStatus : NatStatus) & { name: string; workflowId: string };
+
+/**
+ * Starts a resource's workflow. Without Kubernetes the CLI mints the uid, as the apiserver
+ * would. Search attributes are set at start so the resource can be found by name at once.
+ */
+export async function createResource<K extends ResourceKind>(r: Resources, kind: K, name: string, spec: K extends 'eip' ? EipSpec : NatSpecs[Exclude<K, 'eip'>], uid: string = randomUUID()): Promise<CreatedResource> {
+  validateName(name, `${kind} name`);
+  if (kind === 'eip') normalizeEipSpec(name, spec as EipSpec);
+  else natEipName({ kind: kind as NatKind, resource: { name, uid, generation: 1 }, spec: spec as NatSpec });
+  if ((await findRunning(r, kind, { name })).length > 0) throw new Error(`${kind} ${name} already exists`);
   const resource = { name, uid, generation: 1 };
-  const handle = await r.client.workflow.start(eipWorkflow, {
+  const eipSpec = spec as EipSpec;
+  const handle = await r.client.workflow.start(workflowOf[kind] as typeof eipWorkflow, {
     taskQueue: queue(r),
-    workflowId: workflowIds.resource('eip', resource),
-    args: [{ resource, spec }],
-    // Set at start (not only by the workflow's first task) so the EIP can be found by name at once.
-    typedSearchAttributes: searchAttributes({ kind: 'eip', name, gateway: spec.natGwDp, subnet: spec.externalSubnet || DEFAULT_EXTERNAL_SUBNET, phase: 'Pending' }),
-    staticSummary: `EIP ${name} on ${spec.natGwDp}`,
+    workflowId: workflowIds.resource(kind, resource),
+    args: [(kind === 'eip' ? { resource, spec } : { kind, resource, spec }) as never],
+    typedSearchAttributes: searchAttributes(
+      kind === 'eip'
+        ? { kind, name, gateway: eipSpec.natGwDp, subnet: eipSpec.externalSubnet || DEFAULT_EXTERNAL_SUBNET, phase: 'Pending' }
+        : { kind, name, phase: 'Pending' },
+    ),
+    staticSummary: kind === 'eip' ? `EIP ${name} on ${eipSpec.natGwDp}` : `${kind.toUpperCase()} ${name} on EIP ${(spec as NatSpec).eip}`,
   });
-  return { name, uid, workflowId: handle.workflowId };
+  return { kind, name, uid, workflowId: handle.workflowId };
 }
 
-/** Visibility is eventually consistent: a just-created EIP may take a moment to be found by name. */
-const VISIBILITY_GRACE_MS = 5_000;
-
-async function eipWorkflowId(r: Resources, name: string): Promise<string> {
-  const deadline = Date.now() + VISIBILITY_GRACE_MS;
-  for (;;) {
-    const [found] = await findRunning(r, 'eip', { name });
-    if (found) return found.workflowId;
-    if (Date.now() > deadline) throw new WorkflowNotFoundError(`EIP ${name} does not exist`, name, undefined);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
+async function resourceWorkflowId(r: Resources, kind: ResourceKind, name: string): Promise<string> {
+  const found = await findOneRunning(r, kind, name);
+  if (!found) throw new WorkflowNotFoundError(`${kind} ${name} does not exist`, name, undefined);
+  return found.workflowId;
 }
 
-export async function eipStatus(r: Resources, name: string): Promise<EipStatus & { name: string; workflowId: string }> {
-  const workflowId = await eipWorkflowId(r, name);
-  return { name, workflowId, ...(await r.client.workflow.getHandle(workflowId).query(eipStatusQuery)) };
+export async function resourceStatus<K extends ResourceKind>(r: Resources, kind: K, name: string): Promise<ResourceStatus<K>> {
+  const workflowId = await resourceWorkflowId(r, kind, name);
+  const status = await r.client.workflow.getHandle(workflowId).query<EipStatus | NatStatus>('status');
+  return { name, workflowId, ...status } as unknown as ResourceStatus<K>;
 }
 
-/** Deletes an EIP: cancels its workflow and, unless told not to, waits for its cleanup. */
-export async function deleteEip(r: Resources, name: string, wait = true): Promise<string> {
-  const handle = r.client.workflow.getHandle(await eipWorkflowId(r, name));
+/** Changes a NAT rule's spec (the next generation), as an edit of the object would. */
+export async function updateNatSpec(r: Resources, kind: NatKind, name: string, spec: NatSpec): Promise<number> {
+  const current = await resourceStatus(r, kind, name);
+  const generation = current.observedGeneration + 1;
+  await r.client.workflow.getHandle(current.workflowId).signal(natSpecSignal, { spec, generation });
+  return generation;
+}
+
+/** Deletes a resource: cancels its workflow and, unless told not to, waits for its cleanup. */
+export async function deleteResource(r: Resources, kind: ResourceKind, name: string, wait = true): Promise<string> {
+  const handle = r.client.workflow.getHandle(await resourceWorkflowId(r, kind, name));
   await handle.cancel();
   if (wait) await handle.result().catch(() => undefined);
   return handle.workflowId;
 }
+
+export const createEip = (r: Resources, name: string, spec: EipSpec, uid?: string) => createResource(r, 'eip', name, spec, uid);
+export const eipStatus = (r: Resources, name: string) => resourceStatus(r, 'eip', name);
+export const deleteEip = (r: Resources, name: string, wait = true) => deleteResource(r, 'eip', name, wait);
 
 /** The Web UI page of a workflow. */
 export function webUiLink(uiUrl: string, namespace: string, workflowId: string): string {

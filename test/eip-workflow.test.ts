@@ -29,7 +29,7 @@ class FakeControl {
     return this.calls.filter((c) => c.phase === 'start').map((c) => c.name);
   }
 
-  activities(): ControlActivities {
+  activities(): Partial<ControlActivities> {
     const track = <A extends unknown[], R>(name: keyof ControlActivities, fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
       this.calls.push({ name, phase: 'start' });
       try {

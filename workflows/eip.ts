@@ -10,11 +10,22 @@ import { NatflowError, Reason } from '../domain/errors.js';
 import type { ConditionInput } from '../domain/status.js';
 import { setCondition } from '../domain/status.js';
 import type { ControlActivities } from '../activities/control.js';
+import { claimConflict, type NatKind } from '../domain/nat.js';
 import { gatewayChangedSignal } from './signals.js';
 import { searchAttributes } from './search-attributes.js';
 
 export const eipSpecSignal = wf.defineSignal<[{ spec: EipSpec; generation: number }]>('specChanged');
 export const eipStatusQuery = wf.defineQuery<EipStatus>('status');
+
+export interface EipClaim {
+  /** The rule's workflow ID. */
+  owner: string;
+  kind: NatKind;
+  name: string;
+}
+/** A NAT rule takes (a share of) the EIP; refused unless Ready and compatible with its other users. */
+export const claimEipUpdate = wf.defineUpdate<{ address: string; gateway: string }, [EipClaim]>('claim');
+export const unclaimEipUpdate = wf.defineUpdate<void, [{ owner: string }]>('unclaim');
 
 const control = wf.proxyActivities<ControlActivities>({
   startToCloseTimeout: '60s',
@@ -37,6 +48,9 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
   // What may be held right now: set before the call that takes it, cleared after the call that gives it back.
   let held: { subnet: string } | null = null;
   let bound: { gateway: string } | null = null;
+  const claims = new Map<string, EipClaim>();
+  let deleting = false;
+  const users = () => [...claims.values()].map((c) => `${c.kind} ${c.name}`).join(', ');
 
   const setPhase = (phase: EipPhase, condition: Omit<ConditionInput, 'type'>) => {
     status.phase = phase;
@@ -48,6 +62,25 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
   };
 
   wf.setHandler(eipStatusQuery, () => status);
+  wf.setHandler(
+    claimEipUpdate,
+    (claim) => {
+      claims.set(claim.owner, claim);
+      status.nat = [...new Set([...claims.values()].map((c) => c.kind))].sort().join(',');
+      return { address: status.ip, gateway: status.natGwDp };
+    },
+    {
+      validator: (claim) => {
+        if (status.phase !== 'Ready' || deleting) throw wf.ApplicationFailure.nonRetryable(`EIP ${name} is not ready (${status.phase})`, Reason.EipNotReady);
+        const conflict = claimConflict(claim.kind, [...claims.values()], claim.owner);
+        if (conflict) throw wf.ApplicationFailure.nonRetryable(`EIP ${name}: ${conflict}`, Reason.EipInUse);
+      },
+    },
+  );
+  wf.setHandler(unclaimEipUpdate, ({ owner }) => {
+    claims.delete(owner);
+    status.nat = [...new Set([...claims.values()].map((c) => c.kind))].sort().join(',');
+  });
   wf.setHandler(gatewayChangedSignal, () => void (gatewayChanged = true));
   wf.setHandler(eipSpecSignal, (update) => {
     if (update.generation <= generation) return; // a repeat or a stale update
@@ -145,11 +178,19 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
       }
 
       setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `${allocation.address} is bound on ${gateway}` });
-      const applied = spec;
+      let applied = spec;
       for (;;) {
         await stayReady(gateway);
-        if (!specChanged || eipAddressChanged(applied, spec)) break;
-        specChanged = false; // nothing natflow acts on changed: just observe the generation
+        if (!specChanged) break;
+        specChanged = false;
+        if (eipAddressChanged(applied, spec) && claims.size === 0) break;
+        if (eipAddressChanged(applied, spec)) {
+          // Moving an address under live NAT rules would break them silently: refuse, keep serving.
+          status.conditions = setCondition(status.conditions, { type: 'Valid', status: 'False', reason: Reason.EipInUse, message: `the address cannot change while used by ${users()}` }, new Date(), generation);
+          spec = applied;
+          continue;
+        }
+        applied = spec; // nothing natflow acts on changed: just observe the generation
         setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `${allocation.address} is bound on ${gateway}` });
       }
       await releaseAll();
@@ -157,6 +198,11 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
   } catch (err) {
     if (!wf.isCancellation(err)) throw err;
     await wf.CancellationScope.nonCancellable(async () => {
+      deleting = true;
+      if (claims.size > 0) {
+        setPhase('Deleting', { status: 'False', reason: Reason.EipInUse, message: `waiting for its users to be deleted: ${users()}` });
+        await wf.condition(() => claims.size === 0);
+      }
       setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing the address and releasing it' });
       await releaseAll();
       setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });

@@ -3,10 +3,13 @@
 // and restores the whole desired state whenever a new agent instance appears (a restarted
 // gateway pod starts empty). Its existence is the gateway's existence for natflow.
 import * as wf from '@temporalio/workflow';
-import { Reason } from '../domain/errors.js';
+import { NatflowError, Reason } from '../domain/errors.js';
 import type { AgentInfo, EipAddress, GatewayAgentActivities, GatewaySpec, GatewayState } from '../domain/gateway.js';
 import { gatewayTaskQueue } from '../domain/names.js';
-import { parseIPv4 } from '../domain/ip.js';
+import { cidrContains, parseCidr, parseIPv4 } from '../domain/ip.js';
+import { conntrackTarget, dnatConflict, ruleDiff } from '../domain/nat.js';
+import { validateNatRule, type NatRule } from '../domain/nat-rules.js';
+import { domainCall } from './failures.js';
 import type { ControlActivities } from '../activities/control.js';
 import { gatewayChangedSignal } from './signals.js';
 import { searchAttributes } from './search-attributes.js';
@@ -14,6 +17,7 @@ import { searchAttributes } from './search-attributes.js';
 export interface GatewayInput {
   spec: GatewaySpec;
   eips?: Record<string, EipAddress>;
+  rules?: Record<string, NatRule>;
   maxHistoryLength?: number;
 }
 
@@ -21,6 +25,10 @@ export const agentStartedSignal = wf.defineSignal<[AgentInfo]>('agentStarted');
 export const bindEipUpdate = wf.defineUpdate<void, [{ owner: string } & EipAddress]>('bindEip');
 export const unbindEipUpdate = wf.defineUpdate<{ applied: boolean }, [{ owner: string }]>('unbindEip');
 export const gatewayStateQuery = wf.defineQuery<GatewayState>('state');
+/** Sets (or replaces) a rule; resolves once applied. */
+export const setRuleUpdate = wf.defineUpdate<void, [NatRule]>('setRule');
+/** Removes a rule and its conntrack entries; `applied` is false when the agent is down (it is restored without it). */
+export const removeRuleUpdate = wf.defineUpdate<{ applied: boolean }, [{ owner: string }]>('removeRule');
 
 const PROBE_WHEN_READY = '30s';
 const MAX_PROBE_BACKOFF_MS = 30_000;
@@ -39,7 +47,10 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
     startToCloseTimeout: '30s',
     retry: { maximumAttempts: 1 },
   });
-  const state: GatewayState = { spec, ready: false, reason: 'agent not probed yet', agent: null, eips: { ...input.eips }, deleting: false };
+  const state: GatewayState = { spec, ready: false, reason: 'agent not probed yet', agent: null, eips: { ...input.eips }, rules: { ...input.rules }, deleting: false };
+  // The rules the current agent instance has: a diff against them is all one change sends.
+  let appliedRules: Record<string, NatRule> = {};
+  let fullRestore = true;
   let desiredGeneration = 1; // a new run always applies its full state once
   let appliedGeneration = 0;
   let probeRequested = true;
@@ -82,6 +93,30 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
       },
     },
   );
+  wf.setHandler(
+    setRuleUpdate,
+    async (rule) => {
+      if (!state.ready || state.deleting) throw notReady();
+      if (await change(() => (state.rules[rule.owner] = rule))) return;
+      throw notReady(); // the caller removes it again as part of its compensation
+    },
+    {
+      validator: (rule) =>
+        domainCall(() => {
+          validateNatRule(rule);
+          const conflict = dnatConflict(state.rules, rule);
+          if (conflict) throw new NatflowError(Reason.DuplicateDnat, conflict);
+          const internal = rule.kind === 'snat' ? parseCidr(rule.internalCidr).first : parseIPv4(rule.internalIp);
+          if (spec.internalCidr && !cidrContains(parseCidr(spec.internalCidr), internal)) {
+            throw new NatflowError(Reason.InvalidSpec, `${rule.kind === 'snat' ? rule.internalCidr : rule.internalIp} is outside the VPC subnet ${spec.internalCidr} of gateway ${spec.name}`);
+          }
+        }),
+    },
+  );
+  wf.setHandler(removeRuleUpdate, async ({ owner }) => {
+    if (!(owner in state.rules) && !(owner in appliedRules)) return { applied: true };
+    return { applied: await change(() => delete state.rules[owner]) };
+  });
   wf.setHandler(unbindEipUpdate, async ({ owner }) => {
     if (!(owner in state.eips)) return { applied: true };
     // When the agent is down the removal is still recorded: the next agent restores without it.
@@ -92,6 +127,18 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
     const target = desiredGeneration;
     try {
       await agent.reconcileEipAddresses(Object.values(state.eips));
+      const desired = { ...state.rules };
+      if (fullRestore) {
+        await agent.initNatChains();
+        await agent.applyNatRules({ add: Object.values(desired), removeOwners: [], replaceAll: true });
+        fullRestore = false;
+      } else {
+        const diff = ruleDiff(appliedRules, desired);
+        if (diff.add.length + diff.removeOwners.length > 0) await agent.applyNatRules({ add: diff.add, removeOwners: diff.removeOwners });
+        // Only once the rules are gone, or new packets would make new entries.
+        if (diff.removed.length > 0) await agent.flushConntrack(diff.removed.map(conntrackTarget));
+      }
+      appliedRules = desired;
       appliedGeneration = target;
     } catch (err) {
       setReady(false, `applying desired state failed: ${(err as Error).message}`);
@@ -106,6 +153,7 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
       state.agent = info;
       state.ready = true; // so that apply's failure path can mark it unready again
       appliedGeneration = 0;
+      fullRestore = true;
       await apply();
       if (!state.ready) return;
       failedProbes = 0;
@@ -128,7 +176,7 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
       if (state.ready && desiredGeneration > appliedGeneration) await apply();
       const info = wf.workflowInfo();
       if ((info.continueAsNewSuggested || info.historyLength >= (input.maxHistoryLength ?? 10_000)) && desiredGeneration === appliedGeneration && wf.allHandlersFinished()) {
-        await wf.continueAsNew<typeof gatewayWorkflow>({ ...input, eips: state.eips });
+        await wf.continueAsNew<typeof gatewayWorkflow>({ ...input, eips: state.eips, rules: state.rules });
       }
     }
   } catch (err) {
@@ -140,6 +188,7 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
       setReady(false, 'gateway is being deleted');
       const owners = Object.keys(state.eips);
       state.eips = {};
+      state.rules = {};
       if (state.agent) await apply();
       for (const owner of owners) {
         await wf.getExternalWorkflowHandle(owner).signal(gatewayChangedSignal).catch(() => undefined);

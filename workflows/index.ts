@@ -2,3 +2,4 @@
 export { eipWorkflow } from './eip.js';
 export { gatewayWorkflow } from './gateway.js';
 export { ipamWorkflow } from './ipam.js';
+export { dnatWorkflow, fipWorkflow, snatWorkflow } from './nat-rule.js';

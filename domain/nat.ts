@@ -1,0 +1,137 @@
+// IptablesFIPRule, IptablesDnatRule and IptablesSnatRule (kubeovn.io/v1): their specs, how
+// they share an EIP, and the gateway rule each one becomes.
+import { NatflowError, Reason } from './errors.js';
+import { validateName, type ResourceRef } from './names.js';
+import type { NatRule } from './nat-rules.js';
+import type { Condition } from './status.js';
+
+export type NatKind = 'fip' | 'dnat' | 'snat';
+
+export interface FipSpec {
+  eip: string;
+  internalIp: string;
+}
+/** Kube-OVN keeps ports as strings; numbers are accepted too. */
+export interface DnatSpec {
+  eip: string;
+  externalPort: string | number;
+  protocol: string;
+  internalIp: string;
+  internalPort: string | number;
+}
+export interface SnatSpec {
+  eip: string;
+  internalCIDR: string;
+}
+export interface NatSpecs {
+  fip: FipSpec;
+  dnat: DnatSpec;
+  snat: SnatSpec;
+}
+export type NatSpec = NatSpecs[NatKind];
+
+export interface NatInput<K extends NatKind = NatKind> {
+  kind: K;
+  resource: ResourceRef;
+  spec: NatSpecs[K];
+}
+
+export type NatPhase = 'Pending' | 'Invalid' | 'WaitingForEip' | 'Claiming' | 'Applying' | 'Ready' | 'Failed' | 'Deleting' | 'Deleted';
+
+/** Kube-OVN's rule status fields (ready, v4ip, natGwDp and the spec echoes) plus natflow's phase. */
+export interface NatStatus {
+  phase: NatPhase;
+  ready: boolean;
+  v4ip: string;
+  natGwDp: string;
+  internalIp?: string;
+  protocol?: string;
+  internalPort?: string;
+  externalPort?: string;
+  internalCIDR?: string;
+  conditions: Condition[];
+  observedGeneration: number;
+}
+
+/** Which kinds may share one EIP: a FIP takes it alone; DNAT and SNAT rules may share it. */
+export function claimConflict(kind: NatKind, existing: { owner: string; kind: NatKind; name: string }[], owner: string): string | null {
+  const others = existing.filter((c) => c.owner !== owner);
+  const describe = (c: (typeof others)[number]) => `${c.kind} ${c.name}`;
+  if (kind === 'fip' && others.length > 0) return `the EIP is already used by ${others.map(describe).join(', ')}; a FIP needs it alone`;
+  const fip = others.find((c) => c.kind === 'fip');
+  if (fip) return `the EIP is already used by ${describe(fip)}, which takes it alone`;
+  return null;
+}
+
+function port(value: unknown, field: string): number {
+  const n = typeof value === 'number' ? value : typeof value === 'string' && /^[0-9]{1,5}$/.test(value) ? Number(value) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new NatflowError(Reason.InvalidSpec, `${field} ${JSON.stringify(value)} is not a port (1-65535)`);
+  return n;
+}
+
+/** The gateway rule for a resource, once its EIP's address is known. Validation of addresses is the rule's. */
+export function natRuleFor(input: NatInput, eipAddress: string): NatRule {
+  const owner = input.resource.uid;
+  switch (input.kind) {
+    case 'fip': {
+      const spec = input.spec as FipSpec;
+      return { kind: 'fip', owner, eip: eipAddress, internalIp: spec.internalIp };
+    }
+    case 'dnat': {
+      const spec = input.spec as DnatSpec;
+      if (spec.protocol !== 'tcp' && spec.protocol !== 'udp') throw new NatflowError(Reason.InvalidSpec, `spec.protocol ${JSON.stringify(spec.protocol)} must be tcp or udp`);
+      return { kind: 'dnat', owner, eip: eipAddress, protocol: spec.protocol, externalPort: port(spec.externalPort, 'spec.externalPort'), internalIp: spec.internalIp, internalPort: port(spec.internalPort, 'spec.internalPort') };
+    }
+    case 'snat': {
+      const spec = input.spec as SnatSpec;
+      return { kind: 'snat', owner, eip: eipAddress, internalCidr: spec.internalCIDR };
+    }
+    default:
+      throw new NatflowError(Reason.InvalidSpec, `unknown NAT kind ${JSON.stringify((input as NatInput).kind)}`);
+  }
+}
+
+/** The EIP a rule names; validated before anything else happens. */
+export function natEipName(input: NatInput): string {
+  if (!input.spec || typeof input.spec !== 'object') throw new NatflowError(Reason.InvalidSpec, 'spec is missing');
+  return validateName(input.spec.eip, 'spec.eip');
+}
+
+/** What conntrack entries a removed or changed rule leaves behind, in the agent's terms. */
+export interface ConntrackTarget {
+  eip: string;
+  internalIp?: string;
+  protocol?: 'tcp' | 'udp';
+  port?: number;
+  internalCidr?: string;
+}
+
+export function conntrackTarget(rule: NatRule): ConntrackTarget {
+  switch (rule.kind) {
+    case 'fip':
+      return { eip: rule.eip, internalIp: rule.internalIp };
+    case 'dnat':
+      return { eip: rule.eip, internalIp: rule.internalIp, protocol: rule.protocol, port: rule.externalPort };
+    case 'snat':
+      return { eip: rule.eip, internalCidr: rule.internalCidr };
+  }
+}
+
+/** The change from the rules an agent has to the desired ones: a changed rule is removed and added again. */
+export function ruleDiff(applied: Record<string, NatRule>, desired: Record<string, NatRule>): { add: NatRule[]; removeOwners: string[]; removed: NatRule[] } {
+  const same = (a: NatRule, b: NatRule) => JSON.stringify(a) === JSON.stringify(b);
+  const removed = Object.entries(applied)
+    .filter(([owner, rule]) => !desired[owner] || !same(rule, desired[owner]!))
+    .map(([, rule]) => rule);
+  const add = Object.entries(desired)
+    .filter(([owner, rule]) => !applied[owner] || !same(rule, applied[owner]!))
+    .map(([, rule]) => rule);
+  return { add, removeOwners: removed.map((r) => r.owner), removed };
+}
+
+/** A second DNAT rule for the same EIP, protocol and external port is refused. */
+export function dnatConflict(rules: Record<string, NatRule>, rule: NatRule): string | null {
+  if (rule.kind !== 'dnat') return null;
+  const clash = Object.values(rules).find((r) => r.owner !== rule.owner && r.kind === 'dnat' && r.eip === rule.eip && r.protocol === rule.protocol && r.externalPort === rule.externalPort);
+  return clash ? `${rule.eip} ${rule.protocol}/${rule.externalPort} is already forwarded by another DNAT rule (${clash.owner})` : null;
+}

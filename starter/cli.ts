@@ -4,15 +4,18 @@
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { Command, Option } from 'commander';
-import { workflowIds } from '../domain/names.js';
+import type { EipSpec } from '../domain/eip.js';
+import type { NatKind, NatSpec, NatSpecs } from '../domain/nat.js';
+import { workflowIds, type ResourceKind } from '../domain/names.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { labDown, labStatus, labUp } from '../temporal-dev/lab.js';
 import { temporalTarget } from '../worker/connection.js';
 import {
-  createEip,
-  deleteEip,
+  createResource,
   deleteGateway,
-  eipStatus,
+  deleteResource,
+  resourceStatus,
+  updateNatSpec,
   ensureGateway,
   ensureSubnet,
   findRunning,
@@ -49,45 +52,82 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
   };
   const link = (workflowId: string) => webUiLink(globals().uiUrl, temporalTarget({ namespace: globals().namespace }).namespace, workflowId);
 
-  const eip = program.command('eip').description('elastic IPs (IptablesEIP)');
-  eip
-    .command('create <name>')
-    .description('create an EIP on a NAT gateway')
-    .requiredOption('--gateway <name>', 'the NAT gateway (spec.natGwDp)')
-    .option('--subnet <name>', 'external subnet (spec.externalSubnet)', DEFAULT_EXTERNAL_SUBNET)
-    .option('--v4ip <address>', 'a specific address (spec.v4ip)')
-    .option('--wait', 'wait until the EIP is ready or reports a problem')
-    .action(async (name: string, o: { gateway: string; subnet: string; v4ip?: string; wait?: boolean }) => {
-      const r = await resources();
-      const created = await createEip(r, name, { natGwDp: o.gateway, externalSubnet: o.subnet, v4ip: o.v4ip });
-      const status = o.wait ? await waitSettled(r, name) : undefined;
-      print({ ...created, ui: link(created.workflowId), ...(status && { status }) }, (v: typeof created) =>
-        `EIP ${v.name} created (uid ${v.uid})${status ? `: ${status.phase} ${status.ip}` : ''}\n  ${link(v.workflowId)}`,
-      );
-    });
-  eip
-    .command('list')
-    .description('list EIPs with their phase and address')
-    .action(async () => {
-      const r = await resources();
-      const rows = await Promise.all((await findRunning(r, 'eip')).map((found) => eipStatus(r, found.name)));
-      print(rows, () => rows.map((s) => `${s.name}\t${s.phase}\t${s.ip || '-'}\t${s.natGwDp}`).join('\n') || 'no EIPs');
-    });
-  eip
-    .command('get <name>')
-    .description("show an EIP's status, conditions and Web UI link")
-    .action(async (name: string) => {
-      const status = await eipStatus(await resources(), name);
-      print({ ...status, ui: link(status.workflowId) }, () => `${JSON.stringify(status, null, 2)}\n${link(status.workflowId)}`);
-    });
-  eip
-    .command('delete <name>')
-    .description('delete an EIP: its address leaves the gateway and returns to the subnet')
-    .option('--no-wait', 'return once the delete is requested')
-    .action(async (name: string, o: { wait: boolean }) => {
-      const workflowId = await deleteEip(await resources(), name, o.wait);
-      print({ name, workflowId, deleted: o.wait }, () => `EIP ${name} ${o.wait ? 'deleted' : 'delete requested'}`);
-    });
+  /** create/list/get/delete (and `set` for NAT rules) for one resource kind. */
+  const resourceCommands = <K extends ResourceKind>(
+    kind: K,
+    description: string,
+    options: [flags: string, help: string, defaultValue?: string][],
+    specFrom: (o: Record<string, string>) => Spec<K>,
+  ) => {
+    const group = program.command(kind).description(description);
+    const withOptions = (cmd: Command, required: boolean) => {
+      for (const [flags, help, defaultValue] of options) {
+        if (required && defaultValue === undefined && !flags.includes('--v4ip')) cmd.requiredOption(flags, help);
+        else cmd.option(flags, help, defaultValue);
+      }
+      return cmd;
+    };
+    withOptions(group.command('create <name>').description(`create a ${kind}`), true)
+      .option('--wait', 'wait until it is ready or reports a problem')
+      .action(async (name: string, o: Record<string, string> & { wait?: boolean }) => {
+        const r = await resources();
+        const created = await createResource(r, kind, name, specFrom(o));
+        const status = o.wait ? await waitSettled(r, kind, name) : undefined;
+        print({ ...created, ui: link(created.workflowId), ...(status && { status }) }, () =>
+          `${kind} ${name} created (uid ${created.uid})${status ? `: ${status.phase} ${statusAddress(status)}` : ''}\n  ${link(created.workflowId)}`,
+        );
+      });
+    group
+      .command('list')
+      .description(`list ${kind}s with their phase`)
+      .action(async () => {
+        const r = await resources();
+        const rows = await Promise.all((await findRunning(r, kind)).map((found) => resourceStatus(r, kind, found.name)));
+        print(rows, () => rows.map((s) => `${s.name}\t${s.phase}\t${statusAddress(s) || '-'}\t${s.natGwDp || '-'}`).join('\n') || `no ${kind}s`);
+      });
+    group
+      .command('get <name>')
+      .description('show status, conditions and the Web UI link')
+      .action(async (name: string) => {
+        const status = await resourceStatus(await resources(), kind, name);
+        print({ ...status, ui: link(status.workflowId) }, () => `${JSON.stringify(status, null, 2)}\n${link(status.workflowId)}`);
+      });
+    if (kind !== 'eip') {
+      withOptions(group.command('set <name>').description(`change a ${kind}'s spec (all fields, as an edit would)`), true).action(async (name: string, o: Record<string, string>) => {
+        const generation = await updateNatSpec(await resources(), kind as NatKind, name, specFrom(o) as NatSpec);
+        print({ name, generation }, () => `${kind} ${name}: generation ${generation} sent`);
+      });
+    }
+    group
+      .command('delete <name>')
+      .description('delete it; everything it holds on the gateway and in IPAM is given back')
+      .option('--no-wait', 'return once the delete is requested')
+      .action(async (name: string, o: { wait: boolean }) => {
+        const workflowId = await deleteResource(await resources(), kind, name, o.wait);
+        print({ name, workflowId, deleted: o.wait }, () => `${kind} ${name} ${o.wait ? 'deleted' : 'delete requested'}`);
+      });
+  };
+
+  resourceCommands('eip', 'elastic IPs (IptablesEIP)', [
+    ['--gateway <name>', 'the NAT gateway (spec.natGwDp)'],
+    ['--subnet <name>', 'external subnet (spec.externalSubnet)', DEFAULT_EXTERNAL_SUBNET],
+    ['--v4ip <address>', 'a specific address (spec.v4ip)'],
+  ], (o) => ({ natGwDp: o.gateway!, externalSubnet: o.subnet, v4ip: o.v4ip }));
+  resourceCommands('fip', 'floating IPs (IptablesFIPRule): all traffic of an EIP to one internal IP', [
+    ['--eip <name>', 'the EIP (spec.eip)'],
+    ['--internal-ip <address>', 'spec.internalIp'],
+  ], (o) => ({ eip: o.eip!, internalIp: o.internalIp! }));
+  resourceCommands('dnat', 'port forwarding (IptablesDnatRule)', [
+    ['--eip <name>', 'the EIP (spec.eip)'],
+    ['--protocol <tcp|udp>', 'spec.protocol'],
+    ['--external-port <port>', 'spec.externalPort'],
+    ['--internal-ip <address>', 'spec.internalIp'],
+    ['--internal-port <port>', 'spec.internalPort'],
+  ], (o) => ({ eip: o.eip!, protocol: o.protocol!, externalPort: o.externalPort!, internalIp: o.internalIp!, internalPort: o.internalPort! }));
+  resourceCommands('snat', 'source NAT for a CIDR (IptablesSnatRule)', [
+    ['--eip <name>', 'the EIP (spec.eip)'],
+    ['--internal-cidr <cidr>', 'spec.internalCIDR'],
+  ], (o) => ({ eip: o.eip!, internalCIDR: o.internalCidr! }));
 
   const subnet = program.command('subnet').description('external subnets and their IPAM');
   subnet
@@ -137,11 +177,18 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
 
   program
     .command('ui <kind> <name>')
-    .description('print the Web UI link of a resource workflow (kind: eip, subnet, gateway)')
+    .description('print the Web UI link of a resource workflow (kind: eip, fip, dnat, snat, subnet, gateway)')
     .action(async (kind: string, name: string) => {
+      const resourceKinds: string[] = ['eip', 'fip', 'dnat', 'snat'];
       const workflowId =
-        kind === 'subnet' ? workflowIds.ipam(name) : kind === 'gateway' ? workflowIds.gateway(name) : kind === 'eip' ? (await eipStatus(await resources(), name)).workflowId : undefined;
-      if (!workflowId) throw new Error(`unknown kind ${JSON.stringify(kind)}: use eip, subnet or gateway`);
+        kind === 'subnet'
+          ? workflowIds.ipam(name)
+          : kind === 'gateway'
+            ? workflowIds.gateway(name)
+            : resourceKinds.includes(kind)
+              ? (await resourceStatus(await resources(), kind as ResourceKind, name)).workflowId
+              : undefined;
+      if (!workflowId) throw new Error(`unknown kind ${JSON.stringify(kind)}: use eip, fip, dnat, snat, subnet or gateway`);
       print({ kind, name, workflowId, ui: link(workflowId) }, () => link(workflowId));
     });
 
@@ -170,13 +217,18 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
   return { program, close: async () => connection?.close() };
 }
 
-/** Polls until the EIP is ready or stuck on something the user must act on. */
-async function waitSettled(r: Resources, name: string, timeoutMs = 60_000) {
+type Spec<K extends ResourceKind> = K extends 'eip' ? EipSpec : NatSpecs[Exclude<K, 'eip'>];
+
+const statusAddress = (s: { ip?: string; v4ip?: string }) => s.ip ?? s.v4ip ?? '';
+
+/** Polls until the resource is ready or stuck on something the user must act on. */
+async function waitSettled(r: Resources, kind: ResourceKind, name: string, timeoutMs = 60_000) {
+  const settled = ['Ready', 'Invalid', 'Failed', 'WaitingForGateway', 'WaitingForEip'];
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const status = await eipStatus(r, name).catch(() => undefined);
-    if (status && ['Ready', 'Invalid', 'Failed', 'WaitingForGateway'].includes(status.phase)) return status;
-    if (Date.now() > deadline) throw new Error(`EIP ${name} did not settle within ${timeoutMs / 1000}s (phase ${status?.phase ?? 'unknown'})`);
+    const status = await resourceStatus(r, kind, name).catch(() => undefined);
+    if (status && settled.includes(status.phase)) return status;
+    if (Date.now() > deadline) throw new Error(`${kind} ${name} did not settle within ${timeoutMs / 1000}s (phase ${status?.phase ?? 'unknown'})`);
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
 }

@@ -3,6 +3,7 @@
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { createAddressActivities } from '../../activities/gateway-addresses.js';
+import { createNatActivities } from '../../activities/gateway-nat.js';
 import { labExternalSubnet, type LabTopology } from '../../domain/lab.js';
 import type { SubnetSpec } from '../../domain/subnet.js';
 import { labDown, labUp } from '../../temporal-dev/lab.js';
@@ -22,6 +23,8 @@ export interface Stack {
   /** Stops a gateway's agent (the pod dies) and starts a new one. */
   restartAgent(name: string, beforeStart?: () => Promise<void>): Promise<void>;
   eipAddresses(gateway: string): Promise<string[]>;
+  /** natflow-tagged NAT rules on the gateway, read from its nat table. */
+  natRules(gateway: string): Promise<{ chain: string; owner: string; spec: string[] }[]>;
   teardown(): Promise<void>;
 }
 
@@ -32,7 +35,7 @@ export async function startStack(subnetName: string): Promise<Stack> {
   const controlRun = control.run();
   const gateways: Stack['gateways'] = new Map();
   const agentFor = (name: string, topology: LabTopology) =>
-    startGatewayAgent({ gateway: name, netns: topology.gatewayNs, externalInterface: topology.externalInterface }, env.nativeConnection, env.client);
+    startGatewayAgent({ gateway: name, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcCidr: topology.vpcCidr }, env.nativeConnection, env.client);
 
   const stack: Stack = {
     env,
@@ -41,7 +44,7 @@ export async function startStack(subnetName: string): Promise<Stack> {
     gateways,
     async addGateway(name) {
       const topology = await labUp(name);
-      await ensureGateway(resources, { name, externalSubnet: stack.subnet.name, lanIp: topology.lanIp });
+      await ensureGateway(resources, { name, externalSubnet: stack.subnet.name, lanIp: topology.lanIp, internalCidr: topology.vpcCidr });
       gateways.set(name, { topology, agent: await agentFor(name, topology) });
       return topology;
     },
@@ -54,6 +57,9 @@ export async function startStack(subnetName: string): Promise<Stack> {
     eipAddresses(gateway) {
       const topology = gateways.get(gateway)!.topology;
       return createAddressActivities({ netns: topology.gatewayNs, externalInterface: topology.externalInterface }).listEipAddresses();
+    },
+    natRules(gateway) {
+      return createNatActivities({ netns: gateways.get(gateway)!.topology.gatewayNs }).listNatRules();
     },
     async teardown() {
       for (const [name, gw] of gateways) {

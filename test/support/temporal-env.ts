@@ -14,7 +14,7 @@ export async function createTestEnv(): Promise<TestWorkflowEnvironment> {
       searchAttributes: NATFLOW_SEARCH_ATTRIBUTE_KEY_LIST,
       ip: '127.0.0.1',
       // Tests assert behaviour; the server's own errors (e.g. updates aborted by continue-as-new, which the client retries) are noise here.
-      log: { format: 'pretty', level: 'fatal' },
+      log: { format: 'pretty', level: 'never' },
     },
   });
 }

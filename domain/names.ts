@@ -22,6 +22,8 @@ export interface ResourceRef {
   name: string;
   uid: string;
   generation: number;
+  /** The object lives in Kubernetes (started by the bridge): finalizer and status go there too. */
+  fromKube?: boolean;
 }
 
 export const CONTROL_TASK_QUEUE = 'natflow-control';

@@ -3,7 +3,9 @@
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { createControlActivities } from '../activities/control.js';
+import { createKubeActivities } from '../activities/kube.js';
 import { CONTROL_TASK_QUEUE } from '../domain/names.js';
 import { temporalTarget, type TemporalTarget } from './connection.js';
 
@@ -18,6 +20,8 @@ export interface ControlWorkerOptions {
   taskQueue?: string;
   /** A pre-built bundle, to skip bundling (tests share one). */
   workflowBundle?: WorkerOptions['workflowBundle'];
+  /** The cluster of resources started by the kube bridge (finalizers and status go there). */
+  kubeConfig?: KubeConfig;
 }
 
 export async function createControlWorker(opts: ControlWorkerOptions): Promise<Worker> {
@@ -26,7 +30,7 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<W
     namespace: opts.namespace ?? 'default',
     taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath }),
-    activities: createControlActivities(opts.client),
+    activities: { ...createControlActivities(opts.client), ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}) },
   });
 }
 

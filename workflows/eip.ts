@@ -11,6 +11,7 @@ import type { ConditionInput } from '../domain/status.js';
 import { setCondition } from '../domain/status.js';
 import type { ControlActivities } from '../activities/control.js';
 import { claimConflict, type NatKind } from '../domain/nat.js';
+import { kubeSync } from './kube-sync.js';
 import { gatewayChangedSignal } from './signals.js';
 import { searchAttributes } from './search-attributes.js';
 
@@ -59,7 +60,9 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
     status.observedGeneration = generation;
     wf.upsertSearchAttributes(searchAttributes({ phase }));
     wf.setCurrentDetails(`**${phase}**: ${condition.message}`);
+    k8s.publish({ ...status });
   };
+  const k8s = kubeSync('eip', input.resource);
 
   wf.setHandler(eipStatusQuery, () => status);
   wf.setHandler(
@@ -132,7 +135,24 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
     }
   };
 
+  /** The delete: wait for the EIP's users to go, give everything back, then let the object go. */
+  const cleanup = () =>
+    wf.CancellationScope.nonCancellable(async () => {
+      deleting = true;
+      if (claims.size > 0) {
+        setPhase('Deleting', { status: 'False', reason: Reason.EipInUse, message: `waiting for its users to be deleted: ${users()}` });
+        await wf.condition(() => claims.size === 0);
+      }
+      setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing the address and releasing it' });
+      await releaseAll();
+      setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
+      await k8s.release();
+    });
+
   wf.upsertSearchAttributes(searchAttributes({ kind: 'eip', name, gateway: spec?.natGwDp ?? '', subnet: spec?.externalSubnet ?? '' }));
+  const adoption = await k8s.adopt();
+  if (adoption === 'gone') return;
+  if (adoption === 'deleting') return cleanup();
   try {
     for (;;) {
       specChanged = false;
@@ -197,16 +217,7 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
     }
   } catch (err) {
     if (!wf.isCancellation(err)) throw err;
-    await wf.CancellationScope.nonCancellable(async () => {
-      deleting = true;
-      if (claims.size > 0) {
-        setPhase('Deleting', { status: 'False', reason: Reason.EipInUse, message: `waiting for its users to be deleted: ${users()}` });
-        await wf.condition(() => claims.size === 0);
-      }
-      setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing the address and releasing it' });
-      await releaseAll();
-      setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
-    });
+    await cleanup();
     throw err;
   }
 }

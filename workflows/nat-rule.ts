@@ -12,6 +12,7 @@ import { NatflowError, Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, type NatInput, type NatKind, type NatPhase, type NatSpecs, type NatStatus } from '../domain/nat.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
+import { kubeSync } from './kube-sync.js';
 import { searchAttributes } from './search-attributes.js';
 
 export const natSpecSignal = wf.defineSignal<[{ spec: NatSpecs[NatKind]; generation: number }]>('specChanged');
@@ -59,7 +60,9 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
     status.conditions = setCondition(status.conditions, { type: 'Ready', ...condition }, new Date(), input.resource.generation);
     wf.upsertSearchAttributes(searchAttributes({ phase }));
     wf.setCurrentDetails(`**${phase}**: ${condition.message}`);
+    k8s.publish({ ...status });
   };
+  const k8s = kubeSync(kind, resource);
   const failureOf = (err: unknown) => {
     const cause = (err as wf.ActivityFailure).cause as wf.ApplicationFailure | undefined;
     return { status: 'False' as const, reason: cause?.type ?? 'Error', message: cause?.message ?? String(err) };
@@ -108,7 +111,20 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
     return wf.condition(() => specChanged, specProblem ? RETRY_FAILED_AFTER : RETRY_GATEWAY_AFTER);
   };
 
+  /** The delete: rules and conntrack off the gateway, the EIP given back, then the object may go. */
+  const cleanup = () =>
+    wf.CancellationScope.nonCancellable(async () => {
+      setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing its rules and conntrack entries' });
+      await releaseAll();
+      setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is left on the gateway' });
+      await k8s.release();
+    });
+
   wf.upsertSearchAttributes(searchAttributes({ kind, name: resource.name }));
+  // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
+  const adoption = await k8s.adopt();
+  if (adoption === 'gone') return;
+  if (adoption === 'deleting') return cleanup();
   try {
     for (;;) {
       specChanged = false;
@@ -191,11 +207,7 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
     }
   } catch (err) {
     if (!wf.isCancellation(err)) throw err;
-    await wf.CancellationScope.nonCancellable(async () => {
-      setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing its rules and conntrack entries' });
-      await releaseAll();
-      setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is left on the gateway' });
-    });
+    await cleanup();
     throw err;
   }
 }

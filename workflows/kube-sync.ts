@@ -1,0 +1,52 @@
+// A resource workflow's link to its Kubernetes object, when it has one (started by the bridge):
+// adopt it first (it still exists and is not being deleted → finalizer on), publish status as it
+// changes, release it last (finalizer off). Resources without an object (the CLI) skip all three.
+import * as wf from '@temporalio/workflow';
+import type { KubeActivities } from '../activities/kube.js';
+import type { ResourceKind, ResourceRef } from '../domain/names.js';
+
+const kube = wf.proxyActivities<KubeActivities>({
+  startToCloseTimeout: '30s',
+  retry: { initialInterval: '1s', maximumInterval: '30s' },
+});
+
+export interface KubeSync {
+  /** 'gone': the object no longer exists, there is nothing to do; 'deleting': only cleanup is left. */
+  adopt(): Promise<'adopted' | 'gone' | 'deleting'>;
+  /** Publishes the latest status soon; intermediate ones may be skipped. */
+  publish(status: Record<string, unknown>): void;
+  release(): Promise<void>;
+}
+
+export function kubeSync(kind: ResourceKind, resource: ResourceRef): KubeSync {
+  const ref = { kind, name: resource.name, uid: resource.uid };
+  if (!resource.fromKube) return { adopt: async () => 'adopted', publish: () => undefined, release: async () => undefined };
+
+  let latest: Record<string, unknown> | null = null;
+  let version = 0;
+  let published = 0;
+  // One publisher, outside cancellation, always sending the newest status: a burst of phase
+  // changes costs one write, and the final status still goes out while cleanup runs.
+  void wf.CancellationScope.nonCancellable(async () => {
+    for (;;) {
+      await wf.condition(() => version > published);
+      const sending = version;
+      await kube.kubePublishStatus.executeWithOptions({ summary: `status of ${kind} ${resource.name}` }, [{ ...ref, status: latest! }]);
+      published = sending;
+    }
+  });
+  return {
+    async adopt() {
+      const { exists, deleting } = await kube.kubeAdopt.executeWithOptions({ summary: `${kind} ${resource.name} exists? add finalizer` }, [ref]);
+      return !exists ? 'gone' : deleting ? 'deleting' : 'adopted';
+    },
+    publish(status) {
+      latest = status;
+      version++;
+    },
+    async release() {
+      await wf.condition(() => published === version); // the last status lands before the object may go
+      await kube.kubeRelease.executeWithOptions({ summary: `remove finalizer of ${kind} ${resource.name}` }, [ref]);
+    },
+  };
+}

@@ -10,6 +10,11 @@ import { CONTROL_TASK_QUEUE } from '../domain/names.js';
 import { temporalTarget, type TemporalTarget } from './connection.js';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+/**
+ * How the workflow code is bundled: one definition for the worker, the tests and the replay
+ * of recorded histories, so that replay runs exactly what the worker runs.
+ */
+export const workflowBundleOptions = { workflowsPath } as const;
 
 export interface ControlWorkerOptions {
   /** Connection the worker polls with. */
@@ -29,7 +34,7 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<W
     connection: opts.connection,
     namespace: opts.namespace ?? 'default',
     taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
-    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath }),
+    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : workflowBundleOptions),
     activities: { ...createControlActivities(opts.client), ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}) },
   });
 }

@@ -2,13 +2,13 @@
 import { randomUUID } from 'node:crypto';
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type { WorkflowHandle } from '@temporalio/client';
-import { workflowsPath } from '../../worker/control.js';
+import { workflowBundleOptions } from '../../worker/control.js';
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
 
 /** One webpack bundle per test process, shared by every worker it creates. */
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundle ??= bundleWorkflowCode({ workflowsPath, logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } as never });
+  bundle ??= bundleWorkflowCode({ ...workflowBundleOptions, logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } as never });
   return bundle;
 }
 

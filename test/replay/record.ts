@@ -1,0 +1,125 @@
+// Records the histories replayed in CI: each workflow type through its important paths, on the
+// real stack (dev server, control worker, lab gateway and its agent).
+//   npm run record-histories [-- scenario ...]     (all scenarios when none is named)
+// Existing fixtures are never overwritten by a different code version: they are the open
+// workflows of earlier releases. Re-recording a scenario replaces only its own files.
+import { runCommand } from '../../activities/exec.js';
+import { DEFAULT_EXTERNAL_SUBNET } from '../../domain/subnet.js';
+import { workflowIds, type ResourceKind } from '../../domain/names.js';
+import type { NatKind, NatSpecs } from '../../domain/nat.js';
+import { createResource, deleteResource, resourceStatus, updateNatSpec } from '../../starter/resources.js';
+import { ipamWorkflow } from '../../workflows/ipam.js';
+import { createControlActivities } from '../../activities/control.js';
+import { startStack, type Stack } from '../support/stack.js';
+import { eventually } from '../support/workflows.js';
+import { codeVersion, saveFixture } from './fixtures.js';
+
+const GW = 'rec-gw';
+/** A scenario returns the workflow runs to record (the first run when `runId` is given). */
+type Scenario = (s: Stack) => Promise<{ workflowType: string; workflowId: string; runId?: string }[]>;
+
+const settle = (s: Stack, kind: ResourceKind, name: string, phase: string) =>
+  eventually(() => resourceStatus(s.resources, kind, name), (st) => st.phase === phase, 60_000, `${kind} ${name} ${phase}`);
+const eip = async (s: Stack, name: string, gateway = GW) => {
+  const created = await createResource(s.resources, 'eip', name, { natGwDp: gateway });
+  await settle(s, 'eip', name, 'Ready');
+  return created;
+};
+
+/** A NAT rule through create, a spec change and delete. */
+const ruleLifecycle = <K extends NatKind>(kind: K, spec: NatSpecs[K], changed: NatSpecs[K]): Scenario => async (s) => {
+  await eip(s, `eip-${kind}`);
+  const rule = await createResource(s.resources, kind, `${kind}-1`, spec as never);
+  await settle(s, kind, `${kind}-1`, 'Ready');
+  await updateNatSpec(s.resources, kind, `${kind}-1`, changed);
+  await eventually(() => resourceStatus(s.resources, kind, `${kind}-1`), (st) => st.ready && st.observedGeneration === 2, 60_000, 'updated');
+  await deleteResource(s.resources, kind, `${kind}-1`);
+  await deleteResource(s.resources, 'eip', `eip-${kind}`);
+  return [{ workflowType: `${kind}Workflow`, workflowId: rule.workflowId }];
+};
+
+const scenarios: Record<string, Scenario> = {
+  'eip-happy': async (s) => {
+    const e = await eip(s, 'eip-happy');
+    await deleteResource(s.resources, 'eip', 'eip-happy');
+    return [{ workflowType: 'eipWorkflow', workflowId: e.workflowId }];
+  },
+  'eip-missing-gateway-deleted': async (s) => {
+    const e = await createResource(s.resources, 'eip', 'eip-orphan', { natGwDp: 'no-such-gateway' });
+    await settle(s, 'eip', 'eip-orphan', 'WaitingForGateway');
+    await deleteResource(s.resources, 'eip', 'eip-orphan');
+    return [{ workflowType: 'eipWorkflow', workflowId: e.workflowId }];
+  },
+  'eip-compensation': async (s) => {
+    // The agent dies while the gateway still looks ready: the bind fails, the address is released,
+    // the EIP waits; a new agent comes up and the EIP becomes ready.
+    const gw = s.gateways.get(GW)!;
+    await gw.agent.stop();
+    const e = await createResource(s.resources, 'eip', 'eip-comp', { natGwDp: GW });
+    await settle(s, 'eip', 'eip-comp', 'WaitingForGateway');
+    await s.restartAgent(GW);
+    await settle(s, 'eip', 'eip-comp', 'Ready');
+    await deleteResource(s.resources, 'eip', 'eip-comp');
+    return [{ workflowType: 'eipWorkflow', workflowId: e.workflowId }];
+  },
+  'fip-lifecycle': ruleLifecycle('fip', { eip: 'eip-fip', internalIp: '10.0.1.10' }, { eip: 'eip-fip', internalIp: '10.0.1.11' }),
+  'dnat-lifecycle': ruleLifecycle(
+    'dnat',
+    { eip: 'eip-dnat', protocol: 'tcp', externalPort: '8080', internalIp: '10.0.1.10', internalPort: '80' },
+    { eip: 'eip-dnat', protocol: 'tcp', externalPort: '8080', internalIp: '10.0.1.11', internalPort: '8080' },
+  ),
+  'snat-lifecycle': ruleLifecycle('snat', { eip: 'eip-snat', internalCIDR: '10.0.1.0/24' }, { eip: 'eip-snat', internalCIDR: '10.0.1.0/25' }),
+  'fip-delete-mid-apply': async (s) => {
+    await eip(s, 'eip-mid');
+    const rule = await createResource(s.resources, 'fip', 'fip-mid', { eip: 'eip-mid', internalIp: '10.0.1.10' });
+    await eventually(() => resourceStatus(s.resources, 'fip', 'fip-mid'), (st) => ['Claiming', 'Applying', 'Ready'].includes(st.phase), 60_000, 'applying');
+    await deleteResource(s.resources, 'fip', 'fip-mid');
+    await deleteResource(s.resources, 'eip', 'eip-mid');
+    return [{ workflowType: 'fipWorkflow', workflowId: rule.workflowId }];
+  },
+  'gateway-agent-restart': async (s) => {
+    await eip(s, 'eip-restore');
+    await createResource(s.resources, 'fip', 'fip-restore', { eip: 'eip-restore', internalIp: '10.0.1.10' });
+    await settle(s, 'fip', 'fip-restore', 'Ready');
+    const ns = s.gateways.get(GW)!.topology.gatewayNs;
+    await s.restartAgent(GW, async () => {
+      await runCommand('iptables', ['-t', 'nat', '-F'], { netns: ns });
+      await runCommand('iptables', ['-t', 'nat', '-X'], { netns: ns });
+    });
+    await eventually(() => s.natRules(GW), (rules) => rules.length > 0, 60_000, 'rules restored');
+    await deleteResource(s.resources, 'fip', 'fip-restore');
+    await deleteResource(s.resources, 'eip', 'eip-restore');
+    return [{ workflowType: 'gatewayWorkflow', workflowId: workflowIds.gateway(GW) }];
+  },
+  'ipam-continue-as-new': async (s) => {
+    const subnet = { name: 'rec-ipam', cidrBlock: '172.30.0.0/24', gateway: '172.30.0.1', excludeIps: [] };
+    const handle = await s.env.client.workflow.start(ipamWorkflow, { taskQueue: s.resources.taskQueue!, workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, maxHistoryLength: 40 }] });
+    const control = createControlActivities(s.env.client);
+    for (let i = 0; i < 12; i++) await control.allocateAddress({ subnet: subnet.name, owner: `owner-${i}`, requested: i === 3 ? '172.30.0.99' : undefined });
+    for (let i = 0; i < 12; i += 2) await control.releaseAddress({ subnet: subnet.name, owner: `owner-${i}` });
+    const { runId } = await handle.describe();
+    if (runId === handle.firstExecutionRunId) throw new Error('expected a continue-as-new');
+    await handle.terminate();
+    return [{ workflowType: 'ipamWorkflow', workflowId: handle.workflowId, runId: handle.firstExecutionRunId }];
+  },
+};
+
+const wanted = process.argv.slice(2);
+const unknown = wanted.filter((name) => !(name in scenarios));
+if (unknown.length > 0) throw new Error(`unknown scenario(s) ${unknown.join(', ')}; known: ${Object.keys(scenarios).join(', ')}`);
+
+const stack = await startStack(DEFAULT_EXTERNAL_SUBNET);
+try {
+  await stack.addGateway(GW);
+  const version = codeVersion();
+  for (const [scenario, run] of Object.entries(scenarios)) {
+    if (wanted.length > 0 && !wanted.includes(scenario)) continue;
+    for (const { workflowType, workflowId, runId } of await run(stack)) {
+      const history = await stack.env.client.workflow.getHandle(workflowId, runId).fetchHistory();
+      const file = saveFixture({ scenario, workflowType, workflowId, codeVersion: version, recordedAt: new Date().toISOString(), howMade: `npm run record-histories -- ${scenario}` }, history);
+      console.log(`recorded ${file} (${history.events?.length} events)`);
+    }
+  }
+} finally {
+  await stack.teardown();
+}

@@ -1,7 +1,7 @@
 // Control-worker activities: the bridge between resource workflows and the entity workflows
 // (a subnet's IPAM, a gateway) they depend on. Updates are sent from activities because a
 // workflow cannot send one itself; errors come back as non-retryable failures named by reason.
-import { ApplicationFailure, WorkflowNotFoundError } from '@temporalio/common';
+import { ApplicationFailure, WorkflowNotFoundError, type SignalDefinition } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import { Reason } from '../domain/errors.js';
@@ -13,7 +13,7 @@ import { claimEipUpdate, eipStatusQuery, unclaimEipUpdate, type EipClaim } from 
 import type { NatRule } from '../domain/nat-rules.js';
 import { findOneRunning } from './visibility.js';
 import { allocateUpdate, releaseUpdate } from '../workflows/ipam.js';
-import { gatewayChangedSignal } from '../workflows/signals.js';
+import { eipChangedSignal, gatewayChangedSignal } from '../workflows/signals.js';
 
 export type ControlActivities = ReturnType<typeof createControlActivities>;
 
@@ -42,6 +42,20 @@ export function createControlActivities(client: Client) {
       if (err instanceof WorkflowNotFoundError) return false;
       throw err;
     }
+  };
+
+  /** Signals every running workflow the visibility query finds (but `except`). */
+  const wake = async (query: string, signal: SignalDefinition<[]>, except?: string): Promise<number> => {
+    let woken = 0;
+    for await (const execution of client.workflow.list({ query: `${query} AND ExecutionStatus = "Running"` })) {
+      if (execution.workflowId === except) continue;
+      await client.workflow.getHandle(execution.workflowId).signal(signal).catch((err) => {
+        if (!(err instanceof WorkflowNotFoundError)) throw err;
+      });
+      woken++;
+      Context.current().heartbeat(woken);
+    }
+    return woken;
   };
 
   return {
@@ -121,17 +135,12 @@ export function createControlActivities(client: Client) {
 
     /** Wakes every resource workflow waiting for this gateway (they also re-check on a timer). */
     async notifyGatewayWaiters(gateway: string): Promise<number> {
-      const query = `NatflowGateway = ${JSON.stringify(gateway)} AND NatflowPhase = "WaitingForGateway" AND ExecutionStatus = "Running"`;
-      let woken = 0;
-      for await (const execution of client.workflow.list({ query })) {
-        if (execution.workflowId === workflowIds.gateway(gateway)) continue;
-        await client.workflow.getHandle(execution.workflowId).signal(gatewayChangedSignal).catch((err) => {
-          if (!(err instanceof WorkflowNotFoundError)) throw err;
-        });
-        woken++;
-        Context.current().heartbeat(woken);
-      }
-      return woken;
+      return wake(`NatflowGateway = ${JSON.stringify(gateway)} AND NatflowPhase = "WaitingForGateway"`, gatewayChangedSignal, workflowIds.gateway(gateway));
+    },
+
+    /** Wakes the NAT rules waiting for an EIP (they also re-check on a timer); each checks whether it was its EIP. */
+    async notifyEipWaiters(): Promise<number> {
+      return wake('NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip"', eipChangedSignal);
     },
   };
 }

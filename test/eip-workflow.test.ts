@@ -55,6 +55,7 @@ class FakeControl {
       }),
       unbindAddress: track('unbindAddress', async () => ({ applied: true })),
       notifyGatewayWaiters: track('notifyGatewayWaiters', async () => 0),
+      notifyEipWaiters: track('notifyEipWaiters', async () => 0),
     };
   }
 }
@@ -86,9 +87,9 @@ describe('EIP workflow (mocked activities)', () => {
       const status = await eventually(() => h.query(eipStatusQuery), (s) => s.ready, 20_000, 'ready');
       expect(status.ip).toBe('172.18.0.5');
       expect(status.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Ready' });
-      expect(fake.names()).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress']);
+      expect(fake.names()).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
       await deleteAndWait(h);
-      expect(fake.names().slice(3)).toEqual(['unbindAddress', 'releaseAddress']);
+      expect(fake.names().slice(4)).toEqual(['unbindAddress', 'releaseAddress']);
     });
   });
 
@@ -144,7 +145,7 @@ describe('EIP workflow (mocked activities)', () => {
     fake.bindFailures = 1;
     await withEip(fake, spec, async (h) => {
       await eventually(phase(h), (p) => p === 'Ready', 30_000);
-      expect(fake.names()).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress', 'unbindAddress', 'releaseAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress']);
+      expect(fake.names()).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress', 'unbindAddress', 'releaseAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
       await deleteAndWait(h);
     });
   });

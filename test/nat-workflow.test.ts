@@ -10,6 +10,7 @@ import type { ControlActivities } from '../activities/control.js';
 import { Reason } from '../domain/errors.js';
 import { workflowIds } from '../domain/names.js';
 import { fipWorkflow, natSpecSignal, natStatusQuery } from '../workflows/nat-rule.js';
+import { eipChangedSignal } from '../workflows/signals.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, uid, uniqueQueue, workflowBundle } from './support/workflows.js';
 
@@ -88,6 +89,19 @@ describe('NAT rule workflow (mocked activities)', () => {
       expect(status.conditions[0]).toMatchObject({ reason: Reason.EipNotFound, message: 'EIP e1 does not exist' });
       await deleteAndWait(h);
       expect(new Set(fake.started())).toEqual(new Set(['eipForRule']));
+    });
+  });
+
+  it('a rule created before its EIP starts as soon as the EIP says it is ready', async () => {
+    const fake = new FakeControl();
+    fake.eipReady = false;
+    await withFip(fake, async (h) => {
+      await eventually(phase(h), (p) => p === 'WaitingForEip', 20_000);
+      await new Promise((r) => setTimeout(r, 4000)); // its re-check backoff has grown past the rest of this test
+      fake.eipReady = true;
+      await h.signal(eipChangedSignal);
+      await eventually(phase(h), (p) => p === 'Ready', 2_000, 'ready right after the wake-up');
+      await deleteAndWait(h);
     });
   });
 

@@ -28,7 +28,7 @@ describe('replay of recorded histories', () => {
   });
 
   it('bites: a workflow whose activity order changed fails replay with a determinism error', async () => {
-    const eipFixture = fixtures.find((f) => f.meta.scenario === 'eip-happy')!;
+    const eipFixture = fixtures.find((f) => f.meta.scenario === 'eip-happy' && f.meta.codeVersion === 'bde8d8b')!;
     const variant = fileURLToPath(new URL('./replay/incompatible-workflows.ts', import.meta.url));
     const replay = Worker.runReplayHistory({ workflowsPath: variant }, eipFixture.history);
     const error = await replay.then(() => null, (err: unknown) => err);

@@ -198,6 +198,9 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
       }
 
       setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `${allocation.address} is bound on ${gateway}` });
+      // Added after the first release: rules created before their EIP no longer wait for their
+      // next re-check (up to 30 s) but start at once. Patched, so older histories still replay.
+      if (wf.patched('wake-rules-on-eip-ready')) await control.notifyEipWaiters.executeWithOptions({ summary: 'wake NAT rules waiting for an EIP' }, []);
       let applied = spec;
       for (;;) {
         await stayReady(gateway);

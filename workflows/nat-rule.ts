@@ -14,6 +14,7 @@ import type { NatRule } from '../domain/nat-rules.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
 import { kubeSync } from './kube-sync.js';
 import { searchAttributes } from './search-attributes.js';
+import { eipChangedSignal } from './signals.js';
 
 export const natSpecSignal = wf.defineSignal<[{ spec: NatSpecs[NatKind]; generation: number }]>('specChanged');
 export const natStatusQuery = wf.defineQuery<NatStatus>('status');
@@ -68,7 +69,9 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
     return { status: 'False' as const, reason: cause?.type ?? 'Error', message: cause?.message ?? String(err) };
   };
 
+  let eipChanged = false;
   wf.setHandler(natStatusQuery, () => status);
+  wf.setHandler(eipChangedSignal, () => void (eipChanged = true));
   wf.setHandler(natSpecSignal, (update) => {
     if (update.generation <= input.resource.generation) return; // a repeat or a stale update
     input = { ...input, spec: update.spec, resource: { ...input.resource, generation: update.generation } };
@@ -141,10 +144,11 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
       // Wait for the EIP to exist and be ready (it may be created after the rule).
       let eip: Awaited<ReturnType<ControlActivities['eipForRule']>> = null;
       for (let attempt = 0; !specChanged; attempt++) {
+        eipChanged = false;
         eip = await control.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, [eipName]);
         if (eip?.ready) break;
         setPhase('WaitingForEip', { status: 'False', reason: eip ? Reason.EipNotReady : Reason.EipNotFound, message: eip ? `EIP ${eipName} is not ready: ${eip.reason}` : `EIP ${eipName} does not exist` });
-        await wf.condition(() => specChanged, backoff(attempt));
+        await wf.condition(() => specChanged || eipChanged, backoff(attempt));
       }
       if (specChanged || !eip) continue;
 

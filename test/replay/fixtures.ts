@@ -30,7 +30,8 @@ export function codeVersion(): string {
 }
 
 export function saveFixture(meta: FixtureMeta, history: History): string {
-  const file = path.join(HISTORIES_DIR, `${meta.scenario}--${meta.workflowType}.json`);
+  // The code version is part of the name: a new recording never replaces an older one.
+  const file = path.join(HISTORIES_DIR, `${meta.scenario}--${meta.workflowType}--${meta.codeVersion}.json`);
   writeFileSync(file, `${JSON.stringify({ natflow: meta, history: JSON.parse(historyToJSON(history)) }, null, 1)}\n`);
   return file;
 }

@@ -1,8 +1,8 @@
 // Records the histories replayed in CI: each workflow type through its important paths, on the
 // real stack (dev server, control worker, lab gateway and its agent).
 //   npm run record-histories [-- scenario ...]     (all scenarios when none is named)
-// Existing fixtures are never overwritten by a different code version: they are the open
-// workflows of earlier releases. Re-recording a scenario replaces only its own files.
+// Fixture names carry the code version, so older recordings stay: they are the open workflows
+// of earlier releases. Re-recording a scenario on the same commit replaces its own files.
 import { runCommand } from '../../activities/exec.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../../domain/subnet.js';
 import { workflowIds, type ResourceKind } from '../../domain/names.js';
@@ -69,6 +69,19 @@ const scenarios: Record<string, Scenario> = {
     { eip: 'eip-dnat', protocol: 'tcp', externalPort: '8080', internalIp: '10.0.1.11', internalPort: '8080' },
   ),
   'snat-lifecycle': ruleLifecycle('snat', { eip: 'eip-snat', internalCIDR: '10.0.1.0/24' }, { eip: 'eip-snat', internalCIDR: '10.0.1.0/25' }),
+  'fip-before-eip': async (s) => {
+    // The rule waits for an EIP that does not exist yet; the EIP's readiness wakes it.
+    const rule = await createResource(s.resources, 'fip', 'fip-early', { eip: 'eip-late', internalIp: '10.0.1.10' });
+    await settle(s, 'fip', 'fip-early', 'WaitingForEip');
+    const e = await eip(s, 'eip-late');
+    await settle(s, 'fip', 'fip-early', 'Ready');
+    await deleteResource(s.resources, 'fip', 'fip-early');
+    await deleteResource(s.resources, 'eip', 'eip-late');
+    return [
+      { workflowType: 'fipWorkflow', workflowId: rule.workflowId },
+      { workflowType: 'eipWorkflow', workflowId: e.workflowId },
+    ];
+  },
   'fip-delete-mid-apply': async (s) => {
     await eip(s, 'eip-mid');
     const rule = await createResource(s.resources, 'fip', 'fip-mid', { eip: 'eip-mid', internalIp: '10.0.1.10' });

@@ -3,7 +3,8 @@
 // workflow cannot send one itself; errors come back as non-retryable failures named by reason.
 import { ApplicationFailure, WorkflowNotFoundError, type SignalDefinition } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
-import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import { ServiceError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { Reason } from '../domain/errors.js';
 import type { EipAddress, GatewayReadiness } from '../domain/gateway.js';
 import type { Allocation } from '../domain/ipam.js';
@@ -17,16 +18,27 @@ import { eipChangedSignal, gatewayChangedSignal } from '../workflows/signals.js'
 
 export type ControlActivities = ReturnType<typeof createControlActivities>;
 
-/** Re-raises an update's own failure (its type is the domain reason) as non-retryable. */
+/** The server's limit on updates in flight per workflow (10 by default) answers RESOURCE_EXHAUSTED. */
+const isBackpressure = (err: unknown) => err instanceof ServiceError && (err.cause as { code?: number } | undefined)?.code === grpcStatus.RESOURCE_EXHAUSTED;
+const BACKPRESSURE_TRIES = 100;
+
+/**
+ * Sends an update. Its own failure (typed by the domain reason) is re-raised as non-retryable;
+ * the server's backpressure on a busy entity workflow is waited out here, with jitter, rather
+ * than failing the attempt (and being retried much later by the activity's retry policy).
+ */
 async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    if (err instanceof WorkflowNotFoundError) return notFound();
-    if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
-      throw ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? Reason.InvalidSpec);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) return notFound();
+      if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
+        throw ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? Reason.InvalidSpec);
+      }
+      if (!isBackpressure(err) || attempt >= BACKPRESSURE_TRIES) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 80 * Math.min(attempt, 10)));
     }
-    throw err;
   }
 }
 

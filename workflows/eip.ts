@@ -4,12 +4,11 @@
 // non-cancellable scope. Activities that take or give something wait for their own
 // cancellation to complete, so the cleanup never races an allocation still in flight.
 import * as wf from '@temporalio/workflow';
-import { ActivityCancellationType } from '@temporalio/workflow';
 import { eipAddressChanged, normalizeEipSpec, type EipInput, type EipPhase, type EipSpec, type EipStatus } from '../domain/eip.js';
 import { NatflowError, Reason } from '../domain/errors.js';
 import type { ConditionInput } from '../domain/status.js';
 import { setCondition } from '../domain/status.js';
-import type { ControlActivities } from '../activities/control.js';
+import { control } from './control-activities.js';
 import { claimConflict, type NatKind } from '../domain/nat.js';
 import { kubeSync } from './kube-sync.js';
 import { gatewayChangedSignal } from './signals.js';
@@ -27,12 +26,6 @@ export interface EipClaim {
 /** A NAT rule takes (a share of) the EIP; refused unless Ready and compatible with its other users. */
 export const claimEipUpdate = wf.defineUpdate<{ address: string; gateway: string }, [EipClaim]>('claim');
 export const unclaimEipUpdate = wf.defineUpdate<void, [{ owner: string }]>('unclaim');
-
-const control = wf.proxyActivities<ControlActivities>({
-  startToCloseTimeout: '60s',
-  retry: { initialInterval: '1s', maximumInterval: '30s' },
-  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-});
 
 /** Re-check backoff while waiting: 1 s doubling to a minute (a ready gateway also wakes us). */
 const backoff = (attempt: number) => Math.min(1000 * 2 ** attempt, 60_000);

@@ -6,8 +6,8 @@
 // gateway does both), then give the claim back. Each step is idempotent, so "may have
 // happened" is enough to undo it.
 import * as wf from '@temporalio/workflow';
-import { ActivityCancellationType } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control.js';
+import { control } from './control-activities.js';
 import { NatflowError, Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, type NatInput, type NatKind, type NatPhase, type NatSpecs, type NatStatus } from '../domain/nat.js';
 import type { NatRule } from '../domain/nat-rules.js';
@@ -18,12 +18,6 @@ import { eipChangedSignal } from './signals.js';
 
 export const natSpecSignal = wf.defineSignal<[{ spec: NatSpecs[NatKind]; generation: number }]>('specChanged');
 export const natStatusQuery = wf.defineQuery<NatStatus>('status');
-
-const control = wf.proxyActivities<ControlActivities>({
-  startToCloseTimeout: '60s',
-  retry: { initialInterval: '1s', maximumInterval: '30s' },
-  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-});
 
 const backoff = (attempt: number) => Math.min(500 * 2 ** attempt, 30_000);
 const RETRY_FAILED_AFTER = '5m';
@@ -107,6 +101,27 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
     }
   };
 
+  /** The rule for the current spec; a bad spec gives everything back, shows Invalid and waits for a change (null). */
+  const ruleFor = async (address: string): Promise<NatRule | null> => {
+    try {
+      return natRuleFor(input, address);
+    } catch (err) {
+      if (!(err instanceof NatflowError)) throw err;
+      await releaseAll();
+      setPhase('Invalid', { status: 'False', reason: err.reason, message: err.message });
+      specChanged = false;
+      await wf.condition(() => specChanged);
+      return null;
+    }
+  };
+  const sameEip = (eipName: string) => {
+    try {
+      return natEipName(input) === eipName;
+    } catch {
+      return false;
+    }
+  };
+
   /** A refused spec waits for a change; a gateway that was not ready is tried again soon. */
   const waitAfterFailure = () => {
     const reason = status.conditions.find((c) => c.type === 'Ready')?.reason ?? '';
@@ -168,16 +183,8 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
       status.natGwDp = target.gateway;
       wf.upsertSearchAttributes(searchAttributes({ gateway: target.gateway }));
 
-      let rule: NatRule;
-      try {
-        rule = natRuleFor(input, target.address);
-      } catch (err) {
-        if (!(err instanceof NatflowError)) throw err;
-        await releaseAll();
-        setPhase('Invalid', { status: 'False', reason: err.reason, message: err.message });
-        await wf.condition(() => specChanged);
-        continue;
-      }
+      const rule = await ruleFor(target.address);
+      if (!rule) continue;
       if (!(await apply(target.gateway, rule))) {
         await waitAfterFailure();
         continue;
@@ -189,18 +196,9 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
       for (;;) {
         await wf.condition(() => specChanged);
         specChanged = false;
-        let next: NatRule;
-        try {
-          if (natEipName(input) !== eipName) break;
-          next = natRuleFor(input, target.address);
-        } catch (err) {
-          if (!(err instanceof NatflowError)) throw err;
-          await releaseAll();
-          setPhase('Invalid', { status: 'False', reason: err.reason, message: err.message });
-          specChanged = false;
-          await wf.condition(() => specChanged);
-          break;
-        }
+        if (!sameEip(eipName)) break; // start over from the top, where a bad name shows as Invalid
+        const next = await ruleFor(target.address);
+        if (!next) break;
         if (!(await apply(target.gateway, next))) {
           await waitAfterFailure();
           break;

@@ -45,6 +45,11 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
   const claims = new Map<string, EipClaim>();
   let deleting = false;
   const users = () => [...claims.values()].map((c) => `${c.kind} ${c.name}`).join(', ');
+  /** Kube-OVN's `status.nat`: the kinds of NAT using this EIP. */
+  const showUsers = () => {
+    status.nat = [...new Set([...claims.values()].map((c) => c.kind))].sort().join(',');
+    k8s.publish({ ...status });
+  };
 
   const setPhase = (phase: EipPhase, condition: Omit<ConditionInput, 'type'>) => {
     status.phase = phase;
@@ -62,7 +67,7 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
     claimEipUpdate,
     (claim) => {
       claims.set(claim.owner, claim);
-      status.nat = [...new Set([...claims.values()].map((c) => c.kind))].sort().join(',');
+      showUsers();
       return { address: status.ip, gateway: status.natGwDp };
     },
     {
@@ -75,7 +80,7 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
   );
   wf.setHandler(unclaimEipUpdate, ({ owner }) => {
     claims.delete(owner);
-    status.nat = [...new Set([...claims.values()].map((c) => c.kind))].sort().join(',');
+    showUsers();
   });
   wf.setHandler(gatewayChangedSignal, () => void (gatewayChanged = true));
   wf.setHandler(eipSpecSignal, (update) => {

@@ -2,6 +2,7 @@
 // a control worker and that gateway's agent, all real. One per test file.
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { createAddressActivities } from '../../activities/gateway-addresses.js';
 import { createNatActivities } from '../../activities/gateway-nat.js';
 import { labExternalSubnet, type LabTopology } from '../../domain/lab.js';
@@ -19,7 +20,8 @@ export interface Stack {
   subnet: SubnetSpec;
   /** Lab gateways brought up by this stack, by name. */
   gateways: Map<string, { topology: LabTopology; agent: RunningAgent }>;
-  addGateway(name: string): Promise<LabTopology>;
+  /** Brings up a lab gateway and its agent; `register: false` leaves the gateway workflow to someone else (the bridge). */
+  addGateway(name: string, opts?: { register?: boolean }): Promise<LabTopology>;
   /** Stops a gateway's agent (the pod dies) and starts a new one. */
   restartAgent(name: string, beforeStart?: () => Promise<void>): Promise<void>;
   eipAddresses(gateway: string): Promise<string[]>;
@@ -28,10 +30,11 @@ export interface Stack {
   teardown(): Promise<void>;
 }
 
-export async function startStack(subnetName: string): Promise<Stack> {
+/** `kubeConfig`: the cluster whose objects the bridge maps (the control worker writes finalizers and status there). */
+export async function startStack(subnetName: string, opts: { kubeConfig?: KubeConfig; registerSubnet?: boolean } = {}): Promise<Stack> {
   const env = await createTestEnv();
   const resources: Resources = { client: env.client, taskQueue: uniqueQueue('control') };
-  const control: Worker = await createControlWorker({ connection: env.nativeConnection, client: env.client, taskQueue: resources.taskQueue, workflowBundle: await workflowBundle() });
+  const control: Worker = await createControlWorker({ connection: env.nativeConnection, client: env.client, taskQueue: resources.taskQueue, workflowBundle: await workflowBundle(), kubeConfig: opts.kubeConfig });
   const controlRun = control.run();
   const gateways: Stack['gateways'] = new Map();
   const agentFor = (name: string, topology: LabTopology) =>
@@ -42,9 +45,9 @@ export async function startStack(subnetName: string): Promise<Stack> {
     resources,
     subnet: labExternalSubnet(subnetName),
     gateways,
-    async addGateway(name) {
+    async addGateway(name, { register = true } = {}) {
       const topology = await labUp(name);
-      await ensureGateway(resources, { name, externalSubnet: stack.subnet.name, lanIp: topology.lanIp, internalCidr: topology.vpcCidr });
+      if (register) await ensureGateway(resources, { name, externalSubnet: stack.subnet.name, lanIp: topology.lanIp, internalCidr: topology.vpcCidr });
       gateways.set(name, { topology, agent: await agentFor(name, topology) });
       return topology;
     },
@@ -71,6 +74,6 @@ export async function startStack(subnetName: string): Promise<Stack> {
       await env.teardown();
     },
   };
-  await ensureSubnet(resources, stack.subnet);
+  if (opts.registerSubnet ?? true) await ensureSubnet(resources, stack.subnet);
   return stack;
 }

@@ -1,0 +1,179 @@
+// The kube watcher bridge end to end: a real kube-apiserver + etcd with natflow's CRDs, the dev
+// server, the control worker (writing finalizers and status), the lab gateway gw1 with its agent,
+// and real traffic. Objects are written through the API, as `kubectl apply` would.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiException, PatchStrategy, setHeaderOptions, type KubernetesObject } from '@kubernetes/client-node';
+import { FINALIZER } from '../activities/kube.js';
+import type { LabTopology } from '../domain/lab.js';
+import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
+import { KubeBridge } from '../starter/bridge.js';
+import { ensureKubeBinaries, examplesDir, startKube, type KubeEnv } from './support/kube.js';
+import { startStack, type Stack } from './support/stack.js';
+import { conntrackEntries, Listener, send } from './support/traffic.js';
+import { eventually } from './support/workflows.js';
+import { readManifests } from '../temporal-dev/kube/apiserver.js';
+
+type Obj = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, any> };
+const GROUP = { group: 'kubeovn.io', version: 'v1' };
+const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+const PLURAL = { eip: 'iptables-eips', fip: 'iptables-fip-rules', dnat: 'iptables-dnat-rules', snat: 'iptables-snat-rules', subnet: 'subnets' } as const;
+type Kind = keyof typeof PLURAL;
+
+describe('kube watcher bridge (real kube-apiserver)', () => {
+  let kube: KubeEnv;
+  let stack: Stack;
+  let lab: LabTopology;
+  let bridge: KubeBridge;
+  const newBridge = () => new KubeBridge({ kubeConfig: kube.kc, client: stack.env.client, taskQueue: stack.resources.taskQueue, resyncMs: 3000, log: () => undefined });
+
+  beforeAll(async () => {
+    await ensureKubeBinaries();
+    kube = await startKube();
+    stack = await startStack(DEFAULT_EXTERNAL_SUBNET, { kubeConfig: kube.kc, registerSubnet: false });
+    lab = await stack.addGateway('gw1', { register: false });
+    bridge = newBridge();
+    await bridge.start();
+  }, 900_000);
+  afterAll(async () => {
+    await bridge?.stop();
+    await stack?.teardown();
+    await kube?.stop();
+  });
+
+  const get = (kind: Kind, name: string) => kube.custom.getClusterCustomObject({ ...GROUP, plural: PLURAL[kind], name }) as Promise<Obj>;
+  const exists = (kind: Kind, name: string) => get(kind, name).then(() => true, (err) => (err instanceof ApiException && err.code === 404 ? false : Promise.reject(err)));
+  const create = (kind: Kind, name: string, spec: Record<string, unknown>) =>
+    kube.custom.createClusterCustomObject({ ...GROUP, plural: PLURAL[kind], body: { apiVersion: 'kubeovn.io/v1', kind: kindName[kind], metadata: { name }, spec } });
+  const del = (kind: Kind, name: string) => kube.custom.deleteClusterCustomObject({ ...GROUP, plural: PLURAL[kind], name });
+  const kindName = { eip: 'IptablesEIP', fip: 'IptablesFIPRule', dnat: 'IptablesDnatRule', snat: 'IptablesSnatRule', subnet: 'Subnet' };
+  const ready = (kind: Kind, name: string) => eventually(() => get(kind, name), (o) => o.status?.ready === true, 60_000, `${kind} ${name} ready`);
+  const condition = (o: Obj) => (o.status?.conditions as { type: string; reason: string; message: string }[] | undefined)?.find((c) => c.type === 'Ready');
+  const gone = (kind: Kind, name: string) => eventually(() => exists(kind, name), (e) => !e, 60_000, `${kind} ${name} gone`);
+
+  it('the examples become ready with Kube-OVN status fields, and the FIP passes traffic', async () => {
+    await kube.applyDir(examplesDir());
+    const eip = await ready('eip', 'eip-fip');
+    expect(eip.status).toMatchObject({ ready: true, ip: expect.stringMatching(/^172\.18\.0\./) });
+    expect(eip.metadata?.finalizers).toContain(FINALIZER);
+    const fip = await ready('fip', 'fip-vm1');
+    await eventually(() => get('eip', 'eip-fip'), (o) => o.status?.nat === 'fip', 30_000, 'EIP status.nat');
+    expect(fip.status).toMatchObject({ ready: true, v4ip: eip.status!.ip, natGwDp: 'gw1', internalIp: '10.0.1.10' });
+    expect(condition(fip)).toMatchObject({ reason: 'Ready' });
+    await ready('dnat', 'dnat-vm2-http');
+    await ready('snat', 'snat-vpc1-subnet1');
+    await eventually(() => get('eip', 'eip-shared'), (o) => o.status?.nat === 'dnat,snat', 30_000, 'shared EIP status.nat');
+    const subnet = await eventually(() => get('subnet', DEFAULT_EXTERNAL_SUBNET), (s) => s.status?.v4usingIPs === 2, 30_000, 'subnet usage');
+    expect(subnet.status).toMatchObject({ v4usingIPs: 2, v4availableIPs: 250 });
+
+    const listener = await Listener.open(lab.vmNamespaces[0]!, 8081);
+    try {
+      expect(await send(lab.clientNs, eip.status!.ip, 8081, 'via-kube')).toBe(true);
+      expect(await listener.waitFor('via-kube')).toBe(true);
+    } finally {
+      listener.close();
+    }
+  });
+
+  it('a changed internalIp moves the mapping: the new VM gets traffic, the old one does not', async () => {
+    const ip = (await get('eip', 'eip-fip')).status!.ip as string;
+    await kube.custom.patchClusterCustomObject({ ...GROUP, plural: PLURAL.fip, name: 'fip-vm1', body: { spec: { internalIp: '10.0.1.11' } } }, mergePatch);
+    await eventually(() => get('fip', 'fip-vm1'), (o) => o.status?.ready === true && o.status?.internalIp === '10.0.1.11', 60_000, 'moved');
+    const [old, next] = [await Listener.open(lab.vmNamespaces[0]!, 8082), await Listener.open(lab.vmNamespaces[1]!, 8082)];
+    try {
+      expect(await send(lab.clientNs, ip, 8082, 'moved')).toBe(true);
+      expect(await next.waitFor('moved')).toBe(true);
+      expect(old.received).not.toContain('moved');
+    } finally {
+      old.close();
+      next.close();
+    }
+  });
+
+  it('bad specs get a condition with reason and message, and nothing is applied', async () => {
+    const rulesBefore = await stack.natRules('gw1');
+    await create('fip', 'bad-unknown-eip', { eip: 'no-such-eip', internalIp: '10.0.1.10' });
+    await create('eip', 'bad-outside', { natGwDp: 'gw1', v4ip: '10.9.9.9' });
+    await create('dnat', 'bad-dup-port', { eip: 'eip-shared', protocol: 'tcp', externalPort: '8080', internalIp: '10.0.1.10', internalPort: '80' });
+    const reasonOf = (kind: Kind, name: string, reason: string) => eventually(() => get(kind, name), (o) => condition(o)?.reason === reason, 60_000, `${kind} ${name} ${reason}`);
+    expect(condition(await reasonOf('fip', 'bad-unknown-eip', 'EipNotFound'))?.message).toBe('EIP no-such-eip does not exist');
+    expect(condition(await reasonOf('eip', 'bad-outside', 'AddressOutOfRange'))?.message).toMatch(/10\.9\.9\.9 is outside subnet/);
+    expect(condition(await reasonOf('dnat', 'bad-dup-port', 'DuplicateDnat'))?.message).toMatch(/already forwarded/);
+    expect(await stack.natRules('gw1')).toEqual(rulesBefore);
+    for (const [kind, name] of [['fip', 'bad-unknown-eip'], ['eip', 'bad-outside'], ['dnat', 'bad-dup-port']] as const) {
+      await del(kind, name);
+      await gone(kind, name);
+    }
+  });
+
+  it('an EIP on a gateway that does not exist allocates nothing, says so, and is deleted at once', async () => {
+    const usage = (await get('subnet', DEFAULT_EXTERNAL_SUBNET)).status;
+    await create('eip', 'eip-nowhere', { natGwDp: 'no-such-gw' });
+    const waiting = await eventually(() => get('eip', 'eip-nowhere'), (o) => condition(o)?.reason === 'GatewayNotFound', 60_000, 'waiting');
+    expect(condition(waiting)?.message).toBe('NAT gateway no-such-gw does not exist');
+    expect(waiting.status?.ip ?? '').toBe('');
+    await del('eip', 'eip-nowhere');
+    await gone('eip', 'eip-nowhere');
+    await bridge.resync();
+    expect((await get('subnet', DEFAULT_EXTERNAL_SUBNET)).status).toMatchObject({ v4usingIPs: usage!.v4usingIPs, v4usingIPrange: usage!.v4usingIPrange });
+  });
+
+  it('a resource deleted while the bridge is down is still cleaned up, and disappears', async () => {
+    await create('eip', 'eip-offline', { natGwDp: 'gw1' });
+    await create('fip', 'fip-offline', { eip: 'eip-offline', internalIp: '10.0.1.10' });
+    const ip = (await ready('eip', 'eip-offline')).status!.ip as string;
+    await ready('fip', 'fip-offline');
+    await bridge.stop();
+    await del('fip', 'fip-offline');
+    await del('eip', 'eip-offline');
+    // The finalizers hold both objects while nobody drives their cleanup.
+    await new Promise((r) => setTimeout(r, 2000));
+    expect(await exists('fip', 'fip-offline')).toBe(true);
+    expect(await stack.eipAddresses('gw1')).toContain(`${ip}/24`);
+    bridge = newBridge();
+    await bridge.start();
+    await gone('fip', 'fip-offline');
+    await gone('eip', 'eip-offline');
+    expect(await stack.eipAddresses('gw1')).not.toContain(`${ip}/24`);
+    expect(await conntrackEntries(lab.gatewayNs, ip)).toEqual([]);
+  });
+
+  it('Kube-OVN race through the API: 200 FIPs created and deleted 0–50 ms later all disappear, leaving no rule', async () => {
+    const lanes = 8;
+    for (let l = 0; l < lanes; l++) await create('eip', `eip-r${l}`, { natGwDp: 'gw1' });
+    for (let l = 0; l < lanes; l++) await ready('eip', `eip-r${l}`);
+    const rulesBefore = (await stack.natRules('gw1')).length;
+    await Promise.all(
+      Array.from({ length: lanes }, async (_, l) => {
+        for (let i = 0; i < 200 / lanes; i++) {
+          const name = `fip-r${l}-${i}`;
+          await create('fip', name, { eip: `eip-r${l}`, internalIp: '10.0.1.10' });
+          await new Promise((r) => setTimeout(r, Math.random() * 50));
+          await del('fip', name);
+        }
+      }),
+    );
+    await eventually(
+      async () => ((await kube.custom.listClusterCustomObject({ ...GROUP, plural: PLURAL.fip })) as { items: Obj[] }).items.filter((o) => o.metadata?.name?.startsWith('fip-r')),
+      (items) => items.length === 0,
+      300_000,
+      'every raced FIP gone',
+    );
+    expect((await stack.natRules('gw1')).length).toBe(rulesBefore);
+    for (let l = 0; l < lanes; l++) {
+      const o = await get('eip', `eip-r${l}`);
+      expect(o.status?.nat ?? '').toBe('');
+      await del('eip', `eip-r${l}`);
+    }
+  });
+
+  it('deleting the examples leaves no finalizer, no rule and no address', async () => {
+    for (const obj of (await readManifests(examplesDir())).reverse()) {
+      const kind = (Object.keys(kindName) as Kind[]).find((k) => kindName[k] === obj.kind);
+      if (!kind || kind === 'subnet') continue;
+      await del(kind, obj.metadata!.name!);
+    }
+    for (const [kind, name] of [['fip', 'fip-vm1'], ['dnat', 'dnat-vm2-http'], ['snat', 'snat-vpc1-subnet1'], ['eip', 'eip-fip'], ['eip', 'eip-shared']] as const) await gone(kind, name);
+    expect(await stack.natRules('gw1')).toEqual([]);
+    expect(await stack.eipAddresses('gw1')).toEqual([]);
+  });
+});

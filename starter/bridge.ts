@@ -74,6 +74,7 @@ export class KubeBridge {
     informer.on('delete', (obj) => void this.gone(kind, obj).catch((err) => this.log(`${kind} ${obj.metadata?.name}: ${(err as Error).message}`)));
     // The client's informer stops on a watch error: start it again (a resync covers the gap).
     informer.on('error', (err) => {
+      if (this.stopped) return;
       this.log(`${kind} watch failed (${(err as Error)?.message ?? err}); restarting it`);
       setTimeout(() => !this.stopped && void informer.start().catch(() => undefined), 1000);
     });

@@ -1,6 +1,7 @@
 // The main job, one command (`npm start`): the local Temporal dev server with its Web UI, a lab
-// NAT gateway in network namespaces, the control worker and that gateway's agent, plus the
-// lab's external subnet and gateway registered. Ctrl-C stops everything and takes the lab down;
+// NAT gateway in network namespaces, a local kube-apiserver with natflow's CRDs (kubeconfig in
+// .natflow/kube/), the kube watcher bridge, the control worker and that gateway's agent, plus
+// the lab's external subnet and gateway registered. Ctrl-C stops everything and takes the lab down;
 // the workflows live on in the dev server's SQLite file, and the next start restores every
 // EIP onto the fresh lab (a new agent instance gets the gateway's whole desired state).
 import { parseArgs } from 'node:util';
@@ -13,15 +14,20 @@ import { labDown, labUp } from '../temporal-dev/lab.js';
 import { startGatewayAgent } from '../worker/agent.js';
 import { createControlWorker } from '../worker/control.js';
 import { ensureGateway, ensureSubnet, webUiLink } from './resources.js';
+import { KubeBridge } from './bridge.js';
+import { installCrds, loadKubeConfig, startKubeApiserver } from '../temporal-dev/kube/apiserver.js';
+import { repoRoot } from '../temporal-dev/provision.js';
+import path from 'node:path';
 
 const { values } = parseArgs({
   options: {
     gateway: { type: 'string', default: 'gw1' },
+    'no-kube': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('usage: npm start [-- --gateway NAME]\nStarts the dev server (Web UI), a lab gateway, the control worker and its agent; Ctrl-C stops all.');
+  console.log('usage: npm start [-- --gateway NAME] [-- --no-kube]\nStarts the dev server (Web UI), a lab gateway, a kube-apiserver with the CRDs and the bridge (unless --no-kube), the control worker and the agent; Ctrl-C stops all.');
   process.exit(0);
 }
 const gateway = values.gateway!;
@@ -34,15 +40,28 @@ log(`Temporal dev server at ${server.address}; Web UI ${server.uiUrl}`);
 const topology = await labUp(gateway);
 log(`lab gateway ${gateway} is up (namespaces ${topology.gatewayNs}, ${topology.clientNs}, ${topology.vmNamespaces.join(', ')})`);
 
+// The cluster side (its data kept in .natflow/kube, like the dev server's in SQLite). The first
+// start builds kube-apiserver and etcd from the Go module proxy (cached outside the repo).
+const kube = values['no-kube'] ? undefined : await startKubeApiserver({ dataDir: path.join(repoRoot(), '.natflow', 'kube') });
+if (kube) {
+  await installCrds(kube.kubeconfigPath);
+  log(`kube-apiserver at ${kube.server}; kubeconfig ${kube.kubeconfigPath}`);
+  log(`try: KUBECONFIG=${kube.kubeconfigPath} ${kube.binaries.kubectl} apply -f deploy/examples/`);
+}
+const kubeConfig = kube ? loadKubeConfig(kube.kubeconfigPath) : undefined;
+
 const nativeConnection = await NativeConnection.connect({ address: server.address });
 const connection = await Connection.connect({ address: server.address });
 const client = new Client({ connection });
-const control = await createControlWorker({ connection: nativeConnection, client });
+const control = await createControlWorker({ connection: nativeConnection, client, kubeConfig });
 const controlRun = control.run();
 await ensureSubnet({ client }, labExternalSubnet(DEFAULT_EXTERNAL_SUBNET));
 const gatewayWorkflowId = await ensureGateway({ client }, { name: gateway, externalSubnet: DEFAULT_EXTERNAL_SUBNET, lanIp: topology.lanIp, internalCidr: topology.vpcCidr });
 const agent = await startGatewayAgent({ gateway, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcCidr: topology.vpcCidr }, nativeConnection, client);
 log(`control worker and gateway agent (instance ${agent.info.instanceId}) are polling`);
+const bridge = kubeConfig ? new KubeBridge({ kubeConfig, client }) : undefined;
+await bridge?.start();
+if (bridge) log('kube watcher bridge is watching kubeovn.io resources');
 log(`gateway workflow: ${webUiLink(server.uiUrl, 'default', gatewayWorkflowId)}`);
 log(`try: npm run natflow -- eip create eip1 --gateway ${gateway} --wait`);
 log('Ctrl-C stops everything');
@@ -52,12 +71,14 @@ async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   log(`${signal}: stopping`);
+  await bridge?.stop();
   await agent.stop();
   control.shutdown();
   await controlRun;
   await connection.close();
   await nativeConnection.close();
   await labDown(gateway);
+  await kube?.stop();
   await server.stop();
   log('stopped; the lab is down, workflows are kept in the dev server database');
 }

@@ -11,7 +11,10 @@ import { ensureKubeBinaries, examplesDir, startKube, type KubeEnv } from './supp
 import { startStack, type Stack } from './support/stack.js';
 import { conntrackEntries, Listener, send } from './support/traffic.js';
 import { eventually } from './support/workflows.js';
-import { readManifests } from '../temporal-dev/kube/apiserver.js';
+import { freePort, readManifests } from '../temporal-dev/kube/apiserver.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 
 type Obj = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, any> };
 const GROUP = { group: 'kubeovn.io', version: 'v1' };
@@ -26,9 +29,14 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
   let bridge: KubeBridge;
   const newBridge = () => new KubeBridge({ kubeConfig: kube.kc, client: stack.env.client, taskQueue: stack.resources.taskQueue, resyncMs: 3000, log: () => undefined });
 
+  let kubeDir: string;
+  let kubePort: number;
   beforeAll(async () => {
     await ensureKubeBinaries();
-    kube = await startKube();
+    // A data dir and port of our own, so that the apiserver can be restarted on the same state.
+    kubeDir = await mkdtemp(path.join(tmpdir(), 'natflow-bridge-kube-'));
+    kubePort = await freePort();
+    kube = await startKube({ dataDir: kubeDir, port: kubePort });
     stack = await startStack(DEFAULT_EXTERNAL_SUBNET, { kubeConfig: kube.kc, registerSubnet: false });
     lab = await stack.addGateway('gw1', { register: false });
     bridge = newBridge();
@@ -38,6 +46,7 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
     await bridge?.stop();
     await stack?.teardown();
     await kube?.stop();
+    await rm(kubeDir, { recursive: true, force: true });
   });
 
   const get = (kind: Kind, name: string) => kube.custom.getClusterCustomObject({ ...GROUP, plural: PLURAL[kind], name }) as Promise<Obj>;
@@ -135,6 +144,26 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
     await gone('eip', 'eip-offline');
     expect(await stack.eipAddresses('gw1')).not.toContain(`${ip}/24`);
     expect(await conntrackEntries(lab.gatewayNs, ip)).toEqual([]);
+  });
+
+  it('after an apiserver restart the watches come back and new objects converge', async () => {
+    await kube.stop();
+    kube = await startKube({ dataDir: kubeDir, port: kubePort });
+    await create('eip', 'eip-after-restart', { natGwDp: 'gw1' });
+    await create('fip', 'fip-after-restart', { eip: 'eip-after-restart', internalIp: '10.0.1.11' });
+    const ip = (await ready('eip', 'eip-after-restart')).status!.ip as string;
+    await ready('fip', 'fip-after-restart');
+    const listener = await Listener.open(lab.vmNamespaces[1]!, 8083);
+    try {
+      expect(await send(lab.clientNs, ip, 8083, 'after-restart')).toBe(true);
+      expect(await listener.waitFor('after-restart')).toBe(true);
+    } finally {
+      listener.close();
+    }
+    await del('fip', 'fip-after-restart');
+    await del('eip', 'eip-after-restart');
+    await gone('fip', 'fip-after-restart');
+    await gone('eip', 'eip-after-restart');
   });
 
   it('Kube-OVN race through the API: 200 FIPs created and deleted 0–50 ms later all disappear, leaving no rule', async () => {

@@ -57,7 +57,7 @@ const control = await createControlWorker({ connection: nativeConnection, client
 const controlRun = control.run();
 await ensureSubnet({ client }, labExternalSubnet(DEFAULT_EXTERNAL_SUBNET));
 const gatewayWorkflowId = await ensureGateway({ client }, { name: gateway, externalSubnet: DEFAULT_EXTERNAL_SUBNET, lanIp: topology.lanIp, internalCidr: topology.vpcCidr });
-const agent = await startGatewayAgent({ gateway, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcCidr: topology.vpcCidr }, nativeConnection, client);
+const agent = await startGatewayAgent({ gateway, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcInterface: topology.vpcInterface }, nativeConnection, client);
 log(`control worker and gateway agent (instance ${agent.info.instanceId}) are polling`);
 const bridge = kubeConfig ? new KubeBridge({ kubeConfig, client }) : undefined;
 await bridge?.start();

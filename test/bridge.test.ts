@@ -193,6 +193,7 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
       expect(o.status?.nat ?? '').toBe('');
       await del('eip', `eip-r${l}`);
     }
+    for (let l = 0; l < lanes; l++) await gone('eip', `eip-r${l}`);
   });
 
   it('deleting the examples leaves no finalizer, no rule and no address', async () => {

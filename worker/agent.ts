@@ -21,9 +21,11 @@ export interface AgentConfig {
   /** Network namespace to enter for every command; unset when already inside the gateway. */
   netns?: string;
   externalInterface: string;
-  /** The VPC subnet behind the gateway (for hairpin NAT). */
-  vpcCidr?: string;
+  /** The VPC-side interface (hairpin NAT); `eth0` by default, as in Kube-OVN's gateway pod. */
+  vpcInterface?: string;
 }
+
+const natActivities = (cfg: AgentConfig) => createNatActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, vpcInterface: cfg.vpcInterface });
 
 /** Checks the gateway's interfaces, sets the kernel switches NAT needs and creates natflow's chains; safe to repeat. */
 export async function initGateway(cfg: AgentConfig): Promise<void> {
@@ -31,12 +33,12 @@ export async function initGateway(cfg: AgentConfig): Promise<void> {
   for (const setting of ['net.ipv4.ip_forward=1', `net.ipv4.conf.${cfg.externalInterface}.promote_secondaries=1`]) {
     await runCommand('sysctl', ['-q', '-w', setting], { netns: cfg.netns });
   }
-  await createNatActivities(cfg).initNatChains();
+  await natActivities(cfg).initNatChains();
 }
 
 export function createAgentActivities(cfg: AgentConfig, info: AgentInfo): GatewayAgentActivities {
   const addresses = createAddressActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface });
-  const nat = createNatActivities({ netns: cfg.netns, vpcCidr: cfg.vpcCidr });
+  const nat = natActivities(cfg);
   return {
     agentInfo: async () => info,
     reconcileEipAddresses: addresses.reconcileEipAddresses,
@@ -90,20 +92,20 @@ async function main(): Promise<void> {
       gateway: { type: 'string' },
       netns: { type: 'string' },
       'external-interface': { type: 'string', default: 'net1' },
-      'vpc-cidr': { type: 'string' },
+      'vpc-interface': { type: 'string' },
       address: { type: 'string' },
       namespace: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help || !values.gateway) {
-    console.log('usage: agent --gateway NAME [--netns NS] [--external-interface net1] [--vpc-cidr CIDR] [--address host:port] [--namespace default]');
+    console.log('usage: agent --gateway NAME [--netns NS] [--external-interface net1] [--vpc-interface eth0] [--address host:port] [--namespace default]');
     process.exit(values.help ? 0 : 2);
   }
   const target: TemporalTarget = temporalTarget({ address: values.address, namespace: values.namespace });
   const connection = await NativeConnection.connect({ address: target.address });
   const client = new Client({ connection: await Connection.connect({ address: target.address }), namespace: target.namespace });
-  const agent = await startGatewayAgent({ gateway: values.gateway, netns: values.netns, externalInterface: values['external-interface']!, vpcCidr: values['vpc-cidr'] }, connection, client, target.namespace);
+  const agent = await startGatewayAgent({ gateway: values.gateway, netns: values.netns, externalInterface: values['external-interface']!, vpcInterface: values['vpc-interface'] }, connection, client, target.namespace);
   console.log(JSON.stringify({ msg: 'gateway agent started', ...agent.info, taskQueue: gatewayTaskQueue(values.gateway) }));
   await agent.done;
   await connection.close();

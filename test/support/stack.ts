@@ -38,7 +38,7 @@ export async function startStack(subnetName: string, opts: { kubeConfig?: KubeCo
   const controlRun = control.run();
   const gateways: Stack['gateways'] = new Map();
   const agentFor = (name: string, topology: LabTopology) =>
-    startGatewayAgent({ gateway: name, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcCidr: topology.vpcCidr }, env.nativeConnection, env.client);
+    startGatewayAgent({ gateway: name, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcInterface: topology.vpcInterface }, env.nativeConnection, env.client);
 
   const stack: Stack = {
     env,

@@ -10,6 +10,7 @@ import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import { labExternalSubnet } from '../domain/lab.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { startDevServer } from '../temporal-dev/dev-server.js';
+import { stopOnSignal } from '../temporal-dev/foreground.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
 import { startGatewayAgent } from '../worker/agent.js';
 import { createControlWorker } from '../worker/control.js';
@@ -66,11 +67,9 @@ log(`gateway workflow: ${webUiLink(server.uiUrl, 'default', gatewayWorkflowId)}`
 log(`try: npm run natflow -- eip create eip1 --gateway ${gateway} --wait`);
 log('Ctrl-C stops everything');
 
-let stopping = false;
-async function shutdown(signal: string): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  log(`${signal}: stopping`);
+/** Stops everything in order: nothing polls or watches any more before the lab and servers go. */
+async function shutdown(): Promise<void> {
+  log('stopping');
   await bridge?.stop();
   await agent.stop();
   control.shutdown();
@@ -82,15 +81,9 @@ async function shutdown(signal: string): Promise<void> {
   await server.stop();
   log('stopped; the lab is down, workflows are kept in the dev server database');
 }
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    shutdown(signal).then(
-      () => process.exit(0),
-      (err) => {
-        console.error(err);
-        process.exit(1);
-      },
-    );
-  });
-}
-await controlRun;
+stopOnSignal(shutdown);
+// A worker that dies takes the main job down with it, cleanly, rather than leaving a half-lab.
+controlRun.catch((err) => {
+  console.error(err);
+  void shutdown().finally(() => process.exit(1));
+});

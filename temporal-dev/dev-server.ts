@@ -13,6 +13,7 @@ import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { findOrProvisionTemporalCli, isMainModule, repoRoot } from './provision.js';
 import { NATFLOW_SEARCH_ATTRIBUTES } from './search-attributes.js';
+import { stopOnSignal } from './foreground.js';
 
 export interface DevServerOptions {
   /** gRPC port, default 7233. */
@@ -196,22 +197,7 @@ if (await isMainModule(import.meta.url)) {
     console.log(`Temporal gRPC: ${server.address}`);
     console.log(`Temporal UI:   ${server.uiUrl}`);
     console.log('Press Ctrl-C to stop.');
-    let shuttingDown = false;
-    const shutdown = () => {
-      if (shuttingDown) return;
-      shuttingDown = true;
-      server.stop().then(
-        () => process.exit(0),
-        (e) => {
-          console.error(e);
-          process.exit(1);
-        },
-      );
-    };
-    process.on('SIGINT', shutdown);
-    process.on('SIGTERM', shutdown);
-    // Keep the event loop alive until a signal arrives (also covers the reused-server case).
-    setInterval(() => undefined, 1 << 30);
+    stopOnSignal(() => server.stop());
   } catch (e) {
     console.error(e instanceof Error ? e.message : e);
     process.exit(1);

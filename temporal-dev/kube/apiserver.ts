@@ -34,6 +34,7 @@ import {
   type V1CustomResourceDefinition,
 } from '@kubernetes/client-node';
 import { isMainModule, repoRoot } from '../provision.js';
+import { stopOnSignal } from '../foreground.js';
 
 const execFileP = promisify(execFile);
 
@@ -570,21 +571,7 @@ if (await isMainModule(import.meta.url)) {
     console.error(`CRDs installed: ${crds.join(', ')}`);
     console.error(`try: export KUBECONFIG=${kube.kubeconfigPath}; ${kube.binaries.kubectl} apply -f deploy/examples/ && ${kube.binaries.kubectl} get eip`);
     console.error('Press Ctrl-C to stop.');
-    let shuttingDown = false;
-    const shutdown = () => {
-      if (shuttingDown) return;
-      shuttingDown = true;
-      kube.stop().then(
-        () => process.exit(0),
-        (e) => {
-          console.error(e);
-          process.exit(1);
-        },
-      );
-    };
-    process.on('SIGINT', shutdown);
-    process.on('SIGTERM', shutdown);
-    setInterval(() => undefined, 1 << 30);
+    stopOnSignal(() => kube.stop());
   } catch (e) {
     console.error(e instanceof Error ? e.message : e);
     process.exit(1);

@@ -65,13 +65,18 @@ export async function startStack(subnetName: string, opts: { kubeConfig?: KubeCo
       return createNatActivities({ netns: gateways.get(gateway)!.topology.gatewayNs }).listNatRules();
     },
     async teardown() {
-      for (const [name, gw] of gateways) {
-        await gw.agent.stop().catch(() => undefined);
-        await labDown(name);
-      }
-      control.shutdown();
-      await controlRun;
-      await env.teardown();
+      // Each step runs even when an earlier one failed: a failing test must not leak a server or a namespace.
+      const steps = [
+        ...[...gateways].flatMap(([name, gw]) => [() => gw.agent.stop(), () => labDown(name)]),
+        async () => {
+          control.shutdown();
+          await controlRun;
+        },
+        () => env.teardown(),
+      ];
+      const errors: unknown[] = [];
+      for (const step of steps) await step().catch((err) => errors.push(err));
+      if (errors.length > 0) throw errors[0];
     },
   };
   if (opts.registerSubnet ?? true) await ensureSubnet(resources, stack.subnet);

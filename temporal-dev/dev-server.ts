@@ -14,6 +14,7 @@ import { Connection } from '@temporalio/client';
 import { findOrProvisionTemporalCli, isMainModule, repoRoot } from './provision.js';
 import { NATFLOW_SEARCH_ATTRIBUTES } from './search-attributes.js';
 import { stopOnSignal } from './foreground.js';
+import { terminate } from './child-process.js';
 
 export interface DevServerOptions {
   /** gRPC port, default 7233. */
@@ -37,7 +38,6 @@ export interface DevServer {
 
 const HOST = '127.0.0.1';
 const READY_TIMEOUT_MS = 30_000;
-const STOP_TIMEOUT_MS = 15_000;
 const LOG_TAIL_CHARS = 8_192;
 
 export function defaultDbFile(): string {
@@ -139,14 +139,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
-      if (!hasExited()) {
-        child.kill('SIGTERM');
-        const timedOut = await Promise.race([exited.then(() => false), sleep(STOP_TIMEOUT_MS).then(() => true)]);
-        if (timedOut && !hasExited()) {
-          child.kill('SIGKILL');
-          await exited;
-        }
-      }
+      await terminate(child, exited, hasExited);
       process.off('exit', killOnExit);
     })();
     return stopping;

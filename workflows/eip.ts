@@ -10,7 +10,7 @@ import type { ConditionInput } from '../domain/status.js';
 import { setCondition } from '../domain/status.js';
 import { control } from './control-activities.js';
 import { claimConflict, type NatKind } from '../domain/nat.js';
-import { kubeSync } from './kube-sync.js';
+import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { gatewayChangedSignal } from './signals.js';
 import { searchAttributes } from './search-attributes.js';
 
@@ -148,10 +148,7 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
     });
 
   wf.upsertSearchAttributes(searchAttributes({ kind: 'eip', name, gateway: spec?.natGwDp ?? '', subnet: spec?.externalSubnet ?? '' }));
-  const adoption = await k8s.adopt();
-  if (adoption === 'gone') return;
-  if (adoption === 'deleting') return cleanup();
-  try {
+  async function lifecycle(): Promise<void> {
     for (;;) {
       specChanged = false;
       let normalized: ReturnType<typeof normalizeEipSpec>;
@@ -216,9 +213,8 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
       }
       await releaseAll();
     }
-  } catch (err) {
-    if (!wf.isCancellation(err)) throw err;
-    await cleanup();
-    throw err;
   }
+
+  await adoptedLifecycle(k8s, lifecycle, cleanup);
 }
+

@@ -50,3 +50,20 @@ export function kubeSync(kind: ResourceKind, resource: ResourceRef): KubeSync {
     },
   };
 }
+
+/**
+ * Every resource lifecycle's frame: adopt the object first; run `lifecycle` until a delete
+ * (cancellation), then `cleanup` — which also runs alone for an object already being deleted.
+ */
+export async function adoptedLifecycle(k8s: KubeSync, lifecycle: () => Promise<void>, cleanup: () => Promise<void>): Promise<void> {
+  const adoption = await k8s.adopt();
+  if (adoption === 'gone') return;
+  if (adoption === 'deleting') return cleanup();
+  try {
+    await lifecycle();
+  } catch (err) {
+    if (!wf.isCancellation(err)) throw err;
+    await cleanup();
+    throw err;
+  }
+}

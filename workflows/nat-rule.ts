@@ -12,7 +12,7 @@ import { NatflowError, Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, type NatInput, type NatKind, type NatPhase, type NatSpecs, type NatStatus } from '../domain/nat.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
-import { kubeSync } from './kube-sync.js';
+import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { searchAttributes } from './search-attributes.js';
 import { eipChangedSignal } from './signals.js';
 
@@ -139,11 +139,7 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
     });
 
   wf.upsertSearchAttributes(searchAttributes({ kind, name: resource.name }));
-  // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
-  const adoption = await k8s.adopt();
-  if (adoption === 'gone') return;
-  if (adoption === 'deleting') return cleanup();
-  try {
+  async function lifecycle(): Promise<void> {
     for (;;) {
       specChanged = false;
       let eipName: string;
@@ -207,9 +203,9 @@ async function natRuleLifecycle(initial: NatInput): Promise<void> {
       }
       await releaseAll();
     }
-  } catch (err) {
-    if (!wf.isCancellation(err)) throw err;
-    await cleanup();
-    throw err;
   }
+
+  // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
+  await adoptedLifecycle(k8s, lifecycle, cleanup);
 }
+

@@ -35,6 +35,7 @@ import {
 } from '@kubernetes/client-node';
 import { isMainModule, repoRoot } from '../provision.js';
 import { stopOnSignal } from '../foreground.js';
+import { terminate } from '../child-process.js';
 
 const execFileP = promisify(execFile);
 
@@ -44,7 +45,6 @@ const SERVICE_CLUSTER_IP_RANGE = '10.96.0.0/24';
 const KUBERNETES_SERVICE_IP = '10.96.0.1';
 const ETCD_READY_TIMEOUT_MS = 30_000;
 const APISERVER_READY_TIMEOUT_MS = 90_000;
-const STOP_TIMEOUT_MS = 15_000;
 const BUILD_TIMEOUT_MS = 60 * 60_000;
 const LOG_TAIL_CHARS = 6_000;
 const FIELD_MANAGER = 'natflow';
@@ -288,14 +288,7 @@ async function startProc(name: string, bin: string, args: string[], logFile: str
     hasExited,
     stop() {
       stopping ??= (async () => {
-        if (!hasExited()) {
-          child.kill('SIGTERM');
-          const timedOut = await Promise.race([exited.then(() => false), sleep(STOP_TIMEOUT_MS).then(() => true)]);
-          if (timedOut && !hasExited()) {
-            child.kill('SIGKILL');
-            await exited;
-          }
-        }
+        await terminate(child, exited, hasExited);
         process.off('exit', killOnExit);
       })();
       return stopping;

@@ -1,7 +1,8 @@
 // The end-to-end stack for tests: a throwaway dev server, a lab gateway in network namespaces,
 // a control worker and that gateway's agent, all real. One per test file.
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
+import { NativeConnection, type Worker } from '@temporalio/worker';
+import { Client, Connection } from '@temporalio/client';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { createAddressActivities } from '../../activities/gateway-addresses.js';
 import { createNatActivities } from '../../activities/gateway-nat.js';
@@ -15,7 +16,8 @@ import { createTestEnv } from './temporal-env.js';
 import { uniqueQueue, workflowBundle } from './workflows.js';
 
 export interface Stack {
-  env: TestWorkflowEnvironment;
+  /** The Temporal side: a throwaway test server, or the given one. */
+  env: Pick<TestWorkflowEnvironment, 'client' | 'nativeConnection' | 'connection'>;
   resources: Resources;
   subnet: SubnetSpec;
   /** Lab gateways brought up by this stack, by name. */
@@ -31,8 +33,26 @@ export interface Stack {
 }
 
 /** `kubeConfig`: the cluster whose objects the bridge maps (the control worker writes finalizers and status there). */
-export async function startStack(subnetName: string, opts: { kubeConfig?: KubeConfig; registerSubnet?: boolean } = {}): Promise<Stack> {
-  const env = await createTestEnv();
+/** A throwaway test server, or connections to a server someone else runs (and may restart). */
+async function temporalFor(address?: string): Promise<{ env: Stack['env']; closeEnv: () => Promise<void> }> {
+  if (!address) {
+    const env = await createTestEnv();
+    return { env, closeEnv: () => env.teardown() };
+  }
+  const nativeConnection = await NativeConnection.connect({ address });
+  const connection = await Connection.connect({ address });
+  const client = new Client({ connection });
+  return {
+    env: { client, nativeConnection, connection },
+    closeEnv: async () => {
+      await connection.close();
+      await nativeConnection.close();
+    },
+  };
+}
+
+export async function startStack(subnetName: string, opts: { kubeConfig?: KubeConfig; registerSubnet?: boolean; temporalAddress?: string } = {}): Promise<Stack> {
+  const { env, closeEnv } = await temporalFor(opts.temporalAddress);
   const resources: Resources = { client: env.client, taskQueue: uniqueQueue('control') };
   const control: Worker = await createControlWorker({ connection: env.nativeConnection, client: env.client, taskQueue: resources.taskQueue, workflowBundle: await workflowBundle(), kubeConfig: opts.kubeConfig });
   const controlRun = control.run();
@@ -72,7 +92,7 @@ export async function startStack(subnetName: string, opts: { kubeConfig?: KubeCo
           control.shutdown();
           await controlRun;
         },
-        () => env.teardown(),
+        closeEnv,
       ];
       const errors: unknown[] = [];
       for (const step of steps) await step().catch((err) => errors.push(err));

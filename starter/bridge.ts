@@ -40,6 +40,8 @@ export class KubeBridge {
   private readonly suspect = new Set<Watched>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** Work under way (event handling, resyncs): stop() waits for it, so nothing outlives the bridge. */
+  private readonly inFlight = new Set<Promise<unknown>>();
   private readonly log: (msg: string) => void;
 
   constructor(private readonly opts: BridgeOptions) {
@@ -51,7 +53,7 @@ export class KubeBridge {
     for (const kind of Object.keys(WATCHED) as Watched[]) await this.startInformer(kind);
     await this.resync();
     const loop = () => {
-      this.timer = setTimeout(() => void this.resync().finally(() => !this.stopped && loop()), this.opts.resyncMs ?? 15_000);
+      this.timer = setTimeout(() => void this.track(this.resync()).finally(() => !this.stopped && loop()), this.opts.resyncMs ?? 15_000);
     };
     loop();
   }
@@ -60,6 +62,13 @@ export class KubeBridge {
     this.stopped = true;
     clearTimeout(this.timer);
     await Promise.all([...this.informers.values()].map((i) => i.stop()));
+    await Promise.allSettled([...this.inFlight]);
+  }
+
+  private track<T>(work: Promise<T>): Promise<T> {
+    this.inFlight.add(work);
+    void work.finally(() => this.inFlight.delete(work)).catch(() => undefined);
+    return work;
   }
 
   private list(kind: Watched) {
@@ -68,10 +77,10 @@ export class KubeBridge {
 
   private async startInformer(kind: Watched): Promise<void> {
     const informer = makeInformer<KubeOvnObject>(this.opts.kubeConfig, `/apis/${KUBEOVN_GROUP}/${KUBEOVN_VERSION}/${WATCHED[kind]}`, () => this.list(kind) as never);
-    const drive = (obj: KubeOvnObject) => void this.drive(kind, obj).catch((err) => this.log(`${kind} ${obj.metadata?.name}: ${(err as Error).message} (retried at the next resync)`));
+    const drive = (obj: KubeOvnObject) => void this.track(this.drive(kind, obj)).catch((err) => this.log(`${kind} ${obj.metadata?.name}: ${(err as Error).message} (retried at the next resync)`));
     informer.on('add', drive);
     informer.on('update', drive);
-    informer.on('delete', (obj) => void this.gone(kind, obj).catch((err) => this.log(`${kind} ${obj.metadata?.name}: ${(err as Error).message}`)));
+    informer.on('delete', (obj) => void this.track(this.gone(kind, obj)).catch((err) => this.log(`${kind} ${obj.metadata?.name}: ${(err as Error).message}`)));
     // The client's informer stops on a watch error: start it again (a resync covers the gap).
     informer.on('error', (err) => {
       if (this.stopped) return;

@@ -11,6 +11,9 @@ import { createResource, deleteResource, resourceStatus, updateNatSpec } from '.
 import { ipamWorkflow } from '../../workflows/ipam.js';
 import { createControlActivities } from '../../activities/control.js';
 import { startStack, type Stack } from '../support/stack.js';
+import { startKube } from '../support/kube.js';
+import { KubeBridge } from '../../starter/bridge.js';
+import { PatchStrategy, setHeaderOptions, type KubernetesObject } from '@kubernetes/client-node';
 import { eventually } from '../support/workflows.js';
 import { codeVersion, saveFixture } from './fixtures.js';
 
@@ -35,6 +38,16 @@ const ruleLifecycle = <K extends NatKind>(kind: K, spec: NatSpecs[K], changed: N
   await eventually(() => resourceStatus(s.resources, kind, `${kind}-1`), (st) => st.ready && st.observedGeneration === 2, 60_000, 'updated');
   await deleteResource(s.resources, kind, `${kind}-1`);
   await deleteResource(s.resources, 'eip', `eip-${kind}`);
+  return [{ workflowType: `${kind}Workflow`, workflowId: rule.workflowId }];
+};
+
+/** A rule deleted while it is being claimed or applied. */
+const deleteMidApply = <K extends NatKind>(kind: K, spec: NatSpecs[K]): Scenario => async (s) => {
+  await eip(s, spec.eip);
+  const rule = await createResource(s.resources, kind, `${kind}-mid`, spec as never);
+  await eventually(() => resourceStatus(s.resources, kind, `${kind}-mid`), (st) => ['Claiming', 'Applying', 'Ready'].includes(st.phase), 60_000, 'applying');
+  await deleteResource(s.resources, kind, `${kind}-mid`);
+  await deleteResource(s.resources, 'eip', spec.eip);
   return [{ workflowType: `${kind}Workflow`, workflowId: rule.workflowId }];
 };
 
@@ -82,13 +95,35 @@ const scenarios: Record<string, Scenario> = {
       { workflowType: 'eipWorkflow', workflowId: e.workflowId },
     ];
   },
-  'fip-delete-mid-apply': async (s) => {
-    await eip(s, 'eip-mid');
-    const rule = await createResource(s.resources, 'fip', 'fip-mid', { eip: 'eip-mid', internalIp: '10.0.1.10' });
-    await eventually(() => resourceStatus(s.resources, 'fip', 'fip-mid'), (st) => ['Claiming', 'Applying', 'Ready'].includes(st.phase), 60_000, 'applying');
-    await deleteResource(s.resources, 'fip', 'fip-mid');
-    await deleteResource(s.resources, 'eip', 'eip-mid');
-    return [{ workflowType: 'fipWorkflow', workflowId: rule.workflowId }];
+  'fip-delete-mid-apply': deleteMidApply('fip', { eip: 'eip-mid-fip', internalIp: '10.0.1.10' }),
+  'dnat-delete-mid-apply': deleteMidApply('dnat', { eip: 'eip-mid-dnat', protocol: 'udp', externalPort: '5353', internalIp: '10.0.1.10', internalPort: '53' }),
+  'snat-delete-mid-apply': deleteMidApply('snat', { eip: 'eip-mid-snat', internalCIDR: '10.0.1.0/24' }),
+  'kube-fip-lifecycle': async (s) => {
+    // The production path: objects in Kubernetes, driven by the bridge; adopt, status, finalizer.
+    const bridge = new KubeBridge({ kubeConfig: kube.kc, client: s.env.client, taskQueue: s.resources.taskQueue, resyncMs: 2000, log: () => undefined });
+    await bridge.start();
+    try {
+      const api = kube.custom;
+      const coords = (plural: string) => ({ group: 'kubeovn.io', version: 'v1', plural });
+      const body = (kind: string, name: string, spec: object) => ({ apiVersion: 'kubeovn.io/v1', kind, metadata: { name }, spec });
+      const eipObj = (await api.createClusterCustomObject({ ...coords('iptables-eips'), body: body('IptablesEIP', 'eip-kube', { natGwDp: GW }) })) as KubernetesObject;
+      const fipObj = (await api.createClusterCustomObject({ ...coords('iptables-fip-rules'), body: body('IptablesFIPRule', 'fip-kube', { eip: 'eip-kube', internalIp: '10.0.1.10' }) })) as KubernetesObject;
+      const status = (plural: string, name: string) => api.getClusterCustomObject({ ...coords(plural), name }) as Promise<{ status?: { ready?: boolean; internalIp?: string } }>;
+      await eventually(() => status('iptables-fip-rules', 'fip-kube'), (o) => o.status?.ready === true, 60_000, 'kube FIP ready');
+      await api.patchClusterCustomObject({ ...coords('iptables-fip-rules'), name: 'fip-kube', body: { spec: { internalIp: '10.0.1.11' } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+      await eventually(() => status('iptables-fip-rules', 'fip-kube'), (o) => o.status?.internalIp === '10.0.1.11' && o.status.ready === true, 60_000, 'kube FIP moved');
+      for (const [plural, name] of [['iptables-fip-rules', 'fip-kube'], ['iptables-eips', 'eip-kube']]) {
+        await api.deleteClusterCustomObject({ ...coords(plural!), name: name! });
+        await eventually(() => status(plural!, name!).then(() => false, () => true), (goneNow) => goneNow, 60_000, `${name} gone`);
+      }
+      const idOf = (kind: ResourceKind, o: KubernetesObject) => workflowIds.resource(kind, { name: o.metadata!.name!, uid: o.metadata!.uid! });
+      return [
+        { workflowType: 'eipWorkflow', workflowId: idOf('eip', eipObj) },
+        { workflowType: 'fipWorkflow', workflowId: idOf('fip', fipObj) },
+      ];
+    } finally {
+      await bridge.stop();
+    }
   },
   'gateway-agent-restart': async (s) => {
     await eip(s, 'eip-restore');
@@ -121,7 +156,8 @@ const wanted = process.argv.slice(2);
 const unknown = wanted.filter((name) => !(name in scenarios));
 if (unknown.length > 0) throw new Error(`unknown scenario(s) ${unknown.join(', ')}; known: ${Object.keys(scenarios).join(', ')}`);
 
-const stack = await startStack(DEFAULT_EXTERNAL_SUBNET);
+const kube = await startKube();
+const stack = await startStack(DEFAULT_EXTERNAL_SUBNET, { kubeConfig: kube.kc });
 try {
   await stack.addGateway(GW);
   const version = codeVersion();
@@ -135,4 +171,5 @@ try {
   }
 } finally {
   await stack.teardown();
+  await kube.stop();
 }

@@ -2,12 +2,11 @@
 // server, the control worker (writing finalizers and status), the lab gateway gw1 with its agent,
 // and real traffic. Objects are written through the API, as `kubectl apply` would.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ApiException, PatchStrategy, setHeaderOptions, type KubernetesObject } from '@kubernetes/client-node';
 import { FINALIZER } from '../activities/kube.js';
 import type { LabTopology } from '../domain/lab.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { KubeBridge } from '../starter/bridge.js';
-import { ensureKubeBinaries, examplesDir, startKube, type KubeEnv } from './support/kube.js';
+import { KUBEOVN_KINDS, ensureKubeBinaries, examplesDir, kubeovnObjects, startKube, type KubeEnv, type ShortName } from './support/kube.js';
 import { startStack, type Stack } from './support/stack.js';
 import { conntrackEntries, Listener, send } from './support/traffic.js';
 import { eventually } from './support/workflows.js';
@@ -16,11 +15,6 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
-type Obj = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, any> };
-const GROUP = { group: 'kubeovn.io', version: 'v1' };
-const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
-const PLURAL = { eip: 'iptables-eips', fip: 'iptables-fip-rules', dnat: 'iptables-dnat-rules', snat: 'iptables-snat-rules', subnet: 'subnets' } as const;
-type Kind = keyof typeof PLURAL;
 
 describe('kube watcher bridge (real kube-apiserver)', () => {
   let kube: KubeEnv;
@@ -49,15 +43,7 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
     await rm(kubeDir, { recursive: true, force: true });
   });
 
-  const get = (kind: Kind, name: string) => kube.custom.getClusterCustomObject({ ...GROUP, plural: PLURAL[kind], name }) as Promise<Obj>;
-  const exists = (kind: Kind, name: string) => get(kind, name).then(() => true, (err) => (err instanceof ApiException && err.code === 404 ? false : Promise.reject(err)));
-  const create = (kind: Kind, name: string, spec: Record<string, unknown>) =>
-    kube.custom.createClusterCustomObject({ ...GROUP, plural: PLURAL[kind], body: { apiVersion: 'kubeovn.io/v1', kind: kindName[kind], metadata: { name }, spec } });
-  const del = (kind: Kind, name: string) => kube.custom.deleteClusterCustomObject({ ...GROUP, plural: PLURAL[kind], name });
-  const kindName = { eip: 'IptablesEIP', fip: 'IptablesFIPRule', dnat: 'IptablesDnatRule', snat: 'IptablesSnatRule', subnet: 'Subnet' };
-  const ready = (kind: Kind, name: string) => eventually(() => get(kind, name), (o) => o.status?.ready === true, 60_000, `${kind} ${name} ready`);
-  const condition = (o: Obj) => (o.status?.conditions as { type: string; reason: string; message: string }[] | undefined)?.find((c) => c.type === 'Ready');
-  const gone = (kind: Kind, name: string) => eventually(() => exists(kind, name), (e) => !e, 60_000, `${kind} ${name} gone`);
+  const { get, exists, list, create, patchSpec, del, ready, gone, condition } = kubeovnObjects(() => kube.custom);
 
   it('the examples become ready with Kube-OVN status fields, and the FIP passes traffic', async () => {
     await kube.applyDir(examplesDir());
@@ -85,7 +71,7 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
 
   it('a changed internalIp moves the mapping: the new VM gets traffic, the old one does not', async () => {
     const ip = (await get('eip', 'eip-fip')).status!.ip as string;
-    await kube.custom.patchClusterCustomObject({ ...GROUP, plural: PLURAL.fip, name: 'fip-vm1', body: { spec: { internalIp: '10.0.1.11' } } }, mergePatch);
+    await patchSpec('fip', 'fip-vm1', { internalIp: '10.0.1.11' });
     await eventually(() => get('fip', 'fip-vm1'), (o) => o.status?.ready === true && o.status?.internalIp === '10.0.1.11', 60_000, 'moved');
     const [old, next] = [await Listener.open(lab.vmNamespaces[0]!, 8082), await Listener.open(lab.vmNamespaces[1]!, 8082)];
     try {
@@ -103,7 +89,7 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
     await create('fip', 'bad-unknown-eip', { eip: 'no-such-eip', internalIp: '10.0.1.10' });
     await create('eip', 'bad-outside', { natGwDp: 'gw1', v4ip: '10.9.9.9' });
     await create('dnat', 'bad-dup-port', { eip: 'eip-shared', protocol: 'tcp', externalPort: '8080', internalIp: '10.0.1.10', internalPort: '80' });
-    const reasonOf = (kind: Kind, name: string, reason: string) => eventually(() => get(kind, name), (o) => condition(o)?.reason === reason, 60_000, `${kind} ${name} ${reason}`);
+    const reasonOf = (kind: ShortName, name: string, reason: string) => eventually(() => get(kind, name), (o) => condition(o)?.reason === reason, 60_000, `${kind} ${name} ${reason}`);
     expect(condition(await reasonOf('fip', 'bad-unknown-eip', 'EipNotFound'))?.message).toBe('EIP no-such-eip does not exist');
     expect(condition(await reasonOf('eip', 'bad-outside', 'AddressOutOfRange'))?.message).toMatch(/10\.9\.9\.9 is outside subnet/);
     expect(condition(await reasonOf('dnat', 'bad-dup-port', 'DuplicateDnat'))?.message).toMatch(/already forwarded/);
@@ -182,7 +168,7 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
       }),
     );
     await eventually(
-      async () => ((await kube.custom.listClusterCustomObject({ ...GROUP, plural: PLURAL.fip })) as { items: Obj[] }).items.filter((o) => o.metadata?.name?.startsWith('fip-r')),
+      async () => (await list('fip')).filter((o) => o.metadata?.name?.startsWith('fip-r')),
       (items) => items.length === 0,
       300_000,
       'every raced FIP gone',
@@ -198,8 +184,8 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
 
   it('deleting the examples leaves no finalizer, no rule and no address', async () => {
     for (const obj of (await readManifests(examplesDir())).reverse()) {
-      const kind = (Object.keys(kindName) as Kind[]).find((k) => kindName[k] === obj.kind);
-      if (!kind || kind === 'subnet') continue;
+      const kind = KUBEOVN_KINDS.find((k) => k.kind === obj.kind)!.shortName;
+      if (kind === 'subnet' || kind === 'vpc-nat-gw') continue;
       await del(kind, obj.metadata!.name!);
     }
     for (const [kind, name] of [['fip', 'fip-vm1'], ['dnat', 'dnat-vm2-http'], ['snat', 'snat-vpc1-subnet1'], ['eip', 'eip-fip'], ['eip', 'eip-shared']] as const) await gone(kind, name);

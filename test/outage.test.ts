@@ -5,17 +5,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ApiException, type KubernetesObject } from '@kubernetes/client-node';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { KubeBridge } from '../starter/bridge.js';
 import { startDevServer, type DevServer } from '../temporal-dev/dev-server.js';
 import { applyObjects, freePort, readManifests } from '../temporal-dev/kube/apiserver.js';
-import { ensureKubeBinaries, examplesDir, startKube, type KubeEnv } from './support/kube.js';
+import { ensureKubeBinaries, examplesDir, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
 import { startStack, type Stack } from './support/stack.js';
-import { eventually } from './support/workflows.js';
 
-type Obj = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, any> };
-const GROUP = { group: 'kubeovn.io', version: 'v1' };
 const GW = 't-outage';
 
 describe('Temporal outage', () => {
@@ -49,14 +45,7 @@ describe('Temporal outage', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const plural = { eip: 'iptables-eips', fip: 'iptables-fip-rules' } as const;
-  const get = (kind: keyof typeof plural, name: string) => kube.custom.getClusterCustomObject({ ...GROUP, plural: plural[kind], name }) as Promise<Obj>;
-  const create = (kind: keyof typeof plural, name: string, spec: Record<string, unknown>) =>
-    kube.custom.createClusterCustomObject({ ...GROUP, plural: plural[kind], body: { apiVersion: 'kubeovn.io/v1', kind: kind === 'eip' ? 'IptablesEIP' : 'IptablesFIPRule', metadata: { name }, spec } });
-  const del = (kind: keyof typeof plural, name: string) => kube.custom.deleteClusterCustomObject({ ...GROUP, plural: plural[kind], name });
-  const ready = (kind: keyof typeof plural, name: string) => eventually(() => get(kind, name), (o) => o.status?.ready === true, 120_000, `${kind} ${name} ready`);
-  const gone = (kind: keyof typeof plural, name: string) =>
-    eventually(() => get(kind, name).then(() => false, (err) => (err instanceof ApiException && err.code === 404 ? true : Promise.reject(err))), (g) => g, 120_000, `${kind} ${name} gone`);
+  const { get, create, del, ready, gone } = kubeovnObjects(() => kube.custom, 120_000);
 
   it('a delete and a create made while Temporal was down converge once it is back', async () => {
     await create('eip', 'eip-kept', { natGwDp: GW });

@@ -11,9 +11,9 @@ import { createResource, deleteResource, resourceStatus, updateNatSpec } from '.
 import { ipamWorkflow } from '../../workflows/ipam.js';
 import { createControlActivities } from '../../activities/control.js';
 import { startStack, type Stack } from '../support/stack.js';
-import { startKube } from '../support/kube.js';
+import { kubeovnObjects, startKube } from '../support/kube.js';
 import { KubeBridge } from '../../starter/bridge.js';
-import { PatchStrategy, setHeaderOptions, type KubernetesObject } from '@kubernetes/client-node';
+import type { KubernetesObject } from '@kubernetes/client-node';
 import { eventually } from '../support/workflows.js';
 import { codeVersion, saveFixture } from './fixtures.js';
 
@@ -103,18 +103,15 @@ const scenarios: Record<string, Scenario> = {
     const bridge = new KubeBridge({ kubeConfig: kube.kc, client: s.env.client, taskQueue: s.resources.taskQueue, resyncMs: 2000, log: () => undefined });
     await bridge.start();
     try {
-      const api = kube.custom;
-      const coords = (plural: string) => ({ group: 'kubeovn.io', version: 'v1', plural });
-      const body = (kind: string, name: string, spec: object) => ({ apiVersion: 'kubeovn.io/v1', kind, metadata: { name }, spec });
-      const eipObj = (await api.createClusterCustomObject({ ...coords('iptables-eips'), body: body('IptablesEIP', 'eip-kube', { natGwDp: GW }) })) as KubernetesObject;
-      const fipObj = (await api.createClusterCustomObject({ ...coords('iptables-fip-rules'), body: body('IptablesFIPRule', 'fip-kube', { eip: 'eip-kube', internalIp: '10.0.1.10' }) })) as KubernetesObject;
-      const status = (plural: string, name: string) => api.getClusterCustomObject({ ...coords(plural), name }) as Promise<{ status?: { ready?: boolean; internalIp?: string } }>;
-      await eventually(() => status('iptables-fip-rules', 'fip-kube'), (o) => o.status?.ready === true, 60_000, 'kube FIP ready');
-      await api.patchClusterCustomObject({ ...coords('iptables-fip-rules'), name: 'fip-kube', body: { spec: { internalIp: '10.0.1.11' } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
-      await eventually(() => status('iptables-fip-rules', 'fip-kube'), (o) => o.status?.internalIp === '10.0.1.11' && o.status.ready === true, 60_000, 'kube FIP moved');
-      for (const [plural, name] of [['iptables-fip-rules', 'fip-kube'], ['iptables-eips', 'eip-kube']]) {
-        await api.deleteClusterCustomObject({ ...coords(plural!), name: name! });
-        await eventually(() => status(plural!, name!).then(() => false, () => true), (goneNow) => goneNow, 60_000, `${name} gone`);
+      const k = kubeovnObjects(() => kube.custom);
+      const eipObj = await k.create('eip', 'eip-kube', { natGwDp: GW });
+      const fipObj = await k.create('fip', 'fip-kube', { eip: 'eip-kube', internalIp: '10.0.1.10' });
+      await k.ready('fip', 'fip-kube');
+      await k.patchSpec('fip', 'fip-kube', { internalIp: '10.0.1.11' });
+      await eventually(() => k.get('fip', 'fip-kube'), (o) => o.status?.internalIp === '10.0.1.11' && o.status.ready === true, 60_000, 'kube FIP moved');
+      for (const [short, name] of [['fip', 'fip-kube'], ['eip', 'eip-kube']] as const) {
+        await k.del(short, name);
+        await k.gone(short, name);
       }
       const idOf = (kind: ResourceKind, o: KubernetesObject) => workflowIds.resource(kind, { name: o.metadata!.name!, uid: o.metadata!.uid! });
       return [

@@ -2,7 +2,7 @@
 // per test file. The first use on a machine builds the binaries (temporal-dev/kube/build.sh,
 // minutes); after that they come from the cache and a start takes a few seconds.
 import path from 'node:path';
-import { CustomObjectsApi, KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { ApiException, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions, type KubernetesObject } from '@kubernetes/client-node';
 import {
   applyObjects,
   ensureKubeBinaries,
@@ -15,6 +15,7 @@ import {
   type KubeBinaries,
 } from '../../temporal-dev/kube/apiserver.js';
 import { repoRoot } from '../../temporal-dev/provision.js';
+import { eventually } from './workflows.js';
 
 export const KUBEOVN_GROUP = 'kubeovn.io';
 export const KUBEOVN_VERSION = 'v1';
@@ -73,5 +74,37 @@ export async function startKube(opts: KubeApiserverOptions = {}): Promise<KubeEn
     binaries: kube.binaries,
     applyDir: async (dir = examplesDir()) => applyObjects(kc, await readManifests(dir)),
     stop: () => kube.stop(),
+  };
+}
+
+export type ShortName = (typeof KUBEOVN_KINDS)[number]['shortName'];
+export type KubeovnObject = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, any> };
+const byShortName = (short: ShortName) => KUBEOVN_KINDS.find((k) => k.shortName === short)!;
+const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+
+/**
+ * Kube-OVN objects by short name (`eip`, `fip`, ...), as a test writes and watches them through
+ * the API. `api` is a getter: a test that restarts its apiserver keeps using the same helpers.
+ */
+export function kubeovnObjects(api: () => CustomObjectsApi, timeoutMs = 60_000) {
+  const coords = (short: ShortName) => ({ group: KUBEOVN_GROUP, version: KUBEOVN_VERSION, plural: byShortName(short).plural });
+  const get = (short: ShortName, name: string) => api().getClusterCustomObject({ ...coords(short), name }) as Promise<KubeovnObject>;
+  const exists = (short: ShortName, name: string) =>
+    get(short, name).then(
+      () => true,
+      (err) => (err instanceof ApiException && err.code === 404 ? false : Promise.reject(err)),
+    );
+  return {
+    get,
+    exists,
+    list: async (short: ShortName) => ((await api().listClusterCustomObject(coords(short))) as { items: KubeovnObject[] }).items,
+    create: (short: ShortName, name: string, spec: Record<string, unknown>) =>
+      api().createClusterCustomObject({ ...coords(short), body: { apiVersion: KUBEOVN_API_VERSION, kind: byShortName(short).kind, metadata: { name }, spec } }) as Promise<KubeovnObject>,
+    patchSpec: (short: ShortName, name: string, spec: Record<string, unknown>) => api().patchClusterCustomObject({ ...coords(short), name, body: { spec } }, mergePatch),
+    del: (short: ShortName, name: string) => api().deleteClusterCustomObject({ ...coords(short), name }),
+    ready: (short: ShortName, name: string) => eventually(() => get(short, name), (o) => o.status?.ready === true, timeoutMs, `${short} ${name} ready`),
+    gone: (short: ShortName, name: string) => eventually(() => exists(short, name), (e) => !e, timeoutMs, `${short} ${name} gone`),
+    /** The `Ready` condition of an object's status. */
+    condition: (o: KubeovnObject) => (o.status?.conditions as { type: string; reason: string; message: string }[] | undefined)?.find((c) => c.type === 'Ready'),
   };
 }

@@ -2,7 +2,7 @@
 // they share an EIP, and the gateway rule each one becomes.
 import { NatflowError, Reason } from './errors.js';
 import { validateName, type ResourceRef } from './names.js';
-import type { NatRule } from './nat-rules.js';
+import { validatePort, validateProtocol, type NatRule } from './nat-rules.js';
 import type { Condition } from './status.js';
 
 export type NatKind = 'fip' | 'dnat' | 'snat';
@@ -63,11 +63,8 @@ export function claimConflict(kind: NatKind, existing: { owner: string; kind: Na
   return null;
 }
 
-function port(value: unknown, field: string): number {
-  const n = typeof value === 'number' ? value : typeof value === 'string' && /^[0-9]{1,5}$/.test(value) ? Number(value) : NaN;
-  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new NatflowError(Reason.InvalidSpec, `${field} ${JSON.stringify(value)} is not a port (1-65535)`);
-  return n;
-}
+/** Kube-OVN keeps ports as strings: "8080" is read as 8080, then checked like any port. */
+const port = (value: unknown, field: string) => validatePort(typeof value === 'string' && /^[0-9]{1,5}$/.test(value) ? Number(value) : value, field);
 
 /** The gateway rule for a resource, once its EIP's address is known. Validation of addresses is the rule's. */
 export function natRuleFor(input: NatInput, eipAddress: string): NatRule {
@@ -79,8 +76,7 @@ export function natRuleFor(input: NatInput, eipAddress: string): NatRule {
     }
     case 'dnat': {
       const spec = input.spec as DnatSpec;
-      if (spec.protocol !== 'tcp' && spec.protocol !== 'udp') throw new NatflowError(Reason.InvalidSpec, `spec.protocol ${JSON.stringify(spec.protocol)} must be tcp or udp`);
-      return { kind: 'dnat', owner, eip: eipAddress, protocol: spec.protocol, externalPort: port(spec.externalPort, 'spec.externalPort'), internalIp: spec.internalIp, internalPort: port(spec.internalPort, 'spec.internalPort') };
+      return { kind: 'dnat', owner, eip: eipAddress, protocol: validateProtocol(spec.protocol, 'spec.protocol'), externalPort: port(spec.externalPort, 'spec.externalPort'), internalIp: spec.internalIp, internalPort: port(spec.internalPort, 'spec.internalPort') };
     }
     case 'snat': {
       const spec = input.spec as SnatSpec;

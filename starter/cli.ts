@@ -3,7 +3,7 @@
 // exit code 1 (and as {"error": ...} with --json).
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import type { EipSpec } from '../domain/eip.js';
 import type { NatKind, NatSpec, NatSpecs } from '../domain/nat.js';
 import { workflowIds, type ResourceKind } from '../domain/names.js';
@@ -40,7 +40,10 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
     .option('--namespace <ns>', 'Temporal namespace (env TEMPORAL_NAMESPACE, default "default")')
     .addOption(new Option('--ui-url <url>', 'Temporal Web UI base URL').env('NATFLOW_UI_URL').default('http://127.0.0.1:8233'))
     .option('--json', 'print JSON for scripts')
-    .showHelpAfterError();
+    .showHelpAfterError()
+    // Usage errors throw (commander has already printed them) instead of exiting the process,
+    // so the connection is closed on every path and the CLI can be driven in-process.
+    .exitOverride();
 
   const globals = () => program.opts<GlobalOptions>();
   const print = (value: unknown, text: (v: never) => string) => out(globals().json ? JSON.stringify(value, null, 2) : text(value as never));
@@ -56,18 +59,19 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
   const resourceCommands = <K extends ResourceKind>(
     kind: K,
     description: string,
-    options: [flags: string, help: string, defaultValue?: string][],
+    options: SpecOption[],
     specFrom: (o: Record<string, string>) => Spec<K>,
   ) => {
     const group = program.command(kind).description(description);
-    const withOptions = (cmd: Command, required: boolean) => {
-      for (const [flags, help, defaultValue] of options) {
-        if (required && defaultValue === undefined && !flags.includes('--v4ip')) cmd.requiredOption(flags, help);
-        else cmd.option(flags, help, defaultValue);
+    /** The spec's fields as options: required unless they have a default or are optional. */
+    const withOptions = (cmd: Command) => {
+      for (const o of options) {
+        if (o.default === undefined && !o.optional) cmd.requiredOption(o.flags, o.help);
+        else cmd.option(o.flags, o.help, o.default);
       }
       return cmd;
     };
-    withOptions(group.command('create <name>').description(`create a ${kind}`), true)
+    withOptions(group.command('create <name>').description(`create a ${kind}`))
       .option('--wait', 'wait until it is ready or reports a problem')
       .action(async (name: string, o: Record<string, string> & { wait?: boolean }) => {
         const r = await resources();
@@ -93,7 +97,7 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
         print({ ...status, ui: link(status.workflowId) }, () => `${JSON.stringify(status, null, 2)}\n${link(status.workflowId)}`);
       });
     if (kind !== 'eip') {
-      withOptions(group.command('set <name>').description(`change a ${kind}'s spec (all fields, as an edit would)`), true).action(async (name: string, o: Record<string, string>) => {
+      withOptions(group.command('set <name>').description(`change a ${kind}'s spec (all fields, as an edit would)`)).action(async (name: string, o: Record<string, string>) => {
         const generation = await updateNatSpec(await resources(), kind as NatKind, name, specFrom(o) as NatSpec);
         print({ name, generation }, () => `${kind} ${name}: generation ${generation} sent`);
       });
@@ -109,24 +113,24 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
   };
 
   resourceCommands('eip', 'elastic IPs (IptablesEIP)', [
-    ['--gateway <name>', 'the NAT gateway (spec.natGwDp)'],
-    ['--subnet <name>', 'external subnet (spec.externalSubnet)', DEFAULT_EXTERNAL_SUBNET],
-    ['--v4ip <address>', 'a specific address (spec.v4ip)'],
+    { flags: '--gateway <name>', help: 'the NAT gateway (spec.natGwDp)' },
+    { flags: '--subnet <name>', help: 'external subnet (spec.externalSubnet)', default: DEFAULT_EXTERNAL_SUBNET },
+    { flags: '--v4ip <address>', help: 'a specific address (spec.v4ip)', optional: true },
   ], (o) => ({ natGwDp: o.gateway!, externalSubnet: o.subnet, v4ip: o.v4ip }));
   resourceCommands('fip', 'floating IPs (IptablesFIPRule): all traffic of an EIP to one internal IP', [
-    ['--eip <name>', 'the EIP (spec.eip)'],
-    ['--internal-ip <address>', 'spec.internalIp'],
+    { flags: '--eip <name>', help: 'the EIP (spec.eip)' },
+    { flags: '--internal-ip <address>', help: 'spec.internalIp' },
   ], (o) => ({ eip: o.eip!, internalIp: o.internalIp! }));
   resourceCommands('dnat', 'port forwarding (IptablesDnatRule)', [
-    ['--eip <name>', 'the EIP (spec.eip)'],
-    ['--protocol <tcp|udp>', 'spec.protocol'],
-    ['--external-port <port>', 'spec.externalPort'],
-    ['--internal-ip <address>', 'spec.internalIp'],
-    ['--internal-port <port>', 'spec.internalPort'],
+    { flags: '--eip <name>', help: 'the EIP (spec.eip)' },
+    { flags: '--protocol <tcp|udp>', help: 'spec.protocol' },
+    { flags: '--external-port <port>', help: 'spec.externalPort' },
+    { flags: '--internal-ip <address>', help: 'spec.internalIp' },
+    { flags: '--internal-port <port>', help: 'spec.internalPort' },
   ], (o) => ({ eip: o.eip!, protocol: o.protocol!, externalPort: o.externalPort!, internalIp: o.internalIp!, internalPort: o.internalPort! }));
   resourceCommands('snat', 'source NAT for a CIDR (IptablesSnatRule)', [
-    ['--eip <name>', 'the EIP (spec.eip)'],
-    ['--internal-cidr <cidr>', 'spec.internalCIDR'],
+    { flags: '--eip <name>', help: 'the EIP (spec.eip)' },
+    { flags: '--internal-cidr <cidr>', help: 'spec.internalCIDR' },
   ], (o) => ({ eip: o.eip!, internalCIDR: o.internalCidr! }));
 
   const subnet = program.command('subnet').description('external subnets and their IPAM');
@@ -217,6 +221,14 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
   return { program, close: async () => connection?.close() };
 }
 
+/** One spec field as a command-line option. */
+interface SpecOption {
+  flags: string;
+  help: string;
+  default?: string;
+  optional?: true;
+}
+
 type Spec<K extends ResourceKind> = K extends 'eip' ? EipSpec : NatSpecs[Exclude<K, 'eip'>];
 
 const statusAddress = (s: { ip?: string; v4ip?: string }) => s.ip ?? s.v4ip ?? '';
@@ -238,9 +250,13 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   try {
     await program.parseAsync(process.argv);
   } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    console.error(program.opts<GlobalOptions>().json ? JSON.stringify({ error: message }) : `error: ${message}`);
-    process.exitCode = 1;
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode; // help, version or a usage error: already printed
+    } else {
+      const message = err instanceof Error ? err.message : String(err);
+      console.error(program.opts<GlobalOptions>().json ? JSON.stringify({ error: message }) : `error: ${message}`);
+      process.exitCode = 1;
+    }
   } finally {
     await close();
   }

@@ -1,0 +1,64 @@
+// The command-line tool as a script would use it (--json), against a real dev server and a
+// control worker on the default queue. No gateway exists, so EIPs wait; that is enough to
+// drive every command.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { Worker } from '@temporalio/worker';
+import { buildCli } from '../starter/cli.js';
+import { createControlWorker } from '../worker/control.js';
+import { createTestEnv } from './support/temporal-env.js';
+import { workflowBundle } from './support/workflows.js';
+
+describe('natflow CLI', () => {
+  let env: TestWorkflowEnvironment;
+  let worker: Worker;
+  let running: Promise<void>;
+  beforeAll(async () => {
+    env = await createTestEnv();
+    worker = await createControlWorker({ connection: env.nativeConnection, client: env.client, workflowBundle: await workflowBundle() });
+    running = worker.run();
+  });
+  afterAll(async () => {
+    worker?.shutdown();
+    await running;
+    await env?.teardown();
+  });
+
+  /** Runs one command line; its printed JSON, or the error it ended with. */
+  async function natflow(...args: string[]): Promise<any> {
+    const printed: string[] = [];
+    const { program, close } = buildCli((text) => printed.push(text));
+    try {
+      await program.parseAsync(['node', 'natflow', '--address', env.address, '--json', ...args]);
+      return JSON.parse(printed.join('\n'));
+    } finally {
+      await close();
+    }
+  }
+
+  it('creates a subnet, an EIP (which waits for its gateway), lists, shows and deletes it', async () => {
+    const subnet = await natflow('subnet', 'create', 'ext-cli', '--cidr', '172.20.0.0/24', '--gateway', '172.20.0.1', '--exclude', '172.20.0.250..172.20.0.254');
+    expect(subnet.ui).toBe('http://127.0.0.1:8233/namespaces/default/workflows/natflow%2Fipam%2Fext-cli');
+
+    const created = await natflow('eip', 'create', 'e1', '--gateway', 'no-gw', '--subnet', 'ext-cli', '--wait');
+    expect(created).toMatchObject({ kind: 'eip', name: 'e1', status: { phase: 'WaitingForGateway', ip: '' } });
+    expect(created.workflowId).toBe(`natflow/eip/e1/${created.uid}`);
+
+    expect((await natflow('eip', 'list')).map((s: { name: string }) => s.name)).toEqual(['e1']);
+    const got = await natflow('eip', 'get', 'e1');
+    expect(got.conditions[0]).toMatchObject({ reason: 'GatewayNotFound', message: 'NAT gateway no-gw does not exist' });
+    expect((await natflow('ui', 'eip', 'e1')).ui).toBe(`http://127.0.0.1:8233/namespaces/default/workflows/${encodeURIComponent(created.workflowId)}`);
+    expect((await natflow('subnet', 'show', 'ext-cli')).usage).toMatchObject({ v4usingIPs: 0, v4availableIPs: 248 });
+
+    expect(await natflow('eip', 'delete', 'e1')).toMatchObject({ name: 'e1', deleted: true });
+    expect(await natflow('eip', 'list')).toEqual([]);
+  });
+
+  it('refuses bad input with a clear error and creates nothing', async () => {
+    await expect(natflow('eip', 'create', 'bad', '--gateway', 'gw1', '--v4ip', '10.0.0.999')).rejects.toThrow(/spec.v4ip "10.0.0.999" is not an IPv4 address/);
+    await expect(natflow('dnat', 'create', 'd1', '--eip', 'e1', '--protocol', 'tcp')).rejects.toThrow(/required option '--external-port <port>' not specified/);
+    await expect(natflow('subnet', 'create', 'bad-subnet', '--cidr', '172.21.0.0/24', '--gateway', '10.0.0.1')).rejects.toThrow(/gateway 10.0.0.1 is outside cidrBlock/);
+    await expect(natflow('ui', 'route', 'x')).rejects.toThrow(/unknown kind "route"/);
+    expect(await natflow('eip', 'list')).toEqual([]);
+  });
+});

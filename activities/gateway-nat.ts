@@ -12,7 +12,6 @@
 //   restore delete two identical rules.
 import { ApplicationFailure } from '@temporalio/common';
 import { NatflowError, Reason } from '../domain/errors.js';
-import type { ConntrackTarget } from '../domain/nat.js';
 import {
   natChainLayout,
   ownerOf,
@@ -22,6 +21,7 @@ import {
   validateOwner,
   validatePort,
   validateProtocol,
+  type ConntrackTarget,
   type NatChainLayout,
   type NatRule,
   type RenderContext,

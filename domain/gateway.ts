@@ -1,7 +1,6 @@
 // A NAT gateway as natflow sees it: what its agent reports, and the desired state that the
 // gateway workflow holds and the agent applies.
-import type { ConntrackTarget } from './nat.js';
-import type { NatRule } from './nat-rules.js';
+import type { ConntrackTarget, NatRule } from './nat-rules.js';
 
 export interface GatewaySpec {
   name: string;

@@ -198,6 +198,45 @@ export function validateNatRule(rule: unknown): NatRule {
   }
 }
 
+/** What conntrack entries a removed or changed rule leaves behind, in the agent's terms. */
+export interface ConntrackTarget {
+  eip: string;
+  internalIp?: string;
+  protocol?: 'tcp' | 'udp';
+  port?: number;
+  internalCidr?: string;
+}
+
+export function conntrackTarget(rule: NatRule): ConntrackTarget {
+  switch (rule.kind) {
+    case 'fip':
+      return { eip: rule.eip, internalIp: rule.internalIp };
+    case 'dnat':
+      return { eip: rule.eip, internalIp: rule.internalIp, protocol: rule.protocol, port: rule.externalPort };
+    case 'snat':
+      return { eip: rule.eip, internalCidr: rule.internalCidr };
+  }
+}
+
+/** The change from the rules an agent has to the desired ones: a changed rule is removed and added again. */
+export function ruleDiff(applied: Record<string, NatRule>, desired: Record<string, NatRule>): { add: NatRule[]; removeOwners: string[]; removed: NatRule[] } {
+  const same = (a: NatRule, b: NatRule) => JSON.stringify(a) === JSON.stringify(b);
+  const removed = Object.entries(applied)
+    .filter(([owner, rule]) => !desired[owner] || !same(rule, desired[owner]!))
+    .map(([, rule]) => rule);
+  const add = Object.entries(desired)
+    .filter(([owner, rule]) => !applied[owner] || !same(rule, applied[owner]!))
+    .map(([, rule]) => rule);
+  return { add, removeOwners: removed.map((r) => r.owner), removed };
+}
+
+/** A second DNAT rule for the same EIP, protocol and external port is refused. */
+export function dnatConflict(rules: Record<string, NatRule>, rule: NatRule): string | null {
+  if (rule.kind !== 'dnat') return null;
+  const clash = Object.values(rules).find((r) => r.owner !== rule.owner && r.kind === 'dnat' && r.eip === rule.eip && r.protocol === rule.protocol && r.externalPort === rule.externalPort);
+  return clash ? `${rule.eip} ${rule.protocol}/${rule.externalPort} is already forwarded by another DNAT rule (${clash.owner})` : null;
+}
+
 /** The iptables rules of one NAT rule (validated first), in iptables-save's own order of options. */
 export function renderNatRule(rule: NatRule, ctx: RenderContext = {}): RenderedRule[] {
   const r = validateNatRule(rule);

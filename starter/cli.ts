@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { Command, CommanderError, Option } from 'commander';
 import type { EipSpec } from '../domain/eip.js';
-import type { NatKind, NatSpec, NatSpecs } from '../domain/nat.js';
+import type { NatKind, NatSpec, NatSpecs } from '../domain/nat-resources.js';
 import { workflowIds, type ResourceKind } from '../domain/names.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { labDown, labStatus, labUp } from '../temporal-dev/lab.js';

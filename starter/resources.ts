@@ -9,7 +9,7 @@ import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain
 import { searchAttributes } from '../workflows/search-attributes.js';
 import { eipWorkflow } from '../workflows/eip.js';
 import { dnatWorkflow, fipWorkflow, natSpecSignal, snatWorkflow } from '../workflows/nat-rule.js';
-import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat.js';
+import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import { findOneRunning, findRunning } from '../activities/visibility.js';
 import { gatewayStateQuery, gatewayWorkflow } from '../workflows/gateway.js';
 import { ipamStateQuery, ipamWorkflow, type IpamState } from '../workflows/ipam.js';

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCommand } from '../activities/exec.js';
 import { Reason } from '../domain/errors.js';
 import type { LabTopology } from '../domain/lab.js';
-import type { NatKind, NatSpecs } from '../domain/nat.js';
+import type { NatKind, NatSpecs } from '../domain/nat-resources.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { createResource, deleteResource, resourceStatus, updateNatSpec } from '../starter/resources.js';
 import { conntrackEntries, Listener, ping, send, Session } from './support/traffic.js';

@@ -9,7 +9,7 @@ import { NatflowError, Reason } from '../domain/errors.js';
 import type { ConditionInput } from '../domain/status.js';
 import { setCondition } from '../domain/status.js';
 import { control } from './control-activities.js';
-import { claimConflict, type NatKind } from '../domain/nat.js';
+import { claimConflict, type NatKind } from '../domain/nat-resources.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { gatewayChangedSignal } from './signals.js';
 import { searchAttributes } from './search-attributes.js';

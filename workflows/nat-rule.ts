@@ -9,7 +9,7 @@ import * as wf from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control.js';
 import { control } from './control-activities.js';
 import { NatflowError, Reason } from '../domain/errors.js';
-import { natEipName, natRuleFor, type NatInput, type NatKind, type NatPhase, type NatSpecs, type NatStatus } from '../domain/nat.js';
+import { natEipName, natRuleFor, type NatInput, type NatKind, type NatPhase, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';

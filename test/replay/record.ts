@@ -6,7 +6,7 @@
 import { runCommand } from '../../activities/exec.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../../domain/subnet.js';
 import { workflowIds, type ResourceKind } from '../../domain/names.js';
-import type { NatKind, NatSpecs } from '../../domain/nat.js';
+import type { NatKind, NatSpecs } from '../../domain/nat-resources.js';
 import { createResource, deleteResource, resourceStatus, updateNatSpec } from '../../starter/resources.js';
 import { ipamWorkflow } from '../../workflows/ipam.js';
 import { createControlActivities } from '../../activities/control.js';

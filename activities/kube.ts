@@ -3,36 +3,20 @@
 // Order is the workflows' job (check → finalizer → side effects; cleanup → finalizer last);
 // these calls are each idempotent and tolerate conflicts by retrying.
 import { ApiException, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
-import type { ResourceKind } from '../domain/names.js';
-
-export const FINALIZER = 'natflow.io/cleanup';
-export const KUBEOVN_GROUP = 'kubeovn.io';
-export const KUBEOVN_VERSION = 'v1';
-export const PLURALS: Record<ResourceKind, string> = {
-  eip: 'iptables-eips',
-  fip: 'iptables-fip-rules',
-  dnat: 'iptables-dnat-rules',
-  snat: 'iptables-snat-rules',
-};
-
-export interface KubeRef {
-  kind: ResourceKind;
-  name: string;
-  uid: string;
-}
+import { crd, FINALIZER, type KubeRef } from '../domain/kube.js';
+import type { KubeActivities } from '../domain/workflow-api.js';
 
 interface KubeObject {
   metadata?: { uid?: string; resourceVersion?: string; finalizers?: string[]; deletionTimestamp?: string };
 }
 
-export type KubeActivities = ReturnType<typeof createKubeActivities>;
-
 const isStatus = (err: unknown, code: number) => err instanceof ApiException && err.code === code;
-const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+/** A JSON merge patch (RFC 7386): what every natflow write to Kubernetes sends. */
+export const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 
-export function createKubeActivities(kubeConfig: KubeConfig) {
+export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
   const api = kubeConfig.makeApiClient(CustomObjectsApi);
-  const coords = (ref: KubeRef) => ({ group: KUBEOVN_GROUP, version: KUBEOVN_VERSION, plural: PLURALS[ref.kind], name: ref.name });
+  const coords = (ref: KubeRef) => ({ ...crd(ref.kind), name: ref.name });
 
   /** The object with this uid, or null when it is gone (or a new object took the name). */
   async function current(ref: KubeRef): Promise<KubeObject | null> {
@@ -52,11 +36,8 @@ export function createKubeActivities(kubeConfig: KubeConfig) {
   }
 
   return {
-    /**
-     * The first step of every lifecycle: is the object still there, and not being deleted? If so
-     * the finalizer goes on before anything else happens, so a delete can never outrun cleanup.
-     */
-    async kubeAdopt(ref: KubeRef): Promise<{ exists: boolean; deleting: boolean }> {
+    // The first step of every lifecycle: a delete can never outrun cleanup.
+    async kubeAdopt(ref) {
       const obj = await current(ref);
       if (!obj) return { exists: false, deleting: false };
       if (obj.metadata?.deletionTimestamp) return { exists: true, deleting: true };
@@ -66,7 +47,7 @@ export function createKubeActivities(kubeConfig: KubeConfig) {
     },
 
     /** Writes status (merge patch on the status subresource); an object that is gone is fine. */
-    async kubePublishStatus(ref: KubeRef & { status: Record<string, unknown> }): Promise<void> {
+    async kubePublishStatus(ref) {
       if (!(await current(ref))) return;
       try {
         await api.patchClusterCustomObjectStatus({ ...coords(ref), body: { status: ref.status } }, mergePatch);
@@ -75,8 +56,7 @@ export function createKubeActivities(kubeConfig: KubeConfig) {
       }
     },
 
-    /** The last step of every cleanup: lets Kubernetes remove the object. */
-    async kubeRelease(ref: KubeRef): Promise<void> {
+    async kubeRelease(ref) {
       const obj = await current(ref);
       const finalizers = obj?.metadata?.finalizers ?? [];
       if (!obj || !finalizers.includes(FINALIZER)) return;

@@ -10,7 +10,6 @@ export const Reason = {
   OwnerHoldsOtherAddress: 'OwnerHoldsOtherAddress',
   GatewayNotFound: 'GatewayNotFound',
   GatewayNotReady: 'GatewayNotReady',
-  GatewayApplyFailed: 'GatewayApplyFailed',
   EipNotFound: 'EipNotFound',
   EipNotReady: 'EipNotReady',
   EipInUse: 'EipInUse',

@@ -1,12 +1,12 @@
 // A NAT gateway as natflow sees it: what its agent reports, and the desired state that the
 // gateway workflow holds and the agent applies.
-import type { ConntrackTarget, NatRule } from './nat-rules.js';
+import type { NatRule } from './nat-rules.js';
 
 export interface GatewaySpec {
   name: string;
   /** The external subnet (Kube-OVN `VpcNatGateway.spec.externalSubnets[0]`). */
   externalSubnet?: string;
-  /** Kube-OVN `lanIp`: the gateway's address in the VPC. */
+  /** Kube-OVN `lanIp`: the gateway's address in the VPC (never a NAT rule's target). */
   lanIp?: string;
   /** The VPC subnet behind the gateway: NAT rules may only point into it. */
   internalCidr?: string;
@@ -26,18 +26,6 @@ export interface AgentInfo {
   externalInterface: string;
 }
 
-/** The activities a gateway agent runs, on its gateway's own task queue. */
-export interface GatewayAgentActivities {
-  agentInfo(): Promise<AgentInfo>;
-  /** Makes the EIP addresses on the external interface exactly `desired`. */
-  reconcileEipAddresses(desired: EipAddress[]): Promise<{ added: string[]; removed: string[] }>;
-  /** Creates natflow's chains and jumps; idempotent. */
-  initNatChains(): Promise<void>;
-  /** One batch: removes rules by owner tag, adds the missing ones (`replaceAll`: nothing else stays). */
-  applyNatRules(change: { add: NatRule[]; removeOwners: string[]; replaceAll?: boolean }): Promise<{ added: number; removed: number }>;
-  flushConntrack(targets: ConntrackTarget[]): Promise<number>;
-}
-
 export interface GatewayState {
   spec: GatewaySpec;
   ready: boolean;
@@ -53,3 +41,11 @@ export interface GatewayState {
 
 /** What a workflow learns when it asks about a gateway it depends on. */
 export type GatewayReadiness = { exists: false; ready: false; reason: string } | { exists: true; ready: boolean; reason: string };
+
+/** A gateway workflow's input: its spec, and on continue-as-new the desired state it carries. */
+export interface GatewayInput {
+  spec: GatewaySpec;
+  eips?: Record<string, EipAddress>;
+  rules?: Record<string, NatRule>;
+  maxHistoryLength?: number;
+}

@@ -20,6 +20,21 @@ export interface Allocation {
 /** What survives continue-as-new: owner → address. */
 export type Allocations = Record<string, string>;
 
+/** An IPAM workflow's input: its subnet, and on continue-as-new the allocations it carries. */
+export interface IpamInput {
+  subnet: SubnetSpec;
+  allocations?: Allocations;
+  /** Continue-as-new once history is this long (the server's suggestion also counts). */
+  maxHistoryLength?: number;
+}
+
+/** What an IPAM workflow answers when asked: its subnet, Kube-OVN's usage fields, every allocation. */
+export interface IpamState {
+  subnet: SubnetSpec;
+  usage: SubnetUsage;
+  allocations: Allocations;
+}
+
 export class Ipam {
   private readonly subnet: ParsedSubnet;
   private readonly byOwner = new Map<string, number>();

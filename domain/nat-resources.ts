@@ -53,8 +53,16 @@ export interface NatStatus {
   observedGeneration: number;
 }
 
+/** A NAT rule's hold on its EIP, recorded by the EIP workflow. */
+export interface EipClaim {
+  /** The rule's workflow ID. */
+  owner: string;
+  kind: NatKind;
+  name: string;
+}
+
 /** Which kinds may share one EIP: a FIP takes it alone; DNAT and SNAT rules may share it. */
-export function claimConflict(kind: NatKind, existing: { owner: string; kind: NatKind; name: string }[], owner: string): string | null {
+export function claimConflict(kind: NatKind, existing: EipClaim[], owner: string): string | null {
   const others = existing.filter((c) => c.owner !== owner);
   const describe = (c: (typeof others)[number]) => `${c.kind} ${c.name}`;
   if (kind === 'fip' && others.length > 0) return `the EIP is already used by ${others.map(describe).join(', ')}; a FIP needs it alone`;

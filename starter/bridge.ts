@@ -3,26 +3,26 @@
 // and everything it sends is idempotent (signal-with-start, cancel). Finalizers and status are
 // written by the workflows themselves (workflows/kube-sync.ts), never here — except the Subnet's
 // usage, which it copies from the subnet's IPAM workflow on each resync.
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
-import { CustomObjectsApi, KubeConfig, PatchStrategy, makeInformer, setHeaderOptions, type Informer, type KubernetesObject, type ObjectCache } from '@kubernetes/client-node';
-import { FINALIZER, KUBEOVN_GROUP, KUBEOVN_VERSION, PLURALS } from '../activities/kube.js';
-import { CONTROL_TASK_QUEUE, workflowIds } from '../domain/names.js';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { CustomObjectsApi, KubeConfig, makeInformer, type Informer, type KubernetesObject, type ObjectCache } from '@kubernetes/client-node';
+import { mergePatch } from '../activities/kube.js';
+import { crd, FINALIZER, KUBEOVN_GROUP, KUBEOVN_KINDS, KUBEOVN_VERSION, type KubeKind } from '../domain/kube.js';
+import { workflowIds } from '../domain/names.js';
+import type { EipSpec } from '../domain/eip.js';
+import type { NatSpec } from '../domain/nat-resources.js';
 import { DEFAULT_EXTERNAL_SUBNET, type SubnetSpec } from '../domain/subnet.js';
-import { eipSpecSignal, eipWorkflow } from '../workflows/eip.js';
-import { dnatWorkflow, fipWorkflow, natSpecSignal, snatWorkflow } from '../workflows/nat-rule.js';
-import { searchAttributes } from '../workflows/search-attributes.js';
-import { temporalTarget } from '../worker/connection.js';
-import { ensureGateway, ensureSubnet, subnetState } from './resources.js';
+import { specChangedSignal } from '../domain/workflow-api.js';
+import { connectTemporal, temporalTarget } from '../worker/connection.js';
+import { isMainModule } from '../worker/process.js';
+import { ensureGateway, ensureSubnet, resourceStart, subnetState } from './resources.js';
 
 interface KubeOvnObject extends KubernetesObject {
   spec?: Record<string, unknown>;
 }
 
-const WATCHED = { ...PLURALS, gateway: 'vpc-nat-gateways', subnet: 'subnets' } as const;
-type Watched = keyof typeof WATCHED;
-const workflowOf = { eip: eipWorkflow, fip: fipWorkflow, dnat: dnatWorkflow, snat: snatWorkflow } as const;
+type Watched = KubeKind;
+const WATCHED = Object.keys(KUBEOVN_KINDS) as Watched[];
 
 export interface BridgeOptions {
   kubeConfig: KubeConfig;
@@ -50,7 +50,7 @@ export class KubeBridge {
   }
 
   async start(): Promise<void> {
-    for (const kind of Object.keys(WATCHED) as Watched[]) await this.startInformer(kind);
+    for (const kind of WATCHED) await this.startInformer(kind);
     await this.resync();
     const loop = () => {
       this.timer = setTimeout(() => void this.track(this.resync()).finally(() => !this.stopped && loop()), this.opts.resyncMs ?? 15_000);
@@ -72,11 +72,11 @@ export class KubeBridge {
   }
 
   private list(kind: Watched) {
-    return this.api.listClusterCustomObject({ group: KUBEOVN_GROUP, version: KUBEOVN_VERSION, plural: WATCHED[kind] }) as Promise<{ items: KubeOvnObject[]; metadata: { resourceVersion?: string } }>;
+    return this.api.listClusterCustomObject(crd(kind)) as Promise<{ items: KubeOvnObject[]; metadata: { resourceVersion?: string } }>;
   }
 
   private async startInformer(kind: Watched): Promise<void> {
-    const informer = makeInformer<KubeOvnObject>(this.opts.kubeConfig, `/apis/${KUBEOVN_GROUP}/${KUBEOVN_VERSION}/${WATCHED[kind]}`, () => this.list(kind) as never);
+    const informer = makeInformer<KubeOvnObject>(this.opts.kubeConfig, `/apis/${KUBEOVN_GROUP}/${KUBEOVN_VERSION}/${KUBEOVN_KINDS[kind].plural}`, () => this.list(kind) as never);
     const drive = (obj: KubeOvnObject) => void this.track(this.drive(kind, obj)).catch((err) => this.log(`${kind} ${obj.metadata?.name}: ${(err as Error).message} (retried at the next resync)`));
     informer.on('add', drive);
     informer.on('update', drive);
@@ -93,7 +93,7 @@ export class KubeBridge {
 
   /** Level-triggered: re-drive every object; restart a watch whose cache stopped following the API. */
   async resync(): Promise<void> {
-    for (const kind of Object.keys(WATCHED) as Watched[]) {
+    for (const kind of WATCHED) {
       try {
         const { items } = await this.list(kind);
         const informer = this.informers.get(kind);
@@ -115,7 +115,7 @@ export class KubeBridge {
   }
 
   private async drive(kind: Watched, obj: KubeOvnObject): Promise<void> {
-    if (kind === 'gateway') return this.driveGateway(obj);
+    if (kind === 'vpc-nat-gw') return this.driveGateway(obj);
     if (kind === 'subnet') return this.driveSubnet(obj);
     const meta = obj.metadata!;
     const resource = { name: meta.name!, uid: meta.uid!, generation: meta.generation ?? 1, fromKube: true };
@@ -126,21 +126,12 @@ export class KubeBridge {
       if (await this.cancel(workflowId)) return;
       if (!(meta.finalizers ?? []).includes(FINALIZER)) return;
     }
-    const spec = obj.spec ?? {};
-    const isEip = kind === 'eip';
-    await this.opts.client.workflow.signalWithStart(workflowOf[kind] as typeof eipWorkflow, {
-      taskQueue: this.opts.taskQueue ?? CONTROL_TASK_QUEUE,
-      workflowId,
-      args: [(isEip ? { resource, spec } : { kind, resource, spec }) as never],
-      signal: (isEip ? eipSpecSignal : natSpecSignal) as typeof eipSpecSignal,
-      signalArgs: [{ spec: spec as never, generation: resource.generation }],
-      typedSearchAttributes: searchAttributes({
-        kind,
-        name: resource.name,
-        phase: 'Pending',
-        ...(isEip && { gateway: String(spec.natGwDp ?? ''), subnet: String(spec.externalSubnet || DEFAULT_EXTERNAL_SUBNET) }),
-      }),
-      staticSummary: `${kind} ${resource.name} (kubernetes)`,
+    const spec = (obj.spec ?? {}) as unknown as EipSpec | NatSpec;
+    const start = resourceStart(kind, resource, spec, this.opts.taskQueue);
+    await this.opts.client.workflow.signalWithStart(start.workflow, {
+      ...start.options,
+      signal: specChangedSignal,
+      signalArgs: [{ spec, generation: resource.generation }],
     });
   }
 
@@ -158,7 +149,7 @@ export class KubeBridge {
   }
 
   private async gone(kind: Watched, obj: KubeOvnObject): Promise<void> {
-    if (kind === 'gateway') {
+    if (kind === 'vpc-nat-gw') {
       await this.cancel(workflowIds.gateway(obj.metadata!.name!));
       return;
     }
@@ -177,7 +168,7 @@ export class KubeBridge {
   /** External subnets: the default one and every subnet a gateway names as external. */
   private externalSubnets(): Set<string> {
     const names = new Set([DEFAULT_EXTERNAL_SUBNET]);
-    for (const gw of this.informers.get('gateway')?.list() ?? []) for (const s of (gw.spec?.externalSubnets as string[] | undefined) ?? []) names.add(s);
+    for (const gw of this.informers.get('vpc-nat-gw')?.list() ?? []) for (const s of (gw.spec?.externalSubnets as string[] | undefined) ?? []) names.add(s);
     return names;
   }
 
@@ -204,10 +195,7 @@ export class KubeBridge {
       if (!this.informers.get('subnet')?.get(name)) continue;
       const state = await subnetState({ client: this.opts.client }, name).catch(() => null);
       if (!state) continue;
-      await this.api.patchClusterCustomObjectStatus(
-        { group: KUBEOVN_GROUP, version: KUBEOVN_VERSION, plural: WATCHED.subnet, name, body: { status: state.usage } },
-        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
-      );
+      await this.api.patchClusterCustomObjectStatus({ ...crd('subnet'), name, body: { status: state.usage } }, mergePatch);
     }
   }
 }
@@ -221,13 +209,12 @@ async function main(): Promise<void> {
   const kubeConfig = new KubeConfig();
   if (values.kubeconfig) kubeConfig.loadFromFile(values.kubeconfig);
   else kubeConfig.loadFromDefault();
-  const target = temporalTarget({ address: values.address, namespace: values.namespace });
-  const client = new Client({ connection: await Connection.connect({ address: target.address }), namespace: target.namespace });
-  const bridge = new KubeBridge({ kubeConfig, client });
+  const temporal = await connectTemporal(temporalTarget({ address: values.address, namespace: values.namespace }), { worker: false });
+  const bridge = new KubeBridge({ kubeConfig, client: temporal.client });
   await bridge.start();
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => void bridge.stop().then(() => process.exit(0)));
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => void bridge.stop().then(temporal.close).then(() => process.exit(0)));
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
+if (isMainModule(import.meta.url)) {
   await main();
 }

@@ -1,15 +1,14 @@
 // natflow's command-line tool: EIPs, subnets and gateways through the Temporal client, and the
 // local lab. `--json` on any command prints machine-readable output; errors go to stderr with
 // exit code 1 (and as {"error": ...} with --json).
-import { fileURLToPath } from 'node:url';
-import { Client, Connection } from '@temporalio/client';
 import { Command, CommanderError, Option } from 'commander';
 import type { EipSpec } from '../domain/eip.js';
 import type { NatKind, NatSpec, NatSpecs } from '../domain/nat-resources.js';
 import { workflowIds, type ResourceKind } from '../domain/names.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { labDown, labStatus, labUp } from '../temporal-dev/lab.js';
-import { temporalTarget } from '../worker/connection.js';
+import { connectTemporal, temporalTarget, type TemporalConnections } from '../worker/connection.js';
+import { isMainModule } from '../worker/process.js';
 import {
   createResource,
   deleteGateway,
@@ -47,11 +46,10 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
 
   const globals = () => program.opts<GlobalOptions>();
   const print = (value: unknown, text: (v: never) => string) => out(globals().json ? JSON.stringify(value, null, 2) : text(value as never));
-  let connection: Connection | undefined;
+  let temporal: Promise<Omit<TemporalConnections, 'nativeConnection'>> | undefined;
   const resources = async (): Promise<Resources> => {
-    const target = temporalTarget({ address: globals().address, namespace: globals().namespace });
-    connection ??= await Connection.connect({ address: target.address });
-    return { client: new Client({ connection, namespace: target.namespace }) };
+    temporal ??= connectTemporal(temporalTarget({ address: globals().address, namespace: globals().namespace }), { worker: false });
+    return { client: (await temporal).client };
   };
   const link = (workflowId: string) => webUiLink(globals().uiUrl, temporalTarget({ namespace: globals().namespace }).namespace, workflowId);
 
@@ -218,7 +216,7 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
       const status = await labStatus(name);
       print(status, () => `present: ${status.present.join(', ') || '-'}\nmissing: ${status.missing.join(', ') || '-'}`);
     });
-  return { program, close: async () => connection?.close() };
+  return { program, close: async () => (await temporal)?.close() };
 }
 
 /** One spec field as a command-line option. */
@@ -245,7 +243,7 @@ async function waitSettled(r: Resources, kind: ResourceKind, name: string, timeo
   }
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
+if (isMainModule(import.meta.url)) {
   const { program, close } = buildCli();
   try {
     await program.parseAsync(process.argv);

@@ -5,14 +5,14 @@
 // the workflows live on in the dev server's SQLite file, and the next start restores every
 // EIP onto the fresh lab (a new agent instance gets the gateway's whole desired state).
 import { parseArgs } from 'node:util';
-import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { labExternalSubnet } from '../domain/lab.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { startDevServer } from '../temporal-dev/dev-server.js';
-import { stopOnSignal } from '../temporal-dev/foreground.js';
+import { stopOnSignal } from '../worker/process.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
 import { startGatewayAgent } from '../worker/agent.js';
+import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker } from '../worker/control.js';
 import { ensureGateway, ensureSubnet, webUiLink } from './resources.js';
 import { KubeBridge } from './bridge.js';
@@ -51,9 +51,8 @@ if (kube) {
 }
 const kubeConfig = kube ? loadKubeConfig(kube.kubeconfigPath) : undefined;
 
-const nativeConnection = await NativeConnection.connect({ address: server.address });
-const connection = await Connection.connect({ address: server.address });
-const client = new Client({ connection });
+const temporal = await connectTemporal(temporalTarget({ address: server.address }));
+const { client, nativeConnection } = temporal;
 const control = await createControlWorker({ connection: nativeConnection, client, kubeConfig });
 const controlRun = control.run();
 await ensureSubnet({ client }, labExternalSubnet(DEFAULT_EXTERNAL_SUBNET));
@@ -74,8 +73,7 @@ async function shutdown(): Promise<void> {
   await agent.stop();
   control.shutdown();
   await controlRun;
-  await connection.close();
-  await nativeConnection.close();
+  await temporal.close();
   await labDown(gateway);
   await kube?.stop();
   await server.stop();

@@ -1,18 +1,20 @@
-// What a client does with natflow's resources: the operations behind the CLI, the main job
-// and (later) the kube bridge. Every "ensure" is idempotent: repeats find the running workflow.
+// What a client does with natflow's resources: the operations behind the CLI, the main job and
+// the kube bridge. Every "ensure" is idempotent: repeats find the running workflow.
 import { randomUUID } from 'node:crypto';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { normalizeEipSpec, type EipSpec, type EipStatus } from '../domain/eip.js';
 import type { GatewaySpec, GatewayState } from '../domain/gateway.js';
-import { CONTROL_TASK_QUEUE, validateName, workflowIds, type ResourceKind } from '../domain/names.js';
-import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain/subnet.js';
-import { searchAttributes } from '../workflows/search-attributes.js';
-import { eipWorkflow } from '../workflows/eip.js';
-import { dnatWorkflow, fipWorkflow, natSpecSignal, snatWorkflow } from '../workflows/nat-rule.js';
+import type { IpamState } from '../domain/ipam.js';
+import { CONTROL_TASK_QUEUE, validateName, workflowIds, type ResourceKind, type ResourceRef } from '../domain/names.js';
 import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
-import { findOneRunning, findRunning } from '../activities/visibility.js';
-import { gatewayStateQuery, gatewayWorkflow } from '../workflows/gateway.js';
-import { ipamStateQuery, ipamWorkflow, type IpamState } from '../workflows/ipam.js';
+import { searchAttributes } from '../domain/search-attributes.js';
+import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain/subnet.js';
+import { gatewayStateQuery, ipamStateQuery, specChangedSignal, statusQuery } from '../domain/workflow-api.js';
+import { eipWorkflow } from '../workflows/eip.js';
+import { gatewayWorkflow } from '../workflows/gateway.js';
+import { ipamWorkflow } from '../workflows/ipam.js';
+import { dnatWorkflow, fipWorkflow, snatWorkflow } from '../workflows/nat-rule.js';
+import { findOneRunning, findRunning } from './find-resources.js';
 
 export interface Resources {
   client: Client;
@@ -53,9 +55,9 @@ export async function gatewayState(r: Resources, name: string): Promise<GatewayS
   return r.client.workflow.getHandle(workflowIds.gateway(name)).query(gatewayStateQuery);
 }
 
-/** Deletes a gateway; refused while EIPs still name it (as Kube-OVN's webhook does). */
 export { findRunning };
 
+/** Deletes a gateway; refused while EIPs still name it (as Kube-OVN's webhook does). */
 export async function deleteGateway(r: Resources, name: string): Promise<void> {
   const users = await findRunning(r, 'eip', { gateway: name });
   if (users.length > 0) {
@@ -73,10 +75,28 @@ export interface CreatedResource {
   workflowId: string;
 }
 
-const workflowOf = { eip: eipWorkflow, fip: fipWorkflow, dnat: dnatWorkflow, snat: snatWorkflow } as const;
-
 /** The status every resource workflow answers (`status` query), with what found it. */
 export type ResourceStatus<K extends ResourceKind> = (K extends 'eip' ? EipStatus : NatStatus) & { name: string; workflowId: string };
+
+const workflowOf = { eip: eipWorkflow, fip: fipWorkflow, dnat: dnatWorkflow, snat: snatWorkflow } as const;
+
+/**
+ * How a resource's workflow is started, by the CLI and the bridge alike: its ID, input and the
+ * search attributes it has from its first moment, so it can be found by name at once.
+ */
+export function resourceStart(kind: ResourceKind, resource: ResourceRef, spec: EipSpec | NatSpec, taskQueue = CONTROL_TASK_QUEUE) {
+  const eip = kind === 'eip' ? (spec as Partial<EipSpec>) : undefined;
+  return {
+    workflow: workflowOf[kind] as typeof eipWorkflow,
+    options: {
+      taskQueue,
+      workflowId: workflowIds.resource(kind, resource),
+      args: [(kind === 'eip' ? { resource, spec } : { kind, resource, spec }) as never] as [never],
+      typedSearchAttributes: searchAttributes({ kind, name: resource.name, phase: 'Pending', ...(eip && { gateway: String(eip.natGwDp ?? ''), subnet: String(eip.externalSubnet || DEFAULT_EXTERNAL_SUBNET) }) }),
+      staticSummary: `${kind} ${resource.name}${eip ? ` on gateway ${eip.natGwDp}` : ` on EIP ${(spec as Partial<NatSpec>)?.eip}`}${resource.fromKube ? ' (kubernetes)' : ''}`,
+    },
+  };
+}
 
 /**
  * Starts a resource's workflow. Without Kubernetes the CLI mints the uid, as the apiserver
@@ -87,19 +107,8 @@ export async function createResource<K extends ResourceKind>(r: Resources, kind:
   if (kind === 'eip') normalizeEipSpec(name, spec as EipSpec);
   else natEipName({ kind: kind as NatKind, resource: { name, uid, generation: 1 }, spec: spec as NatSpec });
   if ((await findRunning(r, kind, { name })).length > 0) throw new Error(`${kind} ${name} already exists`);
-  const resource = { name, uid, generation: 1 };
-  const eipSpec = spec as EipSpec;
-  const handle = await r.client.workflow.start(workflowOf[kind] as typeof eipWorkflow, {
-    taskQueue: queue(r),
-    workflowId: workflowIds.resource(kind, resource),
-    args: [(kind === 'eip' ? { resource, spec } : { kind, resource, spec }) as never],
-    typedSearchAttributes: searchAttributes(
-      kind === 'eip'
-        ? { kind, name, gateway: eipSpec.natGwDp, subnet: eipSpec.externalSubnet || DEFAULT_EXTERNAL_SUBNET, phase: 'Pending' }
-        : { kind, name, phase: 'Pending' },
-    ),
-    staticSummary: kind === 'eip' ? `EIP ${name} on ${eipSpec.natGwDp}` : `${kind.toUpperCase()} ${name} on EIP ${(spec as NatSpec).eip}`,
-  });
+  const start = resourceStart(kind, { name, uid, generation: 1 }, spec, queue(r));
+  const handle = await r.client.workflow.start(start.workflow, start.options);
   return { kind, name, uid, workflowId: handle.workflowId };
 }
 
@@ -111,7 +120,7 @@ async function resourceWorkflowId(r: Resources, kind: ResourceKind, name: string
 
 export async function resourceStatus<K extends ResourceKind>(r: Resources, kind: K, name: string): Promise<ResourceStatus<K>> {
   const workflowId = await resourceWorkflowId(r, kind, name);
-  const status = await r.client.workflow.getHandle(workflowId).query<EipStatus | NatStatus>('status');
+  const status = await r.client.workflow.getHandle(workflowId).query(statusQuery);
   return { name, workflowId, ...status } as unknown as ResourceStatus<K>;
 }
 
@@ -119,7 +128,7 @@ export async function resourceStatus<K extends ResourceKind>(r: Resources, kind:
 export async function updateNatSpec(r: Resources, kind: NatKind, name: string, spec: NatSpec): Promise<number> {
   const current = await resourceStatus(r, kind, name);
   const generation = current.observedGeneration + 1;
-  await r.client.workflow.getHandle(current.workflowId).signal(natSpecSignal, { spec, generation });
+  await r.client.workflow.getHandle(current.workflowId).signal(specChangedSignal, { spec, generation });
   return generation;
 }
 

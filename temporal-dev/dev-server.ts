@@ -11,9 +11,9 @@ import { mkdir } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
-import { findOrProvisionTemporalCli, isMainModule, repoRoot } from './provision.js';
-import { NATFLOW_SEARCH_ATTRIBUTES } from './search-attributes.js';
-import { stopOnSignal } from './foreground.js';
+import { findOrProvisionTemporalCli, repoRoot } from './provision.js';
+import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../domain/search-attributes.js';
+import { isMainModule, stopOnSignal } from '../worker/process.js';
 import { terminate } from './child-process.js';
 
 export interface DevServerOptions {
@@ -108,9 +108,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
     '--log-level',
     'warn',
   ];
-  for (const [name, type] of Object.entries(NATFLOW_SEARCH_ATTRIBUTES)) {
-    args.push('--search-attribute', `${name}=${type}`);
-  }
+  for (const key of NATFLOW_SEARCH_ATTRIBUTE_KEYS) args.push('--search-attribute', `${key.name}=Keyword`);
 
   const child = spawn(cli, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let logTail = '';
@@ -184,7 +182,7 @@ async function waitUntilReady(
   }
 }
 
-if (await isMainModule(import.meta.url)) {
+if (isMainModule(import.meta.url)) {
   try {
     const server = await startDevServer();
     console.log(`Temporal gRPC: ${server.address}`);

@@ -4,15 +4,14 @@
 // `labDown` removes everything and is equally safe to re-run.
 //
 // CLI for manual use: npx tsx temporal-dev/lab.ts up|down|status <gateway>
-import { realpathSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { runCommand } from '../activities/exec.js';
 import { labTopology, type LabTopology } from '../domain/lab.js';
+import { isMainModule } from '../worker/process.js';
 
 // A DNS-1123 label, like the VpcNatGateway name it mirrors; shorter than 63 so that the
 // derived namespace names (nf-<gw>-vm<i>) stay readable.
 const GATEWAY_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-export const MAX_GATEWAY_NAME_LENGTH = 40;
+const MAX_GATEWAY_NAME_LENGTH = 40;
 
 export function validateGatewayName(gateway: string): void {
   if (typeof gateway !== 'string' || gateway.length === 0 || gateway.length > MAX_GATEWAY_NAME_LENGTH || !GATEWAY_NAME.test(gateway)) {
@@ -181,17 +180,7 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-function isMainModule(): boolean {
-  const script = process.argv[1];
-  if (!script) return false;
-  try {
-    return realpathSync(script) === fileURLToPath(import.meta.url);
-  } catch {
-    return false;
-  }
-}
-
-if (isMainModule()) {
+if (isMainModule(import.meta.url)) {
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (err: unknown) => {

@@ -13,11 +13,12 @@
  */
 import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { access, chmod, mkdir, mkdtemp, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
+import { access, chmod, mkdir, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { isMainModule } from '../worker/process.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -199,18 +200,7 @@ export async function findOrProvisionTemporalCli(): Promise<string> {
   );
 }
 
-/** True when the module with this `import.meta.url` is the script node/tsx was started with. */
-export async function isMainModule(importMetaUrl: string): Promise<boolean> {
-  const argv1 = process.argv[1];
-  if (!argv1) return false;
-  try {
-    return (await realpath(argv1)) === (await realpath(fileURLToPath(importMetaUrl)));
-  } catch {
-    return false;
-  }
-}
-
-if (await isMainModule(import.meta.url)) {
+if (isMainModule(import.meta.url)) {
   try {
     const cli = await findOrProvisionTemporalCli();
     console.log(cli);

@@ -2,11 +2,11 @@
 // server, the control worker (writing finalizers and status), the lab gateway gw1 with its agent,
 // and real traffic. Objects are written through the API, as `kubectl apply` would.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FINALIZER } from '../activities/kube.js';
+import { FINALIZER, type KubeKind } from '../domain/kube.js';
 import type { LabTopology } from '../domain/lab.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { KubeBridge } from '../starter/bridge.js';
-import { KUBEOVN_KINDS, ensureKubeBinaries, examplesDir, kubeovnObjects, startKube, type KubeEnv, type ShortName } from './support/kube.js';
+import { ensureKubeBinaries, examplesDir, kubeovnObjects, shortNameOf, startKube, type KubeEnv } from './support/kube.js';
 import { startStack, type Stack } from './support/stack.js';
 import { conntrackEntries, Listener, send } from './support/traffic.js';
 import { eventually } from './support/workflows.js';
@@ -89,7 +89,7 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
     await create('fip', 'bad-unknown-eip', { eip: 'no-such-eip', internalIp: '10.0.1.10' });
     await create('eip', 'bad-outside', { natGwDp: 'gw1', v4ip: '10.9.9.9' });
     await create('dnat', 'bad-dup-port', { eip: 'eip-shared', protocol: 'tcp', externalPort: '8080', internalIp: '10.0.1.10', internalPort: '80' });
-    const reasonOf = (kind: ShortName, name: string, reason: string) => eventually(() => get(kind, name), (o) => condition(o)?.reason === reason, 60_000, `${kind} ${name} ${reason}`);
+    const reasonOf = (kind: KubeKind, name: string, reason: string) => eventually(() => get(kind, name), (o) => condition(o)?.reason === reason, 60_000, `${kind} ${name} ${reason}`);
     expect(condition(await reasonOf('fip', 'bad-unknown-eip', 'EipNotFound'))?.message).toBe('EIP no-such-eip does not exist');
     expect(condition(await reasonOf('eip', 'bad-outside', 'AddressOutOfRange'))?.message).toMatch(/10\.9\.9\.9 is outside subnet/);
     expect(condition(await reasonOf('dnat', 'bad-dup-port', 'DuplicateDnat'))?.message).toMatch(/already forwarded/);
@@ -184,7 +184,7 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
 
   it('deleting the examples leaves no finalizer, no rule and no address', async () => {
     for (const obj of (await readManifests(examplesDir())).reverse()) {
-      const kind = KUBEOVN_KINDS.find((k) => k.kind === obj.kind)!.shortName;
+      const kind = shortNameOf(obj.kind!);
       if (kind === 'subnet' || kind === 'vpc-nat-gw') continue;
       await del(kind, obj.metadata!.name!);
     }

@@ -6,7 +6,9 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startDevServer } from '../temporal-dev/dev-server.js';
 import { findOrProvisionTemporalCli } from '../temporal-dev/provision.js';
-import { NATFLOW_SEARCH_ATTRIBUTES } from '../temporal-dev/search-attributes.js';
+import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../domain/search-attributes.js';
+
+const NAMES = NATFLOW_SEARCH_ATTRIBUTE_KEYS.map((k) => k.name);
 import { createTestEnv } from './support/temporal-env.js';
 
 // Provisioning may have to install the CLI on a fresh checkout; do it once, up front.
@@ -27,7 +29,7 @@ describe('createTestEnv', () => {
 
   test('registers every natflow search attribute as Keyword', async () => {
     const { customAttributes } = await env!.connection.operatorService.listSearchAttributes({ namespace: 'default' });
-    for (const name of Object.keys(NATFLOW_SEARCH_ATTRIBUTES)) {
+    for (const name of NAMES) {
       // INDEXED_VALUE_TYPE_KEYWORD = 2
       expect(customAttributes?.[name], name).toBe(2);
     }
@@ -66,7 +68,7 @@ describe('startDevServer', () => {
         const ns = await connection.workflowService.describeNamespace({ namespace: 'default' });
         expect(ns.namespaceInfo?.name).toBe('default');
         const { customAttributes } = await connection.operatorService.listSearchAttributes({ namespace: 'default' });
-        expect(Object.keys(customAttributes ?? {})).toEqual(expect.arrayContaining(Object.keys(NATFLOW_SEARCH_ATTRIBUTES)));
+        expect(Object.keys(customAttributes ?? {})).toEqual(expect.arrayContaining(NAMES));
       } finally {
         await connection.close();
       }

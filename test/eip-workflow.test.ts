@@ -5,16 +5,17 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import type { WorkflowHandle, WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import type { ControlActivities } from '../activities/control.js';
+import type { WorkflowCallActivities } from '../domain/workflow-api.js';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import { workflowIds } from '../domain/names.js';
-import { eipStatusQuery, eipWorkflow } from '../workflows/eip.js';
-import { gatewayChangedSignal } from '../workflows/signals.js';
+import type { EipStatus } from '../domain/eip.js';
+import { gatewayChangedSignal, statusQuery } from '../domain/workflow-api.js';
+import { eipWorkflow } from '../workflows/eip.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, uid, uniqueQueue, workflowBundle } from './support/workflows.js';
 
-type Call = { name: keyof ControlActivities; phase: 'start' | 'end' };
+type Call = { name: keyof WorkflowCallActivities; phase: 'start' | 'end' };
 
 /** A fake control plane: each activity records its start and end; tests script the answers. */
 class FakeControl {
@@ -29,8 +30,8 @@ class FakeControl {
     return this.calls.filter((c) => c.phase === 'start').map((c) => c.name);
   }
 
-  activities(): Partial<ControlActivities> {
-    const track = <A extends unknown[], R>(name: keyof ControlActivities, fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
+  activities(): Partial<WorkflowCallActivities> {
+    const track = <A extends unknown[], R>(name: keyof WorkflowCallActivities, fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
       this.calls.push({ name, phase: 'start' });
       try {
         return await fn(...args);
@@ -78,13 +79,14 @@ describe('EIP workflow (mocked activities)', () => {
       body(await env.client.workflow.start(eipWorkflow, { taskQueue, workflowId: workflowIds.resource('eip', resource), args: [{ resource, spec }] })),
     );
   }
-  const phase = (h: WorkflowHandle) => () => h.query(eipStatusQuery).then((s) => s.phase);
   const spec: EipSpec = { natGwDp: 'gw1' };
+  const eipStatus = (h: WorkflowHandle) => h.query(statusQuery) as Promise<EipStatus>;
+  const phase = (h: WorkflowHandle) => () => eipStatus(h).then((s) => s.phase);
 
   it('checks the gateway, then allocates, then binds, and reports ready with its address', async () => {
     const fake = new FakeControl();
     await withEip(fake, spec, async (h) => {
-      const status = await eventually(() => h.query(eipStatusQuery), (s) => s.ready, 20_000, 'ready');
+      const status = await eventually(() => eipStatus(h), (s) => s.ready, 20_000, 'ready');
       expect(status.ip).toBe('172.18.0.5');
       expect(status.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Ready' });
       expect(fake.names()).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
@@ -97,7 +99,7 @@ describe('EIP workflow (mocked activities)', () => {
     const fake = new FakeControl();
     fake.gatewayReady = false;
     await withEip(fake, spec, async (h) => {
-      const status = await eventually(() => h.query(eipStatusQuery), (s) => s.phase === 'WaitingForGateway', 20_000);
+      const status = await eventually(() => eipStatus(h), (s) => s.phase === 'WaitingForGateway', 20_000);
       expect(status.conditions[0]).toMatchObject({ reason: Reason.GatewayNotFound, message: 'NAT gateway gw1 does not exist' });
       await deleteAndWait(h);
       expect(new Set(fake.names())).toEqual(new Set(['gatewayReadiness']));
@@ -153,7 +155,7 @@ describe('EIP workflow (mocked activities)', () => {
   it('an invalid spec gets a condition and touches nothing', async () => {
     const fake = new FakeControl();
     await withEip(fake, { natGwDp: 'gw1', v4ip: '172.18.0.300' }, async (h) => {
-      const status = await eventually(() => h.query(eipStatusQuery), (s) => s.phase === 'Invalid', 20_000);
+      const status = await eventually(() => eipStatus(h), (s) => s.phase === 'Invalid', 20_000);
       expect(status.conditions[0]).toMatchObject({ status: 'False', reason: Reason.InvalidSpec });
       expect(status.conditions[0]!.message).toContain('172.18.0.300');
       await deleteAndWait(h);
@@ -165,7 +167,7 @@ describe('EIP workflow (mocked activities)', () => {
     const fake = new FakeControl();
     fake.allocateFailure = ApplicationFailure.nonRetryable('172.18.0.9 is already allocated in subnet ext', Reason.AddressTaken);
     await withEip(fake, { natGwDp: 'gw1', v4ip: '172.18.0.9' }, async (h) => {
-      const status = await eventually(() => h.query(eipStatusQuery), (s) => s.phase === 'Failed', 20_000);
+      const status = await eventually(() => eipStatus(h), (s) => s.phase === 'Failed', 20_000);
       expect(status.conditions[0]).toMatchObject({ reason: Reason.AddressTaken, message: '172.18.0.9 is already allocated in subnet ext' });
       await deleteAndWait(h);
       expect(fake.names()).not.toContain('releaseAddress');

@@ -4,9 +4,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Client } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
-import { createControlActivities } from '../activities/control.js';
+import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import { workflowIds } from '../domain/names.js';
-import { ipamStateQuery, ipamWorkflow } from '../workflows/ipam.js';
+import { ipamStateQuery } from '../domain/workflow-api.js';
+import { ipamWorkflow } from '../workflows/ipam.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { uniqueQueue, workflowBundle } from './support/workflows.js';
 
@@ -27,7 +28,7 @@ describe('IPAM workflow', () => {
       // A short history limit forces several continue-as-new runs in the middle of the flood.
       const handle = await env.client.workflow.start(ipamWorkflow, { taskQueue, workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, maxHistoryLength: 150 }] });
       // Two control workers: each has its own client (and so its own connection) running the allocate activity.
-      const workers = [0, 1].map(() => createControlActivities(new Client({ connection: env.connection })));
+      const workers = [0, 1].map(() => createWorkflowCallActivities(new Client({ connection: env.connection })));
       const owners = Array.from({ length: 200 }, (_, i) => `natflow/eip/e${i}/uid-${i}`);
       const allocations = await Promise.all(owners.map((owner, i) => workers[i % 2]!.allocateAddress({ subnet: subnet.name, owner })));
 
@@ -55,7 +56,7 @@ describe('IPAM workflow', () => {
     const worker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities: {} });
     await worker.runUntil(async () => {
       const handle = await env.client.workflow.start(ipamWorkflow, { taskQueue, workflowId: workflowIds.ipam(subnet.name), args: [{ subnet }] });
-      const control = createControlActivities(env.client);
+      const control = createWorkflowCallActivities(env.client);
       await control.allocateAddress({ subnet: subnet.name, owner: 'a', requested: '172.19.0.7' });
       const refusal = (requested: string, owner = 'b') => control.allocateAddress({ subnet: subnet.name, owner, requested }).then(() => 'allocated', (err) => `${err.type}: ${err.message}`);
       expect(await refusal('172.19.0.7')).toBe('AddressTaken: 172.19.0.7 is already allocated in subnet ext-bad');

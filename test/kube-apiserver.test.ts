@@ -11,27 +11,17 @@ import { promisify } from 'node:util';
 import {
   ApiException,
   AuthorizationV1Api,
-  PatchStrategy,
   loadAllYaml,
-  setHeaderOptions,
   type KubernetesObject,
 } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { applyObjects, readManifests } from '../temporal-dev/kube/apiserver.js';
 import { repoRoot } from '../temporal-dev/provision.js';
-import {
-  KUBEOVN_API_VERSION,
-  KUBEOVN_GROUP,
-  KUBEOVN_KINDS,
-  KUBEOVN_VERSION,
-  ensureKubeBinaries,
-  pluralOf,
-  startKube,
-  type KubeEnv,
-} from './support/kube.js';
+import { mergePatch } from '../activities/kube.js';
+import { crd, KUBEOVN_API_VERSION, KUBEOVN_GROUP, KUBEOVN_VERSION } from '../domain/kube.js';
+import { KUBEOVN_KIND_LIST, ensureKubeBinaries, shortNameOf, startKube, type KubeEnv } from './support/kube.js';
 
 const execFileP = promisify(execFile);
-const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 
 type Obj = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, unknown> };
 
@@ -66,7 +56,7 @@ describe('kube-apiserver with natflow CRDs', () => {
     (await execFileP(env.binaries.kubectl, ['--kubeconfig', env.kubeconfigPath, ...args], { encoding: 'utf8' })).stdout;
 
   const create = (body: Obj) =>
-    env.custom.createClusterCustomObject({ ...coords(pluralOf(body.kind!)), body });
+    env.custom.createClusterCustomObject({ ...crd(shortNameOf(body.kind!)), body });
 
   async function rejection(body: Obj): Promise<{ code: number; message: string }> {
     try {
@@ -83,7 +73,7 @@ describe('kube-apiserver with natflow CRDs', () => {
       encoding: 'utf8',
     });
     const resources = (JSON.parse(stdout) as { resources: { name: string; kind: string; namespaced: boolean; shortNames?: string[] }[] }).resources;
-    for (const k of KUBEOVN_KINDS) {
+    for (const k of KUBEOVN_KIND_LIST) {
       const main = resources.find((r) => r.name === k.plural);
       expect(main, k.plural).toMatchObject({ kind: k.kind, namespaced: false, shortNames: [k.shortName] });
       expect(resources.some((r) => r.name === `${k.plural}/status`), `${k.plural}/status`).toBe(true);
@@ -97,7 +87,7 @@ describe('kube-apiserver with natflow CRDs', () => {
     );
     await env.applyDir();
     for (const ex of examples) {
-      const got = (await env.custom.getClusterCustomObject({ ...coords(pluralOf(ex.kind!)), name: ex.metadata!.name! })) as Obj;
+      const got = (await env.custom.getClusterCustomObject({ ...crd(shortNameOf(ex.kind!)), name: ex.metadata!.name! })) as Obj;
       expect(got.spec, `${ex.kind}/${ex.metadata!.name}`).toEqual(ex.spec);
     }
     // Applying again is a no-op, not an error.
@@ -114,7 +104,7 @@ describe('kube-apiserver with natflow CRDs', () => {
     const subnets = await kubectl('get', 'subnet');
     expect(subnets.split('\n')[0]).toContain('V4USED');
     expect(subnets).toMatch(/ovn-vpc-external-network\s+.*172\.18\.0\.0\/24/);
-    for (const k of KUBEOVN_KINDS) {
+    for (const k of KUBEOVN_KIND_LIST) {
       const names = (await kubectl('get', k.shortName, '-o', 'name')).trim().split('\n');
       expect(names.length, k.shortName).toBeGreaterThan(0);
       // The same list through the API, as the bridge's informers will see it.
@@ -173,7 +163,7 @@ describe('kube-apiserver with natflow CRDs', () => {
     };
     await applyObjects(env.kc, [gateway, subnet, eip]);
     for (const o of [gateway, subnet, eip]) {
-      const got = (await env.custom.getClusterCustomObject({ ...coords(pluralOf(o.kind!)), name: o.metadata!.name! })) as Obj;
+      const got = (await env.custom.getClusterCustomObject({ ...crd(shortNameOf(o.kind!)), name: o.metadata!.name! })) as Obj;
       expect(got.spec, o.kind).toEqual(o.spec);
     }
   });
@@ -201,7 +191,7 @@ describe('kube-apiserver with natflow CRDs', () => {
     const badFip = await rejection({ apiVersion: KUBEOVN_API_VERSION, kind: 'IptablesFIPRule', metadata: { name: 'fip-bad' }, spec: { eip: ['eip-fip'], internalIp: '10.0.1.10' } });
     expect(badFip.message).toMatch(/spec\.eip.*must be of type string/);
 
-    for (const { plural } of KUBEOVN_KINDS) {
+    for (const { plural } of KUBEOVN_KIND_LIST) {
       const list = (await env.custom.listClusterCustomObject(coords(plural))) as { items: Obj[] };
       for (const o of list.items) expect(o.metadata!.name, plural).not.toMatch(/-bad$|^1-/);
     }
@@ -270,7 +260,7 @@ describe('kube-apiserver with natflow CRDs', () => {
       });
       return review.status?.allowed === true;
     };
-    for (const { plural } of KUBEOVN_KINDS) {
+    for (const { plural } of KUBEOVN_KIND_LIST) {
       for (const verb of ['get', 'list', 'watch']) expect(await can(verb, plural), `${verb} ${plural}`).toBe(true);
       for (const verb of ['patch', 'update']) {
         expect(await can(verb, plural, 'status'), `${verb} ${plural}/status`).toBe(true);

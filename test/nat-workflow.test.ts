@@ -6,11 +6,11 @@ import type { WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
-import type { ControlActivities } from '../activities/control.js';
+import type { NatStatus } from '../domain/nat-resources.js';
+import { eipChangedSignal, specChangedSignal, statusQuery, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { Reason } from '../domain/errors.js';
 import { workflowIds } from '../domain/names.js';
-import { fipWorkflow, natSpecSignal, natStatusQuery } from '../workflows/nat-rule.js';
-import { eipChangedSignal } from '../workflows/signals.js';
+import { fipWorkflow } from '../workflows/nat-rule.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, uid, uniqueQueue, workflowBundle } from './support/workflows.js';
 
@@ -22,7 +22,7 @@ class FakeControl {
   claimFailure: ApplicationFailure | null = null;
   rulesSeen: unknown[] = [];
 
-  activities(): Partial<ControlActivities> {
+  activities(): Partial<WorkflowCallActivities> {
     const track = <A extends unknown[], R>(name: string, fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
       this.calls.push(`${name}:start`);
       try {
@@ -68,12 +68,13 @@ describe('NAT rule workflow (mocked activities)', () => {
       body(await env.client.workflow.start(fipWorkflow, { taskQueue, workflowId: workflowIds.resource('fip', resource), args: [{ kind: 'fip', resource, spec: { eip: 'e1', internalIp } }] })),
     );
   }
-  const phase = (h: WorkflowHandle) => () => h.query(natStatusQuery).then((s) => s.phase);
+  const natStatus = (h: WorkflowHandle) => h.query(statusQuery) as Promise<NatStatus>;
+  const phase = (h: WorkflowHandle) => () => natStatus(h).then((s) => s.phase);
 
   it('claims the EIP before applying, and on delete removes the rule before giving the EIP back', async () => {
     const fake = new FakeControl();
     await withFip(fake, async (h) => {
-      const status = await eventually(() => h.query(natStatusQuery), (s) => s.ready, 20_000);
+      const status = await eventually(() => natStatus(h), (s) => s.ready, 20_000);
       expect(status).toMatchObject({ v4ip: '172.18.0.9', natGwDp: 'gw1', internalIp: '10.0.1.10' });
       expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule']);
       await deleteAndWait(h);
@@ -85,7 +86,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     const fake = new FakeControl();
     fake.eipReady = false;
     await withFip(fake, async (h) => {
-      const status = await eventually(() => h.query(natStatusQuery), (s) => s.phase === 'WaitingForEip', 20_000);
+      const status = await eventually(() => natStatus(h), (s) => s.phase === 'WaitingForEip', 20_000);
       expect(status.conditions[0]).toMatchObject({ reason: Reason.EipNotFound, message: 'EIP e1 does not exist' });
       await deleteAndWait(h);
       expect(new Set(fake.started())).toEqual(new Set(['eipForRule']));
@@ -120,7 +121,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     const fake = new FakeControl();
     fake.claimFailure = ApplicationFailure.nonRetryable('EIP e1: the EIP is already used by fip other; a FIP needs it alone', Reason.EipInUse);
     await withFip(fake, async (h) => {
-      const status = await eventually(() => h.query(natStatusQuery), (s) => s.phase === 'Failed', 20_000);
+      const status = await eventually(() => natStatus(h), (s) => s.phase === 'Failed', 20_000);
       expect(status.conditions[0]).toMatchObject({ reason: Reason.EipInUse });
       await deleteAndWait(h);
       expect(fake.started()).not.toContain('setGatewayRule');
@@ -132,7 +133,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     const fake = new FakeControl();
     fake.applyFailure = ApplicationFailure.nonRetryable('192.168.7.7 is outside the VPC subnet 10.0.1.0/24 of gateway gw1', Reason.InvalidSpec);
     await withFip(fake, async (h) => {
-      const status = await eventually(() => h.query(natStatusQuery), (s) => s.phase === 'Failed', 20_000);
+      const status = await eventually(() => natStatus(h), (s) => s.phase === 'Failed', 20_000);
       expect(status.conditions[0]).toMatchObject({ reason: Reason.InvalidSpec, message: expect.stringContaining('outside the VPC subnet') });
       expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule', 'removeGatewayRule', 'unclaimEip']);
       await deleteAndWait(h);
@@ -143,8 +144,8 @@ describe('NAT rule workflow (mocked activities)', () => {
     const fake = new FakeControl();
     await withFip(fake, async (h) => {
       await eventually(phase(h), (p) => p === 'Ready', 20_000);
-      await h.signal(natSpecSignal, { spec: { eip: 'e1', internalIp: '10.0.1.11' }, generation: 2 });
-      const status = await eventually(() => h.query(natStatusQuery), (s) => s.ready && s.internalIp === '10.0.1.11', 20_000);
+      await h.signal(specChangedSignal, { spec: { eip: 'e1', internalIp: '10.0.1.11' }, generation: 2 });
+      const status = await eventually(() => natStatus(h), (s) => s.ready && s.internalIp === '10.0.1.11', 20_000);
       expect(status.observedGeneration).toBe(2);
       expect(fake.rulesSeen).toMatchObject([{ internalIp: '10.0.1.10' }, { internalIp: '10.0.1.11' }]);
       expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule', 'setGatewayRule']);

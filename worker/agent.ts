@@ -4,17 +4,17 @@
 // namespace for each command (`--netns`), because a process inside the lab namespace could not
 // reach the Temporal server on the host's loopback.
 import { randomUUID } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
-import { NativeConnection, Worker } from '@temporalio/worker';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { Worker, type NativeConnection } from '@temporalio/worker';
 import { createAddressActivities } from '../activities/gateway-addresses.js';
 import { createNatActivities } from '../activities/gateway-nat.js';
 import { runCommand } from '../activities/exec.js';
-import type { AgentInfo, GatewayAgentActivities } from '../domain/gateway.js';
+import type { AgentInfo } from '../domain/gateway.js';
 import { gatewayTaskQueue, validateName, workflowIds } from '../domain/names.js';
-import { agentStartedSignal } from '../workflows/gateway.js';
-import { temporalTarget, type TemporalTarget } from './connection.js';
+import { agentStartedSignal, type GatewayAgentActivities } from '../domain/workflow-api.js';
+import { connectTemporal, temporalTarget } from './connection.js';
+import { isMainModule } from './process.js';
 
 export interface AgentConfig {
   gateway: string;
@@ -102,15 +102,14 @@ async function main(): Promise<void> {
     console.log('usage: agent --gateway NAME [--netns NS] [--external-interface net1] [--vpc-interface eth0] [--address host:port] [--namespace default]');
     process.exit(values.help ? 0 : 2);
   }
-  const target: TemporalTarget = temporalTarget({ address: values.address, namespace: values.namespace });
-  const connection = await NativeConnection.connect({ address: target.address });
-  const client = new Client({ connection: await Connection.connect({ address: target.address }), namespace: target.namespace });
-  const agent = await startGatewayAgent({ gateway: values.gateway, netns: values.netns, externalInterface: values['external-interface']!, vpcInterface: values['vpc-interface'] }, connection, client, target.namespace);
+  const target = temporalTarget({ address: values.address, namespace: values.namespace });
+  const temporal = await connectTemporal(target);
+  const agent = await startGatewayAgent({ gateway: values.gateway, netns: values.netns, externalInterface: values['external-interface']!, vpcInterface: values['vpc-interface'] }, temporal.nativeConnection, temporal.client, target.namespace);
   console.log(JSON.stringify({ msg: 'gateway agent started', ...agent.info, taskQueue: gatewayTaskQueue(values.gateway) }));
   await agent.done;
-  await connection.close();
+  await temporal.close();
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
+if (isMainModule(import.meta.url)) {
   await main();
 }

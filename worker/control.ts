@@ -1,13 +1,14 @@
-// The control worker: runs every natflow workflow and the activities that talk to Temporal
-// itself (IPAM and gateway updates). Kubernetes writes join it with the bridge.
+// The control worker: runs every natflow workflow, the workflow-call activities (updates to the
+// IPAM, gateway and EIP workflows) and, for resources from Kubernetes, the kube activities.
 import { fileURLToPath } from 'node:url';
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { createControlActivities } from '../activities/control.js';
 import { createKubeActivities } from '../activities/kube.js';
+import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import { CONTROL_TASK_QUEUE } from '../domain/names.js';
-import { temporalTarget, type TemporalTarget } from './connection.js';
+import { connectTemporal, temporalTarget, type TemporalTarget } from './connection.js';
+import { isMainModule } from './process.js';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 /**
@@ -35,18 +36,17 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<W
     namespace: opts.namespace ?? 'default',
     taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : workflowBundleOptions),
-    activities: { ...createControlActivities(opts.client), ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}) },
+    activities: { ...createWorkflowCallActivities(opts.client), ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}) },
   });
 }
 
 export async function runControlWorker(target: TemporalTarget = temporalTarget()): Promise<void> {
-  const connection = await NativeConnection.connect({ address: target.address });
-  const client = new Client({ connection: await Connection.connect({ address: target.address }), namespace: target.namespace });
-  const worker = await createControlWorker({ connection, client, namespace: target.namespace });
+  const temporal = await connectTemporal(target);
+  const worker = await createControlWorker({ connection: temporal.nativeConnection, client: temporal.client, namespace: target.namespace });
   await worker.run();
-  await connection.close();
+  await temporal.close();
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
+if (isMainModule(import.meta.url)) {
   await runControlWorker();
 }

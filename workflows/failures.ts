@@ -1,18 +1,38 @@
-// Converting domain errors at the workflow boundary: an update or workflow that throws a plain
-// Error fails its workflow task (retried forever); an ApplicationFailure fails only the call.
-import { ApplicationFailure } from '@temporalio/workflow';
+// Errors at the workflow boundary: a domain error (NatflowError) becomes a condition a user
+// reads, or a non-retryable failure typed by its reason; an activity's refusal becomes a condition.
+import * as wf from '@temporalio/workflow';
 import { NatflowError } from '../domain/errors.js';
+import type { ConditionInput } from '../domain/status.js';
 
-export function asFailure(err: unknown): unknown {
-  if (err instanceof NatflowError) return ApplicationFailure.nonRetryable(err.message, err.reason);
-  return err;
+/** What the Ready condition says (its type is always Ready). */
+export type ReadyCondition = Omit<ConditionInput, 'type'>;
+
+/** The condition for an activity's refusal: its failure type is the reason. */
+export function refusal(err: unknown, fallbackReason: string): ReadyCondition {
+  const cause = (err as wf.ActivityFailure).cause as wf.ApplicationFailure | undefined;
+  return { status: 'False', reason: cause?.type ?? fallbackReason, message: cause?.message ?? String(err) };
 }
 
-/** Runs pure domain logic, turning its errors into non-retryable failures typed by reason. */
+/** Runs a spec check: its value, or the Invalid condition its NatflowError describes. */
+export function checkSpec<T>(check: () => T): { ok: true; value: T } | { ok: false; invalid: ReadyCondition } {
+  try {
+    return { ok: true, value: check() };
+  } catch (err) {
+    if (!(err instanceof NatflowError)) throw err;
+    return { ok: false, invalid: { status: 'False', reason: err.reason, message: err.message } };
+  }
+}
+
+/**
+ * Runs pure domain logic in an update handler or validator, its NatflowError turned into a
+ * non-retryable failure typed by reason: a plain Error would fail the workflow task (retried
+ * forever) instead of the one call.
+ */
 export function domainCall<T>(fn: () => T): T {
   try {
     return fn();
   } catch (err) {
-    throw asFailure(err);
+    if (err instanceof NatflowError) throw wf.ApplicationFailure.nonRetryable(err.message, err.reason);
+    throw err;
   }
 }

@@ -4,48 +4,21 @@
 // gateway pod starts empty). Its existence is the gateway's existence for natflow.
 import * as wf from '@temporalio/workflow';
 import { NatflowError, Reason } from '../domain/errors.js';
-import type { AgentInfo, EipAddress, GatewayAgentActivities, GatewaySpec, GatewayState } from '../domain/gateway.js';
+import type { GatewayInput, GatewayState } from '../domain/gateway.js';
 import { gatewayTaskQueue } from '../domain/names.js';
 import { cidrContains, parseCidr, parseIPv4 } from '../domain/ip.js';
 import { conntrackTarget, dnatConflict, ruleDiff, validateNatRule, type NatRule } from '../domain/nat-rules.js';
+import { searchAttributes } from '../domain/search-attributes.js';
+import { agentStartedSignal, bindEipUpdate, gatewayChangedSignal, gatewayStateQuery, removeRuleUpdate, setRuleUpdate, unbindEipUpdate } from '../domain/workflow-api.js';
+import { gatewayAgent, wakeUps } from './activity-proxies.js';
 import { domainCall } from './failures.js';
-import type { ControlActivities } from '../activities/control.js';
-import { gatewayChangedSignal } from './signals.js';
-import { searchAttributes } from './search-attributes.js';
-
-export interface GatewayInput {
-  spec: GatewaySpec;
-  eips?: Record<string, EipAddress>;
-  rules?: Record<string, NatRule>;
-  maxHistoryLength?: number;
-}
-
-export const agentStartedSignal = wf.defineSignal<[AgentInfo]>('agentStarted');
-export const bindEipUpdate = wf.defineUpdate<void, [{ owner: string } & EipAddress]>('bindEip');
-export const unbindEipUpdate = wf.defineUpdate<{ applied: boolean }, [{ owner: string }]>('unbindEip');
-export const gatewayStateQuery = wf.defineQuery<GatewayState>('state');
-/** Sets (or replaces) a rule; resolves once applied. */
-export const setRuleUpdate = wf.defineUpdate<void, [NatRule]>('setRule');
-/** Removes a rule and its conntrack entries; `applied` is false when the agent is down (it is restored without it). */
-export const removeRuleUpdate = wf.defineUpdate<{ applied: boolean }, [{ owner: string }]>('removeRule');
 
 const PROBE_WHEN_READY = '30s';
 const MAX_PROBE_BACKOFF_MS = 30_000;
 
-const { notifyGatewayWaiters } = wf.proxyActivities<ControlActivities>({
-  startToCloseTimeout: '30s',
-  retry: { maximumAttempts: 3 },
-});
-
 export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
   const { spec } = input;
-  // A missing agent must be noticed quickly, not retried: schedule-to-start bounds the wait for a poller.
-  const agent = wf.proxyActivities<GatewayAgentActivities>({
-    taskQueue: gatewayTaskQueue(spec.name),
-    scheduleToStartTimeout: '5s',
-    startToCloseTimeout: '30s',
-    retry: { maximumAttempts: 1 },
-  });
+  const agent = gatewayAgent(spec.name);
   const state: GatewayState = { spec, ready: false, reason: 'agent not probed yet', agent: null, eips: { ...input.eips }, rules: { ...input.rules }, deleting: false };
   // The rules the current agent instance has: a diff against them is all one change sends.
   let appliedRules: Record<string, NatRule> = {};
@@ -157,7 +130,7 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
       if (!state.ready) return;
       failedProbes = 0;
       setReady(true, '');
-      await notifyGatewayWaiters(spec.name);
+      await wakeUps.notifyGatewayWaiters(spec.name);
     } catch (err) {
       failedProbes++;
       setReady(false, `agent on task queue ${gatewayTaskQueue(spec.name)} did not answer: ${(err as Error).message}`);

@@ -2,27 +2,10 @@
 // Allocate and release are updates, so concurrent callers are serialised by Temporal with no
 // extra database, and every allocation is an event an operator can read in the Web UI.
 import * as wf from '@temporalio/workflow';
-import { Ipam, type Allocation, type AllocateRequest, type Allocations } from '../domain/ipam.js';
-import type { SubnetSpec, SubnetUsage } from '../domain/subnet.js';
+import { Ipam, type IpamInput } from '../domain/ipam.js';
+import { searchAttributes } from '../domain/search-attributes.js';
+import { allocateUpdate, ipamStateQuery, releaseUpdate } from '../domain/workflow-api.js';
 import { domainCall } from './failures.js';
-import { searchAttributes } from './search-attributes.js';
-
-export interface IpamInput {
-  subnet: SubnetSpec;
-  allocations?: Allocations;
-  /** Continue-as-new once history is this long (the server's suggestion also counts). */
-  maxHistoryLength?: number;
-}
-
-export interface IpamState {
-  subnet: SubnetSpec;
-  usage: SubnetUsage;
-  allocations: Allocations;
-}
-
-export const allocateUpdate = wf.defineUpdate<Allocation, [AllocateRequest]>('allocate');
-export const releaseUpdate = wf.defineUpdate<string | null, [{ owner: string }]>('release');
-export const ipamStateQuery = wf.defineQuery<IpamState>('state');
 
 export async function ipamWorkflow(input: IpamInput): Promise<void> {
   const ipam = domainCall(() => new Ipam(input.subnet, input.allocations));

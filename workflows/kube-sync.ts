@@ -2,13 +2,8 @@
 // adopt it first (it still exists and is not being deleted → finalizer on), publish status as it
 // changes, release it last (finalizer off). Resources without an object (the CLI) skip all three.
 import * as wf from '@temporalio/workflow';
-import type { KubeActivities } from '../activities/kube.js';
 import type { ResourceKind, ResourceRef } from '../domain/names.js';
-
-const kube = wf.proxyActivities<KubeActivities>({
-  startToCloseTimeout: '30s',
-  retry: { initialInterval: '1s', maximumInterval: '30s' },
-});
+import { kube } from './activity-proxies.js';
 
 export interface KubeSync {
   /** 'gone': the object no longer exists, there is nothing to do; 'deleting': only cleanup is left. */

@@ -33,8 +33,8 @@ import {
   type KubernetesObject,
   type V1CustomResourceDefinition,
 } from '@kubernetes/client-node';
-import { isMainModule, repoRoot } from '../provision.js';
-import { stopOnSignal } from '../foreground.js';
+import { repoRoot } from '../provision.js';
+import { isMainModule, stopOnSignal } from '../../worker/process.js';
 import { terminate } from '../child-process.js';
 
 const execFileP = promisify(execFile);
@@ -552,7 +552,7 @@ export async function installCrds(kubeconfigPath: string, opts: { dir?: string; 
 // ---------------------------------------------------------------------------------------------
 // CLI
 
-if (await isMainModule(import.meta.url)) {
+if (isMainModule(import.meta.url)) {
   try {
     const dataDir = process.env.NATFLOW_KUBE_DIR ?? path.join(repoRoot(), '.natflow', 'kube');
     const port = process.env.NATFLOW_KUBE_PORT ? Number(process.env.NATFLOW_KUBE_PORT) : undefined;

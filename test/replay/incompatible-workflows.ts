@@ -3,11 +3,11 @@
 // exactly the order that leaked IPs in Kube-OVN — so its commands differ from every recorded
 // EIP history at its first activity.
 import * as wf from '@temporalio/workflow';
-import type { ControlActivities } from '../../activities/control.js';
+import type { WorkflowCallActivities } from '../../domain/workflow-api.js';
 import type { EipInput } from '../../domain/eip.js';
-import { searchAttributes } from '../../workflows/search-attributes.js';
+import { searchAttributes } from '../../domain/search-attributes.js';
 
-const control = wf.proxyActivities<ControlActivities>({ startToCloseTimeout: '60s' });
+const control = wf.proxyActivities<WorkflowCallActivities>({ startToCloseTimeout: '60s' });
 
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const subnet = input.spec.externalSubnet || 'ovn-vpc-external-network';

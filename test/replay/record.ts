@@ -9,7 +9,7 @@ import { workflowIds, type ResourceKind } from '../../domain/names.js';
 import type { NatKind, NatSpecs } from '../../domain/nat-resources.js';
 import { createResource, deleteResource, resourceStatus, updateNatSpec } from '../../starter/resources.js';
 import { ipamWorkflow } from '../../workflows/ipam.js';
-import { createControlActivities } from '../../activities/control.js';
+import { createWorkflowCallActivities } from '../../activities/workflow-calls.js';
 import { startStack, type Stack } from '../support/stack.js';
 import { kubeovnObjects, startKube } from '../support/kube.js';
 import { KubeBridge } from '../../starter/bridge.js';
@@ -139,7 +139,7 @@ const scenarios: Record<string, Scenario> = {
   'ipam-continue-as-new': async (s) => {
     const subnet = { name: 'rec-ipam', cidrBlock: '172.30.0.0/24', gateway: '172.30.0.1', excludeIps: [] };
     const handle = await s.env.client.workflow.start(ipamWorkflow, { taskQueue: s.resources.taskQueue!, workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, maxHistoryLength: 40 }] });
-    const control = createControlActivities(s.env.client);
+    const control = createWorkflowCallActivities(s.env.client);
     for (let i = 0; i < 12; i++) await control.allocateAddress({ subnet: subnet.name, owner: `owner-${i}`, requested: i === 3 ? '172.30.0.99' : undefined });
     for (let i = 0; i < 12; i += 2) await control.releaseAddress({ subnet: subnet.name, owner: `owner-${i}` });
     const { runId } = await handle.describe();

@@ -2,7 +2,9 @@
 // per test file. The first use on a machine builds the binaries (temporal-dev/kube/build.sh,
 // minutes); after that they come from the cache and a start takes a few seconds.
 import path from 'node:path';
-import { ApiException, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions, type KubernetesObject } from '@kubernetes/client-node';
+import { ApiException, CustomObjectsApi, KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { mergePatch } from '../../activities/kube.js';
+import { crd, KUBEOVN_API_VERSION, KUBEOVN_KINDS, type KubeKind } from '../../domain/kube.js';
 import {
   applyObjects,
   ensureKubeBinaries,
@@ -17,26 +19,14 @@ import {
 import { repoRoot } from '../../temporal-dev/provision.js';
 import { eventually } from './workflows.js';
 
-export const KUBEOVN_GROUP = 'kubeovn.io';
-export const KUBEOVN_VERSION = 'v1';
-export const KUBEOVN_API_VERSION = `${KUBEOVN_GROUP}/${KUBEOVN_VERSION}`;
+/** The kinds natflow serves as a list; each one's key in KUBEOVN_KINDS is its kubectl short name. */
+export const KUBEOVN_KIND_LIST = (Object.entries(KUBEOVN_KINDS) as [KubeKind, (typeof KUBEOVN_KINDS)[KubeKind]][]).map(([shortName, k]) => ({ shortName, ...k }));
 
-/** The kinds natflow serves, as Kube-OVN names them. */
-export const KUBEOVN_KINDS = [
-  { kind: 'IptablesEIP', plural: 'iptables-eips', shortName: 'eip' },
-  { kind: 'IptablesFIPRule', plural: 'iptables-fip-rules', shortName: 'fip' },
-  { kind: 'IptablesDnatRule', plural: 'iptables-dnat-rules', shortName: 'dnat' },
-  { kind: 'IptablesSnatRule', plural: 'iptables-snat-rules', shortName: 'snat' },
-  { kind: 'VpcNatGateway', plural: 'vpc-nat-gateways', shortName: 'vpc-nat-gw' },
-  { kind: 'Subnet', plural: 'subnets', shortName: 'subnet' },
-] as const;
-
-export type KubeovnPlural = (typeof KUBEOVN_KINDS)[number]['plural'];
-
-export function pluralOf(kind: string): KubeovnPlural {
-  const k = KUBEOVN_KINDS.find((x) => x.kind === kind);
+/** natflow's short name of an object's `kind` (IptablesEIP → eip). */
+export function shortNameOf(kind: string): KubeKind {
+  const k = KUBEOVN_KIND_LIST.find((x) => x.kind === kind);
   if (!k) throw new Error(`not a natflow kind: ${kind}`);
-  return k.plural;
+  return k.shortName;
 }
 
 export const examplesDir = () => path.join(repoRoot(), 'deploy', 'examples');
@@ -77,19 +67,16 @@ export async function startKube(opts: KubeApiserverOptions = {}): Promise<KubeEn
   };
 }
 
-export type ShortName = (typeof KUBEOVN_KINDS)[number]['shortName'];
 export type KubeovnObject = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, any> };
-const byShortName = (short: ShortName) => KUBEOVN_KINDS.find((k) => k.shortName === short)!;
-const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 
 /**
  * Kube-OVN objects by short name (`eip`, `fip`, ...), as a test writes and watches them through
  * the API. `api` is a getter: a test that restarts its apiserver keeps using the same helpers.
  */
 export function kubeovnObjects(api: () => CustomObjectsApi, timeoutMs = 60_000) {
-  const coords = (short: ShortName) => ({ group: KUBEOVN_GROUP, version: KUBEOVN_VERSION, plural: byShortName(short).plural });
-  const get = (short: ShortName, name: string) => api().getClusterCustomObject({ ...coords(short), name }) as Promise<KubeovnObject>;
-  const exists = (short: ShortName, name: string) =>
+  const coords = crd;
+  const get = (short: KubeKind, name: string) => api().getClusterCustomObject({ ...coords(short), name }) as Promise<KubeovnObject>;
+  const exists = (short: KubeKind, name: string) =>
     get(short, name).then(
       () => true,
       (err) => (err instanceof ApiException && err.code === 404 ? false : Promise.reject(err)),
@@ -97,13 +84,13 @@ export function kubeovnObjects(api: () => CustomObjectsApi, timeoutMs = 60_000) 
   return {
     get,
     exists,
-    list: async (short: ShortName) => ((await api().listClusterCustomObject(coords(short))) as { items: KubeovnObject[] }).items,
-    create: (short: ShortName, name: string, spec: Record<string, unknown>) =>
-      api().createClusterCustomObject({ ...coords(short), body: { apiVersion: KUBEOVN_API_VERSION, kind: byShortName(short).kind, metadata: { name }, spec } }) as Promise<KubeovnObject>,
-    patchSpec: (short: ShortName, name: string, spec: Record<string, unknown>) => api().patchClusterCustomObject({ ...coords(short), name, body: { spec } }, mergePatch),
-    del: (short: ShortName, name: string) => api().deleteClusterCustomObject({ ...coords(short), name }),
-    ready: (short: ShortName, name: string) => eventually(() => get(short, name), (o) => o.status?.ready === true, timeoutMs, `${short} ${name} ready`),
-    gone: (short: ShortName, name: string) => eventually(() => exists(short, name), (e) => !e, timeoutMs, `${short} ${name} gone`),
+    list: async (short: KubeKind) => ((await api().listClusterCustomObject(coords(short))) as { items: KubeovnObject[] }).items,
+    create: (short: KubeKind, name: string, spec: Record<string, unknown>) =>
+      api().createClusterCustomObject({ ...coords(short), body: { apiVersion: KUBEOVN_API_VERSION, kind: KUBEOVN_KINDS[short].kind, metadata: { name }, spec } }) as Promise<KubeovnObject>,
+    patchSpec: (short: KubeKind, name: string, spec: Record<string, unknown>) => api().patchClusterCustomObject({ ...coords(short), name, body: { spec } }, mergePatch),
+    del: (short: KubeKind, name: string) => api().deleteClusterCustomObject({ ...coords(short), name }),
+    ready: (short: KubeKind, name: string) => eventually(() => get(short, name), (o) => o.status?.ready === true, timeoutMs, `${short} ${name} ready`),
+    gone: (short: KubeKind, name: string) => eventually(() => exists(short, name), (e) => !e, timeoutMs, `${short} ${name} gone`),
     /** The `Ready` condition of an object's status. */
     condition: (o: KubeovnObject) => (o.status?.conditions as { type: string; reason: string; message: string }[] | undefined)?.find((c) => c.type === 'Ready'),
   };

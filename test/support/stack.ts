@@ -1,8 +1,7 @@
 // The end-to-end stack for tests: a throwaway dev server, a lab gateway in network namespaces,
 // a control worker and that gateway's agent, all real. One per test file.
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import { NativeConnection, type Worker } from '@temporalio/worker';
-import { Client, Connection } from '@temporalio/client';
+import type { Worker } from '@temporalio/worker';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { createAddressActivities } from '../../activities/gateway-addresses.js';
 import { createNatActivities } from '../../activities/gateway-nat.js';
@@ -12,12 +11,13 @@ import { labDown, labUp } from '../../temporal-dev/lab.js';
 import { startGatewayAgent, type RunningAgent } from '../../worker/agent.js';
 import { createControlWorker } from '../../worker/control.js';
 import { ensureGateway, ensureSubnet, type Resources } from '../../starter/resources.js';
+import { connectTemporal, temporalTarget } from '../../worker/connection.js';
 import { createTestEnv } from './temporal-env.js';
 import { uniqueQueue, workflowBundle } from './workflows.js';
 
 export interface Stack {
   /** The Temporal side: a throwaway test server, or the given one. */
-  env: Pick<TestWorkflowEnvironment, 'client' | 'nativeConnection' | 'connection'>;
+  env: Pick<TestWorkflowEnvironment, 'client' | 'nativeConnection'>;
   resources: Resources;
   subnet: SubnetSpec;
   /** Lab gateways brought up by this stack, by name. */
@@ -39,16 +39,8 @@ async function temporalFor(address?: string): Promise<{ env: Stack['env']; close
     const env = await createTestEnv();
     return { env, closeEnv: () => env.teardown() };
   }
-  const nativeConnection = await NativeConnection.connect({ address });
-  const connection = await Connection.connect({ address });
-  const client = new Client({ connection });
-  return {
-    env: { client, nativeConnection, connection },
-    closeEnv: async () => {
-      await connection.close();
-      await nativeConnection.close();
-    },
-  };
+  const temporal = await connectTemporal(temporalTarget({ address }));
+  return { env: temporal, closeEnv: temporal.close };
 }
 
 export async function startStack(subnetName: string, opts: { kubeConfig?: KubeConfig; registerSubnet?: boolean; temporalAddress?: string } = {}): Promise<Stack> {

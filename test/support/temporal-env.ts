@@ -5,13 +5,13 @@
  */
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { findOrProvisionTemporalCli } from '../../temporal-dev/provision.js';
-import { NATFLOW_SEARCH_ATTRIBUTE_KEY_LIST } from '../../temporal-dev/search-attributes.js';
+import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../../domain/search-attributes.js';
 
 export async function createTestEnv(): Promise<TestWorkflowEnvironment> {
   return TestWorkflowEnvironment.createLocal({
     server: {
       executable: { type: 'existing-path', path: await findOrProvisionTemporalCli() },
-      searchAttributes: NATFLOW_SEARCH_ATTRIBUTE_KEY_LIST,
+      searchAttributes: NATFLOW_SEARCH_ATTRIBUTE_KEYS,
       ip: '127.0.0.1',
       // Tests assert behaviour; the server's own errors (e.g. updates aborted by continue-as-new, which the client retries) are noise here.
       log: { format: 'pretty', level: 'never' },

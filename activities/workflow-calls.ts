@@ -1,31 +1,47 @@
-// Control-worker activities: the bridge between resource workflows and the entity workflows
-// (a subnet's IPAM, a gateway) they depend on. Updates are sent from activities because a
-// workflow cannot send one itself; errors come back as non-retryable failures named by reason.
+// Calls from one workflow to another, as activities run by the control worker: the resource
+// workflows' way to the entity workflows they depend on (a subnet's IPAM, a gateway, an EIP).
+// Updates are sent from activities because a workflow cannot send one itself; refusals come back
+// as non-retryable failures named by reason.
 import { ApplicationFailure, WorkflowNotFoundError, type SignalDefinition } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import { ServiceError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import { status as grpcStatus } from '@grpc/grpc-js';
+import type { EipStatus } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
-import type { EipAddress, GatewayReadiness } from '../domain/gateway.js';
-import type { Allocation } from '../domain/ipam.js';
 import { workflowIds } from '../domain/names.js';
-import { bindEipUpdate, gatewayStateQuery, removeRuleUpdate, setRuleUpdate, unbindEipUpdate } from '../workflows/gateway.js';
-import { claimEipUpdate, eipStatusQuery, unclaimEipUpdate, type EipClaim } from '../workflows/eip.js';
-import type { NatRule } from '../domain/nat-rules.js';
-import { findOneRunning } from './visibility.js';
-import { allocateUpdate, releaseUpdate } from '../workflows/ipam.js';
-import { eipChangedSignal, gatewayChangedSignal } from '../workflows/signals.js';
+import {
+  allocateUpdate,
+  bindEipUpdate,
+  claimEipUpdate,
+  eipChangedSignal,
+  gatewayChangedSignal,
+  gatewayStateQuery,
+  releaseUpdate,
+  removeRuleUpdate,
+  setRuleUpdate,
+  statusQuery,
+  unbindEipUpdate,
+  unclaimEipUpdate,
+  type WorkflowCallActivities,
+} from '../domain/workflow-api.js';
+import { findOneRunning } from '../starter/find-resources.js';
 
-export type ControlActivities = ReturnType<typeof createControlActivities>;
-
-/** The server's limit on updates in flight per workflow (10 by default) answers RESOURCE_EXHAUSTED. */
-const isBackpressure = (err: unknown) => err instanceof ServiceError && (err.cause as { code?: number } | undefined)?.code === grpcStatus.RESOURCE_EXHAUSTED;
-const BACKPRESSURE_TRIES = 100;
+/**
+ * Answers that mean "send it again": the server's limit on updates in flight per workflow (10 by
+ * default) answers RESOURCE_EXHAUSTED, and an update admitted just as its workflow continued as
+ * new is aborted with UNAVAILABLE (the new run takes it when sent again).
+ */
+const isTransient = (err: unknown) => {
+  const code = err instanceof ServiceError ? (err.cause as { code?: number } | undefined)?.code : undefined;
+  return code === grpcStatus.RESOURCE_EXHAUSTED || code === grpcStatus.UNAVAILABLE;
+};
+const TRANSIENT_TRIES = 100;
 
 /**
  * Sends an update. Its own failure (typed by the domain reason) is re-raised as non-retryable;
- * the server's backpressure on a busy entity workflow is waited out here, with jitter, rather
- * than failing the attempt (and being retried much later by the activity's retry policy).
+ * backpressure and aborts on a busy entity workflow are waited out here, with jitter, rather
+ * than failing the attempt (and being retried much later by the activity's retry policy). Every
+ * update natflow sends is idempotent, so sending one again is always safe.
  */
 async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
@@ -36,7 +52,7 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
       if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
         throw ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? Reason.InvalidSpec);
       }
-      if (!isBackpressure(err) || attempt >= BACKPRESSURE_TRIES) throw err;
+      if (!isTransient(err) || attempt >= TRANSIENT_TRIES) throw err;
       await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 80 * Math.min(attempt, 10)));
     }
   }
@@ -46,7 +62,7 @@ function fail(reason: Reason, message: string): never {
   throw ApplicationFailure.nonRetryable(message, reason);
 }
 
-export function createControlActivities(client: Client) {
+export function createWorkflowCallActivities(client: Client): WorkflowCallActivities {
   const running = async (workflowId: string) => {
     try {
       return (await client.workflow.getHandle(workflowId).describe()).status.name === 'RUNNING';
@@ -71,14 +87,14 @@ export function createControlActivities(client: Client) {
   };
 
   return {
-    async allocateAddress(req: { subnet: string; owner: string; requested?: string }): Promise<Allocation> {
+    async allocateAddress(req) {
       return viaUpdate(
         () => client.workflow.getHandle(workflowIds.ipam(req.subnet)).executeUpdate(allocateUpdate, { args: [{ owner: req.owner, requested: req.requested }] }),
         () => fail(Reason.SubnetNotFound, `external subnet ${req.subnet} does not exist`),
       );
     },
 
-    async releaseAddress(req: { subnet: string; owner: string }): Promise<string | null> {
+    async releaseAddress(req) {
       // A subnet that is gone holds nothing.
       return viaUpdate(
         () => client.workflow.getHandle(workflowIds.ipam(req.subnet)).executeUpdate(releaseUpdate, { args: [{ owner: req.owner }] }),
@@ -86,21 +102,21 @@ export function createControlActivities(client: Client) {
       );
     },
 
-    async gatewayReadiness(gateway: string): Promise<GatewayReadiness> {
+    async gatewayReadiness(gateway) {
       const id = workflowIds.gateway(gateway);
       if (!(await running(id))) return { exists: false, ready: false, reason: `NAT gateway ${gateway} does not exist` };
       const state = await client.workflow.getHandle(id).query(gatewayStateQuery);
       return { exists: true, ready: state.ready && !state.deleting, reason: state.reason };
     },
 
-    async bindAddress(req: { gateway: string; owner: string } & EipAddress): Promise<void> {
+    async bindAddress(req) {
       await viaUpdate(
         () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(bindEipUpdate, { args: [{ owner: req.owner, address: req.address, prefixLength: req.prefixLength }] }),
         () => fail(Reason.GatewayNotFound, `NAT gateway ${req.gateway} does not exist`),
       );
     },
 
-    async unbindAddress(req: { gateway: string; owner: string }): Promise<{ applied: boolean }> {
+    async unbindAddress(req) {
       // A gateway that is gone has already taken its addresses off.
       return viaUpdate(
         () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(unbindEipUpdate, { args: [{ owner: req.owner }] }),
@@ -108,50 +124,48 @@ export function createControlActivities(client: Client) {
       );
     },
 
-    /** The EIP a NAT rule names, found by name: its workflow, readiness, address and gateway. */
-    async eipForRule(eip: string): Promise<{ workflowId: string; ready: boolean; address: string; gateway: string; reason: string } | null> {
+    async eipForRule(eip) {
       const found = await findOneRunning({ client }, 'eip', eip);
       if (!found) return null;
-      const status = await client.workflow.getHandle(found.workflowId).query(eipStatusQuery);
+      const status = (await client.workflow.getHandle(found.workflowId).query(statusQuery)) as EipStatus;
       const condition = status.conditions.find((c) => c.type === 'Ready');
       return { workflowId: found.workflowId, ready: status.ready, address: status.ip, gateway: status.natGwDp, reason: condition ? `${condition.reason}: ${condition.message}` : status.phase };
     },
 
-    async claimEip(req: { eipWorkflowId: string } & EipClaim): Promise<{ address: string; gateway: string }> {
+    async claimEip(req) {
       return viaUpdate(
         () => client.workflow.getHandle(req.eipWorkflowId).executeUpdate(claimEipUpdate, { args: [{ owner: req.owner, kind: req.kind, name: req.name }] }),
         () => fail(Reason.EipNotFound, `EIP ${req.eipWorkflowId} does not exist any more`),
       );
     },
 
-    async unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void> {
+    async unclaimEip(req) {
       await viaUpdate(
         () => client.workflow.getHandle(req.eipWorkflowId).executeUpdate(unclaimEipUpdate, { args: [{ owner: req.owner }] }),
         () => undefined, // an EIP that is gone holds no claims
       );
     },
 
-    async setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void> {
+    async setGatewayRule(req) {
       await viaUpdate(
         () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(setRuleUpdate, { args: [req.rule] }),
         () => fail(Reason.GatewayNotFound, `NAT gateway ${req.gateway} does not exist`),
       );
     },
 
-    async removeGatewayRule(req: { gateway: string; owner: string }): Promise<{ applied: boolean }> {
+    async removeGatewayRule(req) {
       return viaUpdate(
         () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(removeRuleUpdate, { args: [{ owner: req.owner }] }),
         () => ({ applied: true }), // a gateway that is gone took its rules with it
       );
     },
 
-    /** Wakes every resource workflow waiting for this gateway (they also re-check on a timer). */
-    async notifyGatewayWaiters(gateway: string): Promise<number> {
+    async notifyGatewayWaiters(gateway) {
       return wake(`NatflowGateway = ${JSON.stringify(gateway)} AND NatflowPhase = "WaitingForGateway"`, gatewayChangedSignal, workflowIds.gateway(gateway));
     },
 
-    /** Wakes the NAT rules waiting for an EIP (they also re-check on a timer); each checks whether it was its EIP. */
-    async notifyEipWaiters(): Promise<number> {
+    // Each woken rule checks whether it was its EIP.
+    async notifyEipWaiters() {
       return wake('NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip"', eipChangedSignal);
     },
   };

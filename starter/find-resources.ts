@@ -1,6 +1,6 @@
 // Finding resource workflows by what they are (kind, name, gateway) through their search
-// attributes. Visibility is eventually consistent: callers that must find a workflow just
-// started retry for a moment.
+// attributes: how the CLI and the workflow calls find a resource by name. Visibility is
+// eventually consistent: callers that must find a workflow just started retry for a moment.
 import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
 import { validateName, type ResourceKind } from '../domain/names.js';
 

@@ -1,0 +1,111 @@
+// The one contract between natflow's processes: every signal, update and query its workflows
+// answer, and every activity they call, with the types both carry. Workflows, activities, the
+// workers, the bridge and the CLI all import it from here, so a message has one definition and
+// one wire name, and workflows/ never imports activities/ (nor the other way round).
+//
+// Wire names are recorded in every history: renaming one breaks the replay of open workflows.
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { EipSpec, EipStatus } from './eip.js';
+import type { AgentInfo, EipAddress, GatewayReadiness, GatewayState } from './gateway.js';
+import type { Allocation, AllocateRequest, IpamState } from './ipam.js';
+import type { KubeRef } from './kube.js';
+import type { EipClaim, NatSpec, NatStatus } from './nat-resources.js';
+import type { ConntrackTarget, NatRule } from './nat-rules.js';
+
+// --- every resource workflow (EIP, FIP, DNAT, SNAT) ----------------------------------------
+
+/** A new spec, as an edit of the object makes it; ignored unless `generation` is newer. */
+export interface SpecChange<S = EipSpec | NatSpec> {
+  spec: S;
+  generation: number;
+}
+export const specChangedSignal = defineSignal<[SpecChange]>('specChanged');
+export const statusQuery = defineQuery<EipStatus | NatStatus>('status');
+/** "Look at your gateway again": it became ready, or it is being deleted. */
+export const gatewayChangedSignal = defineSignal('gatewayChanged');
+/** "Look at your EIP again": an EIP became ready. */
+export const eipChangedSignal = defineSignal('eipChanged');
+
+// --- the EIP workflow ------------------------------------------------------------------------
+
+/** Where a claimed EIP lives: the address and the gateway its rules go to. */
+export interface ClaimedEip {
+  address: string;
+  gateway: string;
+}
+/** A NAT rule takes (a share of) the EIP; refused unless Ready and compatible with its other users. */
+export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim]>('claim');
+export const unclaimEipUpdate = defineUpdate<void, [{ owner: string }]>('unclaim');
+
+// --- the gateway workflow --------------------------------------------------------------------
+
+export const agentStartedSignal = defineSignal<[AgentInfo]>('agentStarted');
+/** Resolves once the address is on the gateway. */
+export const bindEipUpdate = defineUpdate<void, [{ owner: string } & EipAddress]>('bindEip');
+/** `applied` is false when the agent is down (it is restored without the address). */
+export const unbindEipUpdate = defineUpdate<{ applied: boolean }, [{ owner: string }]>('unbindEip');
+/** Sets (or replaces) a rule; resolves once applied. */
+export const setRuleUpdate = defineUpdate<void, [NatRule]>('setRule');
+/** Removes a rule and its conntrack entries; `applied` is false when the agent is down (it is restored without it). */
+export const removeRuleUpdate = defineUpdate<{ applied: boolean }, [{ owner: string }]>('removeRule');
+export const gatewayStateQuery = defineQuery<GatewayState>('state');
+
+// --- the IPAM workflow -----------------------------------------------------------------------
+
+export const allocateUpdate = defineUpdate<Allocation, [AllocateRequest]>('allocate');
+/** The address released, or null when the owner held none. */
+export const releaseUpdate = defineUpdate<string | null, [{ owner: string }]>('release');
+export const ipamStateQuery = defineQuery<IpamState>('state');
+
+// --- activities ------------------------------------------------------------------------------
+
+/** A ready EIP as a NAT rule sees it, found by name. */
+export interface EipForRule {
+  workflowId: string;
+  ready: boolean;
+  address: string;
+  gateway: string;
+  reason: string;
+}
+
+/**
+ * Calls from one workflow to another, made as activities (a workflow cannot send an update):
+ * the resource workflows' way to the IPAM, gateway and EIP workflows. Run by the control worker.
+ */
+export interface WorkflowCallActivities {
+  allocateAddress(req: { subnet: string; owner: string; requested?: string }): Promise<Allocation>;
+  releaseAddress(req: { subnet: string; owner: string }): Promise<string | null>;
+  gatewayReadiness(gateway: string): Promise<GatewayReadiness>;
+  bindAddress(req: { gateway: string; owner: string } & EipAddress): Promise<void>;
+  unbindAddress(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;
+  eipForRule(eip: string): Promise<EipForRule | null>;
+  claimEip(req: { eipWorkflowId: string } & EipClaim): Promise<ClaimedEip>;
+  unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void>;
+  setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void>;
+  removeGatewayRule(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;
+  /** Wakes every resource workflow waiting for this gateway; returns how many. */
+  notifyGatewayWaiters(gateway: string): Promise<number>;
+  /** Wakes the NAT rules waiting for an EIP; returns how many. */
+  notifyEipWaiters(): Promise<number>;
+}
+
+/** Kubernetes writes for resources that come from the cluster. Run by the control worker. */
+export interface KubeActivities {
+  /** Is the object there and not being deleted? Then the finalizer goes on, before anything else. */
+  kubeAdopt(ref: KubeRef): Promise<{ exists: boolean; deleting: boolean }>;
+  kubePublishStatus(ref: KubeRef & { status: Record<string, unknown> }): Promise<void>;
+  /** Removes the finalizer: the last step of every cleanup. */
+  kubeRelease(ref: KubeRef): Promise<void>;
+}
+
+/** The activities a gateway agent runs, on its gateway's own task queue. */
+export interface GatewayAgentActivities {
+  agentInfo(): Promise<AgentInfo>;
+  /** Makes the EIP addresses on the external interface exactly `desired`. */
+  reconcileEipAddresses(desired: EipAddress[]): Promise<{ added: string[]; removed: string[] }>;
+  /** Creates natflow's chains and jumps; idempotent. */
+  initNatChains(): Promise<void>;
+  /** One batch: removes rules by owner tag, adds the missing ones (`replaceAll`: nothing else stays). */
+  applyNatRules(change: { add: NatRule[]; removeOwners: string[]; replaceAll?: boolean }): Promise<{ added: number; removed: number }>;
+  flushConntrack(targets: ConntrackTarget[]): Promise<number>;
+}

@@ -1,4 +1,4 @@
-// Runs one external command (ip, iptables-restore, conntrack, ...) and collects its output.
+// Runs external commands (ip, iptables-restore, conntrack, ...) and collects their output.
 // Always an argument array through spawn, never a shell: addresses and names that reach these
 // commands come from user resources, so nothing here may be interpreted by a shell.
 import { spawn } from 'node:child_process';
@@ -18,10 +18,17 @@ export interface RunResult {
   code: number;
 }
 
+/**
+ * How the gateway agent's activities run commands, so that tests can answer them instead
+ * (test/support/fake-commands.ts). Resolves when the command exits with 0 or an allowed code,
+ * rejects otherwise (see `checkExit`).
+ */
+export interface CommandRunner {
+  run(cmd: string, args: string[], opts?: RunOptions): Promise<RunResult>;
+}
+
 export function runCommand(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
-  const argv = opts.netns ? ['ip', 'netns', 'exec', opts.netns, cmd, ...args] : [cmd, ...args];
-  const commandLine = argv.map(quoteForDisplay).join(' ');
-  const allowed = new Set([0, ...(opts.allowExitCodes ?? [])]);
+  const argv = fullArgv(cmd, args, opts);
 
   return new Promise((resolve, reject) => {
     const child = spawn(argv[0]!, argv.slice(1), { stdio: 'pipe' });
@@ -31,14 +38,15 @@ export function runCommand(cmd: string, args: string[], opts: RunOptions = {}): 
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
 
     // 'error' covers a missing binary (ENOENT); 'close' then may not follow.
-    child.on('error', (err) => reject(new Error(`${commandLine}: ${err.message}`, { cause: err })));
+    child.on('error', (err) => reject(new Error(`${commandLine(cmd, args, opts)}: ${err.message}`, { cause: err })));
     child.on('close', (code, signal) => {
-      if (code === null) {
-        reject(new Error(`${commandLine} was killed by ${signal}${detail(stderr)}`));
-      } else if (!allowed.has(code)) {
-        reject(new Error(`${commandLine} exited with code ${code}${detail(stderr)}`));
-      } else {
-        resolve({ stdout, stderr, code });
+      if (code === null) reject(new Error(`${commandLine(cmd, args, opts)} was killed by ${signal}${detail(stderr)}`));
+      else {
+        try {
+          resolve(checkExit(cmd, args, opts, { stdout, stderr, code }));
+        } catch (err) {
+          reject(err as Error);
+        }
       }
     });
 
@@ -48,6 +56,26 @@ export function runCommand(cmd: string, args: string[], opts: RunOptions = {}): 
     child.stdin.on('error', () => {});
     child.stdin.end(opts.input ?? '');
   });
+}
+
+/** The real runner: one process per command. */
+export const spawnRunner: CommandRunner = { run: runCommand };
+
+/**
+ * A command's result when its exit code is allowed, else the error every runner rejects with
+ * (`<command line> exited with code N: <stderr>`, which callers parse, e.g. iptables-restore's line).
+ */
+export function checkExit(cmd: string, args: string[], opts: RunOptions, result: RunResult): RunResult {
+  if (result.code === 0 || opts.allowExitCodes?.includes(result.code)) return result;
+  throw new Error(`${commandLine(cmd, args, opts)} exited with code ${result.code}${detail(result.stderr)}`);
+}
+
+function fullArgv(cmd: string, args: string[], opts: RunOptions): string[] {
+  return opts.netns ? ['ip', 'netns', 'exec', opts.netns, cmd, ...args] : [cmd, ...args];
+}
+
+function commandLine(cmd: string, args: string[], opts: RunOptions): string {
+  return fullArgv(cmd, args, opts).map(quoteForDisplay).join(' ');
 }
 
 function detail(stderr: string): string {

@@ -5,7 +5,7 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import ipaddr from 'ipaddr.js';
-import { runCommand } from './exec.js';
+import { spawnRunner, type CommandRunner } from './exec.js';
 
 import type { EipAddress } from '../domain/gateway.js';
 
@@ -16,6 +16,8 @@ export interface AddressActivitiesConfig {
   externalInterface: string;
   /** Where best-effort problems (a failed ARP announcement) are reported; the activity log by default. */
   warn?: (message: string) => void;
+  /** Runs ip and arping; real processes by default. */
+  runner?: CommandRunner;
 }
 
 export interface AddressActivities {
@@ -48,8 +50,8 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
         `${MAX_LABEL_LENGTH - ':eip'.length} characters, so that the address label ${JSON.stringify(label)} fits in ${MAX_LABEL_LENGTH}`,
     );
   }
-  const run = (cmd: string, args: string[], allowExitCodes?: number[]) =>
-    runCommand(cmd, args, { netns: cfg.netns, allowExitCodes });
+  const runner = cfg.runner ?? spawnRunner;
+  const run = (cmd: string, args: string[], allowExitCodes?: number[]) => runner.run(cmd, args, { netns: cfg.netns, allowExitCodes });
   const warn = cfg.warn ?? activityWarn;
   let arping: Promise<ArpingFlavor> | undefined;
 
@@ -62,7 +64,7 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
   const ours = (addrs: InterfaceAddress[]) => addrs.filter((a) => a.label === label);
 
   async function announce(address: string): Promise<void> {
-    arping ??= detectArping();
+    arping ??= detectArping(runner);
     const flavor = await arping;
     if (flavor.kind === 'unavailable') {
       warn(`EIP ${address} added on ${dev} but not announced: arping is unavailable (${flavor.reason})`);
@@ -184,9 +186,9 @@ type ArpingFlavor = { kind: 'iputils' } | { kind: 'habets' } | { kind: 'unavaila
 
 // Two incompatible arpings exist: iputils' (and busybox's, same options) and Thomas Habets'
 // (Debian's `arping` package, installed here). Only their help text tells them apart.
-async function detectArping(): Promise<ArpingFlavor> {
+async function detectArping(runner: CommandRunner): Promise<ArpingFlavor> {
   try {
-    const { stdout, stderr } = await runCommand('arping', ['--help'], { allowExitCodes: [1, 2, 64] });
+    const { stdout, stderr } = await runner.run('arping', ['--help'], { allowExitCodes: [1, 2, 64] });
     return /Habets/.test(stdout + stderr) ? { kind: 'habets' } : { kind: 'iputils' };
   } catch (err) {
     return { kind: 'unavailable', reason: (err as Error).message };

@@ -5,6 +5,7 @@
 //
 //   npx tsx bench/nat-apply.ts [repetitions]     (default 20; lab gateway t-natb, removed at the end)
 import { performance } from 'node:perf_hooks';
+import { spawnRunner, type CommandRunner } from '../activities/exec.js';
 import { createNatActivities } from '../activities/gateway-nat.js';
 import { formatIPv4, parseIPv4 } from '../domain/ip.js';
 import type { NatRule } from '../domain/nat-rules.js';
@@ -32,12 +33,22 @@ let seed = 42;
 const random = () => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31);
 
 const timings: { command: string; ms: number }[] = [];
+const timed: CommandRunner = {
+  async run(cmd, args, opts) {
+    const started = performance.now();
+    try {
+      return await spawnRunner.run(cmd, args, opts);
+    } finally {
+      timings.push({ command: cmd, ms: performance.now() - started });
+    }
+  },
+};
 
 async function main(): Promise<void> {
   await labDown(GATEWAY);
   const t = await labUp(GATEWAY);
   try {
-    const nat = createNatActivities({ netns: t.gatewayNs, onCommand: (command, ms) => timings.push({ command, ms }) });
+    const nat = createNatActivities({ netns: t.gatewayNs, runner: timed });
     await nat.initNatChains();
     const live: number[] = [];
     let next = 0;

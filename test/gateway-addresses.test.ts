@@ -1,7 +1,7 @@
 // EIP addresses on a real lab gateway: reconcile converges, only ever touches labelled
 // addresses, and the external network sees exactly the EIPs that are desired.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCommand } from '../activities/exec.js';
+import { runCommand, type CommandRunner } from '../activities/exec.js';
 import { createAddressActivities } from '../activities/gateway-addresses.js';
 import type { EipAddress } from '../domain/gateway.js';
 import type { LabTopology } from '../domain/lab.js';
@@ -147,5 +147,33 @@ describe('EIP addresses on the gateway', () => {
 
   it('rejects an external interface too long for its label', () => {
     expect(() => createAddressActivities({ externalInterface: 'averylongname' })).toThrow(/at most 11 characters/);
+  });
+});
+
+describe('EIP address activities through a given runner', () => {
+  it('run every command through it, in the namespace', async () => {
+    const ran: string[] = [];
+    const addresses = [
+      { family: 'inet', local: '172.18.0.254', prefixlen: 24, label: 'net1' },
+      { family: 'inet', local: '172.18.0.10', prefixlen: 24, label: 'net1:eip' },
+    ];
+    const runner: CommandRunner = {
+      async run(cmd, args, opts) {
+        ran.push([opts?.netns ?? '-', cmd, ...args].join(' '));
+        return { stdout: args[0] === '-j' ? JSON.stringify([{ addr_info: addresses }]) : '', stderr: '', code: 0 };
+      },
+    };
+    const faked = createAddressActivities({ netns: 'gw-fake', externalInterface: 'net1', runner, warn: () => {} });
+    expect(await faked.listEipAddresses()).toEqual(['172.18.0.10/24']);
+    expect(await faked.reconcileEipAddresses([eip('172.18.0.11')])).toEqual({ added: ['172.18.0.11/24'], removed: ['172.18.0.10/24'] });
+    expect(ran).toEqual([
+      'gw-fake ip -j -4 addr show dev net1',
+      'gw-fake ip -j -4 addr show dev net1',
+      'gw-fake ip addr del 172.18.0.10/24 dev net1',
+      'gw-fake ip -j -4 addr show dev net1',
+      'gw-fake ip addr replace 172.18.0.11/24 dev net1 label net1:eip',
+      '- arping --help',
+      'gw-fake arping -q -U -c 1 -I net1 172.18.0.11',
+    ]);
   });
 });

@@ -1,12 +1,13 @@
 // NAT rules on a real lab gateway, checked with real traffic (nc, ping) between the external client,
 // the gateway and the VMs, and on the gateway's own nat and conntrack tables.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCommand } from '../activities/exec.js';
+import { runCommand, spawnRunner, type CommandRunner } from '../activities/exec.js';
 import { createAddressActivities } from '../activities/gateway-addresses.js';
-import { createNatActivities } from '../activities/gateway-nat.js';
+import { createNatActivities, type NatChange } from '../activities/gateway-nat.js';
 import type { LabTopology } from '../domain/lab.js';
 import { NAT_CHAINS, renderNatRule, type NatRule } from '../domain/nat-rules.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
+import { FakeCommands } from './support/fake-commands.js';
 import { Listener, ping, send, Session } from './support/traffic.js';
 
 const GW = 't-nat';
@@ -74,7 +75,10 @@ describe('NAT rules on the gateway (real traffic)', () => {
     await createAddressActivities({ netns: t.gatewayNs, externalInterface: t.externalInterface, warn: () => {} }).reconcileEipAddresses(
       EIP.map((address) => ({ address, prefixLength: 24 })),
     );
-    nat = createNatActivities({ netns: t.gatewayNs, onCommand: (c) => commands.push(c) });
+    nat = createNatActivities({
+      netns: t.gatewayNs,
+      runner: { run: (cmd, args, opts) => (commands.push(cmd), spawnRunner.run(cmd, args, opts)) },
+    });
     await nat.initNatChains();
   });
 
@@ -318,5 +322,50 @@ describe('NAT rules on the gateway (real traffic)', () => {
     expect(await nat.listNatRules()).toHaveLength(40);
     await Promise.all(rules.map((rule) => nat.applyNatRules({ add: [], removeOwners: [rule.owner, rules[0]!.owner] })));
     expect(await nat.listNatRules()).toEqual([]);
+  });
+
+  it('the fake gateway of the unit tests (test/support/fake-commands.ts) answers as this one does', async () => {
+    await reset();
+    const fake = new FakeCommands((await natTable()).join('\n'));
+    const sameTable = async () => expect(fake.save().split('\n').filter((l) => l && !l.startsWith('#'))).toEqual(await natTable());
+    await sameTable();
+
+    const faked = createNatActivities({ runner: fake });
+    const changes: NatChange[] = [
+      { add: [fip('diff-fip', EIP[0], vm(0).ip), dnat('diff-dnat', EIP[2], 'tcp', 8080, vm(1).ip, 80), snat('diff-snat', EIP[3], t.vpcCidr)], removeOwners: [] },
+      { add: [fip('diff-fip', EIP[0], vm(1).ip)], removeOwners: ['diff-fip', 'diff-dnat'] },
+      { add: [snat('diff-all', EIP[1], '0.0.0.0/0')], removeOwners: [], replaceAll: true },
+    ];
+    for (const change of changes) {
+      expect(await faked.applyNatRules(change)).toEqual(await nat.applyNatRules(change));
+      await sameTable();
+    }
+
+    // What the planner relies on, restore by restore, from the same table.
+    const restore = (runner: CommandRunner, netns: string | undefined, lines: string[]) =>
+      runner.run('iptables-restore', ['--noflush', '-w', '10'], { netns, input: ['*nat', ...lines, 'COMMIT', ''].join('\n') }).then(
+        () => 'applied',
+        (err: Error) => err.message.slice(err.message.indexOf('exited')),
+      );
+    const rule = '-s 10.9.0.1/32 -m comment --comment natflow:diff -j DIFF_B';
+    const steps: [string, string[], RegExp][] = [
+      ['new chains, a rule twice', [':DIFF_A - [0:0]', ':DIFF_B - [0:0]', `-A DIFF_A ${rule}`, `-A DIFF_A ${rule}`, '-A DIFF_B -j RETURN'], /^applied$/],
+      ['two identical deletes take both copies', [`-D DIFF_A ${rule}`, `-D DIFF_A ${rule}`], /^applied$/],
+      ['a delete of a missing rule fails all', ['-A DIFF_A -j RETURN', `-D DIFF_A ${rule}`], /code 1: iptables-restore: line 3 failed: Bad rule/],
+      ['a tagged rule', [`-A DIFF_A ${rule}`], /^applied$/],
+      ['a delete compares the comment', ['-D DIFF_A -s 10.9.0.1/32 -j DIFF_B'], /line 2 failed/],
+      ['declaring an existing chain empties it, a built-in one keeps its rules', [':DIFF_A - [0:0]', ':PREROUTING ACCEPT [0:0]'], /^applied$/],
+      ['an append to a missing chain', ['-A DIFF_B -j RETURN', '-A DIFF_NONE -j RETURN'], /line 3 failed: No chain/],
+      ['a flush of a missing chain', ['-F DIFF_NONE'], /line 2 failed/],
+      ['a jump to a missing chain', ['-A DIFF_A -j DIFF_NONE'], /code 2: .*Chain 'DIFF_NONE' does not exist\nError occurred at line: 3/],
+      ['a flush, then appends', ['-A DIFF_A -j DIFF_B', '-F DIFF_A', '-A DIFF_A -j RETURN'], /^applied$/],
+    ];
+    for (const [what, lines, outcome] of steps) {
+      const real = await restore(spawnRunner, t.gatewayNs, lines);
+      expect(real, what).toMatch(outcome);
+      expect(await restore(fake, undefined, lines), what).toBe(real);
+      await sameTable();
+    }
+    for (const args of [['-F', 'DIFF_A'], ['-F', 'DIFF_B'], ['-X', 'DIFF_A'], ['-X', 'DIFF_B']]) await runCommand('iptables', ['-w', '-t', 'nat', ...args], { netns: t.gatewayNs });
   });
 });

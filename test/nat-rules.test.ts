@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { NatflowError, Reason } from '../domain/errors.js';
 import { NAT_CHAINS, natChainLayout, ownerOf, renderNatRule, RULE_CHAINS, validateNatRule, type NatRule } from '../domain/nat-rules.js';
-import { conntrackFilters, parseNatTable, planChange, planInit, restoreLine, tokenizeSaveLine } from '../activities/gateway-nat.js';
+import { conntrackFilters, parseNatTable, planChange, planInit, restoreLine, tokenizeSaveLine } from '../domain/nat-table.js';
 
 const UID = '5f0c2a7e-8d1b-4c3e-9a6f-0b1c2d3e4f5a';
 const fip: NatRule = { kind: 'fip', owner: UID, eip: '172.18.0.10', internalIp: '10.0.1.10' };

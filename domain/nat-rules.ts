@@ -61,8 +61,6 @@ const PREFIX_LENGTHS = Array.from({ length: 33 }, (_, i) => 32 - i);
 
 /** Chains holding the tagged rules of NAT rules. */
 export const RULE_CHAINS: readonly string[] = ['EXCLUSIVE_DNAT', 'SHARED_DNAT', 'EXCLUSIVE_SNAT', ...PREFIX_LENGTHS.map(snatChain)];
-/** Chains holding only natflow's static rules: rewritten whole when they are not exactly as expected. */
-export const STATIC_CHAINS: readonly string[] = ['DNAT_FILTER', 'SNAT_FILTER', 'SHARED_SNAT', 'HAIRPIN_SNAT'];
 /** Every chain natflow owns in the nat table, in creation order (SHARED_SNAT_32 … SHARED_SNAT_0 descending). */
 export const NAT_CHAINS: readonly string[] = [
   'DNAT_FILTER',
@@ -119,13 +117,9 @@ export function ownerOf(spec: readonly string[]): string | null {
   return null;
 }
 
-export function isValidOwner(owner: unknown): owner is string {
-  return typeof owner === 'string' && OWNER.test(owner);
-}
-
 /** An owner (a Kubernetes uid): 1-64 letters, digits or '-'. */
 export function validateOwner(owner: unknown, what = 'owner'): string {
-  if (!isValidOwner(owner)) {
+  if (typeof owner !== 'string' || !OWNER.test(owner)) {
     throw new NatflowError(Reason.InvalidSpec, `${what} ${show(owner)} must be 1-64 letters, digits or '-' (a Kubernetes uid)`);
   }
   return owner;

@@ -22,9 +22,10 @@ import {
   statusQuery,
   unbindEipUpdate,
   unclaimEipUpdate,
+  type Fence,
   type WorkflowCallActivities,
 } from '../domain/workflow-api.js';
-import { findOneRunning } from '../starter/find-resources.js';
+import { findOneRunning, findRunning } from '../starter/find-resources.js';
 
 /**
  * Answers that mean "send it again": the server's limit on updates in flight per workflow (10 by
@@ -55,6 +56,16 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
       if (!isTransient(err) || attempt >= TRANSIENT_TRIES) throw err;
       await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 80 * Math.min(attempt, 10)));
     }
+  }
+}
+
+/** This attempt's deadline, sent with every update that takes something (see Fence). */
+function fence(): Fence | undefined {
+  try {
+    const info = Context.current().info;
+    return { notAfter: info.currentAttemptScheduledTimestampMs + info.startToCloseTimeoutMs };
+  } catch {
+    return undefined; // called outside an activity (a script or a test): nothing to fence
   }
 }
 
@@ -89,7 +100,7 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
   return {
     async allocateAddress(req) {
       return viaUpdate(
-        () => client.workflow.getHandle(workflowIds.ipam(req.subnet)).executeUpdate(allocateUpdate, { args: [{ owner: req.owner, requested: req.requested }] }),
+        () => client.workflow.getHandle(workflowIds.ipam(req.subnet)).executeUpdate(allocateUpdate, { args: [{ owner: req.owner, requested: req.requested }, fence()] }),
         () => fail(Reason.SubnetNotFound, `external subnet ${req.subnet} does not exist`),
       );
     },
@@ -111,7 +122,7 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
 
     async bindAddress(req) {
       await viaUpdate(
-        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(bindEipUpdate, { args: [{ owner: req.owner, address: req.address, prefixLength: req.prefixLength }] }),
+        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(bindEipUpdate, { args: [{ owner: req.owner, address: req.address, prefixLength: req.prefixLength }, fence()] }),
         () => fail(Reason.GatewayNotFound, `NAT gateway ${req.gateway} does not exist`),
       );
     },
@@ -134,7 +145,7 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
 
     async claimEip(req) {
       return viaUpdate(
-        () => client.workflow.getHandle(req.eipWorkflowId).executeUpdate(claimEipUpdate, { args: [{ owner: req.owner, kind: req.kind, name: req.name }] }),
+        () => client.workflow.getHandle(req.eipWorkflowId).executeUpdate(claimEipUpdate, { args: [{ owner: req.owner, kind: req.kind, name: req.name }, fence()] }),
         () => fail(Reason.EipNotFound, `EIP ${req.eipWorkflowId} does not exist any more`),
       );
     },
@@ -148,7 +159,7 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
 
     async setGatewayRule(req) {
       await viaUpdate(
-        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(setRuleUpdate, { args: [req.rule] }),
+        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(setRuleUpdate, { args: [req.rule, fence()] }),
         () => fail(Reason.GatewayNotFound, `NAT gateway ${req.gateway} does not exist`),
       );
     },
@@ -161,7 +172,11 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
     },
 
     async notifyGatewayWaiters(gateway) {
-      return wake(`NatflowGateway = ${JSON.stringify(gateway)} AND NatflowPhase = "WaitingForGateway"`, gatewayChangedSignal, workflowIds.gateway(gateway));
+      return wake(`NatflowGateway = ${JSON.stringify(gateway)} AND NatflowKind IN ("eip", "fip", "dnat", "snat")`, gatewayChangedSignal);
+    },
+
+    async gatewayUsers(gateway) {
+      return (await findRunning({ client }, 'eip', { gateway })).map((eip) => `eip ${eip.name}`);
     },
 
     // Each woken rule checks whether it was its EIP.

@@ -14,6 +14,7 @@ export const Reason = {
   EipNotReady: 'EipNotReady',
   EipInUse: 'EipInUse',
   DuplicateDnat: 'DuplicateDnat',
+  StaleRequest: 'StaleRequest',
   Ready: 'Ready',
   Deleting: 'Deleting',
 } as const;

@@ -6,11 +6,21 @@
 // Wire names are recorded in every history: renaming one breaks the replay of open workflows.
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { EipSpec, EipStatus } from './eip.js';
-import type { AgentInfo, EipAddress, GatewayReadiness, GatewayState } from './gateway.js';
+import type { AgentInfo, EipAddress, GatewayReadiness, GatewaySpec, GatewayState } from './gateway.js';
 import type { Allocation, AllocateRequest, IpamState } from './ipam.js';
 import type { KubeRef } from './kube.js';
 import type { EipClaim, NatSpec, NatStatus } from './nat-resources.js';
 import type { ConntrackTarget, NatRule } from './nat-rules.js';
+import type { SubnetSpec } from './subnet.js';
+
+/**
+ * The deadline of the activity attempt that sends an update (ms since the epoch). An entity
+ * workflow refuses a request whose deadline has passed: that attempt has timed out, a retry is
+ * under way, and the caller may already be giving back what the late request would take.
+ */
+export interface Fence {
+  notAfter: number;
+}
 
 // --- every resource workflow (EIP, FIP, DNAT, SNAT) ----------------------------------------
 
@@ -21,7 +31,7 @@ export interface SpecChange<S = EipSpec | NatSpec> {
 }
 export const specChangedSignal = defineSignal<[SpecChange]>('specChanged');
 export const statusQuery = defineQuery<EipStatus | NatStatus>('status');
-/** "Look at your gateway again": it became ready, or it is being deleted. */
+/** "Look at your gateway again": its readiness changed, it is new (re-assert what you hold on it), or it is being deleted. */
 export const gatewayChangedSignal = defineSignal('gatewayChanged');
 /** "Look at your EIP again": an EIP became ready. */
 export const eipChangedSignal = defineSignal('eipChanged');
@@ -34,28 +44,32 @@ export interface ClaimedEip {
   gateway: string;
 }
 /** A NAT rule takes (a share of) the EIP; refused unless Ready and compatible with its other users. */
-export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim]>('claim');
+export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim, Fence?]>('claim');
 export const unclaimEipUpdate = defineUpdate<void, [{ owner: string }]>('unclaim');
 
 // --- the gateway workflow --------------------------------------------------------------------
 
 export const agentStartedSignal = defineSignal<[AgentInfo]>('agentStarted');
 /** Resolves once the address is on the gateway. */
-export const bindEipUpdate = defineUpdate<void, [{ owner: string } & EipAddress]>('bindEip');
+export const bindEipUpdate = defineUpdate<void, [{ owner: string } & EipAddress, Fence?]>('bindEip');
 /** `applied` is false when the agent is down (it is restored without the address). */
 export const unbindEipUpdate = defineUpdate<{ applied: boolean }, [{ owner: string }]>('unbindEip');
 /** Sets (or replaces) a rule; resolves once applied. */
-export const setRuleUpdate = defineUpdate<void, [NatRule]>('setRule');
+export const setRuleUpdate = defineUpdate<void, [NatRule, Fence?]>('setRule');
 /** Removes a rule and its conntrack entries; `applied` is false when the agent is down (it is restored without it). */
 export const removeRuleUpdate = defineUpdate<{ applied: boolean }, [{ owner: string }]>('removeRule');
 export const gatewayStateQuery = defineQuery<GatewayState>('state');
+/** The gateway's spec changed (its VpcNatGateway, or the VPC subnet behind it). */
+export const gatewaySpecSignal = defineSignal<[SpecChange<GatewaySpec>]>('gatewaySpecChanged');
 
 // --- the IPAM workflow -----------------------------------------------------------------------
 
-export const allocateUpdate = defineUpdate<Allocation, [AllocateRequest]>('allocate');
+export const allocateUpdate = defineUpdate<Allocation, [AllocateRequest, Fence?]>('allocate');
 /** The address released, or null when the owner held none. */
 export const releaseUpdate = defineUpdate<string | null, [{ owner: string }]>('release');
 export const ipamStateQuery = defineQuery<IpamState>('state');
+/** The Subnet's spec changed (excludeIps, gateway, ...). */
+export const subnetSpecSignal = defineSignal<[SpecChange<SubnetSpec>]>('subnetSpecChanged');
 
 // --- activities ------------------------------------------------------------------------------
 
@@ -83,8 +97,10 @@ export interface WorkflowCallActivities {
   unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void>;
   setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void>;
   removeGatewayRule(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;
-  /** Wakes every resource workflow waiting for this gateway; returns how many. */
+  /** Signals `gatewayChanged` to every running resource workflow naming this gateway; returns how many. */
   notifyGatewayWaiters(gateway: string): Promise<number>;
+  /** The EIPs (running workflows) that name this gateway, as `eip <name>`. */
+  gatewayUsers(gateway: string): Promise<string[]>;
   /** Wakes the NAT rules waiting for an EIP; returns how many. */
   notifyEipWaiters(): Promise<number>;
 }

@@ -11,9 +11,9 @@ import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition } from '../domain/status.js';
-import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate } from '../domain/workflow-api.js';
+import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, type Fence } from '../domain/workflow-api.js';
 import { calls } from './activity-proxies.js';
-import { checkSpec, refusal, type ReadyCondition } from './failures.js';
+import { checkFence, checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { backoff, phaseReporter } from './resource-status.js';
 
@@ -90,7 +90,7 @@ class Eip {
     this.setPhase = phaseReporter(this.status, this.k8s, () => this.generation);
 
     wf.setHandler(statusQuery, () => this.status);
-    wf.setHandler(claimEipUpdate, (claim) => this.claim(claim), { validator: (claim) => this.checkClaim(claim) });
+    wf.setHandler(claimEipUpdate, (claim: EipClaim) => this.claim(claim), { validator: (claim: EipClaim, fence?: Fence) => this.checkClaim(claim, fence) });
     wf.setHandler(unclaimEipUpdate, ({ owner }) => {
       this.claims.delete(owner);
       this.showUsers();
@@ -199,7 +199,8 @@ class Eip {
 
   // --- handlers ----------------------------------------------------------------------------
 
-  private checkClaim(claim: EipClaim): void {
+  private checkClaim(claim: EipClaim, fence: Fence | undefined): void {
+    checkFence(fence);
     if (this.status.phase !== 'Ready' || this.deleting) throw wf.ApplicationFailure.nonRetryable(`EIP ${this.name} is not ready (${this.status.phase})`, Reason.EipNotReady);
     const conflict = claimConflict(claim.kind, [...this.claims.values()], claim.owner);
     if (conflict) throw wf.ApplicationFailure.nonRetryable(`EIP ${this.name}: ${conflict}`, Reason.EipInUse);

@@ -1,11 +1,19 @@
 // Errors at the workflow boundary: a domain error (NatflowError) becomes a condition a user
 // reads, or a non-retryable failure typed by its reason; an activity's refusal becomes a condition.
 import * as wf from '@temporalio/workflow';
-import { NatflowError } from '../domain/errors.js';
+import { NatflowError, Reason } from '../domain/errors.js';
 import type { ConditionInput } from '../domain/status.js';
+import type { Fence } from '../domain/workflow-api.js';
 
 /** What the Ready condition says (its type is always Ready). */
 export type ReadyCondition = Omit<ConditionInput, 'type'>;
+
+/** Refuses a request sent by an activity attempt that has already timed out (see Fence). */
+export function checkFence(fence: Fence | undefined): void {
+  if (fence && Date.now() > fence.notAfter) {
+    throw wf.ApplicationFailure.nonRetryable(`the request's attempt timed out at ${new Date(fence.notAfter).toISOString()}`, Reason.StaleRequest);
+  }
+}
 
 /** The condition for an activity's refusal: its failure type is the reason. */
 export function refusal(err: unknown, fallbackReason: string): ReadyCondition {

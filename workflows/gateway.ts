@@ -4,14 +4,14 @@
 // gateway pod starts empty). Its existence is the gateway's existence for natflow.
 import * as wf from '@temporalio/workflow';
 import { NatflowError, Reason } from '../domain/errors.js';
-import type { GatewayInput, GatewayState } from '../domain/gateway.js';
+import type { EipAddress, GatewayInput, GatewayState } from '../domain/gateway.js';
 import { gatewayTaskQueue } from '../domain/names.js';
 import { cidrContains, parseCidr, parseIPv4 } from '../domain/ip.js';
 import { conntrackTarget, dnatConflict, ruleDiff, validateNatRule, type NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { agentStartedSignal, bindEipUpdate, gatewayChangedSignal, gatewayStateQuery, removeRuleUpdate, setRuleUpdate, unbindEipUpdate } from '../domain/workflow-api.js';
+import { agentStartedSignal, bindEipUpdate, gatewayChangedSignal, gatewayStateQuery, removeRuleUpdate, setRuleUpdate, unbindEipUpdate, type Fence } from '../domain/workflow-api.js';
 import { gatewayAgent, wakeUps } from './activity-proxies.js';
-import { domainCall } from './failures.js';
+import { checkFence, domainCall } from './failures.js';
 
 const PROBE_WHEN_READY = '30s';
 const MAX_PROBE_BACKOFF_MS = 30_000;
@@ -49,7 +49,7 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
   wf.setHandler(agentStartedSignal, () => void (probeRequested = true));
   wf.setHandler(
     bindEipUpdate,
-    async ({ owner, address, prefixLength }) => {
+    async ({ owner, address, prefixLength }: { owner: string } & EipAddress) => {
       if (!state.ready || state.deleting) throw notReady();
       if (await change(() => (state.eips[owner] = { address, prefixLength }))) return;
       // Nothing half-bound stays desired: the caller compensates by releasing the address.
@@ -57,7 +57,8 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
       throw notReady();
     },
     {
-      validator: ({ owner, address, prefixLength }) => {
+      validator: ({ owner, address, prefixLength }: { owner: string } & EipAddress, fence?: Fence) => {
+        checkFence(fence);
         parseIPv4(address, 'EIP address');
         if (!Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 32) throw new Error(`bad prefix length ${prefixLength}`);
         const holder = Object.entries(state.eips).find(([o, e]) => o !== owner && e.address === address);
@@ -67,14 +68,15 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
   );
   wf.setHandler(
     setRuleUpdate,
-    async (rule) => {
+    async (rule: NatRule) => {
       if (!state.ready || state.deleting) throw notReady();
       if (await change(() => (state.rules[rule.owner] = rule))) return;
       throw notReady(); // the caller removes it again as part of its compensation
     },
     {
-      validator: (rule) =>
+      validator: (rule: NatRule, fence?: Fence) =>
         domainCall(() => {
+          checkFence(fence);
           validateNatRule(rule);
           const conflict = dnatConflict(state.rules, rule);
           if (conflict) throw new NatflowError(Reason.DuplicateDnat, conflict);

@@ -2,10 +2,10 @@
 // Allocate and release are updates, so concurrent callers are serialised by Temporal with no
 // extra database, and every allocation is an event an operator can read in the Web UI.
 import * as wf from '@temporalio/workflow';
-import { Ipam, type IpamInput } from '../domain/ipam.js';
+import { Ipam, type AllocateRequest, type IpamInput } from '../domain/ipam.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { allocateUpdate, ipamStateQuery, releaseUpdate } from '../domain/workflow-api.js';
-import { domainCall } from './failures.js';
+import { allocateUpdate, ipamStateQuery, releaseUpdate, type Fence } from '../domain/workflow-api.js';
+import { checkFence, domainCall } from './failures.js';
 
 export async function ipamWorkflow(input: IpamInput): Promise<void> {
   const ipam = domainCall(() => new Ipam(input.subnet, input.allocations));
@@ -13,8 +13,11 @@ export async function ipamWorkflow(input: IpamInput): Promise<void> {
 
   wf.setHandler(ipamStateQuery, () => ({ subnet: ipam.spec, usage: ipam.usage(), allocations: ipam.allocations() }));
   // Validators reject bad requests before anything is written to history.
-  wf.setHandler(allocateUpdate, (req) => domainCall(() => ipam.allocate(req)), {
-    validator: (req) => domainCall(() => ipam.check(req)),
+  wf.setHandler(allocateUpdate, (req: AllocateRequest) => domainCall(() => ipam.allocate(req)), {
+    validator: (req: AllocateRequest, fence?: Fence) => {
+      checkFence(fence);
+      domainCall(() => ipam.check(req));
+    },
   });
   wf.setHandler(releaseUpdate, ({ owner }) => ipam.release(owner), {
     validator: (req) => {

@@ -171,6 +171,24 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
       );
     },
 
+    async releaseEverywhere(req) {
+      for await (const entity of client.workflow.list({ query: 'NatflowKind IN ("gateway", "subnet") AND ExecutionStatus = "Running"' })) {
+        const handle = client.workflow.getHandle(entity.workflowId);
+        // Gateways first in spirit, but order does not matter here: nothing is serving any more.
+        if (entity.workflowId.startsWith(workflowIds.gateway(''))) await viaUpdate(() => handle.executeUpdate(unbindEipUpdate, { args: [{ owner: req.owner }] }), () => null);
+        else await viaUpdate(() => handle.executeUpdate(releaseUpdate, { args: [{ owner: req.owner }] }), () => null);
+      }
+    },
+
+    async removeGatewayRuleEverywhere(req) {
+      for await (const gateway of client.workflow.list({ query: 'NatflowKind = "gateway" AND ExecutionStatus = "Running"' })) {
+        await viaUpdate(
+          () => client.workflow.getHandle(gateway.workflowId).executeUpdate(removeRuleUpdate, { args: [{ owner: req.owner }] }),
+          () => ({ applied: true }),
+        );
+      }
+    },
+
     async notifyGatewayWaiters(gateway) {
       return wake(`NatflowGateway = ${JSON.stringify(gateway)} AND NatflowKind IN ("eip", "fip", "dnat", "snat")`, gatewayChangedSignal);
     },

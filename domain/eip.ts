@@ -3,6 +3,8 @@ import { NatflowError, Reason } from './errors.js';
 import { parseIPv4 } from './ip.js';
 import { validateName, type ResourceRef } from './names.js';
 import { DEFAULT_EXTERNAL_SUBNET } from './subnet.js';
+import type { Allocation } from './ipam.js';
+import type { EipClaim } from './nat-resources.js';
 import type { Condition } from './status.js';
 
 export interface EipSpec {
@@ -20,6 +22,24 @@ export interface EipSpec {
 export interface EipInput {
   resource: ResourceRef;
   spec: EipSpec;
+  /** Set by continue-as-new: what the previous run held and showed. */
+  carried?: EipCarried;
+  /** Lower history limits (tests); see workflows/history-budget.ts. */
+  limits?: { events?: number; signals?: number; updates?: number };
+}
+
+/** Everything an EIP workflow holds, carried across continue-as-new. */
+export interface EipCarried {
+  status: EipStatus;
+  /** The subnet it may hold an address in, and the gateway it may be bound on. */
+  held: { subnet: string } | null;
+  bound: { gateway: string } | null;
+  /** Set while serving: the address it holds and the spec it was taken for. */
+  serving: { allocation: Allocation; gateway: string; spec: EipSpec } | null;
+  claims: EipClaim[];
+  /** NAT rules to tell when this EIP changes. */
+  watchers: string[];
+  deleting: boolean;
 }
 
 export type EipPhase = 'Pending' | 'Invalid' | 'WaitingForGateway' | 'Allocating' | 'Binding' | 'Ready' | 'Failed' | 'Deleting' | 'Deleted';

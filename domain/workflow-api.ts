@@ -6,7 +6,7 @@
 // Wire names are recorded in every history: renaming one breaks the replay of open workflows.
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { EipSpec, EipStatus } from './eip.js';
-import type { AgentInfo, EipAddress, GatewayReadiness, GatewaySpec, GatewayState } from './gateway.js';
+import type { AgentInfo, AgentSessionEnd, EipAddress, GatewayReadiness, GatewaySpec, GatewayState } from './gateway.js';
 import type { Allocation, AllocateRequest, IpamState } from './ipam.js';
 import type { KubeRef } from './kube.js';
 import type { EipClaim, NatSpec, NatStatus } from './nat-resources.js';
@@ -46,6 +46,8 @@ export interface ClaimedEip {
 /** A NAT rule takes (a share of) the EIP; refused unless Ready and compatible with its other users. */
 export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim, Fence?]>('claim');
 export const unclaimEipUpdate = defineUpdate<void, [{ owner: string }]>('unclaim');
+/** A NAT rule waiting on this EIP (not ready, or a refused claim): signal it `eipChanged` at the next change. */
+export const watchEipSignal = defineSignal<[{ watcher: string }]>('watchEip');
 
 // --- the gateway workflow --------------------------------------------------------------------
 
@@ -61,6 +63,8 @@ export const removeRuleUpdate = defineUpdate<{ applied: boolean }, [{ owner: str
 export const gatewayStateQuery = defineQuery<GatewayState>('state');
 /** The gateway's spec changed (its VpcNatGateway, or the VPC subnet behind it). */
 export const gatewaySpecSignal = defineSignal<[SpecChange<GatewaySpec>]>('gatewaySpecChanged');
+/** `setRule`'s rule may carry its resource's name, for messages only: it is not part of the rule (rules are compared). */
+export type NamedNatRule = NatRule & { name?: string };
 
 // --- the IPAM workflow -----------------------------------------------------------------------
 
@@ -97,6 +101,10 @@ export interface WorkflowCallActivities {
   unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void>;
   setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void>;
   removeGatewayRule(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;
+  /** Gives back an EIP's address and binding by owner, in every subnet and gateway (a cleanup that no longer knows where). */
+  releaseEverywhere(req: { owner: string }): Promise<void>;
+  /** Removes a rule by its tag from every gateway (a cleanup that no longer knows where it was applied). */
+  removeGatewayRuleEverywhere(req: { owner: string }): Promise<void>;
   /** Signals `gatewayChanged` to every running resource workflow naming this gateway; returns how many. */
   notifyGatewayWaiters(gateway: string): Promise<number>;
   /** The EIPs (running workflows) that name this gateway, as `eip <name>`. */
@@ -121,7 +129,18 @@ export interface GatewayAgentActivities {
   reconcileEipAddresses(desired: EipAddress[]): Promise<{ added: string[]; removed: string[] }>;
   /** Creates natflow's chains and jumps; idempotent. */
   initNatChains(): Promise<void>;
-  /** One batch: removes rules by owner tag, adds the missing ones (`replaceAll`: nothing else stays). */
-  applyNatRules(change: { add: NatRule[]; removeOwners: string[]; replaceAll?: boolean }): Promise<{ added: number; removed: number }>;
+  /**
+   * One batch: removes rules by owner tag, adds the missing ones (`replaceAll`: nothing else stays);
+   * `flushConntrack`: then flushes the conntrack entries of every rule it removed (`flushed`).
+   */
+  applyNatRules(change: { add: NatRule[]; removeOwners: string[]; replaceAll?: boolean; flushConntrack?: boolean }): Promise<{ added: number; removed: number; flushed?: number }>;
   flushConntrack(targets: ConntrackTarget[]): Promise<number>;
+  /**
+   * The gateway workflow's liveness check, which writes no history while all is well: runs on
+   * agent `instanceId` for `forMs`, heartbeating; returns early when its agent stops, or at once
+   * when another instance picked it up. A heartbeat timeout means the agent is gone.
+   */
+  agentSession(req: { instanceId: string; forMs: number }): Promise<AgentSessionEnd>;
+  /** Adds `add` and removes the addresses in `remove`; every other EIP address stays. */
+  changeEipAddresses(change: { add: EipAddress[]; remove: string[] }): Promise<{ added: string[]; removed: string[] }>;
 }

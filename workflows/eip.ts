@@ -2,38 +2,48 @@
 // → bind on the gateway → Ready; a failure after allocation releases before waiting again; a
 // delete (cancellation) at any moment runs the cleanup in a non-cancellable scope. Activities that
 // take or give something wait for their own cancellation to complete, so the cleanup never races
-// an allocation still in flight.
+// an allocation still in flight. It lives as long as its EIP: every wait can continue as new,
+// carrying everything it holds.
 import * as wf from '@temporalio/workflow';
-import { eipAddressChanged, normalizeEipSpec, type EipInput, type EipPhase, type EipSpec, type EipStatus } from '../domain/eip.js';
+import { eipAddressChanged, normalizeEipSpec, type EipCarried, type EipInput, type EipPhase, type EipSpec, type EipStatus } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { Allocation } from '../domain/ipam.js';
 import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { setCondition } from '../domain/status.js';
-import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, type Fence } from '../domain/workflow-api.js';
+import { setCondition, type ConditionInput } from '../domain/status.js';
+import { claimEipUpdate, eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type Fence } from '../domain/workflow-api.js';
 import { calls } from './activity-proxies.js';
-import { checkFence, checkSpec, refusal, type ReadyCondition } from './failures.js';
+import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
+import { HistoryBudget } from './history-budget.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { backoff, phaseReporter } from './resource-status.js';
 
 /** A refused allocation (unknown subnet, address taken) is tried again this often, or on a spec change. */
 const RETRY_FAILED_AFTER = '5m';
+/** Waits are woken by the gateway; this is only the fallback. */
+const RECHECK_MAX_MS = 60 * 60_000;
 
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const eip = new Eip(input);
-  await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup());
+  await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), eip.resumes());
 }
 
 class Eip {
   /** validate → wait for the gateway → allocate → bind → serve (Ready) → give back; again after a change that needs it. */
   async lifecycle(): Promise<void> {
+    this.started = true;
+    if (this.serving) {
+      // Continued while serving: it still holds its address and claims.
+      await this.keepServing();
+      await this.releaseAll();
+    }
     for (;;) {
       this.specChanged = false;
       const spec = checkSpec(() => normalizeEipSpec(this.name, this.spec));
       if (!spec.ok) {
         this.setPhase('Invalid', spec.invalid);
-        await wf.condition(() => this.specChanged);
+        await this.waitFor(() => this.specChanged);
         continue;
       }
       const { natGwDp: gateway, externalSubnet: subnet } = spec.value;
@@ -43,7 +53,7 @@ class Eip {
       const allocation = await this.allocate(subnet, spec.value.v4ip);
       if (!allocation) continue;
       if (!(await this.bind(gateway, allocation))) continue;
-      await this.serve(gateway, allocation.address);
+      await this.serve(gateway, allocation);
       await this.releaseAll();
     }
   }
@@ -52,11 +62,18 @@ class Eip {
   cleanup(): Promise<void> {
     return wf.CancellationScope.nonCancellable(async () => {
       this.deleting = true;
+      this.serving = null;
+      this.notifyWatchers();
       if (this.claims.size > 0) {
         this.setPhase('Deleting', { status: 'False', reason: Reason.EipInUse, message: `waiting for its users to be deleted: ${this.users()}` });
-        await wf.condition(() => this.claims.size === 0);
+        await this.waitFor(() => this.claims.size === 0);
       }
       this.setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing the address and releasing it' });
+      if (!this.started && !this.input.carried && !this.legacy) {
+        // A run that only cleans up (its object was already deleting) knows nothing of what an
+        // earlier run took: give back whatever this EIP may hold anywhere, by owner.
+        await calls.releaseEverywhere.executeWithOptions({ summary: `release ${this.name} everywhere` }, [{ owner: this.owner }]);
+      }
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
       await this.k8s.release();
@@ -66,38 +83,66 @@ class Eip {
   private readonly resource: ResourceRef;
   private readonly name: string;
   private readonly owner = wf.workflowInfo().workflowId;
+  /** Histories of the release before continue-as-new everywhere take the old paths. */
+  private readonly legacy: boolean;
+  private readonly budget: HistoryBudget;
   private spec: EipSpec;
   private generation: number;
   private specChanged = false;
   private gatewayChanged = false;
-  private deleting = false;
+  private deleting: boolean;
+  /** The lifecycle ran in this run (a run that only cleans up never does). */
+  private started = false;
   private readonly status: EipStatus;
   // What may be held right now: set before the call that takes it, cleared after the call that gives it back.
-  private held: { subnet: string } | null = null;
-  private bound: { gateway: string } | null = null;
+  private held: { subnet: string } | null;
+  private bound: { gateway: string } | null;
+  private serving: EipCarried['serving'];
   /** The NAT rules using this EIP, by owner. */
-  private readonly claims = new Map<string, EipClaim>();
+  private readonly claims: Map<string, EipClaim>;
+  /** NAT rules waiting for this EIP to change. */
+  private readonly watchers: Set<string>;
   readonly k8s;
   private readonly setPhase: (phase: EipPhase, condition: ReadyCondition) => void;
 
-  constructor(input: EipInput) {
+  constructor(private readonly input: EipInput) {
+    const carried = input.carried;
+    this.legacy = !wf.patched('eip-long-life');
+    this.budget = new HistoryBudget(input.limits);
     this.resource = input.resource;
     this.name = input.resource.name;
     this.spec = input.spec;
     this.generation = input.resource.generation;
-    this.status = { phase: 'Pending', ready: false, ip: '', natGwDp: this.spec?.natGwDp ?? '', nat: '', conditions: [], observedGeneration: this.generation };
+    this.status = carried?.status ?? { phase: 'Pending', ready: false, ip: '', natGwDp: this.spec?.natGwDp ?? '', nat: '', conditions: [], observedGeneration: this.generation };
+    this.held = carried?.held ?? null;
+    this.bound = carried?.bound ?? null;
+    this.serving = carried?.serving ?? null;
+    this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
+    this.watchers = new Set(carried?.watchers);
+    this.deleting = carried?.deleting ?? false;
     this.k8s = kubeSync('eip', input.resource);
     this.setPhase = phaseReporter(this.status, this.k8s, () => this.generation);
 
     wf.setHandler(statusQuery, () => this.status);
     wf.setHandler(claimEipUpdate, (claim: EipClaim) => this.claim(claim), { validator: (claim: EipClaim, fence?: Fence) => this.checkClaim(claim, fence) });
-    wf.setHandler(unclaimEipUpdate, ({ owner }) => {
-      this.claims.delete(owner);
-      this.showUsers();
+    wf.setHandler(unclaimEipUpdate, ({ owner }) => this.unclaim(owner));
+    wf.setHandler(gatewayChangedSignal, () => {
+      this.budget.countSignal();
+      this.gatewayChanged = true;
     });
-    wf.setHandler(gatewayChangedSignal, () => void (this.gatewayChanged = true));
     wf.setHandler(specChangedSignal, ({ spec, generation }) => this.onSpec(spec as EipSpec, generation));
-    wf.upsertSearchAttributes(searchAttributes({ kind: 'eip', name: this.name, gateway: this.spec?.natGwDp ?? '', subnet: this.spec?.externalSubnet ?? '' }));
+    wf.setHandler(watchEipSignal, ({ watcher }) => {
+      this.budget.countSignal();
+      this.watchers.add(watcher);
+    });
+    if (carried) this.k8s.publish({ ...this.status });
+    else wf.upsertSearchAttributes(searchAttributes({ kind: 'eip', name: this.name, gateway: this.spec?.natGwDp ?? '', subnet: this.spec?.externalSubnet ?? '' }));
+  }
+
+  /** How a continued run starts: where the previous one was. */
+  resumes(): 'running' | 'deleting' | undefined {
+    if (!this.input.carried) return undefined;
+    return this.deleting ? 'deleting' : 'running';
   }
 
   // --- the steps ---------------------------------------------------------------------------
@@ -109,13 +154,16 @@ class Eip {
       const readiness = await calls.gatewayReadiness.executeWithOptions({ summary: `is ${gateway} ready?` }, [gateway]);
       if (readiness.ready) return true;
       this.setPhase('WaitingForGateway', { status: 'False', reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason });
-      // A gateway that becomes ready wakes us; the timer is the fallback.
+      // A gateway that becomes ready (or appears) wakes us; the timer is the fallback.
+      if (!this.legacy) {
+        await this.waitFor(() => this.gatewayChanged || this.specChanged, backoff(attempt, 1000, RECHECK_MAX_MS));
+        if (this.specChanged) return false;
+        continue;
+      }
       await wf.condition(() => this.gatewayChanged || this.specChanged, backoff(attempt, 1000, 60_000));
       if (this.specChanged) return false;
       const info = wf.workflowInfo();
-      if ((info.continueAsNewSuggested || info.historyLength > 5_000) && !this.held && !this.bound) {
-        await wf.continueAsNew<typeof eipWorkflow>({ resource: { ...this.resource, generation: this.generation }, spec: this.spec });
-      }
+      if ((info.continueAsNewSuggested || info.historyLength > 5_000) && !this.held && !this.bound) await this.continueAsNew();
     }
   }
 
@@ -128,11 +176,13 @@ class Eip {
       this.status.ip = allocation.address;
       return allocation;
     } catch (err) {
-      if (wf.isCancellation(err)) throw err;
-      this.held = null; // the allocation was refused: nothing is held
+      // A delete decides by the scope, not by the error: whatever the call's outcome, it may hold.
+      if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
+      if (isRefusal(err) || this.legacy) this.held = null; // refused by the IPAM: nothing is held
+      else await this.releaseAll();
       this.setPhase('Failed', refusal(err, 'AllocationFailed'));
       // Level-triggered: the subnet may appear or the address be freed.
-      await wf.condition(() => this.specChanged, RETRY_FAILED_AFTER);
+      await this.waitFor(() => this.specChanged, RETRY_FAILED_AFTER);
       return null;
     }
   }
@@ -142,46 +192,84 @@ class Eip {
     this.setPhase('Binding', { status: 'False', reason: 'Binding', message: `adding ${allocation.address} on ${gateway}` });
     this.bound = { gateway };
     try {
-      await calls.bindAddress.executeWithOptions({ summary: `add ${allocation.address}/${allocation.prefixLength} on ${gateway}` }, [{ gateway, owner: this.owner, address: allocation.address, prefixLength: allocation.prefixLength }]);
+      await this.sendBind(gateway, allocation);
       return true;
     } catch (err) {
-      if (wf.isCancellation(err)) throw err;
+      if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
       await this.releaseAll(); // nothing stays held while we wait for the gateway again
       return false;
     }
   }
 
-  /** Ready until the gateway goes away or the address must change (and no rule uses it). */
-  private async serve(gateway: string, address: string): Promise<void> {
-    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `${address} is bound on ${gateway}` });
+  /**
+   * Ready until the address must change (and no rule uses it). When the gateway changes (not
+   * ready, new, ready again) the address is asserted on it again, and the status follows.
+   */
+  private async serve(gateway: string, allocation: Allocation): Promise<void> {
+    this.serving = { allocation, gateway, spec: this.spec };
+    this.setReady(gateway, allocation.address);
     // Added after the first release: rules created before their EIP no longer wait for their
     // next re-check (up to 30 s) but start at once. Patched, so older histories still replay.
     if (wf.patched('wake-rules-on-eip-ready')) await calls.notifyEipWaiters.executeWithOptions({ summary: 'wake NAT rules waiting for an EIP' }, []);
-    let applied = this.spec;
-    for (;;) {
-      await this.stayReady(gateway);
-      if (!this.specChanged) return;
-      this.specChanged = false;
-      if (eipAddressChanged(applied, this.spec)) {
-        if (this.claims.size === 0) return;
-        // Moving an address under live NAT rules would break them silently: refuse, keep serving.
-        this.status.conditions = setCondition(this.status.conditions, { type: 'Valid', status: 'False', reason: Reason.EipInUse, message: `the address cannot change while used by ${this.users()}` }, new Date(), this.generation);
-        this.spec = applied;
-        continue;
-      }
-      applied = this.spec; // nothing natflow acts on changed: just observe the generation
-      this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `${address} is bound on ${gateway}` });
-    }
+    await this.keepServing();
   }
 
-  /** Waits while ready; returns when the spec changed or the gateway went away. */
-  private async stayReady(gateway: string): Promise<void> {
+  private async keepServing(): Promise<void> {
+    const serving = this.serving!;
+    const { gateway, allocation } = serving;
     for (;;) {
-      await wf.condition(() => this.specChanged || this.gatewayChanged);
-      if (this.specChanged) return;
-      this.gatewayChanged = false;
-      if (!(await calls.gatewayReadiness(gateway)).exists) return;
+      const moveWhenFree = () => this.claims.size === 0 && eipAddressChanged(serving.spec, this.spec);
+      await this.waitFor(() => this.specChanged || this.gatewayChanged || moveWhenFree());
+      if (moveWhenFree()) break; // a requested new address, now that no rule uses the old one
+      if (this.gatewayChanged) {
+        this.gatewayChanged = false;
+        if (this.legacy) {
+          if (!(await calls.gatewayReadiness(gateway)).exists) break;
+          continue;
+        }
+        await this.reassert(gateway, allocation);
+        continue;
+      }
+      this.specChanged = false;
+      if (eipAddressChanged(serving.spec, this.spec)) {
+        if (this.claims.size === 0) break;
+        // Moving an address under live NAT rules would break them silently: refuse, keep serving,
+        // and move once they are gone.
+        this.refuseSpec(Reason.EipInUse, `the address cannot change while used by ${this.users()}; it moves once they are gone`);
+        if (this.legacy) this.spec = serving.spec;
+        continue;
+      }
+      serving.spec = this.spec; // nothing natflow acts on changed: just observe the generation
+      if (this.status.ready) this.setReady(gateway, allocation.address);
     }
+    this.serving = null;
+    this.notifyWatchers();
+  }
+
+  /** The gateway changed: bind again (a no-op when the address is there) and show what holds. */
+  private async reassert(gateway: string, allocation: Allocation): Promise<void> {
+    const readiness = await calls.gatewayReadiness.executeWithOptions({ summary: `is ${gateway} ready?` }, [gateway]);
+    if (readiness.ready) {
+      try {
+        await this.sendBind(gateway, allocation);
+        this.setReady(gateway, allocation.address);
+        return;
+      } catch (err) {
+        if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
+      }
+    }
+    // Still allocated and recorded on the gateway, which restores it when it is back.
+    this.setPhase('WaitingForGateway', { status: 'False', reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: `${allocation.address} is not applied: ${readiness.reason || 'the gateway refused it'}` });
+    this.notifyWatchers();
+  }
+
+  private sendBind(gateway: string, allocation: Allocation): Promise<void> {
+    return calls.bindAddress.executeWithOptions({ summary: `add ${allocation.address}/${allocation.prefixLength} on ${gateway}` }, [{ gateway, owner: this.owner, address: allocation.address, prefixLength: allocation.prefixLength }]);
+  }
+
+  private setReady(gateway: string, address: string): void {
+    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `${address} is bound on ${gateway}` });
+    this.notifyWatchers();
   }
 
   /** Gives back whatever may be held. Both calls are idempotent, so "may" is enough. */
@@ -197,30 +285,87 @@ class Eip {
     this.status.ip = '';
   }
 
+  // --- waiting and continuing as new -------------------------------------------------------
+
+  /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */
+  private async waitFor(done: () => boolean, timeout?: string | number): Promise<boolean> {
+    if (this.legacy) return timeout === undefined ? wf.condition(done).then(() => true) : wf.condition(done, timeout);
+    const woken = timeout === undefined ? await wf.condition(() => done() || this.budget.spent()).then(() => true) : await wf.condition(() => done() || this.budget.spent(), timeout);
+    if (!done() && this.budget.spent()) await this.continueAsNew();
+    return woken && done();
+  }
+
+  private async continueAsNew(): Promise<never> {
+    await wf.condition(wf.allHandlersFinished);
+    const carried: EipCarried = {
+      status: this.status,
+      held: this.held,
+      bound: this.bound,
+      serving: this.serving,
+      claims: [...this.claims.values()],
+      watchers: [...this.watchers],
+      deleting: this.deleting,
+    };
+    return wf.continueAsNew<typeof eipWorkflow>({ resource: { ...this.resource, generation: this.generation }, spec: this.spec, limits: this.input.limits, ...(this.legacy ? {} : { carried }) });
+  }
+
   // --- handlers ----------------------------------------------------------------------------
 
   private checkClaim(claim: EipClaim, fence: Fence | undefined): void {
     checkFence(fence);
-    if (this.status.phase !== 'Ready' || this.deleting) throw wf.ApplicationFailure.nonRetryable(`EIP ${this.name} is not ready (${this.status.phase})`, Reason.EipNotReady);
+    const leaving = this.deleting || (!this.legacy && !this.serving);
+    if (this.status.phase !== 'Ready' || leaving) throw wf.ApplicationFailure.nonRetryable(`EIP ${this.name} is not ready (${this.status.phase})`, Reason.EipNotReady);
     const conflict = claimConflict(claim.kind, [...this.claims.values()], claim.owner);
     if (conflict) throw wf.ApplicationFailure.nonRetryable(`EIP ${this.name}: ${conflict}`, Reason.EipInUse);
   }
 
   private claim(claim: EipClaim) {
+    this.budget.countUpdate();
     this.claims.set(claim.owner, claim);
+    this.watchers.delete(claim.owner);
     this.showUsers();
     return { address: this.status.ip, gateway: this.status.natGwDp };
   }
 
+  private unclaim(owner: string): void {
+    this.budget.countUpdate();
+    this.claims.delete(owner);
+    this.showUsers();
+    if (!this.legacy) this.notifyWatchers(); // a rule refused because of this one may take the EIP now
+  }
+
   private onSpec(spec: EipSpec, generation: number): void {
+    this.budget.countSignal();
     if (generation <= this.generation) return; // a repeat or a stale update
     if (spec?.natGwDp !== this.spec.natGwDp && this.spec.natGwDp) {
-      this.status.conditions = setCondition(this.status.conditions, { type: 'Valid', status: 'False', reason: Reason.InvalidSpec, message: `spec.natGwDp is immutable (still ${this.spec.natGwDp})` }, new Date(), generation);
+      if (this.legacy) {
+        this.status.conditions = setCondition(this.status.conditions, { type: 'Valid', status: 'False', reason: Reason.InvalidSpec, message: `spec.natGwDp is immutable (still ${this.spec.natGwDp})` }, new Date(), generation);
+      } else {
+        this.generation = generation;
+        this.refuseSpec(Reason.InvalidSpec, `spec.natGwDp is immutable (still ${this.spec.natGwDp})`);
+      }
       return;
     }
     this.spec = spec;
     this.generation = generation;
     this.specChanged = true;
+  }
+
+  /** A spec change natflow will not act on (yet): the Valid condition says why, and it is published. */
+  private refuseSpec(reason: string, message: string): void {
+    const condition: ConditionInput = { type: 'Valid', status: 'False', reason, message };
+    this.status.conditions = setCondition(this.status.conditions, condition, new Date(), this.generation);
+    if (!this.legacy) {
+      this.status.observedGeneration = this.generation;
+      this.k8s.publish({ ...this.status });
+    }
+  }
+
+  /** Tells the NAT rules waiting on this EIP to look again (its readiness or users changed). */
+  private notifyWatchers(): void {
+    if (this.legacy) return;
+    for (const watcher of this.watchers) void wf.getExternalWorkflowHandle(watcher).signal(eipChangedSignal).catch(() => undefined);
+    this.watchers.clear();
   }
 
   private users(): string {

@@ -15,6 +15,11 @@ export function checkFence(fence: Fence | undefined): void {
   }
 }
 
+/** An activity's definite "no" (a non-retryable failure from the workflow it asked): nothing was taken. */
+export function isRefusal(err: unknown): boolean {
+  return err instanceof wf.ActivityFailure && err.cause instanceof wf.ApplicationFailure && err.cause.nonRetryable === true;
+}
+
 /** The condition for an activity's refusal: its failure type is the reason. */
 export function refusal(err: unknown, fallbackReason: string): ReadyCondition {
   const cause = (err as wf.ActivityFailure).cause as wf.ApplicationFailure | undefined;

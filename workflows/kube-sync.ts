@@ -49,9 +49,10 @@ export function kubeSync(kind: ResourceKind, resource: ResourceRef): KubeSync {
 /**
  * Every resource lifecycle's frame: adopt the object first; run `lifecycle` until a delete
  * (cancellation), then `cleanup` — which also runs alone for an object already being deleted.
+ * A run continued as new (`resumed`) was adopted already and goes on where the last one was.
  */
-export async function adoptedLifecycle(k8s: KubeSync, lifecycle: () => Promise<void>, cleanup: () => Promise<void>): Promise<void> {
-  const adoption = await k8s.adopt();
+export async function adoptedLifecycle(k8s: KubeSync, lifecycle: () => Promise<void>, cleanup: () => Promise<void>, resumed?: 'running' | 'deleting'): Promise<void> {
+  const adoption = resumed === undefined ? await k8s.adopt() : resumed === 'deleting' ? 'deleting' : 'adopted';
   if (adoption === 'gone') return;
   if (adoption === 'deleting') return cleanup();
   try {

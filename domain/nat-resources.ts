@@ -2,7 +2,7 @@
 // they share an EIP, and the gateway rule each one becomes.
 import { NatflowError, Reason } from './errors.js';
 import { validateName, type ResourceRef } from './names.js';
-import { validatePort, validateProtocol, type NatRule } from './nat-rules.js';
+import { validateIPv4, validateIPv4Cidr, validatePort, validateProtocol, type NatRule } from './nat-rules.js';
 import type { Condition } from './status.js';
 
 export type NatKind = 'fip' | 'dnat' | 'snat';
@@ -34,9 +34,24 @@ export interface NatInput<K extends NatKind = NatKind> {
   kind: K;
   resource: ResourceRef;
   spec: NatSpecs[K];
+  /** Set by continue-as-new: what the previous run held and showed. */
+  carried?: NatCarried;
+  /** Lower history limits (tests); see workflows/history-budget.ts. */
+  limits?: { events?: number; signals?: number; updates?: number };
 }
 
-export type NatPhase = 'Pending' | 'Invalid' | 'WaitingForEip' | 'Claiming' | 'Applying' | 'Ready' | 'Failed' | 'Deleting' | 'Deleted';
+/** Everything a NAT rule workflow holds, carried across continue-as-new. */
+export interface NatCarried {
+  status: NatStatus;
+  /** The EIP it may hold a claim on, and the gateway its rule may be on. */
+  claimed: { eipWorkflowId: string } | null;
+  applied: { gateway: string } | null;
+  /** Set while serving: the EIP it took and where that EIP lives. */
+  serving: { eipName: string; eipWorkflowId: string; address: string; gateway: string } | null;
+  deleting: boolean;
+}
+
+export type NatPhase = 'Pending' | 'Invalid' | 'WaitingForEip' | 'Claiming' | 'Applying' | 'WaitingForGateway' | 'Ready' | 'Failed' | 'Deleting' | 'Deleted';
 
 /** Kube-OVN's rule status fields (ready, v4ip, natGwDp and the spec echoes) plus natflow's phase. */
 export interface NatStatus {
@@ -92,6 +107,35 @@ export function natRuleFor(input: NatInput, eipAddress: string): NatRule {
     }
     default:
       throw new NatflowError(Reason.InvalidSpec, `unknown NAT kind ${JSON.stringify((input as NatInput).kind)}`);
+  }
+}
+
+/**
+ * Every field of a rule's spec, checked before anything is taken; the message names the object
+ * (`dnat dnat-web: spec.protocol "sctp" must be tcp or udp`). Returns the EIP's name.
+ */
+export function validateNatSpec(input: NatInput): string {
+  try {
+    const eip = natEipName(input);
+    const spec = input.spec as Partial<FipSpec & DnatSpec & SnatSpec>;
+    switch (input.kind) {
+      case 'fip':
+        validateIPv4(spec.internalIp, 'spec.internalIp');
+        break;
+      case 'dnat':
+        validateProtocol(spec.protocol, 'spec.protocol');
+        port(spec.externalPort, 'spec.externalPort');
+        validateIPv4(spec.internalIp, 'spec.internalIp');
+        port(spec.internalPort, 'spec.internalPort');
+        break;
+      case 'snat':
+        validateIPv4Cidr(spec.internalCIDR, 'spec.internalCIDR');
+        break;
+    }
+    return eip;
+  } catch (err) {
+    if (!(err instanceof NatflowError)) throw err;
+    throw new NatflowError(err.reason, `${input.kind} ${input.resource.name}: ${err.message}`);
   }
 }
 

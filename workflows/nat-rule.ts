@@ -3,22 +3,29 @@
 // when the EIP is used in a conflicting way) → apply on the gateway, which serialises and batches
 // → Ready. A delete (cancellation) at any moment runs, in a non-cancellable scope: remove the rule
 // by its tag and flush its conntrack entries (the gateway does both), then give the claim back.
-// Each step is idempotent, so "may have happened" is enough to undo it.
+// Each step is idempotent, so "may have happened" is enough to undo it. It lives as long as its
+// object: every wait can continue as new, carrying what it holds; every wait is woken by the
+// resource it waits on (the EIP, the gateway), with a long timer only as a fallback.
 import * as wf from '@temporalio/workflow';
 import { Reason } from '../domain/errors.js';
-import { natEipName, natRuleFor, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
+import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipChangedSignal, specChangedSignal, statusQuery, type ClaimedEip, type EipForRule } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule } from '../domain/workflow-api.js';
 import { calls } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
+import { HistoryBudget } from './history-budget.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { backoff, phaseReporter } from './resource-status.js';
 
-/** A refused spec is tried again this often (or at once on a spec change). */
+/** Legacy runs: a refused spec is tried again this often (or at once on a spec change). */
 const RETRY_FAILED_AFTER = '5m';
-/** A gateway that was not ready is tried again this often. */
+/** Legacy runs: a gateway that was not ready is tried again this often. */
 const RETRY_GATEWAY_AFTER = '10s';
+/** Waits are woken by the EIP or the gateway; this is only the fallback. */
+const RECHECK_MAX_MS = 60 * 60_000;
+/** Refusals the gateway gives while it is not there or not ready: the rule keeps its claim and waits for it. */
+const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFound];
 
 export const fipWorkflow = (input: NatInput<'fip'>) => natRuleWorkflow(input);
 export const dnatWorkflow = (input: NatInput<'dnat'>) => natRuleWorkflow(input);
@@ -27,26 +34,33 @@ export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input);
 async function natRuleWorkflow(input: NatInput): Promise<void> {
   const rule = new NatRuleResource(input);
   // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
-  await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), () => rule.cleanup());
+  await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), () => rule.cleanup(), rule.resumes());
 }
 
 class NatRuleResource {
   /** validate → wait for the EIP → claim it → apply → serve (Ready, spec changes in place) → give back; again after a change of EIP. */
   async lifecycle(): Promise<void> {
+    this.started = true;
+    if (this.serving) {
+      // Continued while serving: it still holds its claim and its rule.
+      await this.serve(this.serving);
+      await this.releaseAll();
+    }
     for (;;) {
       this.specChanged = false;
-      const eipName = checkSpec(() => natEipName(this.input));
+      const eipName = checkSpec(() => (this.legacy ? natEipName(this.input) : validateNatSpec(this.input)));
       if (!eipName.ok) {
         this.setPhase('Invalid', eipName.invalid);
-        await wf.condition(() => this.specChanged);
+        await this.waitFor(() => this.specChanged);
         continue;
       }
       const eip = await this.waitForEip(eipName.value);
       if (!eip) continue;
       const target = await this.claim(eip);
       if (!target) continue;
-      if (!(await this.applySpec(target))) continue;
-      await this.serve(eipName.value, target);
+      const serving = { eipName: eipName.value, eipWorkflowId: eip.workflowId, address: target.address, gateway: target.gateway };
+      if (!(await this.applySpec(serving))) continue;
+      await this.serve(serving);
       await this.releaseAll();
     }
   }
@@ -54,7 +68,10 @@ class NatRuleResource {
   /** The delete: rules and conntrack off the gateway, the EIP given back, then the object may go. */
   cleanup(): Promise<void> {
     return wf.CancellationScope.nonCancellable(async () => {
+      this.deleting = true;
+      this.serving = null;
       this.setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing its rules and conntrack entries' });
+      if (!this.started && !this.input.carried && !this.legacy) await this.releaseByIdentity();
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is left on the gateway' });
       await this.k8s.release();
@@ -65,31 +82,61 @@ class NatRuleResource {
   private readonly kind;
   private readonly name: string;
   private readonly owner = wf.workflowInfo().workflowId;
+  /** Histories of the release before continue-as-new everywhere take the old paths. */
+  private readonly legacy: boolean;
+  private readonly budget: HistoryBudget;
   private specChanged = false;
   private eipChanged = false;
+  private gatewayChanged = false;
+  private deleting: boolean;
+  /** The lifecycle ran in this run (a run that only cleans up never does). */
+  private started = false;
   private readonly status: NatStatus;
   // What may be held: set before the call that takes it, cleared after the call that gives it back.
-  private claimed: { eipWorkflowId: string } | null = null;
-  private applied: { gateway: string } | null = null;
+  private claimed: { eipWorkflowId: string } | null;
+  private applied: { gateway: string } | null;
+  private serving: NatCarried['serving'];
   readonly k8s;
   private readonly report: (phase: NatPhase, condition: ReadyCondition) => void;
 
   constructor(input: NatInput) {
+    const carried = input.carried;
+    this.legacy = !wf.patched('nat-rule-long-life');
+    this.budget = new HistoryBudget(input.limits);
     this.input = input;
     this.kind = input.kind;
     this.name = input.resource.name;
-    this.status = { phase: 'Pending', ready: false, v4ip: '', natGwDp: '', conditions: [], observedGeneration: input.resource.generation };
+    this.status = carried?.status ?? { phase: 'Pending', ready: false, v4ip: '', natGwDp: '', conditions: [], observedGeneration: input.resource.generation };
+    this.claimed = carried?.claimed ?? null;
+    this.applied = carried?.applied ?? null;
+    this.serving = carried?.serving ?? null;
+    this.deleting = carried?.deleting ?? false;
     this.k8s = kubeSync(this.kind, input.resource);
     this.report = phaseReporter(this.status, this.k8s, () => this.input.resource.generation);
 
     wf.setHandler(statusQuery, () => this.status);
-    wf.setHandler(eipChangedSignal, () => void (this.eipChanged = true));
+    wf.setHandler(eipChangedSignal, () => {
+      this.budget.countSignal();
+      this.eipChanged = true;
+    });
+    wf.setHandler(gatewayChangedSignal, () => {
+      this.budget.countSignal();
+      this.gatewayChanged = true;
+    });
     wf.setHandler(specChangedSignal, ({ spec, generation }) => {
+      this.budget.countSignal();
       if (generation <= this.input.resource.generation) return; // a repeat or a stale update
       this.input = { ...this.input, spec: spec as NatSpec, resource: { ...this.input.resource, generation } };
       this.specChanged = true;
     });
-    wf.upsertSearchAttributes(searchAttributes({ kind: this.kind, name: this.name }));
+    if (carried) this.k8s.publish({ ...this.status });
+    else wf.upsertSearchAttributes(searchAttributes({ kind: this.kind, name: this.name }));
+  }
+
+  /** How a continued run starts: where the previous one was. */
+  resumes(): 'running' | 'deleting' | undefined {
+    if (!this.input.carried) return undefined;
+    return this.deleting ? 'deleting' : 'running';
   }
 
   // --- the steps ---------------------------------------------------------------------------
@@ -101,8 +148,10 @@ class NatRuleResource {
       const eip = await calls.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, [eipName]);
       if (eip?.ready) return eip;
       this.setPhase('WaitingForEip', { status: 'False', reason: eip ? Reason.EipNotReady : Reason.EipNotFound, message: eip ? `EIP ${eipName} is not ready: ${eip.reason}` : `EIP ${eipName} does not exist` });
-      // An EIP that becomes ready wakes us; the timer is the fallback.
-      await wf.condition(() => this.specChanged || this.eipChanged, backoff(attempt, 500, 30_000));
+      // An EIP that becomes ready wakes us (one that exists was asked to; a new one wakes every
+      // rule waiting for an EIP); the timer is the fallback.
+      if (eip) await this.watch(eip.workflowId);
+      await this.waitFor(() => this.specChanged || this.eipChanged, this.legacy ? backoff(attempt, 500, 30_000) : backoff(attempt, 1000, RECHECK_MAX_MS));
     }
     return null;
   }
@@ -118,55 +167,76 @@ class NatRuleResource {
       wf.upsertSearchAttributes(searchAttributes({ gateway: target.gateway }));
       return target;
     } catch (err) {
-      if (wf.isCancellation(err)) throw err;
-      this.claimed = null; // refused: nothing is held
+      // A delete decides by the scope, not by the error: whatever the call's outcome, it may hold.
+      if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
+      this.claimed = null; // refused (an unlimited retry only ends in a refusal): nothing is held
       this.setPhase('Failed', refusal(err, 'Error'));
-      await this.waitAfterFailure();
+      await this.waitAfterRefusal(eip.workflowId);
       return null;
     }
   }
 
-  /** Applies the current spec's rule and shows Ready; false when it was invalid or refused (everything given back, after a wait). */
-  private async applySpec(target: ClaimedEip): Promise<boolean> {
-    const rule = checkSpec(() => natRuleFor(this.input, target.address));
+  /**
+   * Applies the current spec's rule and shows Ready; false when it was invalid or refused
+   * (everything given back, after a wait). A gateway that is not ready keeps the claim: the rule
+   * is recorded there and waits for it.
+   */
+  private async applySpec(serving: NonNullable<NatCarried['serving']>): Promise<boolean> {
+    const rule = checkSpec(() => natRuleFor(this.input, serving.address));
     if (!rule.ok) {
       await this.releaseAll();
       this.setPhase('Invalid', rule.invalid);
       this.specChanged = false;
-      await wf.condition(() => this.specChanged);
+      await this.waitFor(() => this.specChanged);
       return false;
     }
-    if (!(await this.apply(target.gateway, rule.value))) {
-      await this.waitAfterFailure();
-      return false;
+    for (;;) {
+      const refused = await this.apply(serving.gateway, rule.value);
+      if (!refused) break;
+      if (this.legacy || !GATEWAY_REFUSALS.includes(refused.reason)) {
+        await this.releaseAll();
+        this.setPhase('Failed', refused);
+        await this.waitAfterRefusal(serving.eipWorkflowId);
+        return false;
+      }
+      this.setPhase('WaitingForGateway', refused);
+      this.gatewayChanged = false;
+      await this.waitFor(() => this.specChanged || this.gatewayChanged, RECHECK_MAX_MS);
+      if (this.specChanged) return true; // serve() takes the change
     }
-    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `applied on ${target.gateway}` });
+    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `applied on ${serving.gateway}` });
     return true;
   }
 
-  /** Applies the rule; false (after giving everything back) when the gateway refused it. */
-  private async apply(gateway: string, rule: NatRule): Promise<boolean> {
+  /** Sends the rule to the gateway; the refusal when it did not take it. */
+  private async apply(gateway: string, rule: NatRule): Promise<ReadyCondition | null> {
     this.setPhase('Applying', { status: 'False', reason: 'Applying', message: `applying on ${gateway}` });
     this.applied = { gateway };
     try {
       await calls.setGatewayRule.executeWithOptions({ summary: `apply ${this.kind} ${this.name}: ${rule.eip} on ${gateway}` }, [{ gateway, rule }]);
-      return true;
+      return null;
     } catch (err) {
-      if (wf.isCancellation(err)) throw err;
-      await this.releaseAll();
-      this.setPhase('Failed', refusal(err, 'Error'));
-      return false;
+      if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
+      if (this.legacy) await this.releaseAll();
+      return refusal(err, 'Error');
     }
   }
 
-  /** Ready: a spec change on the same EIP replaces the rule in place (the gateway removes the old mapping and flushes its conntrack entries); another EIP starts over. */
-  private async serve(eipName: string, target: ClaimedEip): Promise<void> {
+  /**
+   * Ready: a spec change on the same EIP replaces the rule in place (the gateway removes the old
+   * mapping and flushes its conntrack entries); another EIP starts over. A gateway that changed
+   * (not ready, new, ready again) gets the rule again, and the status follows.
+   */
+  private async serve(serving: NonNullable<NatCarried['serving']>): Promise<void> {
+    this.serving = serving;
     for (;;) {
-      await wf.condition(() => this.specChanged);
+      await this.waitFor(() => this.specChanged || (!this.legacy && this.gatewayChanged));
+      this.gatewayChanged = false;
       this.specChanged = false;
-      if (!this.sameEip(eipName)) return; // start over from the top, where a bad name shows as Invalid
-      if (!(await this.applySpec(target))) return;
+      if (!this.sameEip(serving.eipName)) break; // start over from the top, where a bad name shows as Invalid
+      if (!(await this.applySpec(serving))) break;
     }
+    this.serving = null;
   }
 
   /** Gives back whatever may be held: the rule first, then the claim. */
@@ -182,11 +252,50 @@ class NatRuleResource {
     this.status.v4ip = '';
   }
 
-  /** A refused spec waits for a change; a gateway that was not ready is tried again soon. */
-  private waitAfterFailure(): Promise<boolean> {
-    const reason = this.status.conditions.find((c) => c.type === 'Ready')?.reason ?? '';
-    const specProblem = ([Reason.InvalidSpec, Reason.DuplicateDnat, Reason.EipInUse] as string[]).includes(reason);
-    return wf.condition(() => this.specChanged, specProblem ? RETRY_FAILED_AFTER : RETRY_GATEWAY_AFTER);
+  /**
+   * A run that only cleans up (its object was already deleting) knows nothing of what an earlier
+   * run took: its rule comes off every gateway by its tag, and its claim off the EIP it names.
+   */
+  private async releaseByIdentity(): Promise<void> {
+    await calls.removeGatewayRuleEverywhere.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules everywhere` }, [{ owner: this.input.resource.uid }]);
+    const eipName = checkSpec(() => natEipName(this.input));
+    const eip = eipName.ok ? await calls.eipForRule.executeWithOptions({ summary: `find EIP ${eipName.value}` }, [eipName.value]) : null;
+    if (eip) this.claimed = { eipWorkflowId: eip.workflowId };
+  }
+
+  // --- waiting and continuing as new -------------------------------------------------------
+
+  /** After a refusal: a spec change, or (woken by the EIP when its users change) another try. */
+  private async waitAfterRefusal(eipWorkflowId: string | undefined): Promise<void> {
+    if (this.legacy) {
+      const reason = this.status.conditions.find((c) => c.type === 'Ready')?.reason ?? '';
+      const specProblem = ([Reason.InvalidSpec, Reason.DuplicateDnat, Reason.EipInUse] as string[]).includes(reason);
+      await wf.condition(() => this.specChanged, specProblem ? RETRY_FAILED_AFTER : RETRY_GATEWAY_AFTER);
+      return;
+    }
+    this.eipChanged = false;
+    if (eipWorkflowId) await this.watch(eipWorkflowId);
+    await this.waitFor(() => this.specChanged || this.eipChanged, RECHECK_MAX_MS);
+  }
+
+  /** Asks the EIP to signal `eipChanged` at its next change. */
+  private async watch(eipWorkflowId: string): Promise<void> {
+    if (this.legacy) return;
+    await wf.getExternalWorkflowHandle(eipWorkflowId).signal(watchEipSignal, { watcher: this.owner }).catch(() => undefined);
+  }
+
+  /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */
+  private async waitFor(done: () => boolean, timeout?: string | number): Promise<boolean> {
+    if (this.legacy) return timeout === undefined ? wf.condition(done).then(() => true) : wf.condition(done, timeout);
+    const woken = timeout === undefined ? await wf.condition(() => done() || this.budget.spent()).then(() => true) : await wf.condition(() => done() || this.budget.spent(), timeout);
+    if (!done() && this.budget.spent()) await this.continueAsNew();
+    return woken && done();
+  }
+
+  private async continueAsNew(): Promise<never> {
+    await wf.condition(wf.allHandlersFinished);
+    const carried: NatCarried = { status: this.status, claimed: this.claimed, applied: this.applied, serving: this.serving, deleting: this.deleting };
+    return wf.continueAsNew<typeof fipWorkflow>({ ...(this.input as NatInput<'fip'>), carried });
   }
 
   private sameEip(eipName: string): boolean {

@@ -5,7 +5,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { NatflowError } from '../domain/errors.js';
 import { natChainLayout, ownerOf, type ConntrackTarget, type NatChainLayout, type NatRule, type RenderContext } from '../domain/nat-rules.js';
-import { conntrackFilters, parseNatTable, planChange, planInit, validateChange, validateConntrackTargets, type NatTable } from '../domain/nat-table.js';
+import { conntrackFilters, parseNatTable, planChange, planInit, planRemovals, removedConntrackTargets, validateChange, validateConntrackTargets, type NatTable } from '../domain/nat-table.js';
 import { spawnRunner, type CommandRunner } from './exec.js';
 
 export interface NatActivitiesConfig {
@@ -24,6 +24,8 @@ export interface NatChange {
   removeOwners: string[];
   /** Also remove every tagged rule whose owner is not in `add`. */
   replaceAll?: boolean;
+  /** Then flush the conntrack entries of every rule removed, as read from the rule itself. */
+  flushConntrack?: boolean;
 }
 
 export interface TaggedRule {
@@ -40,8 +42,10 @@ export interface NatActivities {
    * rendered ones (an owner also in `removeOwners` is simply replaced); the tagged rules of the
    * other owners in `removeOwners` go, and with `replaceAll` those of every owner not in `add`.
    * Counts are rules. Also creates natflow's chains if they are missing (a restarted gateway).
+   * With `flushConntrack`, the removed rules' conntrack entries go too, once the rules are gone
+   * (`flushed`: how many): the only way to flush for a rule whose owner nobody remembers.
    */
-  applyNatRules(change: NatChange): Promise<{ added: number; removed: number }>;
+  applyNatRules(change: NatChange): Promise<{ added: number; removed: number; flushed?: number }>;
   /** The natflow-tagged rules currently in the nat table, wherever they are. */
   listNatRules(): Promise<TaggedRule[]>;
   /** Deletes the conntrack entries that removed rules leave behind; returns how many went. */
@@ -103,6 +107,20 @@ export function createNatActivities(cfg: NatActivitiesConfig = {}): NatActivitie
     }
   }
 
+  async function flush(targets: ConntrackTarget[]): Promise<number> {
+    let deleted = 0;
+    for (const target of targets) {
+      for (const filter of conntrackFilters(target)) {
+        // Exit code 1 with "0 flow entries have been deleted" is "nothing matched", not a failure.
+        const { code, stderr } = await run('conntrack', ['-D', ...filter], undefined, [1]);
+        const count = /(\d+) flow entr(?:y|ies) ha(?:s|ve) been deleted/.exec(stderr);
+        if (code !== 0 && count?.[1] !== '0') throw new Error(`conntrack -D ${filter.join(' ')} exited with code ${code}: ${stderr.trim()}`);
+        deleted += Number(count?.[1] ?? 0);
+      }
+    }
+    return deleted;
+  }
+
   return {
     async initNatChains() {
       return serialized(gateway, async () => {
@@ -115,12 +133,14 @@ export function createNatActivities(cfg: NatActivitiesConfig = {}): NatActivitie
     async applyNatRules(change) {
       // Everything is validated before the first command, so bad input changes nothing.
       const valid = asFailure(() => validateChange(change, ctx));
-      return serialized(gateway, async () => {
+      const { added, removed, targets } = await serialized(gateway, async () => {
         const table = await readNat();
         const plan = planChange(table, planInit(table, layout), valid.desired, valid);
         if (plan.lines.length > 0) await restore(plan.lines);
-        return { added: plan.added, removed: plan.removed };
+        return { ...plan, targets: valid.flushConntrack ? removedConntrackTargets(planRemovals(table, valid.desired, valid).removed) : [] };
       });
+      // Only once the rules are gone, or new packets would make new entries.
+      return valid.flushConntrack ? { added, removed, flushed: await flush(targets) } : { added, removed };
     },
 
     async listNatRules() {
@@ -131,18 +151,7 @@ export function createNatActivities(cfg: NatActivitiesConfig = {}): NatActivitie
     },
 
     async flushConntrack(targets) {
-      const valid = asFailure(() => validateConntrackTargets(targets));
-      let deleted = 0;
-      for (const target of valid) {
-        for (const filter of conntrackFilters(target)) {
-          // Exit code 1 with "0 flow entries have been deleted" is "nothing matched", not a failure.
-          const { code, stderr } = await run('conntrack', ['-D', ...filter], undefined, [1]);
-          const count = /(\d+) flow entr(?:y|ies) ha(?:s|ve) been deleted/.exec(stderr);
-          if (code !== 0 && count?.[1] !== '0') throw new Error(`conntrack -D ${filter.join(' ')} exited with code ${code}: ${stderr.trim()}`);
-          deleted += Number(count?.[1] ?? 0);
-        }
-      }
-      return deleted;
+      return flush(asFailure(() => validateConntrackTargets(targets)));
     },
   };
 }

@@ -25,9 +25,9 @@ export type KubeKind = keyof typeof KUBEOVN_KINDS;
 /** The coordinates of a kind for the custom-objects API. */
 export const crd = (kind: KubeKind) => ({ group: KUBEOVN_GROUP, version: KUBEOVN_VERSION, plural: KUBEOVN_KINDS[kind].plural });
 
-/** A resource workflow's reference to its object: the uid tells a re-created object apart. */
+/** A workflow's reference to its object (a resource's, or a gateway's VpcNatGateway): the uid tells a re-created object apart. */
 export interface KubeRef {
-  kind: ResourceKind;
+  kind: ResourceKind | 'vpc-nat-gw';
   name: string;
   uid: string;
 }

@@ -131,6 +131,29 @@ export interface DesiredRule {
   spec: string[];
 }
 
+/** What a change does to the tagged rules read: the ones it deletes, and the desired ones already there. */
+export function planRemovals(
+  table: NatTable,
+  desired: DesiredRule[],
+  change: { removeOwners: string[]; replaceAll?: boolean },
+): { removed: NatTable['rules']; present: Set<string> } {
+  const addOwners = new Set(desired.map((d) => d.owner));
+  const removeOwners = new Set(change.removeOwners);
+  const wanted = new Set(desired.map((d) => ruleKey(d.chain, d.spec)));
+  const present = new Set<string>();
+  const removed: NatTable['rules'] = [];
+  for (const rule of table.rules) {
+    const owner = ownerOf(rule.spec);
+    if (!owner) continue;
+    const key = ruleKey(rule.chain, rule.spec);
+    // An owner being added keeps exactly its desired rules, once each (a copy is a leftover too).
+    const drop = addOwners.has(owner) ? !wanted.has(key) || present.has(key) : removeOwners.has(owner) || change.replaceAll === true;
+    if (drop) removed.push(rule);
+    else if (wanted.has(key)) present.add(key);
+  }
+  return { removed, present };
+}
+
 /** The restore lines of one change (init fixes included), and how many tagged rules it adds and removes. */
 export function planChange(
   table: NatTable,
@@ -138,28 +161,52 @@ export function planChange(
   desired: DesiredRule[],
   change: { removeOwners: string[]; replaceAll?: boolean },
 ): { lines: string[]; added: number; removed: number } {
-  const addOwners = new Set(desired.map((d) => d.owner));
-  const removeOwners = new Set(change.removeOwners);
+  const { removed, present } = planRemovals(table, desired, change);
+  // A tagged rule in a static chain goes with the flush of that chain.
+  const deletes = removed.filter((r) => !init.flushed.has(r.chain)).map((r) => restoreLine('-D', r.chain, r.spec));
   const wanted = new Map(desired.map((d) => [ruleKey(d.chain, d.spec), d]));
-  const present = new Set<string>();
-  const deletes: string[] = [];
-  let removed = 0;
-  for (const rule of table.rules) {
-    const owner = ownerOf(rule.spec);
-    if (!owner) continue;
-    const key = ruleKey(rule.chain, rule.spec);
-    // An owner being added keeps exactly its desired rules, once each (a copy is a leftover too).
-    const drop = addOwners.has(owner) ? !wanted.has(key) || present.has(key) : removeOwners.has(owner) || change.replaceAll === true;
-    if (!drop) {
-      if (wanted.has(key)) present.add(key);
-      continue;
-    }
-    removed++;
-    // A tagged rule in a static chain goes with the flush of that chain.
-    if (!init.flushed.has(rule.chain)) deletes.push(restoreLine('-D', rule.chain, rule.spec));
-  }
   const adds = [...wanted].filter(([key]) => !present.has(key)).map(([, d]) => restoreLine('-A', d.chain, d.spec));
-  return { lines: [...init.declare, ...init.flush, ...deletes, ...init.rules, ...adds], added: adds.length, removed };
+  return { lines: [...init.declare, ...init.flush, ...deletes, ...init.rules, ...adds], added: adds.length, removed: removed.length };
+}
+
+/**
+ * The conntrack entries that removed tagged rules leave behind, read from the rules themselves (so
+ * that a rule natflow no longer remembers, e.g. found by a full restore, is flushed as well):
+ * - FIP (EXCLUSIVE_DNAT `-d <eip>/32 … --to-destination <ip>`, or its EXCLUSIVE_SNAT twin
+ *   `-s <ip>/32 … --to-source <eip>`): `{ eip, internalIp }`;
+ * - DNAT (SHARED_DNAT `-d <eip>/32 -p <proto> … --dport <port> … --to-destination <ip>:<port>`):
+ *   `{ eip, internalIp, protocol, port }`;
+ * - SNAT (SHARED_SNAT_<n> `-s <cidr>` (absent for /0) `… --to-source <eip>`): `{ eip, internalCidr }`.
+ * One target per distinct connection set; a rule that does not parse as natflow writes it is skipped.
+ */
+export function removedConntrackTargets(rules: readonly { chain: string; spec: readonly string[] }[]): ConntrackTarget[] {
+  const targets = new Map<string, ConntrackTarget>();
+  for (const { chain, spec } of rules) {
+    const arg = (flag: string) => {
+      const i = spec.indexOf(flag);
+      return i === -1 ? undefined : spec[i + 1];
+    };
+    const host = (cidr: string | undefined) => cidr?.replace(/\/32$/, '');
+    let target: ConntrackTarget | undefined;
+    try {
+      if (chain === 'EXCLUSIVE_DNAT') target = { eip: validateIPv4(host(arg('-d')), 'eip'), internalIp: validateIPv4(arg('--to-destination'), 'internalIp') };
+      else if (chain === 'EXCLUSIVE_SNAT') target = { eip: validateIPv4(arg('--to-source'), 'eip'), internalIp: validateIPv4(host(arg('-s')), 'internalIp') };
+      else if (chain === 'SHARED_DNAT') {
+        target = {
+          eip: validateIPv4(host(arg('-d')), 'eip'),
+          internalIp: validateIPv4(arg('--to-destination')?.split(':')[0], 'internalIp'),
+          protocol: validateProtocol(arg('-p'), 'protocol'),
+          port: validatePort(Number(arg('--dport')), 'port'),
+        };
+      } else if (chain.startsWith('SHARED_SNAT_')) {
+        target = { eip: validateIPv4(arg('--to-source'), 'eip'), internalCidr: validateIPv4Cidr(arg('-s') ?? '0.0.0.0/0', 'internalCidr') };
+      }
+    } catch (err) {
+      if (!(err instanceof NatflowError)) throw err;
+    }
+    if (target) targets.set(JSON.stringify(target), target);
+  }
+  return [...targets.values()];
 }
 
 // --- validation ------------------------------------------------------------------------------
@@ -186,18 +233,20 @@ function invalid(problems: string[]): NatflowError {
   return new NatflowError(Reason.InvalidSpec, problems.join('; '));
 }
 
-/** A NAT change `{ add, removeOwners, replaceAll? }` as the rules it wants and the owners it removes. */
-export function validateChange(change: unknown, ctx: RenderContext): { desired: DesiredRule[]; removeOwners: string[]; replaceAll: boolean } {
-  if (!change || typeof change !== 'object') throw invalid(['a NAT change must be an object { add, removeOwners, replaceAll? }']);
+/** A NAT change `{ add, removeOwners, replaceAll?, flushConntrack? }` as the rules it wants and the owners it removes. */
+export function validateChange(change: unknown, ctx: RenderContext): { desired: DesiredRule[]; removeOwners: string[]; replaceAll: boolean; flushConntrack: boolean } {
+  if (!change || typeof change !== 'object') throw invalid(['a NAT change must be an object { add, removeOwners, replaceAll?, flushConntrack? }']);
   const c = change as Record<string, unknown>;
   const problems: string[] = [];
   const desired = collect(c.add, 'add', (rule) => renderNatRule(rule as NatRule, ctx), problems)
     .flat()
     .map((r) => ({ owner: ownerOf(r.spec)!, chain: r.chain, spec: r.spec }));
   const removeOwners = collect(c.removeOwners, 'removeOwners', (owner) => validateOwner(owner, 'removeOwners entry'), problems);
-  if (c.replaceAll !== undefined && typeof c.replaceAll !== 'boolean') problems.push(`replaceAll ${JSON.stringify(c.replaceAll)} must be true or false`);
+  for (const flag of ['replaceAll', 'flushConntrack'] as const) {
+    if (c[flag] !== undefined && typeof c[flag] !== 'boolean') problems.push(`${flag} ${JSON.stringify(c[flag])} must be true or false`);
+  }
   if (problems.length > 0) throw invalid(problems);
-  return { desired, removeOwners, replaceAll: c.replaceAll === true };
+  return { desired, removeOwners, replaceAll: c.replaceAll === true, flushConntrack: c.flushConntrack === true };
 }
 
 function validateTarget(target: unknown): ConntrackTarget {

@@ -5,12 +5,13 @@
 // reach the Temporal server on the host's loopback.
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
+import { Context } from '@temporalio/activity';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { Worker, type NativeConnection } from '@temporalio/worker';
 import { createAddressActivities } from '../activities/gateway-addresses.js';
 import { createNatActivities } from '../activities/gateway-nat.js';
 import { runCommand } from '../activities/exec.js';
-import type { AgentInfo } from '../domain/gateway.js';
+import type { AgentInfo, AgentSessionEnd, EipAddress } from '../domain/gateway.js';
 import { gatewayTaskQueue, validateName, workflowIds } from '../domain/names.js';
 import { agentStartedSignal, type GatewayAgentActivities } from '../domain/workflow-api.js';
 import { connectTemporal, temporalTarget } from './connection.js';
@@ -36,16 +37,53 @@ export async function initGateway(cfg: AgentConfig): Promise<void> {
   await natActivities(cfg).initNatChains();
 }
 
+/** How often a session heartbeats: well inside the gateway workflow's heartbeat timeout. */
+export const SESSION_HEARTBEAT_MS = 3_000;
+
+/**
+ * The liveness check's agent side: heartbeats until `forMs` have passed, returns early when this
+ * agent stops (its worker shuts down) and at once when asked about another instance. A process
+ * that dies simply stops heartbeating: the gateway workflow learns it from the heartbeat timeout.
+ */
+export async function agentSession(info: AgentInfo, req: { instanceId: string; forMs: number }): Promise<AgentSessionEnd> {
+  if (req.instanceId !== info.instanceId) return { instanceId: info.instanceId, ended: 'other-instance' };
+  const ctx = Context.current();
+  const until = Date.now() + req.forMs;
+  try {
+    for (let left = req.forMs; left > 0; left = until - Date.now()) {
+      ctx.heartbeat();
+      await ctx.sleep(Math.min(SESSION_HEARTBEAT_MS, left));
+    }
+    return { instanceId: info.instanceId, ended: 'expired' };
+  } catch (err) {
+    if (ctx.cancellationDetails?.workerShutdown) return { instanceId: info.instanceId, ended: 'stopping' };
+    throw err; // cancelled by the gateway workflow
+  }
+}
+
 export function createAgentActivities(cfg: AgentConfig, info: AgentInfo): GatewayAgentActivities {
   const addresses = createAddressActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface });
   const nat = natActivities(cfg);
   return {
     agentInfo: async () => info,
+    agentSession: (req) => agentSession(info, req),
     reconcileEipAddresses: addresses.reconcileEipAddresses,
+    async changeEipAddresses({ add, remove }) {
+      // The gateway workflow sends one address change at a time, so this read-then-write is not raced.
+      const changed = new Set([...remove, ...add.map((a) => a.address)]);
+      const kept = (await addresses.listEipAddresses()).map(parseAddress).filter((a) => !changed.has(a.address));
+      return addresses.reconcileEipAddresses([...kept, ...add]);
+    },
     initNatChains: nat.initNatChains,
     applyNatRules: nat.applyNatRules,
     flushConntrack: nat.flushConntrack,
   };
+}
+
+/** `address/prefix`, as listEipAddresses writes it. */
+function parseAddress(text: string): EipAddress {
+  const [address = '', prefix] = text.split('/');
+  return { address, prefixLength: Number(prefix) };
 }
 
 export interface RunningAgent {

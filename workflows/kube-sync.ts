@@ -1,8 +1,9 @@
-// A resource workflow's link to its Kubernetes object, when it has one (started by the bridge):
+// A workflow's link to its Kubernetes object (a resource's, or a gateway's VpcNatGateway), when it has one (started by the bridge):
 // adopt it first (it still exists and is not being deleted → finalizer on), publish status as it
 // changes, release it last (finalizer off). Resources without an object (the CLI) skip all three.
 import * as wf from '@temporalio/workflow';
-import type { ResourceKind, ResourceRef } from '../domain/names.js';
+import type { KubeRef } from '../domain/kube.js';
+import type { ResourceRef } from '../domain/names.js';
 import { kube } from './activity-proxies.js';
 
 export interface KubeSync {
@@ -13,7 +14,7 @@ export interface KubeSync {
   release(): Promise<void>;
 }
 
-export function kubeSync(kind: ResourceKind, resource: ResourceRef): KubeSync {
+export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
   if (!resource.fromKube) return { adopt: async () => 'adopted', publish: () => undefined, release: async () => undefined };
 

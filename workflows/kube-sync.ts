@@ -59,8 +59,10 @@ export async function adoptedLifecycle(k8s: KubeSync, lifecycle: () => Promise<v
   try {
     await lifecycle();
   } catch (err) {
-    if (!wf.isCancellation(err)) throw err;
+    // A delete is decided by the scope, not by the error: the call in flight when it arrived may
+    // have failed in its own way (a timeout, a transient error) and must not skip the cleanup.
+    if (!wf.isCancellation(err) && !wf.CancellationScope.current().consideredCancelled) throw err;
     await cleanup();
-    throw err;
+    throw wf.isCancellation(err) ? err : new wf.CancelledFailure('deleted');
   }
 }

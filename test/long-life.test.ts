@@ -1,0 +1,159 @@
+// Workflow unit tier for a life of months: the EIP and NAT rule workflows continue as new in
+// every state without losing what they hold, a delete gives everything back whatever the last
+// activity did, and a run that only cleans up releases by owner. Control activities are fakes.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApplicationFailure } from '@temporalio/common';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
+import type { EipInput, EipSpec } from '../domain/eip.js';
+import type { KubeActivities, WorkflowCallActivities } from '../domain/workflow-api.js';
+import { claimEipUpdate, gatewayChangedSignal, unclaimEipUpdate } from '../domain/workflow-api.js';
+import { workflowIds } from '../domain/names.js';
+import type { NatInput } from '../domain/nat-resources.js';
+import { eipWorkflow } from '../workflows/eip.js';
+import { fipWorkflow } from '../workflows/nat-rule.js';
+import { FakeCalls } from './support/fake-calls.js';
+import { createTestEnv } from './support/temporal-env.js';
+import { deleteAndWait, eventually, uid, untilPhase, withWorkflow } from './support/workflows.js';
+import type { EipStatus } from '../domain/eip.js';
+import type { NatStatus } from '../domain/nat-resources.js';
+import { statusQuery } from '../domain/workflow-api.js';
+
+type Activities = WorkflowCallActivities & KubeActivities;
+
+/** A gateway and IPAM that always say yes, and a Kubernetes object that is already being deleted. */
+const answers = (): Partial<Activities> => ({
+  gatewayReadiness: async () => ({ exists: true, ready: true, reason: '' }),
+  allocateAddress: async (req) => ({ owner: req.owner, address: '172.18.0.5', prefixLength: 24 }),
+  releaseAddress: async () => '172.18.0.5',
+  bindAddress: async () => undefined,
+  unbindAddress: async () => ({ applied: true }),
+  notifyEipWaiters: async () => 0,
+  releaseEverywhere: async () => undefined,
+  eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, address: '172.18.0.9', gateway: 'gw1', reason: '' }),
+  claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
+  unclaimEip: async () => undefined,
+  setGatewayRule: async () => undefined,
+  removeGatewayRule: async () => ({ applied: true }),
+  removeGatewayRuleEverywhere: async () => undefined,
+  kubeAdopt: async () => ({ exists: true, deleting: true }),
+  kubePublishStatus: async () => undefined,
+  kubeRelease: async () => undefined,
+});
+
+const eipStatus = (h: { query: (q: typeof statusQuery) => Promise<unknown> }) => h.query(statusQuery) as Promise<EipStatus>;
+const natStatus = (h: { query: (q: typeof statusQuery) => Promise<unknown> }) => h.query(statusQuery) as Promise<NatStatus>;
+const count = (fake: FakeCalls<Activities>, name: string) => fake.started().filter((n) => n === name).length;
+const claim = (owner: string) => ({ owner, kind: 'dnat' as const, name: owner.split('/')[2]! });
+
+describe('a life of months (mocked activities)', () => {
+  let env: TestWorkflowEnvironment;
+  beforeAll(async () => {
+    env = await createTestEnv();
+  });
+  afterAll(async () => {
+    await env?.teardown();
+  });
+
+  function withEip<R>(fake: FakeCalls<Activities>, input: Partial<EipInput> & { spec?: EipSpec }, body: (h: WorkflowHandleWithFirstExecutionRunId<typeof eipWorkflow>) => Promise<R>) {
+    const resource = { name: 'eip1', uid: uid(), generation: 1, ...input.resource };
+    return withWorkflow(env, fake.activities(), eipWorkflow, { workflowId: workflowIds.resource('eip', resource), args: [{ spec: { natGwDp: 'gw1' }, ...input, resource }] }, body);
+  }
+  function withFip<R>(fake: FakeCalls<Activities>, input: Partial<NatInput<'fip'>>, body: (h: WorkflowHandleWithFirstExecutionRunId<typeof fipWorkflow>) => Promise<R>) {
+    const resource = { name: 'fip1', uid: uid(), generation: 1, ...input.resource };
+    return withWorkflow(env, fake.activities(), fipWorkflow, { workflowId: workflowIds.resource('fip', resource), args: [{ kind: 'fip', spec: { eip: 'e1', internalIp: '10.0.1.10' }, ...input, resource }] }, body);
+  }
+  const continued = async (h: WorkflowHandleWithFirstExecutionRunId) => eventually(async () => (await h.describe()).runId, (runId) => runId !== h.firstExecutionRunId, 20_000, 'a continued run');
+
+  it('an EIP continued as new while Ready keeps its address and claims and takes nothing again', async () => {
+    const fake = new FakeCalls<Activities>(answers());
+    await withEip(fake, { limits: { updates: 3 } }, async (h) => {
+      await untilPhase(() => eipStatus(h), 'Ready');
+      const owners = ['natflow/dnat/d1/u1', 'natflow/dnat/d2/u2', 'natflow/dnat/d3/u3'];
+      for (const owner of owners) await h.executeUpdate(claimEipUpdate, { args: [claim(owner)] });
+      await continued(h);
+      const status = await eipStatus(h);
+      expect(status).toMatchObject({ phase: 'Ready', ip: '172.18.0.5', nat: 'dnat' });
+      // The claims came along: a FIP is still refused, and a further DNAT is not.
+      await expect(h.executeUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f/u', kind: 'fip', name: 'f' }] })).rejects.toThrow();
+      await h.executeUpdate(claimEipUpdate, { args: [claim('natflow/dnat/d4/u4')] });
+      expect([count(fake, 'allocateAddress'), count(fake, 'bindAddress'), count(fake, 'releaseAddress')]).toEqual([1, 1, 0]);
+      for (const owner of [...owners, 'natflow/dnat/d4/u4']) await h.executeUpdate(unclaimEipUpdate, { args: [{ owner }] });
+      await deleteAndWait(h);
+      expect(fake.started().slice(-2)).toEqual(['unbindAddress', 'releaseAddress']);
+    });
+  });
+
+  it('an EIP continued as new while waiting for its gateway still waits and holds nothing', async () => {
+    const fake = new FakeCalls<Activities>(answers(), { gatewayReadiness: { answer: async () => ({ exists: false, ready: false, reason: 'NAT gateway gw1 does not exist' }) } });
+    await withEip(fake, { limits: { signals: 2 } }, async (h) => {
+      await untilPhase(() => eipStatus(h), 'WaitingForGateway');
+      for (let i = 0; i < 2; i++) await h.signal(gatewayChangedSignal);
+      await continued(h);
+      expect((await eipStatus(h)).phase).toBe('WaitingForGateway');
+      fake.script('gatewayReadiness', {});
+      await h.signal(gatewayChangedSignal);
+      await untilPhase(() => eipStatus(h), 'Ready');
+      await deleteAndWait(h);
+      expect(count(fake, 'releaseAddress')).toBe(1);
+    });
+  });
+
+  it('an EIP continued as new while its delete waits for its users still waits, then releases', async () => {
+    const fake = new FakeCalls<Activities>(answers());
+    await withEip(fake, { limits: { signals: 2 } }, async (h) => {
+      await untilPhase(() => eipStatus(h), 'Ready');
+      await h.executeUpdate(claimEipUpdate, { args: [claim('natflow/dnat/d1/u1')] });
+      await h.cancel();
+      await eventually(() => eipStatus(h), (s) => s.conditions.some((c) => c.reason === 'EipInUse'), 20_000, 'deleting, in use');
+      for (let i = 0; i < 2; i++) await h.signal(gatewayChangedSignal);
+      await continued(h);
+      expect(await eipStatus(h)).toMatchObject({ phase: 'Deleting', nat: 'dnat' });
+      expect(count(fake, 'releaseAddress')).toBe(0);
+      await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: 'natflow/dnat/d1/u1' }] });
+      await h.result();
+      expect(fake.started().slice(-2)).toEqual(['unbindAddress', 'releaseAddress']);
+    });
+  });
+
+  it('a NAT rule continued as new while Ready keeps its claim and rule', async () => {
+    const fake = new FakeCalls<Activities>(answers());
+    await withFip(fake, { limits: { signals: 2 } }, async (h) => {
+      await untilPhase(() => natStatus(h), 'Ready');
+      // Each gateway change re-asserts the rule (idempotent on the gateway), and spends the budget.
+      for (let i = 0; i < 2; i++) await h.signal(gatewayChangedSignal);
+      await continued(h);
+      await untilPhase(() => natStatus(h), 'Ready');
+      expect(await natStatus(h)).toMatchObject({ v4ip: '172.18.0.9', natGwDp: 'gw1' });
+      expect([count(fake, 'claimEip'), count(fake, 'unclaimEip'), count(fake, 'removeGatewayRule')]).toEqual([1, 0, 0]);
+      await deleteAndWait(h);
+      expect(fake.started().slice(-2)).toEqual(['removeGatewayRule', 'unclaimEip']);
+    });
+  });
+
+  it('a transient failure of the allocation in flight when the delete arrives: the address is still released', async () => {
+    // The attempt allocates, then fails before answering; the delete lands meanwhile. What the
+    // workflow sees is that attempt's failure, not a cancellation: it must still release.
+    const fake = new FakeCalls<Activities>(answers(), { allocateAddress: { delayMs: 1500, failure: ApplicationFailure.retryable('connection reset', 'Transient'), failures: 1 } });
+    await withEip(fake, {}, async (h) => {
+      await eventually(async () => fake.started(), (n) => n.includes('allocateAddress'), 20_000);
+      await deleteAndWait(h);
+      expect(fake.events.indexOf('releaseAddress:start')).toBeGreaterThan(fake.events.indexOf('allocateAddress:end'));
+    });
+  });
+
+  it('a run that only cleans up (its object already deleting) releases by owner everywhere, then lets the object go', async () => {
+    const fake = new FakeCalls<Activities>(answers());
+    await withEip(fake, { resource: { name: 'eip1', uid: uid(), generation: 1, fromKube: true } }, async (h) => {
+      await h.result();
+      const started = fake.started().filter((n) => n !== 'kubePublishStatus');
+      expect(started).toEqual(['kubeAdopt', 'releaseEverywhere', 'kubeRelease']);
+      expect(fake.args.releaseEverywhere).toEqual([[{ owner: h.workflowId }]]);
+    });
+    const rule = new FakeCalls<Activities>(answers());
+    await withFip(rule, { resource: { name: 'fip1', uid: uid(), generation: 1, fromKube: true } }, async (h) => {
+      await h.result();
+      expect(rule.started().filter((n) => n !== 'kubePublishStatus')).toEqual(['kubeAdopt', 'removeGatewayRuleEverywhere', 'eipForRule', 'unclaimEip', 'kubeRelease']);
+    });
+  });
+});

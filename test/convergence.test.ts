@@ -1,0 +1,54 @@
+// End to end: convergence without fixed waits. Whatever waits on another resource is woken by
+// that resource's change (the timers behind the wake-ups are an hour long), and a bad spec is
+// refused before anything is taken, with a message that names the object.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Reason } from '../domain/errors.js';
+import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
+import { createResource, deleteResource, resourceStatus } from '../starter/resources.js';
+import { startStack, type Stack } from './support/stack.js';
+import { resourcePhase } from './support/workflows.js';
+
+const GW = 't-converge';
+
+describe('convergence by wake-ups (end to end)', () => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack(DEFAULT_EXTERNAL_SUBNET);
+    await stack.addGateway(GW);
+  });
+  afterAll(async () => {
+    await stack?.teardown();
+  });
+  const r = () => stack.resources;
+
+  it('a FIP refused because its EIP was taken is Ready within seconds of the other FIP giving it up', async () => {
+    await createResource(r(), 'eip', 'eip-shared', { natGwDp: GW });
+    const { ip } = await resourcePhase(r(), 'eip', 'eip-shared', 'Ready');
+    await createResource(r(), 'fip', 'fip-first', { eip: 'eip-shared', internalIp: '10.0.1.10' });
+    await resourcePhase(r(), 'fip', 'fip-first', 'Ready');
+    await createResource(r(), 'fip', 'fip-second', { eip: 'eip-shared', internalIp: '10.0.1.11' });
+    const refused = await resourcePhase(r(), 'fip', 'fip-second', 'Failed');
+    expect(refused.conditions.find((c) => c.type === 'Ready')?.reason).toBe(Reason.EipInUse);
+
+    await deleteResource(r(), 'fip', 'fip-first');
+    // Its next timed re-check is an hour away: only the EIP's wake-up can make this.
+    const ready = await resourcePhase(r(), 'fip', 'fip-second', 'Ready', 15_000);
+    expect(ready).toMatchObject({ v4ip: ip, internalIp: '10.0.1.11' });
+    const uid = (await resourceStatus(r(), 'fip', 'fip-second')).workflowId.split('/')[3];
+    expect((await stack.natRules(GW)).map((rule) => rule.owner)).toEqual([uid, uid]);
+    await deleteResource(r(), 'fip', 'fip-second');
+    await deleteResource(r(), 'eip', 'eip-shared');
+  });
+
+  it('an invalid rule is refused before it claims anything, and its message names it', async () => {
+    await createResource(r(), 'eip', 'eip-valid', { natGwDp: GW });
+    await resourcePhase(r(), 'eip', 'eip-valid', 'Ready');
+    await createResource(r(), 'dnat', 'dnat-web', { eip: 'eip-valid', protocol: 'sctp', externalPort: '8080', internalIp: '10.0.1.10', internalPort: '80' });
+    const invalid = await resourcePhase(r(), 'dnat', 'dnat-web', 'Invalid');
+    expect(invalid.conditions.find((c) => c.type === 'Ready')?.message).toBe('dnat dnat-web: spec.protocol "sctp" must be tcp or udp');
+    // Nothing was claimed: the EIP has no users.
+    expect((await resourceStatus(r(), 'eip', 'eip-valid')).nat).toBe('');
+    await deleteResource(r(), 'dnat', 'dnat-web');
+    await deleteResource(r(), 'eip', 'eip-valid');
+  });
+});

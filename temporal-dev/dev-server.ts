@@ -25,6 +25,8 @@ export interface DevServerOptions {
   dbFile?: string;
   /** Namespace created at startup, default `default`. */
   namespace?: string;
+  /** `--dynamic-config-value KEY=VALUE` for each entry, e.g. lower per-run limits to test a life of months in minutes. */
+  dynamicConfig?: Record<string, string | number>;
 }
 
 export interface DevServer {
@@ -109,6 +111,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
     'warn',
   ];
   for (const key of NATFLOW_SEARCH_ATTRIBUTE_KEYS) args.push('--search-attribute', `${key.name}=Keyword`);
+  for (const [key, value] of Object.entries(opts.dynamicConfig ?? {})) args.push('--dynamic-config-value', `${key}=${JSON.stringify(value)}`);
 
   const child = spawn(cli, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let logTail = '';

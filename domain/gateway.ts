@@ -1,6 +1,9 @@
-// A NAT gateway as natflow sees it: what its agent reports, and the desired state that the
-// gateway workflow holds and the agent applies.
+// A NAT gateway as natflow sees it: what its agent reports, the desired state that the gateway
+// workflow holds and the agent applies, and the checks a NAT rule must pass on this gateway.
+import { NatflowError, Reason } from './errors.js';
+import { InvalidAddressError, parseCidr, parseIPv4 } from './ip.js';
 import type { NatRule } from './nat-rules.js';
+import type { Condition } from './status.js';
 
 export interface GatewaySpec {
   name: string;
@@ -26,6 +29,15 @@ export interface AgentInfo {
   externalInterface: string;
 }
 
+/**
+ * How an agent session (the liveness check) ended: it ran its time (`expired`), its agent is
+ * stopping, or the agent that picked it up is another instance than the one asked for.
+ */
+export interface AgentSessionEnd {
+  instanceId: string;
+  ended: 'expired' | 'stopping' | 'other-instance';
+}
+
 export interface GatewayState {
   spec: GatewaySpec;
   ready: boolean;
@@ -37,15 +49,84 @@ export interface GatewayState {
   /** Owner (the rule resource's uid, its tag on the gateway) → NAT rule. */
   rules: Record<string, NatRule>;
   deleting: boolean;
+  /** The VpcNatGateway's status conditions (Ready, with natflow's reason and message). */
+  conditions?: Condition[];
+  /** The VpcNatGateway generation this state has taken in. */
+  observedGeneration?: number;
 }
 
 /** What a workflow learns when it asks about a gateway it depends on. */
 export type GatewayReadiness = { exists: false; ready: false; reason: string } | { exists: true; ready: boolean; reason: string };
 
-/** A gateway workflow's input: its spec, and on continue-as-new the desired state it carries. */
+/** The rest of a gateway run's state, carried across continue-as-new (with `eips` and `rules`). */
+export interface GatewayCarried {
+  ready: boolean;
+  reason: string;
+  agent: AgentInfo | null;
+  /** The agent instance that has exactly the carried addresses and rules; null: it needs a restore. */
+  appliedBy: string | null;
+  /** Rule owners to remove by tag that were never applied by this incarnation. */
+  removals: string[];
+  /** Still rebuilding its desired state from its users (a new incarnation): no full restore yet. */
+  rebuilding: boolean;
+  deleting: boolean;
+  conditions: Condition[];
+}
+
+/**
+ * A gateway workflow's input. A run started with neither `eips` nor `rules` is a new incarnation:
+ * it knows nothing of what its gateway carries, and rebuilds it from the resources that use it.
+ */
 export interface GatewayInput {
   spec: GatewaySpec;
   eips?: Record<string, EipAddress>;
   rules?: Record<string, NatRule>;
+  /** Only read by runs of the last release (replayed); new runs use `limits`. */
   maxHistoryLength?: number;
+  /** Its VpcNatGateway, when the bridge started it: finalizer and status go there. */
+  kube?: { uid: string; generation: number };
+  carried?: GatewayCarried;
+  /** Lower history limits (tests); see workflows/history-budget.ts. */
+  limits?: { events?: number; signals?: number; updates?: number };
+  /** How long a new incarnation only adds and removes what it is told before its first full restore (60 s). */
+  rebuildWindowMs?: number;
+}
+
+/** The Ready condition's reason while EIPs still name a gateway being deleted. */
+export const GATEWAY_IN_USE = 'GatewayInUse';
+
+/**
+ * What a NAT rule must satisfy on this gateway (the rule itself is valid): it points into the VPC
+ * subnet (an SNAT CIDR wholly), never at the subnet's network or broadcast address nor at the
+ * gateway's own lanIp. `name` (the rule resource's) makes the message name the rule.
+ */
+export function checkRuleOnGateway(spec: GatewaySpec, rule: NatRule, name?: string): void {
+  const where = `${rule.kind} ${name ?? `rule ${rule.owner}`}`;
+  const refuse = (problem: string) => {
+    throw new NatflowError(Reason.InvalidSpec, `${where}: ${problem}`);
+  };
+  const vpc = spec.internalCidr ? gatewayAddress(() => parseCidr(spec.internalCidr!, `internalCidr of gateway ${spec.name}`)) : null;
+  const lanIp = spec.lanIp ? gatewayAddress(() => parseIPv4(spec.lanIp!, `lanIp of gateway ${spec.name}`)) : null;
+  const inVpc = `the VPC subnet ${spec.internalCidr} of gateway ${spec.name}`;
+  if (rule.kind === 'snat') {
+    const cidr = parseCidr(rule.internalCidr);
+    if (vpc && (cidr.first < vpc.first || cidr.last > vpc.last)) refuse(`internalCIDR ${rule.internalCidr} is outside ${inVpc} (it must lie wholly inside it)`);
+    return;
+  }
+  const ip = parseIPv4(rule.internalIp);
+  if (vpc && (ip < vpc.first || ip > vpc.last)) refuse(`internalIp ${rule.internalIp} is outside ${inVpc}`);
+  // A /31 or /32 has no network or broadcast address (RFC 3021).
+  if (vpc && vpc.prefixLength <= 30 && ip === vpc.first) refuse(`internalIp ${rule.internalIp} is the network address of ${inVpc}`);
+  if (vpc && vpc.prefixLength <= 30 && ip === vpc.last) refuse(`internalIp ${rule.internalIp} is the broadcast address of ${inVpc}`);
+  if (ip === lanIp) refuse(`internalIp ${rule.internalIp} is the lanIp of gateway ${spec.name} (its own address in the VPC)`);
+}
+
+/** A gateway spec field that does not parse refuses the rule (InvalidSpec) rather than failing the workflow. */
+function gatewayAddress<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof InvalidAddressError) throw new NatflowError(Reason.InvalidSpec, err.message);
+    throw err;
+  }
 }

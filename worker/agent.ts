@@ -10,7 +10,7 @@ import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { Worker, type NativeConnection } from '@temporalio/worker';
 import { createAddressActivities } from '../activities/gateway-addresses.js';
 import { createNatActivities } from '../activities/gateway-nat.js';
-import { runCommand } from '../activities/exec.js';
+import { runCommand, type CommandRunner } from '../activities/exec.js';
 import type { AgentInfo, AgentSessionEnd, EipAddress } from '../domain/gateway.js';
 import { gatewayTaskQueue, validateName, workflowIds } from '../domain/names.js';
 import { agentStartedSignal, type GatewayAgentActivities } from '../domain/workflow-api.js';
@@ -24,9 +24,11 @@ export interface AgentConfig {
   externalInterface: string;
   /** The VPC-side interface (hairpin NAT); `eth0` by default, as in Kube-OVN's gateway pod. */
   vpcInterface?: string;
+  /** Runs ip, iptables and conntrack; real processes by default (a test gives a fake gateway). */
+  runner?: CommandRunner;
 }
 
-const natActivities = (cfg: AgentConfig) => createNatActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, vpcInterface: cfg.vpcInterface });
+const natActivities = (cfg: AgentConfig) => createNatActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, vpcInterface: cfg.vpcInterface, runner: cfg.runner });
 
 /** Checks the gateway's interfaces, sets the kernel switches NAT needs and creates natflow's chains; safe to repeat. */
 export async function initGateway(cfg: AgentConfig): Promise<void> {
@@ -62,7 +64,7 @@ export async function agentSession(info: AgentInfo, req: { instanceId: string; f
 }
 
 export function createAgentActivities(cfg: AgentConfig, info: AgentInfo): GatewayAgentActivities {
-  const addresses = createAddressActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface });
+  const addresses = createAddressActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, runner: cfg.runner });
   const nat = natActivities(cfg);
   return {
     agentInfo: async () => info,

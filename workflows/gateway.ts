@@ -1,22 +1,515 @@
 // One workflow per NAT gateway: it holds the gateway's desired state (the EIP addresses bound on
-// it, and in time its NAT rules), serialises and batches every change to it, probes its agent,
-// and restores the whole desired state whenever a new agent instance appears (a restarted
-// gateway pod starts empty). Its existence is the gateway's existence for natflow.
+// it and the NAT rules on them), serialises and batches every change to it, keeps a session with
+// its agent (a liveness check that writes no history while all is well), and brings every new
+// agent instance to the desired state. Its existence is the gateway's existence for natflow.
+//
+// What it holds is rebuildable: a run that starts without carried state (first start, re-created
+// VpcNatGateway, a run terminated) does not know what its gateway carries, so it never applies its
+// empty state as a full restore; it wakes every resource naming the gateway, which re-asserts what
+// it holds, and only after that window removes what nobody claimed.
 import * as wf from '@temporalio/workflow';
+import { HandlerUnfinishedPolicy } from '@temporalio/common';
 import { NatflowError, Reason } from '../domain/errors.js';
-import type { EipAddress, GatewayInput, GatewayState } from '../domain/gateway.js';
-import { gatewayTaskQueue } from '../domain/names.js';
+import { checkRuleOnGateway, GATEWAY_IN_USE, type AgentInfo, type AgentSessionEnd, type EipAddress, type GatewayCarried, type GatewayInput, type GatewaySpec, type GatewayState } from '../domain/gateway.js';
 import { cidrContains, parseCidr, parseIPv4 } from '../domain/ip.js';
+import { gatewayTaskQueue } from '../domain/names.js';
 import { conntrackTarget, dnatConflict, ruleDiff, validateNatRule, type NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { agentStartedSignal, bindEipUpdate, gatewayChangedSignal, gatewayStateQuery, removeRuleUpdate, setRuleUpdate, unbindEipUpdate, type Fence } from '../domain/workflow-api.js';
-import { gatewayAgent, wakeUps } from './activity-proxies.js';
-import { checkFence, domainCall } from './failures.js';
+import { setCondition } from '../domain/status.js';
+import {
+  agentStartedSignal,
+  bindEipUpdate,
+  gatewayChangedSignal,
+  gatewaySpecSignal,
+  gatewayStateQuery,
+  removeRuleUpdate,
+  setRuleUpdate,
+  unbindEipUpdate,
+  type Fence,
+  type GatewayAgentActivities,
+  type NamedNatRule,
+  type SpecChange,
+} from '../domain/workflow-api.js';
+import { calls, gatewayAgent, wakeUps } from './activity-proxies.js';
+import { checkFence, domainCall, type ReadyCondition } from './failures.js';
+import { HistoryBudget } from './history-budget.js';
+import { kubeSync } from './kube-sync.js';
+import { backoff } from './resource-status.js';
 
-const PROBE_WHEN_READY = '30s';
+/** New runs take this lifecycle; runs of the last release replay theirs, then hand over (see the end of this file). */
+const LIFECYCLE_PATCH = 'gateway-lifecycle';
+const HANDOVER_PATCH = 'gateway-lifecycle-handover';
+
+/** An agent session runs this long, then the next one starts: about six events an hour while idle. */
+const SESSION_MS = 60 * 60_000;
 const MAX_PROBE_BACKOFF_MS = 30_000;
+/** A new incarnation adds what its users re-assert for this long before its first full restore. */
+const REBUILD_WINDOW_MS = 60_000;
+/** Before continuing as new, updates in flight get this long to finish (a client re-sends one cut off). */
+const DRAIN_MS = 30_000;
+/** A gateway being deleted re-lists its users at least this often (an EIP that unbinds wakes it sooner). */
+const MAX_USERS_RECHECK_MS = 60_000;
+/** A gateway whose agent is gone for good does not hold its delete: its pod goes with what it carried. */
+const TAKE_OFF_TRIES = 4;
+
+/**
+ * The agent's side of the liveness check, on the gateway's queue: a missing agent is noticed by
+ * schedule-to-start, a dead one by its missed heartbeats. The gateway workflow is the retry loop.
+ */
+const agentSessions = (gateway: string) =>
+  wf.proxyActivities<Pick<GatewayAgentActivities, 'agentSession'>>({
+    taskQueue: gatewayTaskQueue(gateway),
+    scheduleToStartTimeout: '5s',
+    startToCloseTimeout: SESSION_MS + 5 * 60_000,
+    heartbeatTimeout: '15s',
+    retry: { maximumAttempts: 1 },
+  });
 
 export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
+  if (!wf.patched(LIFECYCLE_PATCH)) return legacyGatewayWorkflow(input);
+  const gateway = new Gateway(input);
+  // A delete asks for the cleanup; it cuts nothing short (an apply under way finishes first).
+  let cancellation: unknown;
+  wf.CancellationScope.current().cancelRequested.catch((err: unknown) => {
+    cancellation = err;
+    gateway.delete();
+  });
+  await wf.CancellationScope.nonCancellable(() => gateway.lifecycle());
+  if (cancellation) throw cancellation; // the run ends as the delete asked
+}
+
+class Gateway {
+  /** adopt → (rebuild | restore) → serve: agent session, batched changes, continue-as-new on budget → on delete: cleanup. */
+  async lifecycle(): Promise<void> {
+    const adoption = await this.adopt();
+    if (adoption === 'gone') return;
+    if (this.fresh) this.show(); // a continued run shows what it carried
+    // Restores (or rebuilds) the desired state on every new agent instance, then serves it.
+    this.serving = this.keepAgent();
+    if (adoption === 'adopted') await this.waitFor(() => this.state.deleting);
+    await this.cleanup();
+  }
+
+  /** The delete: everything stays applied while EIPs name the gateway; then it all comes off, and the object may go. */
+  private async cleanup(): Promise<void> {
+    this.state.deleting = true;
+    await this.waitForUsers();
+    await this.stopServing();
+    await this.takeAllOff();
+    await this.k8s.release();
+  }
+
+  private readonly name: string;
+  private readonly state: GatewayState;
+  private generation: number;
+  private readonly budget: HistoryBudget;
+  private readonly k8s;
+  private readonly agent;
+  private readonly sessions;
+  /** A run without carried state: its gateway may carry more than it knows. */
+  private readonly fresh: boolean;
+  /** What agent `appliedBy` has, as far as this workflow applied it; null: it needs a restore. */
+  private applied: { eips: Record<string, EipAddress>; rules: Record<string, NatRule> } = { eips: {}, rules: {} };
+  private appliedBy: string | null;
+  /** Rule owners to remove by tag although never applied by this incarnation. */
+  private readonly removals: Set<string>;
+  /** Only additions and explicit removals until `rebuildUntil`, then the first full restore. */
+  private rebuilding: boolean;
+  private rebuildUntil: number | null = null;
+  private desiredGeneration = 0;
+  private appliedGeneration = 0;
+  private probeRequested = false;
+  private stopping = false;
+  private serving: Promise<void> | null = null;
+  /** The EIPs naming the gateway while it is being deleted, and a hint that one may have left. */
+  private users: string[] = [];
+  private userLeft = false;
+  private phase = '';
+
+  constructor(private readonly input: GatewayInput) {
+    const carried = input.carried;
+    this.name = input.spec.name;
+    this.fresh = input.eips === undefined && input.rules === undefined;
+    this.generation = input.kube?.generation ?? 0;
+    this.state = {
+      spec: input.spec,
+      ready: carried?.ready ?? false,
+      reason: carried?.reason ?? 'agent not probed yet',
+      agent: carried?.agent ?? null,
+      eips: { ...input.eips },
+      rules: { ...input.rules },
+      deleting: carried?.deleting ?? false,
+      conditions: carried?.conditions ?? [],
+      observedGeneration: this.generation,
+    };
+    this.appliedBy = carried?.appliedBy ?? null;
+    if (this.appliedBy) this.applied = { eips: { ...this.state.eips }, rules: { ...this.state.rules } };
+    this.removals = new Set(carried?.removals);
+    this.rebuilding = carried?.rebuilding ?? this.fresh;
+    this.budget = new HistoryBudget(input.limits);
+    this.agent = gatewayAgent(this.name);
+    this.sessions = agentSessions(this.name);
+    this.k8s = kubeSync('vpc-nat-gw', { name: this.name, uid: input.kube?.uid ?? '', generation: this.generation, fromKube: input.kube !== undefined });
+
+    // A client re-sends an update that a continue-as-new cut off: abandoning one is expected.
+    const abandon = { unfinishedPolicy: HandlerUnfinishedPolicy.ABANDON };
+    wf.setHandler(gatewayStateQuery, () => this.state);
+    wf.setHandler(agentStartedSignal, () => {
+      this.budget.countSignal();
+      this.probeRequested = true;
+    });
+    wf.setHandler(gatewaySpecSignal, (change) => this.onSpec(change));
+    wf.setHandler(bindEipUpdate, (req) => this.bind(req), { ...abandon, validator: (req, fence?: Fence) => this.checkBind(req, fence) });
+    wf.setHandler(unbindEipUpdate, ({ owner }) => this.unbind(owner), abandon);
+    wf.setHandler(setRuleUpdate, (rule) => this.setRule(rule), { ...abandon, validator: (rule, fence?: Fence) => this.checkRule(rule, fence) });
+    wf.setHandler(removeRuleUpdate, ({ owner }) => this.removeRule(owner), abandon);
+    wf.upsertSearchAttributes(searchAttributes({ kind: 'gateway', name: this.name, gateway: this.name, subnet: input.spec.externalSubnet ?? '' }));
+  }
+
+  delete(): void {
+    this.state.deleting = true;
+  }
+
+  // --- the steps ---------------------------------------------------------------------------
+
+  /** Its VpcNatGateway, first thing in a new incarnation (finalizer on); a continued run was adopted already. */
+  private async adopt(): Promise<'adopted' | 'gone' | 'deleting'> {
+    if (!this.fresh) return this.state.deleting ? 'deleting' : 'adopted';
+    return this.k8s.adopt();
+  }
+
+  /** Knows the agent, brings it to the desired state, serves it until it is lost; probes again with backoff. */
+  private async keepAgent(): Promise<void> {
+    for (let failures = 0; !this.stopping; ) {
+      this.probeRequested = false;
+      const info = await this.probe();
+      if (info && (await this.bringUp(info))) {
+        failures = 0;
+        await this.serve(info);
+      } else {
+        await wf.condition(() => this.probeRequested || this.stopping, backoff(failures++, 1000, MAX_PROBE_BACKOFF_MS));
+      }
+    }
+  }
+
+  private async probe(): Promise<AgentInfo | null> {
+    try {
+      return await this.agent.agentInfo.executeWithOptions({ summary: `is the agent of ${this.name} there?` }, []);
+    } catch (err) {
+      await this.setReady(false, `agent on task queue ${gatewayTaskQueue(this.name)} did not answer: ${(err as Error).message}`);
+      return null;
+    }
+  }
+
+  /** Makes `info` the agent; an instance that does not have the desired state gets it first. False when that failed. */
+  private async bringUp(info: AgentInfo): Promise<boolean> {
+    this.state.agent = info;
+    if (this.appliedBy !== info.instanceId) {
+      await this.setReady(false, `restoring its desired state on agent ${info.instanceId}`);
+      if (!(await this.apply(info.instanceId, true))) return false;
+    }
+    await this.setReady(true, '');
+    // A new incarnation's users can re-assert from now on: the window runs while they can.
+    if (this.rebuilding) this.rebuildUntil ??= Date.now() + (this.input.rebuildWindowMs ?? REBUILD_WINDOW_MS);
+    return true;
+  }
+
+  /** Serves agent `info`: a session at a time, batched changes, the end of the rebuild window; returns when the agent must be probed. */
+  private async serve(info: AgentInfo): Promise<void> {
+    let session = this.startSession(info.instanceId);
+    try {
+      while (!this.stopping && !this.probeRequested) {
+        const woken = () => this.stopping || this.probeRequested || session.ended || this.pending();
+        const until = this.rebuildUntil;
+        if (until === null) await wf.condition(woken);
+        else if (until > Date.now()) await wf.condition(woken, until - Date.now());
+        if (session.ended) {
+          if (session.lost) return await this.setReady(false, session.lost);
+          session = this.startSession(info.instanceId);
+        }
+        if (this.pending() && !(await this.apply(info.instanceId, false))) return;
+        if (this.rebuildUntil !== null && Date.now() >= this.rebuildUntil) {
+          // Every user had its chance to re-assert: the first full restore removes what nobody claimed.
+          this.rebuilding = false;
+          this.rebuildUntil = null;
+          if (!(await this.apply(info.instanceId, true))) return;
+          this.show();
+        }
+      }
+    } finally {
+      session.cancel();
+    }
+  }
+
+  /** One agent session in the background; `lost` says why it ended, unless it simply ran its time. */
+  private startSession(instanceId: string) {
+    const scope = new wf.CancellationScope();
+    const session = { ended: false, lost: null as string | null, cancel: () => scope.cancel() };
+    const lostBecause = (end: AgentSessionEnd) =>
+      end.ended === 'stopping' ? `agent ${instanceId} is stopping` : end.ended === 'other-instance' ? `agent ${end.instanceId} answered instead of ${instanceId}` : null;
+    scope
+      .run(() => this.sessions.agentSession.executeWithOptions({ summary: `session with agent ${instanceId}` }, [{ instanceId, forMs: SESSION_MS }]))
+      .then(
+        (end) => void (session.lost = lostBecause(end)),
+        (err: unknown) => void (session.lost = wf.isCancellation(err) ? null : `agent ${instanceId} stopped answering: ${causeOf(err)}`),
+      )
+      .finally(() => void (session.ended = true));
+    return session;
+  }
+
+  /**
+   * Brings agent `instanceId` to the desired state: the difference from what it has, or on a
+   * restore everything (exactly, unless still rebuilding: then nothing unknown is removed). Rules
+   * removed leave no conntrack entry behind, whoever they belonged to. False when it failed.
+   */
+  private async apply(instanceId: string, restore: boolean): Promise<boolean> {
+    const generation = this.desiredGeneration;
+    const desired = { eips: { ...this.state.eips }, rules: { ...this.state.rules } };
+    const removals = [...this.removals];
+    const from = restore ? { eips: {}, rules: {} } : this.applied;
+    const exact = restore && !this.rebuilding;
+    try {
+      if (exact) await this.agent.reconcileEipAddresses.executeWithOptions({ summary: `restore the EIP addresses of ${this.name}` }, [Object.values(desired.eips)]);
+      else {
+        const change = addressChange(from.eips, desired.eips);
+        if (change.add.length + change.remove.length > 0) await this.agent.changeEipAddresses.executeWithOptions({ summary: `change EIP addresses on ${this.name}` }, [change]);
+      }
+      const diff = ruleDiff(from.rules, desired.rules);
+      const removeOwners = [...new Set([...diff.removeOwners, ...removals])];
+      if (exact || diff.add.length + removeOwners.length > 0) {
+        const summary = exact ? `restore the NAT rules of ${this.name}` : `change NAT rules on ${this.name}`;
+        await this.agent.applyNatRules.executeWithOptions({ summary }, [{ add: diff.add, removeOwners, ...(exact && { replaceAll: true }), flushConntrack: true }]);
+      }
+      this.applied = desired;
+      this.appliedBy = instanceId;
+      this.appliedGeneration = generation;
+      for (const owner of removals) this.removals.delete(owner);
+      return true;
+    } catch (err) {
+      this.appliedBy = null; // what the agent has is unknown now: the next apply is a restore
+      await this.setReady(false, `applying desired state failed: ${causeOf(err)}`);
+      return false;
+    }
+  }
+
+  /** A gateway in use is not deleted under its users: everything stays applied until no EIP names it. */
+  private async waitForUsers(): Promise<void> {
+    for (let attempt = 0; ; ) {
+      this.userLeft = false;
+      this.users = await calls.gatewayUsers.executeWithOptions({ summary: `EIPs still on ${this.name}?` }, [this.name]);
+      this.show();
+      if (this.users.length === 0) return;
+      // An EIP that leaves unbinds, and wakes us; the timer catches one that was never bound.
+      attempt = (await this.waitFor(() => this.userLeft, backoff(attempt, 1000, MAX_USERS_RECHECK_MS))) ? 0 : attempt + 1;
+    }
+  }
+
+  private async stopServing(): Promise<void> {
+    this.stopping = true;
+    await this.serving;
+  }
+
+  /** Addresses and rules off the gateway (conntrack entries too), then nothing is desired any more; best effort when the agent is gone. */
+  private async takeAllOff(): Promise<void> {
+    this.state.eips = {};
+    this.state.rules = {};
+    this.rebuilding = false;
+    this.show();
+    for (let attempt = 1; ; attempt++) {
+      const info = await this.probe();
+      if ((info && (await this.apply(info.instanceId, true))) || attempt === TAKE_OFF_TRIES) return;
+      await wf.sleep(backoff(attempt, 1000, 10_000));
+    }
+  }
+
+  // --- readiness and status ----------------------------------------------------------------
+
+  /** Readiness as the agent allows it; its users are woken when it changes, to show it and re-assert. */
+  private async setReady(ready: boolean, reason: string): Promise<void> {
+    const changed = ready !== this.state.ready;
+    this.state.ready = ready;
+    this.state.reason = reason;
+    if (!ready) this.rebuildUntil = null; // the window starts again once its users can reach it
+    this.show();
+    if (!changed) return;
+    await wakeUps.notifyGatewayWaiters.executeWithOptions({ summary: `tell the users of ${this.name} it is ${ready ? 'ready' : 'not ready'}` }, [this.name]).catch(() => undefined);
+  }
+
+  /** The Ready condition, phase and details from the state; published only when they change. */
+  private show(): void {
+    const { ready, reason, deleting, agent } = this.state;
+    const condition: ReadyCondition = deleting
+      ? this.users.length > 0
+        ? { status: 'False', reason: GATEWAY_IN_USE, message: `waiting for its users to be deleted: ${this.users.join(', ')}` }
+        : { status: 'False', reason: Reason.Deleting, message: 'taking its addresses and rules off' }
+      : ready
+        ? { status: 'True', reason: Reason.Ready, message: `agent ${agent?.instanceId} is serving${this.rebuilding ? '; rebuilding its desired state from its users' : ''}` }
+        : { status: 'False', reason: Reason.GatewayNotReady, message: reason };
+    const previous = this.state.conditions?.find((c) => c.type === 'Ready');
+    const same = previous && previous.status === condition.status && previous.reason === condition.reason && previous.message === condition.message;
+    if (same && previous.observedGeneration === this.generation) return;
+    this.state.conditions = setCondition(this.state.conditions ?? [], { type: 'Ready', ...condition }, new Date(), this.generation);
+    this.state.observedGeneration = this.generation;
+    const phase = deleting ? 'Deleting' : ready ? 'Ready' : 'AgentNotReady';
+    if (phase !== this.phase) wf.upsertSearchAttributes(searchAttributes({ phase }));
+    this.phase = phase;
+    wf.setCurrentDetails(`**${phase}**: ${condition.message}`);
+    this.k8s.publish({ ready: condition.status === 'True', conditions: this.state.conditions, observedGeneration: this.generation });
+  }
+
+  // --- waiting and continuing as new -------------------------------------------------------
+
+  private pending(): boolean {
+    return this.desiredGeneration > this.appliedGeneration;
+  }
+
+  /** Waits for `done` (or the timeout), continuing as new when this run's budget is spent; true when done. */
+  private async waitFor(done: () => boolean, timeoutMs?: number): Promise<boolean> {
+    const woken = () => done() || this.budget.spent();
+    if (timeoutMs === undefined) await wf.condition(woken);
+    else await wf.condition(woken, timeoutMs);
+    if (!done() && this.budget.spent()) await this.continueAsNew();
+    return done();
+  }
+
+  /** Everything carried, after what is in flight has finished (or is cut off: its client re-sends it, and its change is carried). */
+  private async continueAsNew(): Promise<never> {
+    await wf.condition(() => wf.allHandlersFinished() && (!this.pending() || !this.state.ready), DRAIN_MS);
+    await this.stopServing();
+    const { spec, eips, rules, ready, reason, agent, deleting, conditions = [] } = this.state;
+    const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], rebuilding: this.rebuilding, deleting, conditions };
+    const kube = this.input.kube && { ...this.input.kube, generation: this.generation };
+    return wf.continueAsNew<typeof gatewayWorkflow>({ spec, eips, rules, kube, carried, limits: this.input.limits, rebuildWindowMs: this.input.rebuildWindowMs });
+  }
+
+  // --- handlers ----------------------------------------------------------------------------
+
+  /** Records a change and waits for an apply that includes it; false when the agent is not ready (the next restore has it). */
+  private async change(mutate: () => void): Promise<boolean> {
+    mutate();
+    const generation = ++this.desiredGeneration;
+    await wf.condition(() => this.appliedGeneration >= generation || !this.state.ready);
+    return this.appliedGeneration >= generation;
+  }
+
+  // Already what the current agent has: a re-assertion costs no apply.
+  private eipApplied(owner: string, eip: EipAddress): boolean {
+    return this.agentHasApplied() && sameAddress(this.state.eips[owner], eip) && sameAddress(this.applied.eips[owner], eip);
+  }
+
+  private ruleApplied(rule: NatRule): boolean {
+    return this.agentHasApplied() && sameRule(this.state.rules[rule.owner], rule) && sameRule(this.applied.rules[rule.owner], rule);
+  }
+
+  private agentHasApplied(): boolean {
+    return this.state.ready && this.appliedBy === this.state.agent?.instanceId;
+  }
+
+  // A refusal in a validator writes no history: readiness is checked there.
+  private checkBind({ owner, address, prefixLength }: { owner: string } & EipAddress, fence?: Fence): void {
+    checkFence(fence);
+    parseIPv4(address, 'EIP address');
+    if (!Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 32) throw new Error(`bad prefix length ${prefixLength}`);
+    const holder = Object.entries(this.state.eips).find(([o, e]) => o !== owner && e.address === address);
+    if (holder) throw new Error(`${address} is already bound on ${this.name} by ${holder[0]}`);
+    if (!this.eipApplied(owner, { address, prefixLength }) && (!this.state.ready || this.state.deleting)) throw this.notReady();
+  }
+
+  private async bind({ owner, address, prefixLength }: { owner: string } & EipAddress): Promise<void> {
+    this.budget.countUpdate();
+    const eip = { address, prefixLength };
+    if (this.eipApplied(owner, eip)) return;
+    if (await this.change(() => (this.state.eips[owner] = eip))) return;
+    // Nothing half-bound stays desired: the caller compensates by releasing the address.
+    if (sameAddress(this.state.eips[owner], eip)) await this.change(() => delete this.state.eips[owner]);
+    throw this.notReady();
+  }
+
+  private async unbind(owner: string): Promise<{ applied: boolean }> {
+    this.budget.countUpdate();
+    this.userLeft = true;
+    if (!(owner in this.state.eips) && !(owner in this.applied.eips)) return { applied: true };
+    // When the agent is down the removal is still recorded: the next restore is without the address.
+    return { applied: await this.change(() => delete this.state.eips[owner]) };
+  }
+
+  private checkRule(rule: NatRule, fence?: Fence): void {
+    domainCall(() => {
+      checkFence(fence);
+      const { name, rule: valid } = namedRule(rule);
+      const conflict = dnatConflict(this.state.rules, valid);
+      if (conflict) throw new NatflowError(Reason.DuplicateDnat, conflict);
+      checkRuleOnGateway(this.state.spec, valid, name);
+      if (!this.ruleApplied(valid) && (!this.state.ready || this.state.deleting)) throw this.notReady();
+    });
+  }
+
+  private async setRule(named: NatRule): Promise<void> {
+    this.budget.countUpdate();
+    const { rule } = namedRule(named);
+    if (this.ruleApplied(rule)) return;
+    if (await this.change(() => (this.state.rules[rule.owner] = rule))) return;
+    throw this.notReady(); // the caller removes it again as part of its compensation
+  }
+
+  /** By tag, always: a new incarnation does not know every rule its gateway carries. The agent flushes its conntrack entries. */
+  private async removeRule(owner: string): Promise<{ applied: boolean }> {
+    this.budget.countUpdate();
+    if (!(owner in this.applied.rules)) this.removals.add(owner);
+    return { applied: await this.change(() => delete this.state.rules[owner]) };
+  }
+
+  private onSpec({ spec, generation }: SpecChange<GatewaySpec>): void {
+    this.budget.countSignal();
+    if (generation <= this.generation) return; // a repeat or a stale update
+    this.generation = generation;
+    this.state.spec = { ...spec, name: this.name }; // the name is the workflow's identity
+    if (spec.externalSubnet !== this.input.spec.externalSubnet) wf.upsertSearchAttributes(searchAttributes({ subnet: spec.externalSubnet ?? '' }));
+    this.show(); // the new observedGeneration
+  }
+
+  private notReady(): wf.ApplicationFailure {
+    const why = this.state.deleting ? 'it is being deleted' : this.state.reason;
+    return wf.ApplicationFailure.nonRetryable(`gateway ${this.name} is not ready: ${why}`, Reason.GatewayNotReady);
+  }
+}
+
+/** setRule's argument: the rule (validated, in its canonical form: rules are compared) and the name its messages use. */
+function namedRule(rule: NatRule): { name?: string; rule: NatRule } {
+  const { name, ...bare } = rule as NamedNatRule;
+  return { name, rule: validateNatRule(bare) };
+}
+
+const sameAddress = (a: EipAddress | undefined, b: EipAddress) => a?.address === b.address && a.prefixLength === b.prefixLength;
+const sameRule = (a: NatRule | undefined, b: NatRule) => a !== undefined && JSON.stringify(a) === JSON.stringify(b);
+
+/** The address change from `from` to `to`: what is new or moved, and the addresses nobody holds any more. */
+function addressChange(from: Record<string, EipAddress>, to: Record<string, EipAddress>): { add: EipAddress[]; remove: string[] } {
+  const kept = new Set(Object.values(to).map((a) => a.address));
+  return {
+    add: Object.entries(to)
+      .filter(([owner, a]) => !sameAddress(from[owner], a))
+      .map(([, a]) => a),
+    remove: Object.entries(from)
+      .filter(([owner, a]) => to[owner]?.address !== a.address && !kept.has(a.address))
+      .map(([, a]) => a.address),
+  };
+}
+
+/** The failure behind an activity's: a heartbeat timeout, the agent's error. */
+const causeOf = (err: unknown): string => ((err as wf.ActivityFailure).cause as Error | undefined)?.message ?? (err as Error).message;
+
+// --- runs of the last release ------------------------------------------------------------------
+//
+// The gateway workflow as released before `gateway-lifecycle`, kept verbatim so that its open runs
+// replay. Once such a run executes live on this code (the first wake-up after a deploy, at most a
+// probe interval away), it hands over: it continues as new with its desired state, and the new run
+// restores it in full (its state is complete: it was carried, not rebuilt), or cleans up when it
+// was being deleted. Remove this section once no run of that release is open.
+
+const PROBE_WHEN_READY = '30s';
+
+async function legacyGatewayWorkflow(input: GatewayInput): Promise<void> {
   const { spec } = input;
   const agent = gatewayAgent(spec.name);
   const state: GatewayState = { spec, ready: false, reason: 'agent not probed yet', agent: null, eips: { ...input.eips }, rules: { ...input.rules }, deleting: false };
@@ -27,6 +520,13 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
   let appliedGeneration = 0;
   let probeRequested = true;
   let failedProbes = 0;
+  const handOver = (deleting: boolean) =>
+    wf.continueAsNew<typeof gatewayWorkflow>({
+      spec,
+      eips: state.eips,
+      rules: state.rules,
+      ...(deleting && { carried: { ready: false, reason: 'gateway is being deleted', agent: null, appliedBy: null, removals: [], rebuilding: false, deleting, conditions: [] } }),
+    });
 
   wf.upsertSearchAttributes(searchAttributes({ kind: 'gateway', name: spec.name, gateway: spec.name, subnet: spec.externalSubnet ?? '' }));
   const setReady = (ready: boolean, reason: string) => {
@@ -143,6 +643,7 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
     for (;;) {
       const interval = state.ready ? PROBE_WHEN_READY : Math.min(1000 * 2 ** failedProbes, MAX_PROBE_BACKOFF_MS);
       const woken = await wf.condition(() => probeRequested || (state.ready && desiredGeneration > appliedGeneration), interval);
+      if (wf.patched(HANDOVER_PATCH)) return await handOver(false);
       if (!woken || probeRequested) {
         probeRequested = false;
         await probe();
@@ -155,6 +656,7 @@ export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
     }
   } catch (err) {
     if (!wf.isCancellation(err)) throw err;
+    if (wf.patched(HANDOVER_PATCH)) return await handOver(true);
     await wf.CancellationScope.nonCancellable(async () => {
       // Deleting the gateway: take its addresses off (best effort: an unreachable agent's pod is
       // going away with them) and tell every bound EIP, which then releases its address.

@@ -1,0 +1,372 @@
+// Workflow unit tier for the gateway workflow's life: on a real dev server, with the gateway
+// agent's real activities (worker/agent.ts) running against a fake gateway (the nat table and
+// conntrack of test/support/fake-commands.ts, and its EIP addresses) on the gateway's own task
+// queue, and the control activities it calls (wake-ups, users, Kubernetes) faked and recorded.
+// Updates are sent as the resource workflows send them (activities/workflow-calls.ts).
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { WorkflowHandle } from '@temporalio/client';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Worker } from '@temporalio/worker';
+import type { CommandRunner, RunOptions, RunResult } from '../activities/exec.js';
+import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
+import { Reason } from '../domain/errors.js';
+import type { AgentInfo, GatewayInput, GatewayState } from '../domain/gateway.js';
+import { gatewayTaskQueue, workflowIds } from '../domain/names.js';
+import { conntrackTarget, ownerOf, type NatRule } from '../domain/nat-rules.js';
+import { conntrackFilters, parseNatTable } from '../domain/nat-table.js';
+import { agentStartedSignal, gatewaySpecSignal, gatewayStateQuery, type KubeActivities, type NamedNatRule } from '../domain/workflow-api.js';
+import { createAgentActivities } from '../worker/agent.js';
+import { gatewayWorkflow } from '../workflows/gateway.js';
+import { FakeCommands } from './support/fake-commands.js';
+import { createTestEnv } from './support/temporal-env.js';
+import { eventually, uniqueQueue, workflowBundle } from './support/workflows.js';
+
+const EXT = 'net1';
+const VPC = '10.0.1.0/24';
+
+/** A gateway's network state: its nat table and conntrack (FakeCommands) and the EIP addresses on its external interface. */
+class FakeGateway implements CommandRunner {
+  readonly nat = new FakeCommands();
+  readonly addresses = new Map<string, number>();
+
+  async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+    const ok = (stdout = ''): RunResult => ({ stdout, stderr: '', code: 0 });
+    const line = args.join(' ');
+    if (cmd === 'ip' && line === `-j -4 addr show dev ${EXT}`) {
+      return ok(JSON.stringify([{ addr_info: [...this.addresses].map(([local, prefixlen]) => ({ family: 'inet', local, prefixlen, label: `${EXT}:eip` })) }]));
+    }
+    if (cmd === 'ip' && args[0] === 'addr' && (args[1] === 'replace' || args[1] === 'del')) {
+      const [address = '', prefix] = args[2]!.split('/');
+      if (args[1] === 'replace') this.addresses.set(address, Number(prefix));
+      else this.addresses.delete(address);
+      return ok();
+    }
+    if (cmd === 'arping') return ok('Usage: arping [-AbDfhqUV] (iputils)');
+    return this.nat.run(cmd, args, opts);
+  }
+
+  /** The owners of the tagged rules in the nat table, sorted, once each. */
+  owners(): string[] {
+    return [...new Set(parseNatTable(this.nat.save()).rules.flatMap((r) => ownerOf(r.spec) ?? []))].sort();
+  }
+}
+
+interface FakeAgent {
+  info: AgentInfo;
+  stop(): Promise<void>;
+}
+
+describe('gateway workflow (fake gateway, real agent activities)', () => {
+  let env: TestWorkflowEnvironment;
+  let controlWorker: Worker;
+  let controlRun: Promise<void>;
+  const controlQueue = uniqueQueue('gateway-control');
+  /** Per gateway: wake-ups sent, the users it is told it has, and the Kubernetes calls made. */
+  const wakes = new Map<string, number>();
+  const users = new Map<string, string[]>();
+  const kubeCalls: string[] = [];
+  const published: Record<string, unknown>[] = [];
+  let calls: ReturnType<typeof createWorkflowCallActivities>;
+
+  beforeAll(async () => {
+    env = await createTestEnv();
+    calls = createWorkflowCallActivities(env.client);
+    const kube: KubeActivities = {
+      kubeAdopt: async (ref) => (kubeCalls.push(`adopt ${ref.kind} ${ref.name}`), { exists: true, deleting: false }),
+      kubePublishStatus: async (ref) => void (kubeCalls.push(`status ${ref.kind} ${ref.name}`), published.push(ref.status)),
+      kubeRelease: async (ref) => void kubeCalls.push(`release ${ref.kind} ${ref.name}`),
+    };
+    controlWorker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: controlQueue,
+      workflowBundle: await workflowBundle(),
+      activities: {
+        ...kube,
+        notifyGatewayWaiters: async (gateway: string) => (wakes.set(gateway, (wakes.get(gateway) ?? 0) + 1), 0),
+        gatewayUsers: async (gateway: string) => users.get(gateway) ?? [],
+      },
+    });
+    controlRun = controlWorker.run();
+  });
+
+  afterAll(async () => {
+    controlWorker?.shutdown();
+    await controlRun;
+    await env?.teardown();
+  });
+
+  const newName = () => `gw-${randomUUID().slice(0, 8)}`;
+
+  /** An agent for `gateway` polling its queue, on `net` (a restarted agent on the same gateway keeps its tables). */
+  async function startAgent(gateway: string, net: FakeGateway, announce = false): Promise<FakeAgent> {
+    const info: AgentInfo = { gateway, instanceId: randomUUID(), startedAt: new Date().toISOString(), externalInterface: EXT };
+    const worker = await Worker.create({ connection: env.nativeConnection, taskQueue: gatewayTaskQueue(gateway), activities: createAgentActivities({ gateway, externalInterface: EXT, runner: net }, info) });
+    const done = worker.run();
+    if (announce) await env.client.workflow.getHandle(workflowIds.gateway(gateway)).signal(agentStartedSignal, info);
+    return {
+      info,
+      stop: async () => {
+        if (worker.getState() === 'RUNNING') worker.shutdown();
+        await done;
+      },
+    };
+  }
+
+  function startGateway(gateway: string, input: Omit<GatewayInput, 'spec'> = {}) {
+    return env.client.workflow.start(gatewayWorkflow, {
+      taskQueue: controlQueue,
+      workflowId: workflowIds.gateway(gateway),
+      args: [{ spec: { name: gateway, internalCidr: VPC, lanIp: '10.0.1.254' }, ...input }],
+    });
+  }
+
+  const stateOf = (h: WorkflowHandle, runId?: string) => env.client.workflow.getHandle(h.workflowId, runId).query(gatewayStateQuery);
+  const ready = (h: WorkflowHandle, want = true) => eventually(() => stateOf(h), (s) => s.ready === want, 30_000, `gateway ready=${want}`);
+  const readyCondition = (s: GatewayState) => s.conditions?.find((c) => c.type === 'Ready');
+  const runIdOf = async (h: WorkflowHandle) => (await h.describe()).runId;
+  const events = async (h: WorkflowHandle) => (await env.client.workflow.getHandle(h.workflowId).fetchHistory()).events?.length ?? 0;
+  const agentCalls = async (h: WorkflowHandle, runId?: string) => {
+    const { events: history } = await env.client.workflow.getHandle(h.workflowId, runId).fetchHistory();
+    return (history ?? []).flatMap((e) => (e.activityTaskScheduledEventAttributes?.taskQueue?.name?.startsWith('natflow-gateway-') ? [e.activityTaskScheduledEventAttributes.activityType!.name!] : []));
+  };
+
+  const fip = (owner: string, eip: string, internalIp: string): NatRule => ({ kind: 'fip', owner, eip, internalIp });
+  const dnat = (owner: string, eip: string, port: number, internalIp: string): NatRule => ({ kind: 'dnat', owner, eip, protocol: 'tcp', externalPort: port, internalIp, internalPort: 80 });
+  const bind = (gateway: string, owner: string, address: string) => calls.bindAddress({ gateway, owner, address, prefixLength: 24 });
+  const setRule = (gateway: string, rule: NatRule) => calls.setGatewayRule({ gateway, rule });
+  /** A rule's conntrack entries in the fake gateway: one per `conntrack -D` filter of the rule. */
+  const entries = (r: NatRule) => conntrackFilters(conntrackTarget(r)).map((f) => f.join(' '));
+
+  async function ended(h: WorkflowHandle): Promise<void> {
+    await env.client.workflow.getHandle(h.workflowId).result().catch(() => undefined);
+  }
+
+  it('continues as new while ready with everything it holds, and the next run neither restores nor wipes the agent', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    const agent = await startAgent(gw, net);
+    // Six updates spend this run's budget: the sixth is followed by continue-as-new.
+    const h = await startGateway(gw, { eips: {}, rules: {}, limits: { updates: 6 } });
+    try {
+      await ready(h);
+      for (let i = 0; i < 3; i++) {
+        await bind(gw, `eip-${i}`, `172.18.0.${10 + i}`);
+        await setRule(gw, fip(`fip-${i}`, `172.18.0.${10 + i}`, `10.0.1.${10 + i}`));
+      }
+      await eventually(() => runIdOf(h), (id) => id !== h.firstExecutionRunId, 20_000, 'a second run');
+      const before = await stateOf(h, h.firstExecutionRunId);
+      expect(Object.keys(before.rules)).toHaveLength(3);
+      const after = await ready(h);
+      expect(after).toEqual(before);
+      // The same agent instance has it all: the new run applied nothing and removed nothing.
+      expect(await agentCalls(h)).toEqual(['agentInfo', 'agentSession']);
+      expect(net.owners()).toEqual(['fip-0', 'fip-1', 'fip-2']);
+      expect([...net.addresses.keys()].sort()).toEqual(['172.18.0.10', '172.18.0.11', '172.18.0.12']);
+    } finally {
+      await h.terminate();
+      await agent.stop();
+    }
+  });
+
+  it('an idle ready gateway writes (almost) no history: its agent session heartbeats instead of probes', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    const agent = await startAgent(gw, net);
+    const h = await startGateway(gw, { eips: {}, rules: {} });
+    try {
+      await ready(h);
+      await bind(gw, 'eip-a', '172.18.0.20');
+      await setRule(gw, dnat('dnat-a', '172.18.0.20', 8080, '10.0.1.20'));
+      await new Promise((r) => setTimeout(r, 1000)); // let the last workflow task settle
+      const start = await events(h);
+      await new Promise((r) => setTimeout(r, 20_000));
+      expect((await events(h)) - start).toBeLessThanOrEqual(2);
+      expect((await stateOf(h)).ready).toBe(true);
+    } finally {
+      await h.terminate();
+      await agent.stop();
+    }
+  });
+
+  it('a new incarnation does not wipe what its gateway carries: it wakes its users, adds what they re-assert, removes by tag when told, and after the window only the leftovers', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    const kept = fip('fip-kept', '172.18.0.30', '10.0.1.30');
+    const removed = dnat('dnat-removed', '172.18.0.31', 8081, '10.0.1.31');
+    const leftover = fip('fip-leftover', '172.18.0.32', '10.0.1.32');
+    const seeded = await startAgent(gw, net);
+    // What an earlier incarnation (terminated with its state) left on the gateway.
+    const { applyNatRules, reconcileEipAddresses } = createAgentActivities({ gateway: gw, externalInterface: EXT, runner: net }, seeded.info);
+    await reconcileEipAddresses(['172.18.0.30', '172.18.0.31', '172.18.0.32'].map((address) => ({ address, prefixLength: 24 })));
+    await applyNatRules({ add: [kept, removed, leftover], removeOwners: [] });
+    for (const filter of [...entries(kept), ...entries(removed), ...entries(leftover)]) net.nat.conntrack.set(filter, 2);
+
+    const h = await startGateway(gw, { rebuildWindowMs: 6_000 });
+    try {
+      await ready(h);
+      await eventually(async () => wakes.get(gw) ?? 0, (n) => n >= 1, 10_000, 'its users woken');
+      expect(net.owners()).toEqual(['dnat-removed', 'fip-kept', 'fip-leftover']);
+      expect(net.addresses.size).toBe(3);
+
+      // Its users re-assert (the EIP its address, the FIP its rule); a deleted rule is removed by its tag.
+      await bind(gw, 'eip-kept', kept.eip);
+      await setRule(gw, kept);
+      expect(await calls.removeGatewayRule({ gateway: gw, owner: removed.owner })).toEqual({ applied: true });
+      expect(net.owners()).toEqual(['fip-kept', 'fip-leftover']);
+      expect(net.nat.conntrack.has(entries(removed)[0]!)).toBe(false);
+      expect(readyCondition(await stateOf(h))?.message).toMatch(/rebuilding/);
+
+      // The window ends with one full restore: what nobody claimed goes, with its conntrack entries.
+      await eventually(() => stateOf(h), (s) => !/rebuilding/.test(readyCondition(s)?.message ?? 'rebuilding'), 20_000, 'the end of the rebuild window');
+      expect(net.owners()).toEqual(['fip-kept']);
+      expect([...net.addresses.keys()]).toEqual([kept.eip]);
+      expect(entries(leftover).map((f) => net.nat.conntrack.has(f))).toEqual([false, false]);
+      expect(entries(kept).map((f) => net.nat.conntrack.get(f))).toEqual([2, 2]);
+    } finally {
+      await h.terminate();
+      await seeded.stop();
+    }
+  });
+
+  it('a rule removed while the agent is down is gone, with its conntrack entries, once an agent is back; not-ready state continues as new unchanged', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    const r1 = fip('fip-1', '172.18.0.40', '10.0.1.40');
+    const r2 = dnat('dnat-2', '172.18.0.41', 8082, '10.0.1.41');
+    let agent = await startAgent(gw, net);
+    const h = await startGateway(gw, { eips: {}, rules: {}, limits: { updates: 5 } });
+    try {
+      await ready(h);
+      await setRule(gw, r1);
+      await setRule(gw, r2);
+      for (const filter of [...entries(r1), ...entries(r2)]) net.nat.conntrack.set(filter, 3);
+      const wokenBefore = wakes.get(gw) ?? 0;
+
+      await agent.stop(); // its session ends: not ready, and its users are told
+      await ready(h, false);
+      await eventually(async () => wakes.get(gw) ?? 0, (n) => n > wokenBefore, 10_000, 'users woken: not ready');
+      expect(await calls.removeGatewayRule({ gateway: gw, owner: r1.owner })).toEqual({ applied: false });
+      expect(net.owners()).toEqual(['dnat-2', 'fip-1']); // nothing could reach the gateway
+
+      // Two more updates spend the budget while not ready: the next run carries the same state.
+      expect(await calls.unbindAddress({ gateway: gw, owner: 'never-bound' })).toEqual({ applied: true });
+      expect(await calls.unbindAddress({ gateway: gw, owner: 'never-bound-2' })).toEqual({ applied: true });
+      await eventually(() => runIdOf(h), (id) => id !== h.firstExecutionRunId, 20_000, 'a second run');
+      // Its first probe takes 5 s to time out: until then it is exactly the state carried.
+      expect(await stateOf(h)).toEqual(await stateOf(h, h.firstExecutionRunId));
+
+      agent = await startAgent(gw, net, true); // a new agent instance, on the gateway as it was left
+      await ready(h);
+      expect(net.owners()).toEqual(['dnat-2']);
+      expect(entries(r1).map((f) => net.nat.conntrack.has(f))).toEqual([false, false]);
+      expect(net.nat.conntrack.get(entries(r2)[0]!)).toBe(3);
+    } finally {
+      await h.terminate();
+      await agent.stop();
+    }
+  });
+
+  it('a gateway deleted while EIPs name it keeps everything (condition names them), continues as new while waiting, then takes it all off and releases its object last', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    const agent = await startAgent(gw, net);
+    users.set(gw, ['eip eip1', 'eip eip2']);
+    const h = await startGateway(gw, { kube: { uid: randomUUID(), generation: 1 }, limits: { signals: 3 }, rebuildWindowMs: 1_000 });
+    try {
+      await ready(h);
+      await bind(gw, 'eip1', '172.18.0.50');
+      await setRule(gw, fip('fip-1', '172.18.0.50', '10.0.1.50'));
+      await h.cancel();
+      const waiting = await eventually(() => stateOf(h), (s) => readyCondition(s)?.reason === 'GatewayInUse', 20_000, 'GatewayInUse');
+      expect(readyCondition(waiting)?.message).toBe('waiting for its users to be deleted: eip eip1, eip eip2');
+      expect(waiting.deleting).toBe(true);
+      await eventually(async () => published, (p) => p.some((s) => JSON.stringify(s).includes('waiting for its users')), 10_000, 'the condition published');
+
+      // Signals spend the budget while deleting: the next run still waits, with the same state.
+      for (let i = 0; i < 3; i++) await env.client.workflow.getHandle(h.workflowId).signal(agentStartedSignal, agent.info);
+      await eventually(() => runIdOf(h), (id) => id !== h.firstExecutionRunId, 20_000, 'a second run');
+      await new Promise((r) => setTimeout(r, 2000));
+      const next = await stateOf(h);
+      expect(next).toEqual(await stateOf(h, h.firstExecutionRunId));
+      expect(readyCondition(next)?.reason).toBe('GatewayInUse');
+      expect(net.owners()).toEqual(['fip-1']);
+      expect([...net.addresses.keys()]).toEqual(['172.18.0.50']);
+
+      // The users leave: one unbinds (a wake-up), the other simply goes.
+      users.set(gw, []);
+      await calls.unbindAddress({ gateway: gw, owner: 'eip1' });
+      await ended(h);
+      expect(net.owners()).toEqual([]);
+      expect(net.addresses.size).toBe(0);
+      const mine = kubeCalls.filter((c) => c.endsWith(` ${gw}`));
+      expect(mine[0]).toBe(`adopt vpc-nat-gw ${gw}`);
+      expect(mine.at(-1)).toBe(`release vpc-nat-gw ${gw}`);
+      expect(mine.filter((c) => c.startsWith('adopt'))).toHaveLength(1);
+    } finally {
+      await h.terminate().catch(() => undefined);
+      await agent.stop();
+    }
+  });
+
+  it('continues as new while rebuilding: the next run keeps what was re-asserted and still removes only leftovers after its window', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    const agent = await startAgent(gw, net);
+    const { applyNatRules } = createAgentActivities({ gateway: gw, externalInterface: EXT, runner: net }, agent.info);
+    await applyNatRules({ add: [fip('fip-old', '172.18.0.60', '10.0.1.60'), fip('fip-gone', '172.18.0.61', '10.0.1.61')], removeOwners: [] });
+    const h = await startGateway(gw, { limits: { updates: 2 }, rebuildWindowMs: 8_000 });
+    try {
+      await ready(h);
+      await bind(gw, 'eip-old', '172.18.0.60');
+      await setRule(gw, fip('fip-old', '172.18.0.60', '10.0.1.60'));
+      await eventually(() => runIdOf(h), (id) => id !== h.firstExecutionRunId, 20_000, 'a second run');
+      expect(await ready(h)).toEqual(await stateOf(h, h.firstExecutionRunId));
+      expect(net.owners()).toEqual(['fip-gone', 'fip-old']);
+      await eventually(async () => net.owners(), (o) => o.length === 1, 30_000, 'the leftover removed');
+      expect(net.owners()).toEqual(['fip-old']);
+    } finally {
+      await h.terminate();
+      await agent.stop();
+    }
+  });
+
+  it("re-asserting what is applied costs no apply; a rule must point wholly inside the VPC, never at its network, broadcast or lanIp (messages name the rule)", async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    const agent = await startAgent(gw, net);
+    const h = await startGateway(gw, { eips: {}, rules: {} });
+    try {
+      await ready(h);
+      const rule = fip('fip-same', '172.18.0.70', '10.0.1.70');
+      await bind(gw, 'eip-same', rule.eip);
+      await setRule(gw, rule);
+      const applies = (await agentCalls(h)).length;
+      await bind(gw, 'eip-same', rule.eip);
+      await setRule(gw, { ...rule });
+      expect((await agentCalls(h)).length).toBe(applies);
+
+      const refused = (r: NamedNatRule) => setRule(gw, r).then(() => null, (err: Error) => ({ type: (err as { type?: string }).type, message: err.message }));
+      expect(await refused({ kind: 'snat', owner: 's1', eip: rule.eip, internalCidr: '10.0.0.0/16', name: 'snat-wide' })).toEqual({
+        type: Reason.InvalidSpec,
+        message: `snat snat-wide: internalCIDR 10.0.0.0/16 is outside the VPC subnet ${VPC} of gateway ${gw} (it must lie wholly inside it)`,
+      });
+      expect((await refused({ ...fip('f2', rule.eip, '10.0.1.0'), name: 'fip-net' }))?.message).toBe(`fip fip-net: internalIp 10.0.1.0 is the network address of the VPC subnet ${VPC} of gateway ${gw}`);
+      expect((await refused(dnat('d3', rule.eip, 81, '10.0.1.255')))?.message).toBe(`dnat rule d3: internalIp 10.0.1.255 is the broadcast address of the VPC subnet ${VPC} of gateway ${gw}`);
+      expect((await refused({ ...fip('f4', rule.eip, '10.0.1.254'), name: 'fip-lan' }))?.message).toMatch(/^fip fip-lan: internalIp 10.0.1.254 is the lanIp of gateway/);
+      expect(await refused({ kind: 'snat', owner: 's5', eip: rule.eip, internalCidr: '10.0.1.128/25', name: 'snat-half' })).toBeNull();
+      expect(net.owners()).toEqual(['fip-same', 's5']);
+
+      // A spec change is taken by generation; a stale one is ignored.
+      const handle = env.client.workflow.getHandle(h.workflowId);
+      await handle.signal(gatewaySpecSignal, { spec: { name: gw, internalCidr: '10.0.2.0/24' }, generation: 2 });
+      await handle.signal(gatewaySpecSignal, { spec: { name: gw, internalCidr: '10.9.9.0/24' }, generation: 1 });
+      const s = await eventually(() => stateOf(h), (x) => x.observedGeneration === 2, 10_000, 'generation 2');
+      expect(s.spec.internalCidr).toBe('10.0.2.0/24');
+      expect((await refused(fip('f6', rule.eip, '10.0.1.80')))?.message).toMatch(/outside the VPC subnet 10.0.2.0\/24/);
+    } finally {
+      await h.terminate();
+      await agent.stop();
+    }
+  });
+});

@@ -7,10 +7,11 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import type { EipInput, EipSpec } from '../domain/eip.js';
 import type { KubeActivities, WorkflowCallActivities } from '../domain/workflow-api.js';
-import { claimEipUpdate, gatewayChangedSignal, unclaimEipUpdate } from '../domain/workflow-api.js';
+import { allocateUpdate, claimEipUpdate, gatewayChangedSignal, ipamStateQuery, specChangedSignal, unclaimEipUpdate } from '../domain/workflow-api.js';
 import { workflowIds } from '../domain/names.js';
 import type { NatInput } from '../domain/nat-resources.js';
 import { eipWorkflow } from '../workflows/eip.js';
+import { ipamWorkflow } from '../workflows/ipam.js';
 import { fipWorkflow } from '../workflows/nat-rule.js';
 import { FakeCalls } from './support/fake-calls.js';
 import { createTestEnv } from './support/temporal-env.js';
@@ -139,6 +140,34 @@ describe('a life of months (mocked activities)', () => {
       await eventually(async () => fake.started(), (n) => n.includes('allocateAddress'), 20_000);
       await deleteAndWait(h);
       expect(fake.events.indexOf('releaseAddress:start')).toBeGreaterThan(fake.events.indexOf('allocateAddress:end'));
+    });
+  });
+
+  it('an EIP asked for another address while rules use it refuses (visibly), keeps serving, and moves once they are gone', async () => {
+    const fake = new FakeCalls<Activities>(answers());
+    await withEip(fake, {}, async (h) => {
+      await untilPhase(() => eipStatus(h), 'Ready');
+      await h.executeUpdate(claimEipUpdate, { args: [claim('natflow/dnat/d1/u1')] });
+      await h.signal(specChangedSignal, { spec: { natGwDp: 'gw1', v4ip: '172.18.0.77' }, generation: 2 });
+      const refused = await eventually(() => eipStatus(h), (s) => s.observedGeneration === 2, 20_000, 'generation 2 observed');
+      expect(refused).toMatchObject({ phase: 'Ready', ip: '172.18.0.5' });
+      expect(refused.conditions.find((c) => c.type === 'Valid')).toMatchObject({ status: 'False', reason: 'EipInUse' });
+      await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: 'natflow/dnat/d1/u1' }] });
+      await eventually(async () => fake.args.allocateAddress ?? [], (calls) => calls.length === 2, 20_000, 'a second allocation');
+      expect(fake.args.allocateAddress![1]![0]).toMatchObject({ requested: '172.18.0.77' });
+      expect(fake.started()).toContain('releaseAddress');
+      await deleteAndWait(h);
+    });
+  });
+
+  it('an allocation sent by an activity attempt that has timed out is refused: nothing is allocated after the caller gave back', async () => {
+    const subnet = { name: 'ext-fence', cidrBlock: '172.30.0.0/24', gateway: '172.30.0.1', excludeIps: [] };
+    await withWorkflow(env, {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet }] }, async (h) => {
+      const late = h.executeUpdate(allocateUpdate, { args: [{ owner: 'natflow/eip/e/u' }, { notAfter: Date.now() - 1000 }] });
+      await expect(late).rejects.toMatchObject({ cause: { type: 'StaleRequest' } });
+      await h.executeUpdate(allocateUpdate, { args: [{ owner: 'natflow/eip/e2/u' }, { notAfter: Date.now() + 60_000 }] });
+      expect(Object.keys((await h.query(ipamStateQuery)).allocations)).toEqual(['natflow/eip/e2/u']);
+      await h.terminate();
     });
   });
 

@@ -1,7 +1,14 @@
 // Test helpers for running natflow's workflows against a real (throwaway) Temporal dev server.
 import { randomUUID } from 'node:crypto';
-import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import type { WorkflowHandle } from '@temporalio/client';
+import { bundleWorkflowCode, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type { WorkflowHandle, WorkflowHandleWithFirstExecutionRunId, WorkflowStartOptions } from '@temporalio/client';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { Workflow } from '@temporalio/workflow';
+import type { EipSpec, EipStatus } from '../../domain/eip.js';
+import type { ResourceKind } from '../../domain/names.js';
+import type { NatSpecs, NatStatus } from '../../domain/nat-resources.js';
+import { statusQuery } from '../../domain/workflow-api.js';
+import { resourceStart, resourceStatus, type Resources } from '../../starter/resources.js';
 import { workflowBundleOptions } from '../../worker/control.js';
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
@@ -39,4 +46,78 @@ export async function eventually<T>(probe: () => Promise<T>, accept: (value: T) 
 export async function deleteAndWait(handle: WorkflowHandle): Promise<void> {
   await handle.cancel();
   await handle.result().catch(() => undefined);
+}
+
+/**
+ * Runs `body` with a worker serving `activities` (on a task queue of its own) and one workflow
+ * started on it; the worker stops when `body` ends, whatever the workflow is doing then.
+ */
+export async function withWorkflow<W extends Workflow, R>(
+  env: Pick<TestWorkflowEnvironment, 'client' | 'nativeConnection'>,
+  activities: object,
+  workflow: W,
+  start: Omit<WorkflowStartOptions<W>, 'taskQueue'>,
+  body: (handle: WorkflowHandleWithFirstExecutionRunId<W>) => Promise<R>,
+): Promise<R> {
+  const taskQueue = uniqueQueue(workflow.name || 'workflow');
+  const worker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities });
+  return worker.runUntil(async () => body(await env.client.workflow.start(workflow, { ...start, taskQueue } as WorkflowStartOptions<W>)));
+}
+
+// --- resource workflows: status and phases ---------------------------------------------------
+
+/** The status a resource workflow of this kind answers. */
+export type StatusOfKind<K extends ResourceKind> = K extends 'eip' ? EipStatus : NatStatus;
+/** A resource workflow's handle that knows its kind, so that its status is typed. */
+export type ResourceHandle<K extends ResourceKind> = WorkflowHandleWithFirstExecutionRunId & { readonly kind: K };
+
+/**
+ * `withWorkflow` for one resource (`<kind>1`, a fresh uid, generation 1), started as the CLI and
+ * the bridge start it (`resourceStart`).
+ */
+export function withResource<K extends ResourceKind, R>(
+  env: Pick<TestWorkflowEnvironment, 'client' | 'nativeConnection'>,
+  activities: object,
+  kind: K,
+  spec: K extends 'eip' ? EipSpec : NatSpecs[Exclude<K, 'eip'>],
+  body: (handle: ResourceHandle<K>) => Promise<R>,
+): Promise<R> {
+  const { workflow, options } = resourceStart(kind, { name: `${kind}1`, uid: uid(), generation: 1 }, spec);
+  return withWorkflow(env, activities, workflow, options, (handle) => body(Object.assign(handle, { kind })));
+}
+
+/** The `status` query of a resource workflow, typed by its kind. */
+export const statusOf = <K extends ResourceKind>(handle: WorkflowHandle & { readonly kind: K }) => handle.query(statusQuery) as Promise<StatusOfKind<K>>;
+
+/** Polls a status until its phase is `phase`; returns that status. */
+export function untilPhase<S extends { phase: string }>(status: () => Promise<S>, phase: S['phase'], timeoutMs = 30_000, what = `phase ${phase}`): Promise<S> {
+  return eventually(status, (s) => s.phase === phase, timeoutMs, what);
+}
+
+/** A resource workflow's status once its phase is `phase`. */
+export const workflowPhase = <K extends ResourceKind>(handle: ResourceHandle<K>, phase: StatusOfKind<K>['phase'], timeoutMs = 20_000) =>
+  untilPhase(() => statusOf(handle), phase, timeoutMs, `${handle.kind} ${phase}`);
+
+/** A resource's status (found by name, as the CLI finds it) once its phase is `phase`. */
+export const resourcePhase = <K extends ResourceKind>(r: Resources, kind: K, name: string, phase: StatusOfKind<K>['phase'], timeoutMs = 30_000) =>
+  untilPhase(() => resourceStatus(r, kind, name), phase, timeoutMs, `${kind} ${name} ${phase}`);
+
+// --- history ---------------------------------------------------------------------------------
+
+export interface HistoryEntry {
+  /** The event's attributes field without `EventAttributes`: `workflowExecutionSignaled`, `timerFired`, ... */
+  type: string;
+  /** The activity type of `activityTaskScheduled`, the signal name of `workflowExecutionSignaled`. */
+  name?: string;
+}
+
+/** A workflow's history (current run), one entry per event, in order. */
+export async function historyOf(handle: WorkflowHandle): Promise<HistoryEntry[]> {
+  const { events } = await handle.fetchHistory();
+  return (events ?? []).map((event) => {
+    const [key, attributes] = Object.entries(event).find(([k, v]) => k.endsWith('EventAttributes') && v != null) ?? ['unknownEventAttributes', {}];
+    const a = attributes as { activityType?: { name?: string }; signalName?: string };
+    const name = a.activityType?.name ?? a.signalName ?? undefined;
+    return { type: key.slice(0, -'EventAttributes'.length), ...(name !== undefined && { name }) };
+  });
 }

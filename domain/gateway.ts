@@ -65,7 +65,7 @@ export interface GatewayCarried {
   agent: AgentInfo | null;
   /** The agent instance that has exactly the carried addresses and rules; null: it needs a restore. */
   appliedBy: string | null;
-  /** Rule owners to remove by tag that were never applied by this incarnation. */
+  /** Rule owners removed but not yet taken off by an apply (removed by tag). */
   removals: string[];
   /** Still rebuilding its desired state from its users (a new incarnation): no full restore yet. */
   rebuilding: boolean;

@@ -111,7 +111,7 @@ class Gateway {
   /** What agent `appliedBy` has, as far as this workflow applied it; null: it needs a restore. */
   private applied: { eips: Record<string, EipAddress>; rules: Record<string, NatRule> } = { eips: {}, rules: {} };
   private appliedBy: string | null;
-  /** Rule owners to remove by tag although never applied by this incarnation. */
+  /** Rule owners to remove by tag with the next apply, whatever this incarnation knows of them. */
   private readonly removals: Set<string>;
   /** Only additions and explicit removals until `rebuildUntil`, then the first full restore. */
   private rebuilding: boolean;
@@ -452,10 +452,13 @@ class Gateway {
     throw this.notReady(); // the caller removes it again as part of its compensation
   }
 
-  /** By tag, always: a new incarnation does not know every rule its gateway carries. The agent flushes its conntrack entries. */
+  /**
+   * By tag, always, until an apply has taken it off: a new incarnation does not know every rule its
+   * gateway carries, and its restores only add. The agent flushes the removed rules' conntrack entries.
+   */
   private async removeRule(owner: string): Promise<{ applied: boolean }> {
     this.budget.countUpdate();
-    if (!(owner in this.applied.rules)) this.removals.add(owner);
+    this.removals.add(owner);
     return { applied: await this.change(() => delete this.state.rules[owner]) };
   }
 

@@ -87,7 +87,12 @@ export function claimConflict(kind: NatKind, existing: EipClaim[], owner: string
 }
 
 /** Kube-OVN keeps ports as strings: "8080" is read as 8080, then checked like any port. */
-const port = (value: unknown, field: string) => validatePort(typeof value === 'string' && /^[0-9]{1,5}$/.test(value) ? Number(value) : value, field);
+// Kube-OVN's own reading of its string fields, so that every manifest it accepts works here too:
+// ports as decimal strings ("8080", "+8080", "08080"), protocol in any case, an SNAT source as a
+// CIDR or a bare address (a /32).
+const port = (value: unknown, field: string) => validatePort(typeof value === 'string' && /^\+?[0-9]{1,5}$/.test(value) ? Number(value) : value, field);
+const protocol = (value: unknown, field: string) => validateProtocol(typeof value === 'string' ? value.toLowerCase() : value, field);
+const snatSource = (value: unknown) => (typeof value === 'string' && !value.includes('/') ? `${value}/32` : value);
 
 /** The gateway rule for a resource, once its EIP's address is known. Validation of addresses is the rule's. */
 export function natRuleFor(input: NatInput, eipAddress: string): NatRule {
@@ -99,11 +104,11 @@ export function natRuleFor(input: NatInput, eipAddress: string): NatRule {
     }
     case 'dnat': {
       const spec = input.spec as DnatSpec;
-      return { kind: 'dnat', owner, eip: eipAddress, protocol: validateProtocol(spec.protocol, 'spec.protocol'), externalPort: port(spec.externalPort, 'spec.externalPort'), internalIp: spec.internalIp, internalPort: port(spec.internalPort, 'spec.internalPort') };
+      return { kind: 'dnat', owner, eip: eipAddress, protocol: protocol(spec.protocol, 'spec.protocol'), externalPort: port(spec.externalPort, 'spec.externalPort'), internalIp: spec.internalIp, internalPort: port(spec.internalPort, 'spec.internalPort') };
     }
     case 'snat': {
       const spec = input.spec as SnatSpec;
-      return { kind: 'snat', owner, eip: eipAddress, internalCidr: spec.internalCIDR };
+      return { kind: 'snat', owner, eip: eipAddress, internalCidr: snatSource(spec.internalCIDR) as string };
     }
     default:
       throw new NatflowError(Reason.InvalidSpec, `unknown NAT kind ${JSON.stringify((input as NatInput).kind)}`);
@@ -123,13 +128,13 @@ export function validateNatSpec(input: NatInput): string {
         validateIPv4(spec.internalIp, 'spec.internalIp');
         break;
       case 'dnat':
-        validateProtocol(spec.protocol, 'spec.protocol');
+        protocol(spec.protocol, 'spec.protocol');
         port(spec.externalPort, 'spec.externalPort');
         validateIPv4(spec.internalIp, 'spec.internalIp');
         port(spec.internalPort, 'spec.internalPort');
         break;
       case 'snat':
-        validateIPv4Cidr(spec.internalCIDR, 'spec.internalCIDR');
+        validateIPv4Cidr(snatSource(spec.internalCIDR), 'spec.internalCIDR');
         break;
     }
     return eip;

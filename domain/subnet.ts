@@ -59,3 +59,14 @@ export function parseSubnet(spec: SubnetSpec): ParsedSubnet {
 export function isReserved(subnet: ParsedSubnet, address: number): boolean {
   return subnet.reserved.some(([from, to]) => address >= from && address <= to);
 }
+
+/** May the subnet hand out (or keep handing) this address: inside its CIDR and not reserved? */
+export function isAssignable(subnet: ParsedSubnet, address: number): boolean {
+  return cidrContains(subnet.cidr, address) && !isReserved(subnet, address);
+}
+
+/** The same spec, whatever the order of its excludeIps (what a Subnet edit that changes nothing looks like). */
+export function sameSubnetSpec(a: SubnetSpec, b: SubnetSpec): boolean {
+  const norm = (s: SubnetSpec) => JSON.stringify([s.name, s.cidrBlock, s.gateway, [...(s.excludeIps ?? [])].sort()]);
+  return norm(a) === norm(b);
+}

@@ -7,7 +7,7 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { EipSpec, EipStatus } from './eip.js';
 import type { AgentInfo, AgentSessionEnd, EipAddress, GatewayReadiness, GatewaySpec, GatewayState } from './gateway.js';
-import type { Allocation, AllocateRequest, IpamState } from './ipam.js';
+import type { Allocation, AllocateRequest, IpamState, IpamSummary } from './ipam.js';
 import type { KubeRef } from './kube.js';
 import type { EipClaim, NatSpec, NatStatus } from './nat-resources.js';
 import type { ConntrackTarget, NatRule } from './nat-rules.js';
@@ -74,6 +74,8 @@ export const releaseUpdate = defineUpdate<string | null, [{ owner: string }]>('r
 export const ipamStateQuery = defineQuery<IpamState>('state');
 /** The Subnet's spec changed (excludeIps, gateway, ...). */
 export const subnetSpecSignal = defineSignal<[SpecChange<SubnetSpec>]>('subnetSpecChanged');
+/** `state` without the allocations: small at any subnet size (what the bridge asks at every resync). */
+export const ipamUsageQuery = defineQuery<IpamSummary>('usage');
 
 // --- activities ------------------------------------------------------------------------------
 

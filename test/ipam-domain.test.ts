@@ -68,4 +68,41 @@ describe('IPAM allocator', () => {
   it('rejects a subnet whose gateway is outside its CIDR', () => {
     expect(reasonOf(() => new Ipam({ ...subnet, gateway: '10.0.0.1' }))).toBe(Reason.InvalidSpec);
   });
+
+  describe('a new Subnet spec', () => {
+    it('is taken when every allocation still fits it', () => {
+      const ipam = new Ipam(subnet, { a: '172.18.0.40' });
+      ipam.propose({ ...subnet, excludeIps: ['172.18.0.100..172.18.0.254'] }, 2);
+      expect(ipam.summary()).toMatchObject({ subnet: { excludeIps: ['172.18.0.100..172.18.0.254'] }, observedGeneration: 2 });
+      expect(ipam.summary().pendingSpec).toBeUndefined();
+      expect(ipam.usage().v4availableIPs).toBe(98 - 1); // .2-.99, one of them held
+    });
+
+    it('that would strand an allocation waits, says why, keeps every allocation, and is taken once it is released', () => {
+      const ipam = new Ipam(subnet, { a: '172.18.0.2', b: '172.18.0.40' }, { generation: 1 });
+      const narrower = { ...subnet, excludeIps: ['172.18.0.30..172.18.0.254'] };
+      ipam.propose(narrower, 2);
+      expect(ipam.summary()).toMatchObject({ subnet, observedGeneration: 1, pendingSpec: { spec: narrower, generation: 2 } });
+      expect(ipam.summary().pendingSpec?.reason).toMatch(/^1 allocation\(s\) would be outside 172\.18\.0\.0\/24 or reserved: 172\.18\.0\.40 \(b\)/);
+      expect(ipam.allocations()).toEqual({ a: '172.18.0.2', b: '172.18.0.40' });
+      // Meanwhile nothing is handed out that the waiting spec would not keep.
+      expect(reasonOf(() => ipam.allocate({ owner: 'c', requested: '172.18.0.50' }))).toBe(Reason.AddressReserved);
+      const again = new Ipam(subnet, ipam.allocations(), ipam.carried()); // across continue-as-new
+      expect(again.summary().pendingSpec?.spec).toEqual(narrower);
+      again.release('b');
+      expect(again.summary()).toMatchObject({ subnet: narrower, observedGeneration: 2 });
+      expect(again.summary().pendingSpec).toBeUndefined();
+    });
+
+    it('that does not parse waits with its error; an older generation is ignored', () => {
+      const ipam = new Ipam(subnet, {}, { generation: 3 });
+      ipam.propose({ ...subnet, cidrBlock: '172.18.0.0/33' }, 4);
+      expect(ipam.summary().pendingSpec?.reason).toMatch(/cidrBlock "172\.18\.0\.0\/33" is not a CIDR block/);
+      ipam.propose({ ...subnet, gateway: '172.18.0.9' }, 3);
+      expect(ipam.spec).toEqual(subnet);
+      ipam.propose(subnet, 5); // back to a spec that fits: taken, nothing waits any more
+      expect(ipam.summary()).toMatchObject({ observedGeneration: 5 });
+      expect(ipam.summary().pendingSpec).toBeUndefined();
+    });
+  });
 });

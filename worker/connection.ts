@@ -2,6 +2,7 @@
 // the environment, then the local dev server.
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
+import { payloadCodecPlugin } from './payload-codec.js';
 
 export interface TemporalTarget {
   address: string;
@@ -23,12 +24,15 @@ export interface TemporalConnections {
   close(): Promise<void>;
 }
 
-/** A client connection, and with `worker` a worker's native connection, to the same target. */
+/**
+ * A client connection, and with `worker` a worker's native connection, to the same target. Both
+ * carry natflow's payload codec: every Client and Worker made with them encodes alike.
+ */
 export async function connectTemporal(target: TemporalTarget): Promise<TemporalConnections>;
 export async function connectTemporal(target: TemporalTarget, opts: { worker: false }): Promise<Omit<TemporalConnections, 'nativeConnection'>>;
 export async function connectTemporal(target: TemporalTarget, opts: { worker?: boolean } = {}): Promise<Partial<TemporalConnections>> {
-  const nativeConnection = opts.worker === false ? undefined : await NativeConnection.connect({ address: target.address });
-  const connection = await Connection.connect({ address: target.address });
+  const nativeConnection = opts.worker === false ? undefined : await NativeConnection.connect({ address: target.address, plugins: [payloadCodecPlugin] });
+  const connection = await Connection.connect({ address: target.address, plugins: [payloadCodecPlugin] });
   return {
     nativeConnection,
     client: new Client({ connection, namespace: target.namespace }),

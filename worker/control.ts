@@ -8,14 +8,15 @@ import { createKubeActivities } from '../activities/kube.js';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import { CONTROL_TASK_QUEUE } from '../domain/names.js';
 import { connectTemporal, temporalTarget, type TemporalTarget } from './connection.js';
+import { payloadCodecPlugin } from './payload-codec.js';
 import { isMainModule } from './process.js';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 /**
- * How the workflow code is bundled: one definition for the worker, the tests and the replay
- * of recorded histories, so that replay runs exactly what the worker runs.
+ * How the workflow code is bundled and its payloads decoded: one definition for the worker, the
+ * tests and the replay of recorded histories, so that replay runs exactly what the worker runs.
  */
-export const workflowBundleOptions = { workflowsPath } as const;
+export const workflowBundleOptions = { workflowsPath, plugins: [payloadCodecPlugin] };
 
 export interface ControlWorkerOptions {
   /** Connection the worker polls with. */

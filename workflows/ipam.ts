@@ -4,30 +4,58 @@
 import * as wf from '@temporalio/workflow';
 import { Ipam, type AllocateRequest, type IpamInput } from '../domain/ipam.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { allocateUpdate, ipamStateQuery, releaseUpdate, type Fence } from '../domain/workflow-api.js';
+import type { SubnetSpec } from '../domain/subnet.js';
+import { allocateUpdate, ipamStateQuery, ipamUsageQuery, releaseUpdate, subnetSpecSignal, type Fence, type SpecChange } from '../domain/workflow-api.js';
 import { checkFence, domainCall } from './failures.js';
+import { HistoryBudget } from './history-budget.js';
+
+/** The last release's only limit: runs it started (replayed without the patch) keep it. */
+const LEGACY_MAX_HISTORY = 10_000;
 
 export async function ipamWorkflow(input: IpamInput): Promise<void> {
-  const ipam = domainCall(() => new Ipam(input.subnet, input.allocations));
+  // Continue-as-new on a budget of events, signals and updates (the server allows 2,000 updates per run).
+  const budgeted = wf.patched('ipam-long-life');
+  const ipam = domainCall(() => new Ipam(input.subnet, input.allocations, input));
+  const budget = new HistoryBudget({ ...(input.maxHistoryLength !== undefined && { events: input.maxHistoryLength }), ...input.limits });
   wf.upsertSearchAttributes(searchAttributes({ kind: 'subnet', name: input.subnet.name, subnet: input.subnet.name }));
 
-  wf.setHandler(ipamStateQuery, () => ({ subnet: ipam.spec, usage: ipam.usage(), allocations: ipam.allocations() }));
+  wf.setHandler(ipamStateQuery, () => ({ ...ipam.summary(), allocations: ipam.allocations() }));
+  wf.setHandler(ipamUsageQuery, () => ipam.summary());
+  wf.setHandler(subnetSpecSignal, ({ spec, generation }: SpecChange<SubnetSpec>) => {
+    budget.countSignal();
+    ipam.propose({ ...spec, name: input.subnet.name }, generation); // the name is the workflow's identity
+  });
   // Validators reject bad requests before anything is written to history.
-  wf.setHandler(allocateUpdate, (req: AllocateRequest) => domainCall(() => ipam.allocate(req)), {
-    validator: (req: AllocateRequest, fence?: Fence) => {
-      checkFence(fence);
-      domainCall(() => ipam.check(req));
+  wf.setHandler(
+    allocateUpdate,
+    (req: AllocateRequest) => {
+      budget.countUpdate();
+      return domainCall(() => ipam.allocate(req));
     },
-  });
-  wf.setHandler(releaseUpdate, ({ owner }) => ipam.release(owner), {
-    validator: (req) => {
-      if (typeof req?.owner !== 'string' || !req.owner) throw new Error('release needs an owner');
+    {
+      validator: (req: AllocateRequest, fence?: Fence) => {
+        checkFence(fence);
+        domainCall(() => ipam.check(req));
+      },
     },
-  });
+  );
+  wf.setHandler(
+    releaseUpdate,
+    ({ owner }) => {
+      budget.countUpdate();
+      return ipam.release(owner);
+    },
+    {
+      validator: (req) => {
+        if (typeof req?.owner !== 'string' || !req.owner) throw new Error('release needs an owner');
+      },
+    },
+  );
 
-  const maxHistory = input.maxHistoryLength ?? 10_000;
-  await wf.condition(() => wf.workflowInfo().continueAsNewSuggested || wf.workflowInfo().historyLength >= maxHistory);
-  // Handlers are synchronous, but wait anyway so no accepted update is cut off by the new run.
+  await wf.condition(() => (budgeted ? budget.spent() : wf.workflowInfo().continueAsNewSuggested || wf.workflowInfo().historyLength >= (input.maxHistoryLength ?? LEGACY_MAX_HISTORY)));
+  // The handlers are synchronous: an update accepted in this task completed in it. One the server
+  // had not delivered yet is aborted as retryable by the continue-as-new, and its caller sends it
+  // again to the next run (activities/workflow-calls.ts), so nothing needs draining here.
   await wf.condition(wf.allHandlersFinished);
-  await wf.continueAsNew<typeof ipamWorkflow>({ ...input, allocations: ipam.allocations() });
+  await wf.continueAsNew<typeof ipamWorkflow>({ ...input, ...ipam.carried() });
 }

@@ -4,29 +4,35 @@
 import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
 import { validateName, type ResourceKind } from '../domain/names.js';
 
-export interface ResourceRecord {
-  kind: ResourceKind;
+/** What marks a workflow the kube bridge started (its memo): only those are ever collected as orphans. */
+export const FROM_KUBERNETES_MEMO = { source: 'kubernetes' } as const;
+
+export interface ResourceRecord<K extends string = ResourceKind> {
+  kind: K;
   name: string;
   workflowId: string;
+  /** Its NatflowPhase search attribute ('' before it set one). */
+  phase: string;
+  /** Started by the kube bridge (its memo says so). */
+  fromKube: boolean;
 }
 
-/** Running resource workflows of a kind, found through their search attributes. */
-export async function findRunning(r: { client: Client }, kind: ResourceKind, filter: { name?: string; gateway?: string } = {}): Promise<ResourceRecord[]> {
+/** Running workflows of a natflow kind (`eip` ... `snat`, `gateway`), found through their search attributes. */
+export async function findRunning<K extends ResourceKind | 'gateway'>(r: { client: Client }, kind: K, filter: { name?: string; gateway?: string } = {}): Promise<ResourceRecord<K>[]> {
   const clauses = [`NatflowKind = "${kind}"`, 'ExecutionStatus = "Running"'];
   if (filter.name) clauses.push(`NatflowName = ${JSON.stringify(validateName(filter.name, 'name'))}`);
   if (filter.gateway) clauses.push(`NatflowGateway = ${JSON.stringify(validateName(filter.gateway, 'gateway'))}`);
-  const found: ResourceRecord[] = [];
+  const found: ResourceRecord<K>[] = [];
   for await (const execution of r.client.workflow.list({ query: clauses.join(' AND ') })) {
-    found.push({ kind, name: nameOf(execution), workflowId: execution.workflowId });
+    found.push({ kind, name: attribute(execution, 'NatflowName') ?? execution.workflowId.split('/')[2] ?? execution.workflowId, workflowId: execution.workflowId, phase: attribute(execution, 'NatflowPhase') ?? '', fromKube: execution.memo?.source === FROM_KUBERNETES_MEMO.source });
   }
   return found;
 }
 
-function nameOf(execution: WorkflowExecutionInfo): string {
-  const value = execution.searchAttributes?.NatflowName;
-  return Array.isArray(value) ? String(value[0]) : execution.workflowId.split('/')[2] ?? execution.workflowId;
+function attribute(execution: WorkflowExecutionInfo, name: string): string | undefined {
+  const value = execution.searchAttributes?.[name];
+  return Array.isArray(value) && value.length > 0 ? String(value[0]) : undefined;
 }
-
 
 /** A just-started workflow may take a moment to become visible: look again for this long. */
 const VISIBILITY_GRACE_MS = 5_000;

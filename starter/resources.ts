@@ -3,33 +3,39 @@
 import { randomUUID } from 'node:crypto';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { normalizeEipSpec, type EipSpec, type EipStatus } from '../domain/eip.js';
-import type { GatewaySpec, GatewayState } from '../domain/gateway.js';
-import type { IpamState } from '../domain/ipam.js';
+import type { GatewayInput, GatewaySpec, GatewayState } from '../domain/gateway.js';
+import type { IpamState, IpamSummary } from '../domain/ipam.js';
 import { CONTROL_TASK_QUEUE, validateName, workflowIds, type ResourceKind, type ResourceRef } from '../domain/names.js';
 import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain/subnet.js';
-import { gatewayStateQuery, ipamStateQuery, specChangedSignal, statusQuery } from '../domain/workflow-api.js';
+import { gatewayStateQuery, ipamStateQuery, ipamUsageQuery, specChangedSignal, statusQuery } from '../domain/workflow-api.js';
 import { eipWorkflow } from '../workflows/eip.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
+import type { HistoryLimits } from '../workflows/history-budget.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
 import { dnatWorkflow, fipWorkflow, snatWorkflow } from '../workflows/nat-rule.js';
-import { findOneRunning, findRunning } from './find-resources.js';
+import { FROM_KUBERNETES_MEMO, findOneRunning, findRunning } from './find-resources.js';
 
 export interface Resources {
   client: Client;
   taskQueue?: string;
+  /** Lower per-run history limits for the workflows started here (tests); see workflows/history-budget.ts. */
+  historyLimits?: HistoryLimitOverrides;
 }
+
+export type HistoryLimitOverrides = Partial<HistoryLimits>;
 
 const queue = (r: Resources) => r.taskQueue ?? CONTROL_TASK_QUEUE;
 
-export async function ensureSubnet(r: Resources, spec: SubnetSpec): Promise<string> {
+/** Starts a subnet's IPAM unless it runs; `generation`: its Subnet's, when it comes from Kubernetes. */
+export async function ensureSubnet(r: Resources, spec: SubnetSpec, generation?: number): Promise<string> {
   parseSubnet(spec); // a clear error here rather than a failed workflow
   const handle = await r.client.workflow.start(ipamWorkflow, {
     taskQueue: queue(r),
     workflowId: workflowIds.ipam(spec.name),
     workflowIdConflictPolicy: 'USE_EXISTING',
-    args: [{ subnet: spec }],
+    args: [{ subnet: spec, ...(generation !== undefined && { generation }), ...(r.historyLimits && { limits: r.historyLimits }) }],
     staticSummary: `IPAM of subnet ${spec.name} (${spec.cidrBlock})`,
   });
   return handle.workflowId;
@@ -39,13 +45,20 @@ export async function subnetState(r: Resources, name: string): Promise<IpamState
   return r.client.workflow.getHandle(workflowIds.ipam(name)).query(ipamStateQuery);
 }
 
-export async function ensureGateway(r: Resources, spec: GatewaySpec): Promise<string> {
+/** A subnet's spec and usage without its allocations: small at any size. */
+export async function subnetSummary(r: Resources, name: string): Promise<IpamSummary> {
+  return r.client.workflow.getHandle(workflowIds.ipam(name)).query(ipamUsageQuery);
+}
+
+/** Starts a gateway's workflow unless it runs; `kube`: its VpcNatGateway, which the workflow then adopts. */
+export async function ensureGateway(r: Resources, spec: GatewaySpec, kube?: GatewayInput['kube']): Promise<string> {
   validateName(spec.name, 'gateway name');
   const handle = await r.client.workflow.start(gatewayWorkflow, {
     taskQueue: queue(r),
     workflowId: workflowIds.gateway(spec.name),
     workflowIdConflictPolicy: 'USE_EXISTING',
-    args: [{ spec }],
+    args: [{ spec, ...(kube && { kube }), ...(r.historyLimits && { limits: r.historyLimits }) }],
+    ...(kube && { memo: FROM_KUBERNETES_MEMO }),
     staticSummary: `NAT gateway ${spec.name}`,
   });
   return handle.workflowId;
@@ -82,16 +95,18 @@ const workflowOf = { eip: eipWorkflow, fip: fipWorkflow, dnat: dnatWorkflow, sna
 
 /**
  * How a resource's workflow is started, by the CLI and the bridge alike: its ID, input and the
- * search attributes it has from its first moment, so it can be found by name at once.
+ * search attributes it has from its first moment, so it can be found by name at once. One that
+ * comes from Kubernetes is marked (memo), so that the bridge may collect it once its object is gone.
  */
-export function resourceStart(kind: ResourceKind, resource: ResourceRef, spec: EipSpec | NatSpec, taskQueue = CONTROL_TASK_QUEUE) {
+export function resourceStart(kind: ResourceKind, resource: ResourceRef, spec: EipSpec | NatSpec, taskQueue = CONTROL_TASK_QUEUE, limits?: HistoryLimitOverrides) {
   const eip = kind === 'eip' ? (spec as Partial<EipSpec>) : undefined;
   return {
     workflow: workflowOf[kind] as typeof eipWorkflow,
     options: {
       taskQueue,
       workflowId: workflowIds.resource(kind, resource),
-      args: [(kind === 'eip' ? { resource, spec } : { kind, resource, spec }) as never] as [never],
+      args: [{ ...(kind === 'eip' ? { resource, spec } : { kind, resource, spec }), ...(limits && { limits }) } as never] as [never],
+      ...(resource.fromKube && { memo: FROM_KUBERNETES_MEMO }),
       typedSearchAttributes: searchAttributes({ kind, name: resource.name, phase: 'Pending', ...(eip && { gateway: String(eip.natGwDp ?? ''), subnet: String(eip.externalSubnet || DEFAULT_EXTERNAL_SUBNET) }) }),
       staticSummary: `${kind} ${resource.name}${eip ? ` on gateway ${eip.natGwDp}` : ` on EIP ${(spec as Partial<NatSpec>)?.eip}`}${resource.fromKube ? ' (kubernetes)' : ''}`,
     },
@@ -107,7 +122,7 @@ export async function createResource<K extends ResourceKind>(r: Resources, kind:
   if (kind === 'eip') normalizeEipSpec(name, spec as EipSpec);
   else natEipName({ kind: kind as NatKind, resource: { name, uid, generation: 1 }, spec: spec as NatSpec });
   if ((await findRunning(r, kind, { name })).length > 0) throw new Error(`${kind} ${name} already exists`);
-  const start = resourceStart(kind, { name, uid, generation: 1 }, spec, queue(r));
+  const start = resourceStart(kind, { name, uid, generation: 1 }, spec, queue(r), r.historyLimits);
   const handle = await r.client.workflow.start(start.workflow, start.options);
   return { kind, name, uid, workflowId: handle.workflowId };
 }

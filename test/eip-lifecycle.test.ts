@@ -2,10 +2,12 @@
 // Every test ends by checking the two leak invariants: no allocation and no address left.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCommand } from '../activities/exec.js';
+import type { EipPhase, EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { createEip, deleteEip, eipStatus, subnetState } from '../starter/resources.js';
-import { eventually } from './support/workflows.js';
+import { ping } from './support/traffic.js';
+import { eventually, resourcePhase } from './support/workflows.js';
 import { startStack, type Stack } from './support/stack.js';
 
 const GW = 't-eip';
@@ -22,10 +24,8 @@ describe('EIP lifecycle (end to end)', () => {
   });
 
   const status = (name: string) => eipStatus(stack.resources, name);
-  const phaseOf = (name: string, phase: string) => eventually(() => status(name), (s) => s.phase === phase, 30_000, `${name} ${phase}`);
+  const phaseOf = (name: string, phase: EipPhase) => resourcePhase(stack.resources, 'eip', name, phase);
   const allocations = async () => (await subnetState(stack.resources, stack.subnet.name)).allocations;
-  const ping = (netns: string, address: string) =>
-    runCommand('ping', ['-c', '1', '-W', '1', address], { netns, allowExitCodes: [1] }).then((r) => r.code === 0);
   async function expectNothingLeft() {
     expect(await allocations()).toEqual({});
     for (const gateway of stack.gateways.keys()) expect(await stack.eipAddresses(gateway)).toEqual([]);
@@ -68,12 +68,20 @@ describe('EIP lifecycle (end to end)', () => {
   });
 
   it('a delete at any moment of creation leaves zero allocations and zero addresses', async () => {
-    // Deletes spread over the whole creation (0–3 s after the start) hit every step on the way.
+    // Deletes spread over the whole creation hit every step on the way. How long a creation takes
+    // depends on the machine, so the spread is measured, not assumed: the first EIP is deleted at
+    // once, the last once it is Ready, the others in between.
+    const started = Date.now();
+    await createEip(stack.resources, 'eip-probe', { natGwDp: GW });
+    await phaseOf('eip-probe', 'Ready');
+    const creation = Date.now() - started;
+    await deleteEip(stack.resources, 'eip-probe');
     const names = Array.from({ length: 16 }, (_, i) => `eip-race-${i}`);
     const phasesAtDelete = await Promise.all(
       names.map(async (name, i) => {
         await createEip(stack.resources, name, { natGwDp: GW });
-        await new Promise((r) => setTimeout(r, (i * 3000) / names.length));
+        if (i === names.length - 1) await phaseOf(name, 'Ready');
+        else await new Promise((r) => setTimeout(r, (i * 3 * creation) / (names.length - 1))); // 16 at once are slower than one
         const phase = (await status(name)).phase;
         await deleteEip(stack.resources, name);
         return phase;
@@ -90,7 +98,7 @@ describe('EIP lifecycle (end to end)', () => {
     await phaseOf('eip-holder', 'Ready');
     // The CLI refuses a malformed spec before creating anything (the workflow's own check is unit-tested).
     await expect(createEip(stack.resources, 'eip-malformed', { natGwDp: GW, v4ip: '172.18.0.777' })).rejects.toThrow(/spec.v4ip "172\.18\.0\.777" is not an IPv4 address/);
-    const cases = [
+    const cases: { name: string; spec: EipSpec; phase: EipPhase; reason: Reason; message: RegExp }[] = [
       { name: 'eip-outside', spec: { natGwDp: GW, v4ip: '10.1.2.3' }, phase: 'Failed', reason: Reason.AddressOutOfRange, message: /10\.1\.2\.3 is outside subnet ovn-vpc-external-network/ },
       { name: 'eip-taken', spec: { natGwDp: GW, v4ip: '172.18.0.77' }, phase: 'Failed', reason: Reason.AddressTaken, message: /172\.18\.0\.77 is already allocated/ },
       { name: 'eip-nosubnet', spec: { natGwDp: GW, externalSubnet: 'no-such-subnet' }, phase: 'Failed', reason: Reason.SubnetNotFound, message: /no-such-subnet does not exist/ },

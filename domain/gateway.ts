@@ -67,6 +67,8 @@ export interface GatewayCarried {
   appliedBy: string | null;
   /** Rule owners removed but not yet taken off by an apply (removed by tag). */
   removals: string[];
+  /** Addresses unbound but not yet taken off by an apply (a restore while rebuilding only adds). */
+  addressRemovals?: string[];
   /** Still rebuilding its desired state from its users (a new incarnation): no full restore yet. */
   rebuilding: boolean;
   deleting: boolean;

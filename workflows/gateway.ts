@@ -113,6 +113,8 @@ class Gateway {
   private appliedBy: string | null;
   /** Rule owners to remove by tag with the next apply, whatever this incarnation knows of them. */
   private readonly removals: Set<string>;
+  /** Addresses unbound since the last apply: taken off even by a restore that only adds. */
+  private readonly addressRemovals: Set<string>;
   /** Only additions and explicit removals until `rebuildUntil`, then the first full restore. */
   private rebuilding: boolean;
   private rebuildUntil: number | null = null;
@@ -145,6 +147,7 @@ class Gateway {
     this.appliedBy = carried?.appliedBy ?? null;
     if (this.appliedBy) this.applied = { eips: { ...this.state.eips }, rules: { ...this.state.rules } };
     this.removals = new Set(carried?.removals);
+    this.addressRemovals = new Set(carried?.addressRemovals);
     this.rebuilding = carried?.rebuilding ?? this.fresh;
     this.budget = new HistoryBudget(input.limits);
     this.agent = gatewayAgent(this.name);
@@ -266,12 +269,15 @@ class Gateway {
     const generation = this.desiredGeneration;
     const desired = { eips: { ...this.state.eips }, rules: { ...this.state.rules } };
     const removals = [...this.removals];
+    const addressRemovals = [...this.addressRemovals];
     const from = restore ? { eips: {}, rules: {} } : this.applied;
     const exact = restore && !this.rebuilding;
     try {
       if (exact) await this.agent.reconcileEipAddresses.executeWithOptions({ summary: `restore the EIP addresses of ${this.name}` }, [Object.values(desired.eips)]);
       else {
         const change = addressChange(from.eips, desired.eips);
+        const kept = new Set(Object.values(desired.eips).map((a) => a.address));
+        change.remove = [...new Set([...change.remove, ...addressRemovals.filter((address) => !kept.has(address))])];
         if (change.add.length + change.remove.length > 0) await this.agent.changeEipAddresses.executeWithOptions({ summary: `change EIP addresses on ${this.name}` }, [change]);
       }
       const diff = ruleDiff(from.rules, desired.rules);
@@ -284,6 +290,7 @@ class Gateway {
       this.appliedBy = instanceId;
       this.appliedGeneration = generation;
       for (const owner of removals) this.removals.delete(owner);
+      for (const address of addressRemovals) this.addressRemovals.delete(address);
       return true;
     } catch (err) {
       this.appliedBy = null; // what the agent has is unknown now: the next apply is a restore
@@ -377,7 +384,7 @@ class Gateway {
     await wf.condition(() => wf.allHandlersFinished() && (!this.pending() || !this.state.ready), DRAIN_MS);
     await this.stopServing();
     const { spec, eips, rules, ready, reason, agent, deleting, conditions = [] } = this.state;
-    const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], rebuilding: this.rebuilding, deleting, conditions };
+    const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], addressRemovals: [...this.addressRemovals], rebuilding: this.rebuilding, deleting, conditions };
     const kube = this.input.kube && { ...this.input.kube, generation: this.generation };
     return wf.continueAsNew<typeof gatewayWorkflow>({ spec, eips, rules, kube, carried, limits: this.input.limits, rebuildWindowMs: this.input.rebuildWindowMs });
   }
@@ -429,6 +436,8 @@ class Gateway {
     this.budget.countUpdate();
     this.userLeft = true;
     if (!(owner in this.state.eips) && !(owner in this.applied.eips)) return { applied: true };
+    const address = (this.state.eips[owner] ?? this.applied.eips[owner])!.address;
+    this.addressRemovals.add(address);
     // When the agent is down the removal is still recorded: the next restore is without the address.
     return { applied: await this.change(() => delete this.state.eips[owner]) };
   }

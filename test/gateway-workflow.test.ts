@@ -29,8 +29,11 @@ const VPC = '10.0.1.0/24';
 class FakeGateway implements CommandRunner {
   readonly nat = new FakeCommands();
   readonly addresses = new Map<string, number>();
+  /** How long each iptables-restore takes (a busy gateway). */
+  restoreDelayMs = 0;
 
   async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+    if (cmd === 'iptables-restore') await new Promise((r) => setTimeout(r, this.restoreDelayMs));
     const ok = (stdout = ''): RunResult => ({ stdout, stderr: '', code: 0 });
     const line = args.join(' ');
     if (cmd === 'ip' && line === `-j -4 addr show dev ${EXT}`) {
@@ -113,11 +116,11 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
     };
   }
 
-  function startGateway(gateway: string, input: Omit<GatewayInput, 'spec'> = {}) {
+  function startGateway(gateway: string, input: Omit<GatewayInput, 'spec'> = {}, vpc = { internalCidr: VPC, lanIp: '10.0.1.254' }) {
     return env.client.workflow.start(gatewayWorkflow, {
       taskQueue: controlQueue,
       workflowId: workflowIds.gateway(gateway),
-      args: [{ spec: { name: gateway, internalCidr: VPC, lanIp: '10.0.1.254' }, ...input }],
+      args: [{ spec: { name: gateway, ...vpc }, ...input }],
     });
   }
 
@@ -160,7 +163,7 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       const after = await ready(h);
       expect(after).toEqual(before);
       // The same agent instance has it all: the new run applied nothing and removed nothing.
-      expect(await agentCalls(h)).toEqual(['agentInfo', 'agentSession']);
+      expect(await eventually(() => agentCalls(h), (c) => c.includes('agentSession'), 15_000, 'a session with the agent')).toEqual(['agentInfo', 'agentSession']);
       expect(net.owners()).toEqual(['fip-0', 'fip-1', 'fip-2']);
       expect([...net.addresses.keys()].sort()).toEqual(['172.18.0.10', '172.18.0.11', '172.18.0.12']);
     } finally {
@@ -267,6 +270,31 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
     }
   });
 
+  it('while rebuilding, what is removed while the agent is down is taken off by the next agent, though its restore only adds', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    let agent = await startAgent(gw, net);
+    const h = await startGateway(gw, { rebuildWindowMs: 120_000 });
+    try {
+      await ready(h);
+      const rule = fip('fip-r', '172.18.0.90', '10.0.1.90');
+      await bind(gw, 'eip-r', rule.eip);
+      await setRule(gw, rule);
+      await agent.stop();
+      await ready(h, false);
+      expect(await calls.removeGatewayRule({ gateway: gw, owner: rule.owner })).toEqual({ applied: false });
+      expect(await calls.unbindAddress({ gateway: gw, owner: 'eip-r' })).toEqual({ applied: false });
+      agent = await startAgent(gw, net, true);
+      await ready(h);
+      expect(readyCondition(await stateOf(h))?.message).toMatch(/rebuilding/);
+      expect(net.owners()).toEqual([]);
+      expect(net.addresses.size).toBe(0);
+    } finally {
+      await h.terminate();
+      await agent.stop();
+    }
+  });
+
   it('a gateway deleted while EIPs name it keeps everything (condition names them), continues as new while waiting, then takes it all off and releases its object last', async () => {
     const gw = newName();
     const net = new FakeGateway();
@@ -331,31 +359,38 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
     }
   });
 
-  it("re-asserting what is applied costs no apply; a rule must point wholly inside the VPC, never at its network, broadcast or lanIp (messages name the rule)", async () => {
+  it("re-asserting what is applied resolves at once, even behind a slow apply; a rule must point wholly inside the VPC, never at its network, broadcast or lanIp (messages name the rule)", async () => {
     const gw = newName();
     const net = new FakeGateway();
     const agent = await startAgent(gw, net);
-    const h = await startGateway(gw, { eips: {}, rules: {} });
+    // The VPC starts a larger aligned block: a CIDR whose first address is inside may still reach out of it.
+    const h = await startGateway(gw, { eips: {}, rules: {} }, { internalCidr: '10.0.0.0/24', lanIp: '10.0.0.254' });
+    const vpc = `the VPC subnet 10.0.0.0/24 of gateway ${gw}`;
     try {
       await ready(h);
-      const rule = fip('fip-same', '172.18.0.70', '10.0.1.70');
+      const rule = fip('fip-same', '172.18.0.70', '10.0.0.70');
       await bind(gw, 'eip-same', rule.eip);
       await setRule(gw, rule);
-      const applies = (await agentCalls(h)).length;
+      net.restoreDelayMs = 3000;
+      const slow = setRule(gw, fip('fip-slow', '172.18.0.71', '10.0.0.71'));
+      await new Promise((r) => setTimeout(r, 300)); // its apply is under way
+      const started = Date.now();
       await bind(gw, 'eip-same', rule.eip);
       await setRule(gw, { ...rule });
-      expect((await agentCalls(h)).length).toBe(applies);
+      expect(Date.now() - started).toBeLessThan(1500);
+      await slow;
+      net.restoreDelayMs = 0;
 
       const refused = (r: NamedNatRule) => setRule(gw, r).then(() => null, (err: Error) => ({ type: (err as { type?: string }).type, message: err.message }));
       expect(await refused({ kind: 'snat', owner: 's1', eip: rule.eip, internalCidr: '10.0.0.0/16', name: 'snat-wide' })).toEqual({
         type: Reason.InvalidSpec,
-        message: `snat snat-wide: internalCIDR 10.0.0.0/16 is outside the VPC subnet ${VPC} of gateway ${gw} (it must lie wholly inside it)`,
+        message: `snat snat-wide: internalCIDR 10.0.0.0/16 is outside ${vpc} (it must lie wholly inside it)`,
       });
-      expect((await refused({ ...fip('f2', rule.eip, '10.0.1.0'), name: 'fip-net' }))?.message).toBe(`fip fip-net: internalIp 10.0.1.0 is the network address of the VPC subnet ${VPC} of gateway ${gw}`);
-      expect((await refused(dnat('d3', rule.eip, 81, '10.0.1.255')))?.message).toBe(`dnat rule d3: internalIp 10.0.1.255 is the broadcast address of the VPC subnet ${VPC} of gateway ${gw}`);
-      expect((await refused({ ...fip('f4', rule.eip, '10.0.1.254'), name: 'fip-lan' }))?.message).toMatch(/^fip fip-lan: internalIp 10.0.1.254 is the lanIp of gateway/);
-      expect(await refused({ kind: 'snat', owner: 's5', eip: rule.eip, internalCidr: '10.0.1.128/25', name: 'snat-half' })).toBeNull();
-      expect(net.owners()).toEqual(['fip-same', 's5']);
+      expect((await refused({ ...fip('f2', rule.eip, '10.0.0.0'), name: 'fip-net' }))?.message).toBe(`fip fip-net: internalIp 10.0.0.0 is the network address of ${vpc}`);
+      expect((await refused(dnat('d3', rule.eip, 81, '10.0.0.255')))?.message).toBe(`dnat rule d3: internalIp 10.0.0.255 is the broadcast address of ${vpc}`);
+      expect((await refused({ ...fip('f4', rule.eip, '10.0.0.254'), name: 'fip-lan' }))?.message).toMatch(/^fip fip-lan: internalIp 10.0.0.254 is the lanIp of gateway/);
+      expect(await refused({ kind: 'snat', owner: 's5', eip: rule.eip, internalCidr: '10.0.0.128/25', name: 'snat-half' })).toBeNull();
+      expect(net.owners()).toEqual(['fip-same', 'fip-slow', 's5']);
 
       // A spec change is taken by generation; a stale one is ignored.
       const handle = env.client.workflow.getHandle(h.workflowId);
@@ -363,7 +398,7 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       await handle.signal(gatewaySpecSignal, { spec: { name: gw, internalCidr: '10.9.9.0/24' }, generation: 1 });
       const s = await eventually(() => stateOf(h), (x) => x.observedGeneration === 2, 10_000, 'generation 2');
       expect(s.spec.internalCidr).toBe('10.0.2.0/24');
-      expect((await refused(fip('f6', rule.eip, '10.0.1.80')))?.message).toMatch(/outside the VPC subnet 10.0.2.0\/24/);
+      expect((await refused(fip('f6', rule.eip, '10.0.0.80')))?.message).toMatch(/outside the VPC subnet 10.0.2.0\/24/);
     } finally {
       await h.terminate();
       await agent.stop();

@@ -27,6 +27,20 @@ export const kube = proxyActivities<KubeActivities>({
 });
 
 /**
+ * The agent's side of the gateway's liveness check, on its queue: a missing agent is noticed by
+ * schedule-to-start, a dead one by its missed heartbeats (no history while it is alive). The
+ * gateway workflow is the retry loop.
+ */
+export const agentSessions = (gateway: string, sessionMs: number) =>
+  proxyActivities<Pick<GatewayAgentActivities, 'agentSession'>>({
+    taskQueue: gatewayTaskQueue(gateway),
+    scheduleToStartTimeout: '5s',
+    startToCloseTimeout: sessionMs + 5 * 60_000,
+    heartbeatTimeout: '15s',
+    retry: { maximumAttempts: 1 },
+  });
+
+/**
  * A gateway's agent, on that gateway's own task queue. A missing agent must be noticed quickly,
  * not waited on: schedule-to-start bounds the wait for a poller, and the gateway workflow (which
  * probes and re-applies on its own) is the retry loop.

@@ -4,12 +4,12 @@ import { randomUUID } from 'node:crypto';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { normalizeEipSpec, type EipSpec, type EipStatus } from '../domain/eip.js';
 import type { GatewayInput, GatewaySpec, GatewayState } from '../domain/gateway.js';
-import type { IpamState, IpamSummary } from '../domain/ipam.js';
+import type { IpamState } from '../domain/ipam.js';
 import { CONTROL_TASK_QUEUE, validateName, workflowIds, type ResourceKind, type ResourceRef } from '../domain/names.js';
 import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain/subnet.js';
-import { gatewayStateQuery, ipamStateQuery, ipamUsageQuery, specChangedSignal, statusQuery } from '../domain/workflow-api.js';
+import { gatewayStateQuery, ipamStateQuery, specChangedSignal, statusQuery } from '../domain/workflow-api.js';
 import { eipWorkflow } from '../workflows/eip.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
 import type { HistoryLimits } from '../workflows/history-budget.js';
@@ -43,11 +43,6 @@ export async function ensureSubnet(r: Resources, spec: SubnetSpec, generation?: 
 
 export async function subnetState(r: Resources, name: string): Promise<IpamState> {
   return r.client.workflow.getHandle(workflowIds.ipam(name)).query(ipamStateQuery);
-}
-
-/** A subnet's spec and usage without its allocations: small at any size. */
-export async function subnetSummary(r: Resources, name: string): Promise<IpamSummary> {
-  return r.client.workflow.getHandle(workflowIds.ipam(name)).query(ipamUsageQuery);
 }
 
 /** Starts a gateway's workflow unless it runs; `kube`: its VpcNatGateway, which the workflow then adopts. */

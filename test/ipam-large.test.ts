@@ -10,7 +10,7 @@ import { formatIPv4, parseIPv4 } from '../domain/ip.js';
 import { workflowIds } from '../domain/names.js';
 import { ipamStateQuery, ipamUsageQuery } from '../domain/workflow-api.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
-import { GZIP_ENCODING, natflowDataConverter } from '../worker/payload-codec.js';
+import { GZIP_ENCODING, natflowPayloadCodec } from '../worker/payload-codec.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { withWorkflow } from './support/workflows.js';
 
@@ -19,7 +19,7 @@ const ALLOCATED = 60_000;
 
 /** The size a value takes on the wire, through natflow's data converter. */
 async function wireSize(value: unknown): Promise<number> {
-  const [payload] = await natflowDataConverter.payloadCodecs![0]!.encode([defaultPayloadConverter.toPayload(value)]);
+  const [payload] = await natflowPayloadCodec.encode([defaultPayloadConverter.toPayload(value)]);
   return payload!.data!.byteLength;
 }
 
@@ -51,7 +51,7 @@ describe('IPAM of a /16', () => {
       const { events } = await handle.fetchHistory();
       const input = events![0]!.workflowExecutionStartedEventAttributes!.input!.payloads![0]!;
       expect(new TextDecoder().decode(input.metadata!.encoding!)).toBe(GZIP_ENCODING);
-      const carried = (await natflowDataConverter.payloadCodecs![0]!.decode([input]))[0]!;
+      const carried = (await natflowPayloadCodec.decode([input]))[0]!;
       expect(Object.keys(defaultPayloadConverter.fromPayload<{ allocations: object }>(carried).allocations)).toHaveLength(ALLOCATED + 10);
 
       const started = Date.now();

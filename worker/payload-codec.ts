@@ -1,13 +1,15 @@
-// How natflow's payloads travel: large ones gzip-compressed, small ones untouched. Every client
-// and worker gets the codec from its connection (worker/connection.ts), so nobody can forget it.
+// How natflow's payloads travel: large ones gzip-compressed, small ones untouched (so the Web UI
+// still shows them). Every client and worker gets the codec from its connection
+// (worker/connection.ts), so nobody can forget it.
 //
-// Why compress rather than shard: the one payload that grows with the system is an entity's
-// carried state (an IPAM's allocations in its continue-as-new input and its state query, a
-// gateway's rules), which is repetitive text — workflow IDs, addresses — and shrinks ~3x.
-// Sharding would split one entity's single-writer state across workflows and make every
-// allocation a cross-workflow protocol. The limit of compression: 65,000 allocations owned by
-// `natflow/eip/<name>/<uid>` still take ~1.7 MB (the uids are random), so a subnet that large
-// and that full is where sharding by address block would start to pay.
+// Why compress rather than shard: the payloads that grow with the system are an entity's carried
+// state — an IPAM's allocations in its continue-as-new input and state query, a gateway's rules —
+// and they are repetitive text (workflow IDs, addresses) that shrinks ~3x. Sharding would split a
+// single writer's state across workflows and turn every allocation into a cross-workflow protocol.
+// Its limit, measured (test/ipam-large.test.ts): a /16 with 60,000 allocations owned by
+// `natflow/eip/<name>/<uid>` is 4.6 MB of JSON and 1.6 MB compressed, under the server's 2 MB
+// but not far under it — the random uids do not compress. A subnet that full is where sharding
+// its allocations by address block would start to pay.
 import { promisify } from 'node:util';
 import { gunzip, gzip } from 'node:zlib';
 import type { ClientOptions, ClientPlugin, ConnectionPlugin } from '@temporalio/client';
@@ -56,16 +58,14 @@ export class GzipPayloadCodec implements PayloadCodec {
   }
 }
 
-const codec = new GzipPayloadCodec();
-
-/** The data converter of every natflow client and worker. */
-export const natflowDataConverter: DataConverter = { payloadCodecs: [codec] };
+/** The codec of every natflow client and worker. */
+export const natflowPayloadCodec = new GzipPayloadCodec();
 
 /** Adds natflow's codec once, whatever else the options already carry. */
 function withCodec<T extends { dataConverter?: DataConverter }>(options: T): T {
   const codecs = options.dataConverter?.payloadCodecs ?? [];
-  if (codecs.includes(codec)) return options;
-  return { ...options, dataConverter: { ...options.dataConverter, payloadCodecs: [...codecs, codec] } };
+  if (codecs.includes(natflowPayloadCodec)) return options;
+  return { ...options, dataConverter: { ...options.dataConverter, payloadCodecs: [...codecs, natflowPayloadCodec] } };
 }
 
 /**

@@ -5,15 +5,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCommand } from '../activities/exec.js';
 import { labTopology } from '../domain/lab.js';
 import { labDown, labStatus, labUp } from '../temporal-dev/lab.js';
+import { ping } from './support/traffic.js';
 
 const GW = 't-lab';
 const t = labTopology(GW);
 const allNs = [t.gatewayNs, t.clientNs, ...t.vmNamespaces];
-
-async function canPing(netns: string, ip: string): Promise<boolean> {
-  const { code } = await runCommand('ping', ['-c', '1', '-W', '1', ip], { netns, allowExitCodes: [1, 2] });
-  return code === 0;
-}
 
 // Everything that must not change when up runs again: links (by ifindex, so a recreated link
 // shows), addresses and routes of every namespace.
@@ -72,9 +68,9 @@ describe('local lab', () => {
   });
 
   it('lets VMs reach the gateway lanIp and the client reach the gateway external IP', async () => {
-    for (const ns of t.vmNamespaces) expect(await canPing(ns, t.lanIp)).toBe(true);
-    expect(await canPing(t.vmNamespaces[1]!, t.vmIps[0]!)).toBe(true);
-    expect(await canPing(t.clientNs, t.gatewayExternalIp)).toBe(true);
+    for (const ns of t.vmNamespaces) expect(await ping(ns, t.lanIp)).toBe(true);
+    expect(await ping(t.vmNamespaces[1]!, t.vmIps[0]!)).toBe(true);
+    expect(await ping(t.clientNs, t.gatewayExternalIp)).toBe(true);
   });
 
   it('gives the client no route into the VPC', async () => {
@@ -93,8 +89,8 @@ describe('local lab', () => {
 
     await labUp(GW);
     expect(await netIndex()).toBe(before);
-    expect(await canPing(t.vmNamespaces[1]!, t.lanIp)).toBe(true);
-    expect(await canPing(t.clientNs, t.gatewayExternalIp)).toBe(true);
+    expect(await ping(t.vmNamespaces[1]!, t.lanIp)).toBe(true);
+    expect(await ping(t.clientNs, t.gatewayExternalIp)).toBe(true);
   });
 
   it('down kills what runs inside, removes every namespace, and can run twice', async () => {

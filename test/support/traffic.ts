@@ -1,6 +1,7 @@
 // Real traffic between lab namespaces with OpenBSD netcat: listeners that record what they
-// receive and from whom, one-shot sends, and long-lived sessions. Every process is bounded by
-// a timeout and killed on close, so nothing outlives a test.
+// receive and from whom, one-shot sends, long-lived sessions, and streams of new UDP flows; and
+// what conntrack holds. Every process is bounded by a timeout and killed on close, so nothing
+// outlives a test.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { runCommand } from '../../activities/exec.js';
 
@@ -66,12 +67,67 @@ export class Session {
   }
 }
 
+/** One echo request; true when answered (no answer, or no route, is false). */
 export async function ping(netns: string, address: string): Promise<boolean> {
-  return (await runCommand('ping', ['-c', '1', '-W', '1', address], { netns, allowExitCodes: [1] })).code === 0;
+  return (await runCommand('ping', ['-c', '1', '-W', '1', address], { netns, allowExitCodes: [1, 2] })).code === 0;
 }
 
-/** conntrack entries in a namespace that mention an address (original or reply direction). */
-export async function conntrackEntries(netns: string, address: string): Promise<string[]> {
+/**
+ * A stream of new UDP flows from `netns` to each address (one datagram from a fresh source port to
+ * each, every `everyMs`), so that every packet makes a conntrack entry of its own wherever it
+ * passes. Bounded: it ends by itself after `maxMs`, and `stop()` ends it sooner.
+ */
+export class UdpFlows {
+  private output = '';
+  private readonly exited: Promise<void>;
+  private constructor(private readonly child: ChildProcess) {
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (this.output += d));
+    this.exited = new Promise((resolve) => child.on('close', () => resolve()));
+  }
+
+  static async start(netns: string, addresses: readonly string[], port: number, { everyMs = 20, maxMs = 120_000 } = {}): Promise<UdpFlows> {
+    // A datagram per address per tick, each from a socket of its own (a new source port); prints how many it sent.
+    const script = `
+      const dgram = require('node:dgram');
+      const [everyMs, port, ...addresses] = process.argv.slice(1);
+      let sent = 0;
+      const tick = setInterval(() => {
+        for (const address of addresses) {
+          const socket = dgram.createSocket('udp4');
+          socket.on('error', () => socket.close());
+          socket.send('natflow-test', Number(port), address, () => socket.close());
+          sent++;
+        }
+      }, Number(everyMs));
+      process.on('SIGTERM', () => { clearInterval(tick); process.stdout.write(String(sent)); process.exit(0); });`;
+    const seconds = String(Math.ceil(maxMs / 1000));
+    const flows = new UdpFlows(inNs(netns, ['timeout', seconds, process.execPath, '-e', script, String(everyMs), String(port), ...addresses]));
+    await sleep(300); // let node start
+    return flows;
+  }
+
+  /** Stops the stream; how many datagrams it sent. */
+  async stop(): Promise<number> {
+    this.child.kill('SIGTERM');
+    await this.exited;
+    return Number(this.output) || 0;
+  }
+}
+
+/**
+ * conntrack entries in a namespace that mention an address (original or reply direction), or any
+ * of several. `nat`: only those that were translated, i.e. whose reply does not simply come back
+ * from the original destination to the original source (a DNAT to a VM, an SNAT to an EIP).
+ */
+export async function conntrackEntries(netns: string, address: string | readonly string[], { nat = false } = {}): Promise<string[]> {
   const { stdout } = await runCommand('conntrack', ['-L'], { netns, allowExitCodes: [1] });
-  return stdout.split('\n').filter((line) => line.includes(`=${address} `));
+  const addresses = typeof address === 'string' ? [address] : address;
+  return stdout.split('\n').filter((line) => addresses.some((a) => line.includes(`=${a} `)) && (!nat || translated(line)));
+}
+
+/** An entry's tuples are `src= dst=` (original) then `src= dst=` (reply). */
+function translated(line: string): boolean {
+  const [origSrc, replySrc] = [...line.matchAll(/\bsrc=(\S+)/g)].map((m) => m[1]);
+  const [origDst, replyDst] = [...line.matchAll(/\bdst=(\S+)/g)].map((m) => m[1]);
+  return replySrc !== origDst || replyDst !== origSrc;
 }

@@ -1,30 +1,23 @@
 // The IPAM workflow on a real dev server: concurrent allocation from two workers' worth of
 // clients, through continue-as-new, never gives one address twice.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Client } from '@temporalio/client';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import { workflowIds } from '../domain/names.js';
 import { ipamStateQuery, ipamUsageQuery, subnetSpecSignal } from '../domain/workflow-api.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
-import { createTestEnv } from './support/temporal-env.js';
+import { useTestEnv } from './support/temporal-env.js';
 import { eventually, withWorkflow } from './support/workflows.js';
 
 describe('IPAM workflow', () => {
-  let env: TestWorkflowEnvironment;
-  beforeAll(async () => {
-    env = await createTestEnv();
-  });
-  afterAll(async () => {
-    await env?.teardown();
-  });
+  const env = useTestEnv();
 
   it('gives 200 concurrent allocations from two workers 200 distinct addresses, across continue-as-new', async () => {
     const subnet = { name: 'ext-200', cidrBlock: '172.18.0.0/24', gateway: '172.18.0.1', excludeIps: [] };
     // A short history limit forces several continue-as-new runs in the middle of the flood.
-    await withWorkflow(env, {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, maxHistoryLength: 150 }] }, async (handle) => {
+    await withWorkflow(env(), {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, maxHistoryLength: 150 }] }, async (handle) => {
       // Two control workers: each has its own client (and so its own connection) running the allocate activity.
-      const workers = [0, 1].map(() => createWorkflowCallActivities(new Client({ connection: env.connection })));
+      const workers = [0, 1].map(() => createWorkflowCallActivities(new Client({ connection: env().connection })));
       const owners = Array.from({ length: 200 }, (_, i) => `natflow/eip/e${i}/uid-${i}`);
       const allocations = await Promise.all(owners.map((owner, i) => workers[i % 2]!.allocateAddress({ subnet: subnet.name, owner })));
 
@@ -48,8 +41,8 @@ describe('IPAM workflow', () => {
 
   it('refuses bad requests with a reason and records nothing', async () => {
     const subnet = { name: 'ext-bad', cidrBlock: '172.19.0.0/24', gateway: '172.19.0.1', excludeIps: [] };
-    await withWorkflow(env, {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet }] }, async (handle) => {
-      const control = createWorkflowCallActivities(env.client);
+    await withWorkflow(env(), {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet }] }, async (handle) => {
+      const control = createWorkflowCallActivities(env().client);
       await control.allocateAddress({ subnet: subnet.name, owner: 'a', requested: '172.19.0.7' });
       const refusal = (requested: string, owner = 'b') => control.allocateAddress({ subnet: subnet.name, owner, requested }).then(() => 'allocated', (err) => `${err.type}: ${err.message}`);
       expect(await refusal('172.19.0.7')).toBe('AddressTaken: 172.19.0.7 is already allocated in subnet ext-bad');
@@ -63,8 +56,8 @@ describe('IPAM workflow', () => {
 
   it('takes a Subnet spec change that fits; keeps one that would strand an allocation waiting, visibly and across continue-as-new, until it fits', async () => {
     const subnet = { name: 'ext-respec', cidrBlock: '172.20.0.0/24', gateway: '172.20.0.1', excludeIps: [] };
-    await withWorkflow(env, {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, generation: 1, limits: { updates: 2 } }] }, async (handle) => {
-      const control = createWorkflowCallActivities(env.client);
+    await withWorkflow(env(), {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, generation: 1, limits: { updates: 2 } }] }, async (handle) => {
+      const control = createWorkflowCallActivities(env().client);
       const usage = () => handle.query(ipamUsageQuery);
       await control.allocateAddress({ subnet: subnet.name, owner: 'a', requested: '172.20.0.200' });
 

@@ -1,80 +1,38 @@
 // Workflow unit tier for NAT rules: the order of the Kube-OVN fix (claim the EIP before any
 // rule, remove rules before giving the EIP back) and every cancellation path, with the control
 // activities replaced by a fake that records each call.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { WorkflowHandle } from '@temporalio/client';
+import { describe, expect, it } from 'vitest';
 import { ApplicationFailure } from '@temporalio/common';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import { Worker } from '@temporalio/worker';
-import type { NatStatus } from '../domain/nat-resources.js';
-import { eipChangedSignal, specChangedSignal, statusQuery, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { eipChangedSignal, specChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { Reason } from '../domain/errors.js';
-import { workflowIds } from '../domain/names.js';
-import { fipWorkflow } from '../workflows/nat-rule.js';
-import { createTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, uid, uniqueQueue, workflowBundle } from './support/workflows.js';
+import { FakeCalls, type CallScripts } from './support/fake-calls.js';
+import { useTestEnv } from './support/temporal-env.js';
+import { deleteAndWait, eventually, statusOf, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
-class FakeControl {
-  calls: string[] = [];
-  eipReady = true;
-  applyDelayMs = 0;
-  applyFailure: ApplicationFailure | null = null;
-  claimFailure: ApplicationFailure | null = null;
-  rulesSeen: unknown[] = [];
-
-  activities(): Partial<WorkflowCallActivities> {
-    const track = <A extends unknown[], R>(name: string, fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
-      this.calls.push(`${name}:start`);
-      try {
-        return await fn(...args);
-      } finally {
-        this.calls.push(`${name}:end`);
-      }
-    };
-    return {
-      eipForRule: track('eipForRule', async () => (this.eipReady ? { workflowId: 'natflow/eip/e1/u', ready: true, address: '172.18.0.9', gateway: 'gw1', reason: '' } : null)),
-      claimEip: track('claimEip', async () => {
-        if (this.claimFailure) throw this.claimFailure;
-        return { address: '172.18.0.9', gateway: 'gw1' };
-      }),
-      unclaimEip: track('unclaimEip', async () => undefined),
-      setGatewayRule: track('setGatewayRule', async (req: { rule: unknown }) => {
-        this.rulesSeen.push(req.rule);
-        await new Promise((r) => setTimeout(r, this.applyDelayMs));
-        if (this.applyFailure) throw this.applyFailure;
-      }),
-      removeGatewayRule: track('removeGatewayRule', async () => ({ applied: true })),
-    };
-  }
-  started(): string[] {
-    return this.calls.filter((c) => c.endsWith(':start')).map((c) => c.slice(0, -':start'.length));
-  }
-}
+/** A control plane where everything works: EIP e1 (172.18.0.9 on gw1) is ready and free, every rule applies. */
+const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
+  new FakeCalls<WorkflowCallActivities>(
+    {
+      eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, address: '172.18.0.9', gateway: 'gw1', reason: '' }),
+      claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
+      unclaimEip: async () => undefined,
+      setGatewayRule: async () => undefined,
+      removeGatewayRule: async () => ({ applied: true }),
+    },
+    scripts,
+  );
+const missingEip = async () => null;
 
 describe('NAT rule workflow (mocked activities)', () => {
-  let env: TestWorkflowEnvironment;
-  beforeAll(async () => {
-    env = await createTestEnv();
-  });
-  afterAll(async () => {
-    await env?.teardown();
-  });
+  const env = useTestEnv();
 
-  async function withFip(fake: FakeControl, body: (h: WorkflowHandle<typeof fipWorkflow>) => Promise<void>, internalIp = '10.0.1.10') {
-    const taskQueue = uniqueQueue('nat-unit');
-    const worker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities: fake.activities() });
-    const resource = { name: 'fip1', uid: uid(), generation: 1 };
-    await worker.runUntil(async () =>
-      body(await env.client.workflow.start(fipWorkflow, { taskQueue, workflowId: workflowIds.resource('fip', resource), args: [{ kind: 'fip', resource, spec: { eip: 'e1', internalIp } }] })),
-    );
-  }
-  const natStatus = (h: WorkflowHandle) => h.query(statusQuery) as Promise<NatStatus>;
-  const phase = (h: WorkflowHandle) => () => natStatus(h).then((s) => s.phase);
+  const withFip = (fake: FakeCalls<WorkflowCallActivities>, body: (h: ResourceHandle<'fip'>) => Promise<void>, internalIp = '10.0.1.10') =>
+    withResource(env(), fake.activities(), 'fip', { eip: 'e1', internalIp }, body);
 
   it('claims the EIP before applying, and on delete removes the rule before giving the EIP back', async () => {
-    const fake = new FakeControl();
+    const fake = control();
     await withFip(fake, async (h) => {
-      const status = await eventually(() => natStatus(h), (s) => s.ready, 20_000);
+      const status = await workflowPhase(h, 'Ready');
       expect(status).toMatchObject({ v4ip: '172.18.0.9', natGwDp: 'gw1', internalIp: '10.0.1.10' });
       expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule']);
       await deleteAndWait(h);
@@ -83,10 +41,9 @@ describe('NAT rule workflow (mocked activities)', () => {
   });
 
   it('waits for a missing EIP without touching anything; a delete then has nothing to undo', async () => {
-    const fake = new FakeControl();
-    fake.eipReady = false;
+    const fake = control({ eipForRule: { answer: missingEip } });
     await withFip(fake, async (h) => {
-      const status = await eventually(() => natStatus(h), (s) => s.phase === 'WaitingForEip', 20_000);
+      const status = await workflowPhase(h, 'WaitingForEip');
       expect(status.conditions[0]).toMatchObject({ reason: Reason.EipNotFound, message: 'EIP e1 does not exist' });
       await deleteAndWait(h);
       expect(new Set(fake.started())).toEqual(new Set(['eipForRule']));
@@ -94,34 +51,31 @@ describe('NAT rule workflow (mocked activities)', () => {
   });
 
   it('a rule created before its EIP starts as soon as the EIP says it is ready', async () => {
-    const fake = new FakeControl();
-    fake.eipReady = false;
+    const fake = control({ eipForRule: { answer: missingEip } });
     await withFip(fake, async (h) => {
-      await eventually(phase(h), (p) => p === 'WaitingForEip', 20_000);
+      await workflowPhase(h, 'WaitingForEip');
       await new Promise((r) => setTimeout(r, 4000)); // its re-check backoff has grown past the rest of this test
-      fake.eipReady = true;
+      fake.script('eipForRule', {});
       await h.signal(eipChangedSignal);
-      await eventually(phase(h), (p) => p === 'Ready', 2_000, 'ready right after the wake-up');
+      await workflowPhase(h, 'Ready', 2_000);
       await deleteAndWait(h);
     });
   });
 
   it('a delete during the apply waits for it, then removes the rule and gives the EIP back', async () => {
-    const fake = new FakeControl();
-    fake.applyDelayMs = 1500;
+    const fake = control({ setGatewayRule: { delayMs: 1500 } });
     await withFip(fake, async (h) => {
       await eventually(async () => fake.started(), (s) => s.includes('setGatewayRule'), 20_000);
       await deleteAndWait(h);
-      expect(fake.calls.indexOf('removeGatewayRule:start')).toBeGreaterThan(fake.calls.indexOf('setGatewayRule:end'));
-      expect(fake.calls.indexOf('unclaimEip:start')).toBeGreaterThan(fake.calls.indexOf('removeGatewayRule:end'));
+      expect(fake.events.indexOf('removeGatewayRule:start')).toBeGreaterThan(fake.events.indexOf('setGatewayRule:end'));
+      expect(fake.events.indexOf('unclaimEip:start')).toBeGreaterThan(fake.events.indexOf('removeGatewayRule:end'));
     });
   });
 
   it('a refused claim (EIP in use) shows the reason and holds nothing', async () => {
-    const fake = new FakeControl();
-    fake.claimFailure = ApplicationFailure.nonRetryable('EIP e1: the EIP is already used by fip other; a FIP needs it alone', Reason.EipInUse);
+    const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP e1: the EIP is already used by fip other; a FIP needs it alone', Reason.EipInUse) } });
     await withFip(fake, async (h) => {
-      const status = await eventually(() => natStatus(h), (s) => s.phase === 'Failed', 20_000);
+      const status = await workflowPhase(h, 'Failed');
       expect(status.conditions[0]).toMatchObject({ reason: Reason.EipInUse });
       await deleteAndWait(h);
       expect(fake.started()).not.toContain('setGatewayRule');
@@ -130,10 +84,9 @@ describe('NAT rule workflow (mocked activities)', () => {
   });
 
   it('a rule the gateway refuses is removed and the EIP given back, with the gateway\'s reason', async () => {
-    const fake = new FakeControl();
-    fake.applyFailure = ApplicationFailure.nonRetryable('192.168.7.7 is outside the VPC subnet 10.0.1.0/24 of gateway gw1', Reason.InvalidSpec);
+    const fake = control({ setGatewayRule: { failure: ApplicationFailure.nonRetryable('192.168.7.7 is outside the VPC subnet 10.0.1.0/24 of gateway gw1', Reason.InvalidSpec) } });
     await withFip(fake, async (h) => {
-      const status = await eventually(() => natStatus(h), (s) => s.phase === 'Failed', 20_000);
+      const status = await workflowPhase(h, 'Failed');
       expect(status.conditions[0]).toMatchObject({ reason: Reason.InvalidSpec, message: expect.stringContaining('outside the VPC subnet') });
       expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule', 'removeGatewayRule', 'unclaimEip']);
       await deleteAndWait(h);
@@ -141,13 +94,13 @@ describe('NAT rule workflow (mocked activities)', () => {
   });
 
   it('a spec change on the same EIP replaces the rule in place', async () => {
-    const fake = new FakeControl();
+    const fake = control();
     await withFip(fake, async (h) => {
-      await eventually(phase(h), (p) => p === 'Ready', 20_000);
+      await workflowPhase(h, 'Ready');
       await h.signal(specChangedSignal, { spec: { eip: 'e1', internalIp: '10.0.1.11' }, generation: 2 });
-      const status = await eventually(() => natStatus(h), (s) => s.ready && s.internalIp === '10.0.1.11', 20_000);
+      const status = await eventually(() => statusOf(h), (s) => s.ready && s.internalIp === '10.0.1.11', 20_000);
       expect(status.observedGeneration).toBe(2);
-      expect(fake.rulesSeen).toMatchObject([{ internalIp: '10.0.1.10' }, { internalIp: '10.0.1.11' }]);
+      expect(fake.args.setGatewayRule?.map(([req]) => req.rule)).toMatchObject([{ internalIp: '10.0.1.10' }, { internalIp: '10.0.1.11' }]);
       expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule', 'setGatewayRule']);
       await deleteAndWait(h);
     });

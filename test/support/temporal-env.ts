@@ -4,6 +4,7 @@
  * search attributes registered.
  */
 import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { afterAll, beforeAll } from 'vitest';
 import { findOrProvisionTemporalCli } from '../../temporal-dev/provision.js';
 import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../../domain/search-attributes.js';
 import { payloadCodecPlugin } from '../../worker/payload-codec.js';
@@ -19,4 +20,22 @@ export async function createTestEnv(): Promise<TestWorkflowEnvironment> {
       log: { format: 'pretty', level: 'never' },
     },
   });
+}
+
+/**
+ * One test server for the calling suite (call it in its `describe`): started before its tests,
+ * torn down after them. The returned function gives the server once it runs.
+ */
+export function useTestEnv(): () => TestWorkflowEnvironment {
+  let env: TestWorkflowEnvironment | undefined;
+  beforeAll(async () => {
+    env = await createTestEnv();
+  });
+  afterAll(async () => {
+    await env?.teardown();
+  });
+  return () => {
+    if (!env) throw new Error('the test server is not running (useTestEnv() belongs in a describe, used from its tests)');
+    return env;
+  };
 }

@@ -50,10 +50,11 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
       return await fn();
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) return notFound();
-      if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
+      const draining = err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && err.cause.type === Reason.Draining;
+      if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && !draining) {
         throw ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? Reason.InvalidSpec);
       }
-      if (!isTransient(err) || attempt >= TRANSIENT_TRIES) throw err;
+      if ((!isTransient(err) && !draining) || attempt >= TRANSIENT_TRIES) throw err;
       await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 80 * Math.min(attempt, 10)));
     }
   }

@@ -15,6 +15,8 @@ export const Reason = {
   EipInUse: 'EipInUse',
   DuplicateDnat: 'DuplicateDnat',
   StaleRequest: 'StaleRequest',
+  /** An entity workflow about to continue as new: send the request again in a moment. */
+  Draining: 'Draining',
   Ready: 'Ready',
   Deleting: 'Deleting',
 } as const;

@@ -4,6 +4,7 @@
 // take or give something wait for their own cancellation to complete, so the cleanup never races
 // an allocation still in flight. It lives as long as its EIP: every wait can continue as new,
 // carrying everything it holds.
+import type { Duration } from '@temporalio/common';
 import * as wf from '@temporalio/workflow';
 import { eipAddressChanged, normalizeEipSpec, type EipCarried, type EipInput, type EipPhase, type EipSpec, type EipStatus } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
@@ -108,7 +109,7 @@ class Eip {
   constructor(private readonly input: EipInput) {
     const carried = input.carried;
     this.legacy = !wf.patched('eip-long-life');
-    this.budget = new HistoryBudget(input.limits);
+    this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.resource = input.resource;
     this.name = input.resource.name;
     this.spec = input.spec;
@@ -288,11 +289,8 @@ class Eip {
   // --- waiting and continuing as new -------------------------------------------------------
 
   /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */
-  private async waitFor(done: () => boolean, timeout?: string | number): Promise<boolean> {
-    if (this.legacy) return timeout === undefined ? wf.condition(done).then(() => true) : wf.condition(done, timeout);
-    const woken = timeout === undefined ? await wf.condition(() => done() || this.budget.spent()).then(() => true) : await wf.condition(() => done() || this.budget.spent(), timeout);
-    if (!done() && this.budget.spent()) await this.continueAsNew();
-    return woken && done();
+  private waitFor(done: () => boolean, timeout?: string | number): Promise<boolean> {
+    return this.budget.wait(done, timeout as Duration | undefined, () => this.continueAsNew());
   }
 
   private async continueAsNew(): Promise<never> {

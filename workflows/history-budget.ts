@@ -1,6 +1,7 @@
 // A workflow run's budget against the server's per-run limits (51,200 events, 10,000 signals,
 // 2,000 updates, and a history size limit): an entity that lives for months continues as new
 // long before any of them, in whatever state it is, carrying its state to the next run.
+import type { Duration } from '@temporalio/common';
 import * as wf from '@temporalio/workflow';
 
 export interface HistoryLimits {
@@ -17,7 +18,11 @@ export class HistoryBudget {
   private updates = 0;
   private readonly limits: HistoryLimits;
 
-  constructor(overrides: Partial<HistoryLimits> = {}) {
+  /** `enabled: false` for runs of an older release, which must wait exactly as they did (replay). */
+  constructor(
+    overrides: Partial<HistoryLimits> = {},
+    private readonly enabled = true,
+  ) {
     this.limits = { ...DEFAULT_HISTORY_LIMITS, ...overrides };
   }
 
@@ -27,6 +32,18 @@ export class HistoryBudget {
 
   countUpdate(): void {
     this.updates++;
+  }
+
+  /**
+   * Waits for `done` (or the timeout); when this run's budget is spent first, `continueAsNew`
+   * ends the run, carrying everything. True when `done` holds.
+   */
+  async wait(done: () => boolean, timeout: Duration | undefined, continueAsNew: () => Promise<never>): Promise<boolean> {
+    const woken = this.enabled ? () => done() || this.spent() : done;
+    if (timeout === undefined) await wf.condition(woken);
+    else await wf.condition(woken, timeout);
+    if (this.enabled && !done() && this.spent()) await continueAsNew();
+    return done();
   }
 
   /** True once the server suggests continue-as-new or any count reaches its limit. */

@@ -6,6 +6,7 @@ import { Ipam, type AllocateRequest, type IpamInput } from '../domain/ipam.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import type { SubnetSpec } from '../domain/subnet.js';
 import { allocateUpdate, ipamStateQuery, ipamUsageQuery, releaseUpdate, subnetSpecSignal, type Fence, type SpecChange } from '../domain/workflow-api.js';
+import { Reason } from '../domain/errors.js';
 import { checkFence, domainCall } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
 
@@ -25,6 +26,12 @@ export async function ipamWorkflow(input: IpamInput): Promise<void> {
     budget.countSignal();
     ipam.propose({ ...spec, name: input.subnet.name }, generation); // the name is the workflow's identity
   });
+  // Once the budget is spent, new requests are turned away (the caller sends them again, to the
+  // next run) so that none is admitted and then cut off by the continue-as-new.
+  let draining = false;
+  const checkOpen = () => {
+    if (draining) throw wf.ApplicationFailure.retryable(`subnet ${input.subnet.name} is moving to a new run`, Reason.Draining);
+  };
   // Validators reject bad requests before anything is written to history.
   wf.setHandler(
     allocateUpdate,
@@ -34,6 +41,7 @@ export async function ipamWorkflow(input: IpamInput): Promise<void> {
     },
     {
       validator: (req: AllocateRequest, fence?: Fence) => {
+        checkOpen();
         checkFence(fence);
         domainCall(() => ipam.check(req));
       },
@@ -47,12 +55,14 @@ export async function ipamWorkflow(input: IpamInput): Promise<void> {
     },
     {
       validator: (req) => {
+        checkOpen();
         if (typeof req?.owner !== 'string' || !req.owner) throw new Error('release needs an owner');
       },
     },
   );
 
   await wf.condition(() => (budgeted ? budget.spent() : wf.workflowInfo().continueAsNewSuggested || wf.workflowInfo().historyLength >= (input.maxHistoryLength ?? LEGACY_MAX_HISTORY)));
+  draining = budgeted;
   // The handlers are synchronous: an update accepted in this task completed in it. One the server
   // had not delivered yet is aborted as retryable by the continue-as-new, and its caller sends it
   // again to the next run (activities/workflow-calls.ts), so nothing needs draining here.

@@ -6,6 +6,7 @@
 // Each step is idempotent, so "may have happened" is enough to undo it. It lives as long as its
 // object: every wait can continue as new, carrying what it holds; every wait is woken by the
 // resource it waits on (the EIP, the gateway), with a long timer only as a fallback.
+import type { Duration } from '@temporalio/common';
 import * as wf from '@temporalio/workflow';
 import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
@@ -102,7 +103,7 @@ class NatRuleResource {
   constructor(input: NatInput) {
     const carried = input.carried;
     this.legacy = !wf.patched('nat-rule-long-life');
-    this.budget = new HistoryBudget(input.limits);
+    this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.input = input;
     this.kind = input.kind;
     this.name = input.resource.name;
@@ -285,11 +286,8 @@ class NatRuleResource {
   }
 
   /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */
-  private async waitFor(done: () => boolean, timeout?: string | number): Promise<boolean> {
-    if (this.legacy) return timeout === undefined ? wf.condition(done).then(() => true) : wf.condition(done, timeout);
-    const woken = timeout === undefined ? await wf.condition(() => done() || this.budget.spent()).then(() => true) : await wf.condition(() => done() || this.budget.spent(), timeout);
-    if (!done() && this.budget.spent()) await this.continueAsNew();
-    return woken && done();
+  private waitFor(done: () => boolean, timeout?: string | number): Promise<boolean> {
+    return this.budget.wait(done, timeout as Duration | undefined, () => this.continueAsNew());
   }
 
   private async continueAsNew(): Promise<never> {

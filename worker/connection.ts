@@ -1,22 +1,8 @@
 // How every natflow process (workers, bridge, CLI, main job) reaches Temporal: flags win, then
 // the environment, then the local dev server.
-import { Client, Connection, type ClientPlugin, type ConnectionPlugin } from '@temporalio/client';
-import { NativeConnection, type NativeConnectionPlugin, type WorkerPlugin } from '@temporalio/worker';
-import { withPayloadCodec } from './payload-codec.js';
-import { withUpdateAdmission } from './update-admission.js';
-
-/**
- * What every natflow client and worker needs, carried by its connection (client or native): the
- * SDK gives a connection's plugins to every Client and Worker made with it — the control worker,
- * the gateway agent, the bridge, the CLI, the tests' clients — and replay workers take it too.
- * Clients get the payload codec and update admission, workers the codec.
- */
-export const natflowPlugin: ClientPlugin & ConnectionPlugin & NativeConnectionPlugin & WorkerPlugin = {
-  name: 'natflow',
-  configureClient: (options) => withUpdateAdmission(withPayloadCodec(options)),
-  configureWorker: (options) => withPayloadCodec(options),
-  configureReplayWorker: (options) => withPayloadCodec(options),
-};
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
+import { payloadCodecPlugin } from './payload-codec.js';
 
 export interface TemporalTarget {
   address: string;
@@ -38,12 +24,15 @@ export interface TemporalConnections {
   close(): Promise<void>;
 }
 
-/** A client connection, and with `worker` a worker's native connection, to the same target, both with natflow's plugin. */
+/**
+ * A client connection, and with `worker` a worker's native connection, to the same target. Both
+ * carry natflow's payload codec: every Client and Worker made with them encodes alike.
+ */
 export async function connectTemporal(target: TemporalTarget): Promise<TemporalConnections>;
 export async function connectTemporal(target: TemporalTarget, opts: { worker: false }): Promise<Omit<TemporalConnections, 'nativeConnection'>>;
 export async function connectTemporal(target: TemporalTarget, opts: { worker?: boolean } = {}): Promise<Partial<TemporalConnections>> {
-  const nativeConnection = opts.worker === false ? undefined : await NativeConnection.connect({ address: target.address, plugins: [natflowPlugin] });
-  const connection = await Connection.connect({ address: target.address, plugins: [natflowPlugin] });
+  const nativeConnection = opts.worker === false ? undefined : await NativeConnection.connect({ address: target.address, plugins: [payloadCodecPlugin] });
+  const connection = await Connection.connect({ address: target.address, plugins: [payloadCodecPlugin] });
   return {
     nativeConnection,
     client: new Client({ connection, namespace: target.namespace }),

@@ -7,7 +7,8 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { createKubeActivities } from '../activities/kube.js';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import { CONTROL_TASK_QUEUE } from '../domain/names.js';
-import { connectTemporal, natflowPlugin, temporalTarget, type TemporalTarget } from './connection.js';
+import { connectTemporal, temporalTarget, type TemporalTarget } from './connection.js';
+import { payloadCodecPlugin } from './payload-codec.js';
 import { isMainModule } from './process.js';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
@@ -15,7 +16,7 @@ export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', impo
  * How the workflow code is bundled and its payloads decoded: one definition for the worker, the
  * tests and the replay of recorded histories, so that replay runs exactly what the worker runs.
  */
-export const workflowBundleOptions = { workflowsPath, plugins: [natflowPlugin] };
+export const workflowBundleOptions = { workflowsPath, plugins: [payloadCodecPlugin] };
 
 export interface ControlWorkerOptions {
   /** Connection the worker polls with. */

@@ -1,7 +1,6 @@
 // How natflow's payloads travel: large ones gzip-compressed, small ones untouched (so the Web UI
 // still shows them). Every client and worker gets the codec from its connection
-// (worker/connection.ts), so nobody can forget it. It runs outside the workflow sandbox, so
-// bundling needs nothing.
+// (worker/connection.ts), so nobody can forget it.
 //
 // Why compress rather than shard: the payloads that grow with the system are an entity's carried
 // state — an IPAM's allocations in its continue-as-new input and state query, a gateway's rules —
@@ -13,7 +12,9 @@
 // its allocations by address block would start to pay.
 import { promisify } from 'node:util';
 import { gunzip, gzip } from 'node:zlib';
+import type { ClientOptions, ClientPlugin, ConnectionPlugin } from '@temporalio/client';
 import type { DataConverter, Payload, PayloadCodec } from '@temporalio/common';
+import type { NativeConnectionPlugin, ReplayWorkerOptions, WorkerOptions, WorkerPlugin } from '@temporalio/worker';
 
 const gzipAsync = promisify(gzip);
 const gunzipAsync = promisify(gunzip);
@@ -60,9 +61,22 @@ export class GzipPayloadCodec implements PayloadCodec {
 /** The codec of every natflow client and worker. */
 export const natflowPayloadCodec = new GzipPayloadCodec();
 
-/** The options with natflow's codec added once (a plugin may be applied twice). */
-export function withPayloadCodec<T extends { dataConverter?: DataConverter }>(options: T): T {
+/** Adds natflow's codec once, whatever else the options already carry. */
+function withCodec<T extends { dataConverter?: DataConverter }>(options: T): T {
   const codecs = options.dataConverter?.payloadCodecs ?? [];
   if (codecs.includes(natflowPayloadCodec)) return options;
   return { ...options, dataConverter: { ...options.dataConverter, payloadCodecs: [...codecs, natflowPayloadCodec] } };
 }
+
+/**
+ * Put on a connection (client or native), it gives the codec to every Client and Worker made
+ * with that connection — the control worker, the gateway agent, the bridge, the CLI, tests —
+ * and to replay workers. Idempotent: the SDK may apply a plugin twice (connection and client).
+ * The codec runs outside the workflow sandbox, so bundling needs nothing.
+ */
+export const payloadCodecPlugin: ClientPlugin & ConnectionPlugin & NativeConnectionPlugin & WorkerPlugin = {
+  name: 'natflow.payload-codec',
+  configureClient: (options: Omit<ClientOptions, 'plugins'>) => withCodec(options),
+  configureWorker: (options: WorkerOptions) => withCodec(options),
+  configureReplayWorker: (options: ReplayWorkerOptions) => withCodec(options),
+};

@@ -7,11 +7,11 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll } from 'vitest';
 import { findOrProvisionTemporalCli } from '../../temporal-dev/provision.js';
 import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../../domain/search-attributes.js';
-import { natflowPlugin } from '../../worker/connection.js';
+import { payloadCodecPlugin } from '../../worker/payload-codec.js';
 
 export async function createTestEnv(): Promise<TestWorkflowEnvironment> {
   return TestWorkflowEnvironment.createLocal({
-    plugins: [natflowPlugin], // the env's client, connections and the workers made on them behave as natflow's do
+    plugins: [payloadCodecPlugin], // the env's client, connections and the workers made on them encode as natflow's do
     server: {
       executable: { type: 'existing-path', path: await findOrProvisionTemporalCli() },
       searchAttributes: NATFLOW_SEARCH_ATTRIBUTE_KEYS,

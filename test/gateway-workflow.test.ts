@@ -8,52 +8,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkflowHandle } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
-import type { CommandRunner, RunOptions, RunResult } from '../activities/exec.js';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import { Reason } from '../domain/errors.js';
 import type { AgentInfo, GatewayInput, GatewayState } from '../domain/gateway.js';
 import { gatewayTaskQueue, workflowIds } from '../domain/names.js';
-import { conntrackTarget, ownerOf, type NatRule } from '../domain/nat-rules.js';
-import { conntrackFilters, parseNatTable } from '../domain/nat-table.js';
+import { conntrackTarget, type NatRule } from '../domain/nat-rules.js';
+import { conntrackFilters } from '../domain/nat-table.js';
 import { agentStartedSignal, gatewaySpecSignal, gatewayStateQuery, type KubeActivities, type NamedNatRule } from '../domain/workflow-api.js';
 import { createAgentActivities } from '../worker/agent.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
-import { FakeCommands } from './support/fake-commands.js';
+import { EXT, FakeGateway } from './gateway-fakes.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { eventually, uniqueQueue, workflowBundle } from './support/workflows.js';
 
-const EXT = 'net1';
 const VPC = '10.0.1.0/24';
-
-/** A gateway's network state: its nat table and conntrack (FakeCommands) and the EIP addresses on its external interface. */
-class FakeGateway implements CommandRunner {
-  readonly nat = new FakeCommands();
-  readonly addresses = new Map<string, number>();
-  /** How long each iptables-restore takes (a busy gateway). */
-  restoreDelayMs = 0;
-
-  async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
-    if (cmd === 'iptables-restore') await new Promise((r) => setTimeout(r, this.restoreDelayMs));
-    const ok = (stdout = ''): RunResult => ({ stdout, stderr: '', code: 0 });
-    const line = args.join(' ');
-    if (cmd === 'ip' && line === `-j -4 addr show dev ${EXT}`) {
-      return ok(JSON.stringify([{ addr_info: [...this.addresses].map(([local, prefixlen]) => ({ family: 'inet', local, prefixlen, label: `${EXT}:eip` })) }]));
-    }
-    if (cmd === 'ip' && args[0] === 'addr' && (args[1] === 'replace' || args[1] === 'del')) {
-      const [address = '', prefix] = args[2]!.split('/');
-      if (args[1] === 'replace') this.addresses.set(address, Number(prefix));
-      else this.addresses.delete(address);
-      return ok();
-    }
-    if (cmd === 'arping') return ok('Usage: arping [-AbDfhqUV] (iputils)');
-    return this.nat.run(cmd, args, opts);
-  }
-
-  /** The owners of the tagged rules in the nat table, sorted, once each. */
-  owners(): string[] {
-    return [...new Set(parseNatTable(this.nat.save()).rules.flatMap((r) => ownerOf(r.spec) ?? []))].sort();
-  }
-}
 
 interface FakeAgent {
   info: AgentInfo;
@@ -398,7 +366,10 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       await handle.signal(gatewaySpecSignal, { spec: { name: gw, internalCidr: '10.9.9.0/24' }, generation: 1 });
       const s = await eventually(() => stateOf(h), (x) => x.observedGeneration === 2, 10_000, 'generation 2');
       expect(s.spec.internalCidr).toBe('10.0.2.0/24');
-      expect((await refused(fip('f6', rule.eip, '10.0.0.80')))?.message).toMatch(/outside the VPC subnet 10.0.2.0\/24/);
+      // The same generation may still bring news: the VPC subnet behind the gateway changed.
+      await handle.signal(gatewaySpecSignal, { spec: { name: gw, internalCidr: '10.0.3.0/24' }, generation: 2 });
+      await eventually(() => stateOf(h), (x) => x.spec.internalCidr === '10.0.3.0/24', 10_000, 'the new VPC subnet');
+      expect((await refused(fip('f6', rule.eip, '10.0.0.80')))?.message).toMatch(/outside the VPC subnet 10.0.3.0\/24/);
     } finally {
       await h.terminate();
       await agent.stop();

@@ -473,10 +473,11 @@ class Gateway {
 
   private onSpec({ spec, generation }: SpecChange<GatewaySpec>): void {
     this.budget.countSignal();
-    if (generation <= this.generation) return; // a repeat or a stale update
+    // Stale when older; the same generation may still bring news (the VPC subnet behind it changed).
+    if (generation < this.generation) return;
     this.generation = generation;
+    if (spec.externalSubnet !== this.state.spec.externalSubnet) wf.upsertSearchAttributes(searchAttributes({ subnet: spec.externalSubnet ?? '' }));
     this.state.spec = { ...spec, name: this.name }; // the name is the workflow's identity
-    if (spec.externalSubnet !== this.input.spec.externalSubnet) wf.upsertSearchAttributes(searchAttributes({ subnet: spec.externalSubnet ?? '' }));
     this.show(); // the new observedGeneration
   }
 

@@ -1,0 +1,40 @@
+// The gateway tests' fake gateway: what the agent's commands see of one gateway, for the workflow
+// tier (test/gateway-workflow.test.ts, test/gateway-handover.test.ts), where the agent's real
+// activities (worker/agent.ts) run against it.
+import type { CommandRunner, RunOptions, RunResult } from '../activities/exec.js';
+import { ownerOf } from '../domain/nat-rules.js';
+import { parseNatTable } from '../domain/nat-table.js';
+import { FakeCommands } from './support/fake-commands.js';
+
+/** The external interface of the fake gateway. */
+export const EXT = 'net1';
+
+/** A gateway's network state: its nat table and conntrack (FakeCommands) and the EIP addresses on its external interface. */
+export class FakeGateway implements CommandRunner {
+  readonly nat = new FakeCommands();
+  readonly addresses = new Map<string, number>();
+  /** How long each iptables-restore takes (a busy gateway). */
+  restoreDelayMs = 0;
+
+  async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+    if (cmd === 'iptables-restore') await new Promise((r) => setTimeout(r, this.restoreDelayMs));
+    const ok = (stdout = ''): RunResult => ({ stdout, stderr: '', code: 0 });
+    const line = args.join(' ');
+    if (cmd === 'ip' && line === `-j -4 addr show dev ${EXT}`) {
+      return ok(JSON.stringify([{ addr_info: [...this.addresses].map(([local, prefixlen]) => ({ family: 'inet', local, prefixlen, label: `${EXT}:eip` })) }]));
+    }
+    if (cmd === 'ip' && args[0] === 'addr' && (args[1] === 'replace' || args[1] === 'del')) {
+      const [address = '', prefix] = args[2]!.split('/');
+      if (args[1] === 'replace') this.addresses.set(address, Number(prefix));
+      else this.addresses.delete(address);
+      return ok();
+    }
+    if (cmd === 'arping') return ok('Usage: arping [-AbDfhqUV] (iputils)');
+    return this.nat.run(cmd, args, opts);
+  }
+
+  /** The owners of the tagged rules in the nat table, sorted, once each. */
+  owners(): string[] {
+    return [...new Set(parseNatTable(this.nat.save()).rules.flatMap((r) => ownerOf(r.spec) ?? []))].sort();
+  }
+}

@@ -7,25 +7,25 @@ import { Context } from '@temporalio/activity';
 import { ServiceError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import type { EipStatus } from '../domain/eip.js';
+import type { Allocation } from '../domain/ipam.js';
 import { Reason } from '../domain/errors.js';
 import { workflowIds } from '../domain/names.js';
 import {
-  allocateUpdate,
-  bindEipUpdate,
   claimEipUpdate,
   eipChangedSignal,
   gatewayChangedSignal,
   gatewayStateQuery,
-  releaseUpdate,
-  removeRuleUpdate,
-  setRuleUpdate,
   statusQuery,
-  unbindEipUpdate,
   unclaimEipUpdate,
+  gatewayRequestsUpdate,
+  ipamRequestsUpdate,
   type Fence,
+  type GatewayRequest,
+  type IpamRequest,
   type WorkflowCallActivities,
 } from '../domain/workflow-api.js';
 import { findOneRunning, findRunning } from '../starter/find-resources.js';
+import { UpdateBatcher, type BatchLimits } from './update-batches.js';
 
 /**
  * Answers that mean "send it again": the server's limit on updates in flight per workflow (10 by
@@ -74,7 +74,13 @@ function fail(reason: Reason, message: string): never {
   throw ApplicationFailure.nonRetryable(message, reason);
 }
 
-export function createWorkflowCallActivities(client: Client): WorkflowCallActivities {
+export function createWorkflowCallActivities(client: Client, batchLimits?: BatchLimits): WorkflowCallActivities {
+  // Requests to the IPAM and gateway workflows go in batches (see update-batches.ts).
+  const ipam = new UpdateBatcher<IpamRequest, Allocation | string | null>((id, requests) => client.workflow.getHandle(id).executeUpdate(ipamRequestsUpdate, { args: [requests] }), batchLimits);
+  const gateways = new UpdateBatcher<GatewayRequest, { applied: boolean } | null>((id, requests) => client.workflow.getHandle(id).executeUpdate(gatewayRequestsUpdate, { args: [requests] }), batchLimits);
+  const release = (subnetWorkflowId: string, owner: string) => ipam.request(subnetWorkflowId, { release: { owner } }) as Promise<string | null>;
+  const toGateway = <T>(gatewayWorkflowId: string, request: GatewayRequest) => gateways.request(gatewayWorkflowId, request) as Promise<T>;
+
   const running = async (workflowId: string) => {
     try {
       return (await client.workflow.getHandle(workflowId).describe()).status.name === 'RUNNING';
@@ -101,7 +107,7 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
   return {
     async allocateAddress(req) {
       return viaUpdate(
-        () => client.workflow.getHandle(workflowIds.ipam(req.subnet)).executeUpdate(allocateUpdate, { args: [{ owner: req.owner, requested: req.requested }, fence()] }),
+        () => ipam.request(workflowIds.ipam(req.subnet), { allocate: { owner: req.owner, requested: req.requested }, fence: fence() }) as Promise<Allocation>,
         () => fail(Reason.SubnetNotFound, `external subnet ${req.subnet} does not exist`),
       );
     },
@@ -109,7 +115,7 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
     async releaseAddress(req) {
       // A subnet that is gone holds nothing.
       return viaUpdate(
-        () => client.workflow.getHandle(workflowIds.ipam(req.subnet)).executeUpdate(releaseUpdate, { args: [{ owner: req.owner }] }),
+        () => release(workflowIds.ipam(req.subnet), req.owner),
         () => null,
       );
     },
@@ -123,7 +129,7 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
 
     async bindAddress(req) {
       await viaUpdate(
-        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(bindEipUpdate, { args: [{ owner: req.owner, address: req.address, prefixLength: req.prefixLength }, fence()] }),
+        () => toGateway<null>(workflowIds.gateway(req.gateway), { bind: { owner: req.owner, address: req.address, prefixLength: req.prefixLength }, fence: fence() }),
         () => fail(Reason.GatewayNotFound, `NAT gateway ${req.gateway} does not exist`),
       );
     },
@@ -131,7 +137,7 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
     async unbindAddress(req) {
       // A gateway that is gone has already taken its addresses off.
       return viaUpdate(
-        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(unbindEipUpdate, { args: [{ owner: req.owner }] }),
+        () => toGateway<{ applied: boolean }>(workflowIds.gateway(req.gateway), { unbind: { owner: req.owner } }),
         () => ({ applied: true }),
       );
     },
@@ -160,31 +166,30 @@ export function createWorkflowCallActivities(client: Client): WorkflowCallActivi
 
     async setGatewayRule(req) {
       await viaUpdate(
-        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(setRuleUpdate, { args: [req.rule, fence()] }),
+        () => toGateway<null>(workflowIds.gateway(req.gateway), { setRule: req.rule, fence: fence() }),
         () => fail(Reason.GatewayNotFound, `NAT gateway ${req.gateway} does not exist`),
       );
     },
 
     async removeGatewayRule(req) {
       return viaUpdate(
-        () => client.workflow.getHandle(workflowIds.gateway(req.gateway)).executeUpdate(removeRuleUpdate, { args: [{ owner: req.owner }] }),
+        () => toGateway<{ applied: boolean }>(workflowIds.gateway(req.gateway), { removeRule: { owner: req.owner } }),
         () => ({ applied: true }), // a gateway that is gone took its rules with it
       );
     },
 
     async releaseEverywhere(req) {
       for await (const entity of client.workflow.list({ query: 'NatflowKind IN ("gateway", "subnet") AND ExecutionStatus = "Running"' })) {
-        const handle = client.workflow.getHandle(entity.workflowId);
-        // Gateways first in spirit, but order does not matter here: nothing is serving any more.
-        if (entity.workflowId.startsWith(workflowIds.gateway(''))) await viaUpdate(() => handle.executeUpdate(unbindEipUpdate, { args: [{ owner: req.owner }] }), () => null);
-        else await viaUpdate(() => handle.executeUpdate(releaseUpdate, { args: [{ owner: req.owner }] }), () => null);
+        // Order does not matter here: nothing is serving any more.
+        if (entity.workflowId.startsWith(workflowIds.gateway(''))) await viaUpdate(() => toGateway(entity.workflowId, { unbind: { owner: req.owner } }), () => null);
+        else await viaUpdate(() => release(entity.workflowId, req.owner), () => null);
       }
     },
 
     async removeGatewayRuleEverywhere(req) {
       for await (const gateway of client.workflow.list({ query: 'NatflowKind = "gateway" AND ExecutionStatus = "Running"' })) {
         await viaUpdate(
-          () => client.workflow.getHandle(gateway.workflowId).executeUpdate(removeRuleUpdate, { args: [{ owner: req.owner }] }),
+          () => toGateway(gateway.workflowId, { removeRule: { owner: req.owner } }),
           () => ({ applied: true }),
         );
       }

@@ -22,6 +22,15 @@ export interface Fence {
   notAfter: number;
 }
 
+// --- batches ---------------------------------------------------------------------------------
+
+/**
+ * One request's answer in a batch update: its value, or its refusal (a failure type from
+ * `Reason` and a message). A batch carries many callers' requests in one update, so that the
+ * server's per-workflow limits (10 updates in flight, 2,000 a run) bound batches, not resources.
+ */
+export type BatchAnswer<T> = { ok: T } | { refused: { type: string; message: string } };
+
 // --- every resource workflow (EIP, FIP, DNAT, SNAT) ----------------------------------------
 
 /** A new spec, as an edit of the object makes it; ignored unless `generation` is newer. */
@@ -61,6 +70,14 @@ export const setRuleUpdate = defineUpdate<void, [NatRule, Fence?]>('setRule');
 /** Removes a rule and its conntrack entries; `applied` is false when the agent is down (it is restored without it). */
 export const removeRuleUpdate = defineUpdate<{ applied: boolean }, [{ owner: string }]>('removeRule');
 export const gatewayStateQuery = defineQuery<GatewayState>('state');
+/** One of the four gateway requests above, with the fence of the attempt that sent it. */
+export type GatewayRequest =
+  | { bind: { owner: string } & EipAddress; fence?: Fence }
+  | { unbind: { owner: string } }
+  | { setRule: NatRule; fence?: Fence }
+  | { removeRule: { owner: string } };
+/** Answers: bind and setRule `null`, unbind and removeRule `{ applied }`. Resolves once every change in it is applied (or the agent is not ready). */
+export const gatewayRequestsUpdate = defineUpdate<BatchAnswer<{ applied: boolean } | null>[], [GatewayRequest[]]>('gatewayRequests');
 /** The gateway's spec changed (its VpcNatGateway, or the VPC subnet behind it). */
 export const gatewaySpecSignal = defineSignal<[SpecChange<GatewaySpec>]>('gatewaySpecChanged');
 /** `setRule`'s rule may carry its resource's name, for messages only: it is not part of the rule (rules are compared). */
@@ -72,6 +89,9 @@ export const allocateUpdate = defineUpdate<Allocation, [AllocateRequest, Fence?]
 /** The address released, or null when the owner held none. */
 export const releaseUpdate = defineUpdate<string | null, [{ owner: string }]>('release');
 export const ipamStateQuery = defineQuery<IpamState>('state');
+export type IpamRequest = { allocate: AllocateRequest; fence?: Fence } | { release: { owner: string } };
+/** Allocations and releases in the order sent; answers: an `Allocation`, or the address released (null when none was held). */
+export const ipamRequestsUpdate = defineUpdate<BatchAnswer<Allocation | string | null>[], [IpamRequest[]]>('ipamRequests');
 /** The Subnet's spec changed (excludeIps, gateway, ...). */
 export const subnetSpecSignal = defineSignal<[SpecChange<SubnetSpec>]>('subnetSpecChanged');
 /** `state` without the allocations: small at any subnet size (what the bridge asks at every resync). */

@@ -15,7 +15,7 @@ import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import type { AgentInfo } from '../domain/gateway.js';
 import { gatewayTaskQueue, workflowIds } from '../domain/names.js';
 import type { NatRule } from '../domain/nat-rules.js';
-import { agentStartedSignal, gatewayStateQuery } from '../domain/workflow-api.js';
+import { bindEipUpdate, gatewayStateQuery, setRuleUpdate } from '../domain/workflow-api.js';
 import { createAgentActivities } from '../worker/agent.js';
 import { EXT, FakeGateway } from './gateway-fakes.js';
 import { createTestEnv } from './support/temporal-env.js';
@@ -59,8 +59,10 @@ describe('a gateway workflow of the last release hands over to this code', () =>
       await oldWorker.runUntil(async () => {
         await env.client.workflow.start('gatewayWorkflow', { taskQueue, workflowId: id, args: [{ spec: { name: gw, internalCidr: '10.0.1.0/24' } }] });
         await eventually(() => env.client.workflow.getHandle(id).query(gatewayStateQuery), (s) => s.ready, 20_000, 'the old gateway ready');
-        await calls.bindAddress({ gateway: gw, owner: 'eip-old', address: rule.eip, prefixLength: 24 });
-        await calls.setGatewayRule({ gateway: gw, rule });
+        // Its callers sent one update per request.
+        const old = env.client.workflow.getHandle(id);
+        await old.executeUpdate(bindEipUpdate, { args: [{ owner: 'eip-old', address: rule.eip, prefixLength: 24 }] });
+        await old.executeUpdate(setRuleUpdate, { args: [rule] });
       });
       const handle = env.client.workflow.getHandle(id);
       const { runId: oldRun } = await handle.describe();
@@ -69,7 +71,8 @@ describe('a gateway workflow of the last release hands over to this code', () =>
       // This code takes over the task queue; the next wake-up is live.
       const newWorker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities: control });
       await newWorker.runUntil(async () => {
-        await handle.signal(agentStartedSignal, info);
+        // The first batch from this release's callers wakes it: it hands over, and the batch is sent again to the new run.
+        expect(await calls.unbindAddress({ gateway: gw, owner: 'eip-never-bound' })).toEqual({ applied: true });
         await eventually(async () => (await handle.describe()).runId, (run) => run !== oldRun, 30_000, 'the hand-over');
         const state = await eventually(() => handle.query(gatewayStateQuery), (s) => s.ready, 20_000, 'the new run ready');
         expect(state.eips).toEqual({ 'eip-old': { address: rule.eip, prefixLength: 24 } });

@@ -14,10 +14,10 @@ describe('IPAM workflow', () => {
 
   it('gives 200 concurrent allocations from two workers 200 distinct addresses, across continue-as-new', async () => {
     const subnet = { name: 'ext-200', cidrBlock: '172.18.0.0/24', gateway: '172.18.0.1', excludeIps: [] };
-    // A short history limit forces several continue-as-new runs in the middle of the flood.
-    await withWorkflow(env(), {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, maxHistoryLength: 150 }] }, async (handle) => {
+    // Small batches and a budget of a few updates a run force several continue-as-new runs in the middle of the flood.
+    await withWorkflow(env(), {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, limits: { updates: 3 } }] }, async (handle) => {
       // Two control workers: each has its own client (and so its own connection) running the allocate activity.
-      const workers = [0, 1].map(() => createWorkflowCallActivities(new Client({ connection: env().connection })));
+      const workers = [0, 1].map(() => createWorkflowCallActivities(new Client({ connection: env().connection }), { inFlight: 2, maxBatch: 10 }));
       const owners = Array.from({ length: 200 }, (_, i) => `natflow/eip/e${i}/uid-${i}`);
       const allocations = await Promise.all(owners.map((owner, i) => workers[i % 2]!.allocateAddress({ subnet: subnet.name, owner })));
 

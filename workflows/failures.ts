@@ -3,7 +3,7 @@
 import * as wf from '@temporalio/workflow';
 import { NatflowError, Reason } from '../domain/errors.js';
 import type { ConditionInput } from '../domain/status.js';
-import type { Fence } from '../domain/workflow-api.js';
+import type { BatchAnswer, Fence } from '../domain/workflow-api.js';
 
 /** What the Ready condition says (its type is always Ready). */
 export type ReadyCondition = Omit<ConditionInput, 'type'>;
@@ -48,4 +48,25 @@ export function domainCall<T>(fn: () => T): T {
     if (err instanceof NatflowError) throw wf.ApplicationFailure.nonRetryable(err.message, err.reason);
     throw err;
   }
+}
+
+/**
+ * One request of a batch update: its value, or its refusal as the failure type and message a
+ * validator's throw would have given its caller (the caller's activity raises it as such).
+ */
+export function answer<T>(request: () => T): BatchAnswer<T> {
+  try {
+    return { ok: request() };
+  } catch (err) {
+    if (err instanceof NatflowError) return { refused: { type: err.reason, message: err.message } };
+    if (err instanceof wf.ApplicationFailure) return { refused: { type: err.type ?? 'Error', message: err.message } };
+    if (err instanceof Error) return { refused: { type: 'Error', message: err.message } };
+    throw err;
+  }
+}
+
+/** A batch of one, answered as a single update is: its value, or its refusal thrown. */
+export function unwrap<T>(reply: BatchAnswer<T>): T {
+  if ('ok' in reply) return reply.ok;
+  throw wf.ApplicationFailure.nonRetryable(reply.refused.message, reply.refused.type);
 }

@@ -25,13 +25,16 @@ import {
   removeRuleUpdate,
   setRuleUpdate,
   unbindEipUpdate,
+  gatewayRequestsUpdate,
+  type BatchAnswer,
   type Fence,
   type GatewayAgentActivities,
+  type GatewayRequest,
   type NamedNatRule,
   type SpecChange,
 } from '../domain/workflow-api.js';
 import { calls, gatewayAgent, wakeUps } from './activity-proxies.js';
-import { checkFence, domainCall, type ReadyCondition } from './failures.js';
+import { answer, checkFence, domainCall, unwrap, type ReadyCondition } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
 import { kubeSync } from './kube-sync.js';
 import { backoff } from './resource-status.js';
@@ -49,6 +52,8 @@ const REBUILD_WINDOW_MS = 60_000;
 const DRAIN_MS = 30_000;
 /** A gateway being deleted re-lists its users at least this often (an EIP that unbinds wakes it sooner). */
 const MAX_USERS_RECHECK_MS = 60_000;
+/** A request recorded, its answer known once the apply that carries it has run. */
+const PENDING = Symbol('pending');
 /** A gateway whose agent is gone for good does not hold its delete: its pod goes with what it carried. */
 const TAKE_OFF_TRIES = 4;
 
@@ -121,6 +126,8 @@ class Gateway {
   private desiredGeneration = 0;
   private appliedGeneration = 0;
   private probeRequested = false;
+  /** This run's budget is spent: new requests go to the next run. */
+  private draining = false;
   private stopping = false;
   private serving: Promise<void> | null = null;
   /** The EIPs naming the gateway while it is being deleted, and a hint that one may have left. */
@@ -162,10 +169,11 @@ class Gateway {
       this.probeRequested = true;
     });
     wf.setHandler(gatewaySpecSignal, (change) => this.onSpec(change));
-    wf.setHandler(bindEipUpdate, (req) => this.bind(req), { ...abandon, validator: (req, fence?: Fence) => this.checkBind(req, fence) });
-    wf.setHandler(unbindEipUpdate, ({ owner }) => this.unbind(owner), abandon);
-    wf.setHandler(setRuleUpdate, (rule) => this.setRule(rule), { ...abandon, validator: (rule, fence?: Fence) => this.checkRule(rule, fence) });
-    wf.setHandler(removeRuleUpdate, ({ owner }) => this.removeRule(owner), abandon);
+    wf.setHandler(gatewayRequestsUpdate, (requests) => this.requests(requests), { ...abandon, validator: (requests) => this.checkBatch(requests) });
+    wf.setHandler(bindEipUpdate, (bind) => this.one<void>({ bind }), { ...abandon, validator: (req, fence?: Fence) => this.checkBind(req, fence) });
+    wf.setHandler(unbindEipUpdate, (unbind: { owner: string }) => this.one<{ applied: boolean }>({ unbind }), { ...abandon, validator: (req) => this.checkRemoval(req) });
+    wf.setHandler(setRuleUpdate, (setRule) => this.one<void>({ setRule }), { ...abandon, validator: (rule, fence?: Fence) => this.checkRule(rule, fence) });
+    wf.setHandler(removeRuleUpdate, (removeRule: { owner: string }) => this.one<{ applied: boolean }>({ removeRule }), { ...abandon, validator: (req) => this.checkRemoval(req) });
     wf.upsertSearchAttributes(searchAttributes({ kind: 'gateway', name: this.name, gateway: this.name, subnet: input.spec.externalSubnet ?? '' }));
   }
 
@@ -381,6 +389,7 @@ class Gateway {
 
   /** Everything carried, after what is in flight has finished (or is cut off: its client re-sends it, and its change is carried). */
   private async continueAsNew(): Promise<never> {
+    this.draining = true;
     await wf.condition(() => wf.allHandlersFinished() && (!this.pending() || !this.state.ready), DRAIN_MS);
     await this.stopServing();
     const { spec, eips, rules, ready, reason, agent, deleting, conditions = [] } = this.state;
@@ -391,9 +400,8 @@ class Gateway {
 
   // --- handlers ----------------------------------------------------------------------------
 
-  /** Records a change and waits for an apply that includes it; false when the agent is not ready (the next restore has it). */
-  private async change(mutate: () => void): Promise<boolean> {
-    mutate();
+  /** Asks for an apply of what was recorded and waits for it; false when the agent is not ready (the next restore has it). */
+  private async change(): Promise<boolean> {
     const generation = ++this.desiredGeneration;
     await wf.condition(() => this.appliedGeneration >= generation || !this.state.ready);
     return this.appliedGeneration >= generation;
@@ -412,8 +420,24 @@ class Gateway {
     return this.state.ready && this.appliedBy === this.state.agent?.instanceId;
   }
 
+  private checkRemoval(req: { owner: string }): void {
+    this.checkOpen();
+    if (typeof req?.owner !== 'string' || !req.owner) throw new Error('a removal needs an owner');
+  }
+
+  private checkBatch(requests: GatewayRequest[]): void {
+    this.checkOpen();
+    if (!Array.isArray(requests)) throw new Error('a batch is a list of requests');
+  }
+
+  /** Once draining, a request is turned away as retryable: its caller sends it again, to the next run. */
+  private checkOpen(): void {
+    if (this.draining) throw wf.ApplicationFailure.retryable(`gateway ${this.name} is moving to a new run`, Reason.Draining);
+  }
+
   // A refusal in a validator writes no history: readiness is checked there.
   private checkBind({ owner, address, prefixLength }: { owner: string } & EipAddress, fence?: Fence): void {
+    this.checkOpen();
     checkFence(fence);
     parseIPv4(address, 'EIP address');
     if (!Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 32) throw new Error(`bad prefix length ${prefixLength}`);
@@ -422,27 +446,8 @@ class Gateway {
     if (!this.eipApplied(owner, { address, prefixLength }) && (!this.state.ready || this.state.deleting)) throw this.notReady();
   }
 
-  private async bind({ owner, address, prefixLength }: { owner: string } & EipAddress): Promise<void> {
-    this.budget.countUpdate();
-    const eip = { address, prefixLength };
-    if (this.eipApplied(owner, eip)) return;
-    if (await this.change(() => (this.state.eips[owner] = eip))) return;
-    // Nothing half-bound stays desired: the caller compensates by releasing the address.
-    if (sameAddress(this.state.eips[owner], eip)) await this.change(() => delete this.state.eips[owner]);
-    throw this.notReady();
-  }
-
-  private async unbind(owner: string): Promise<{ applied: boolean }> {
-    this.budget.countUpdate();
-    this.userLeft = true;
-    if (!(owner in this.state.eips) && !(owner in this.applied.eips)) return { applied: true };
-    const address = (this.state.eips[owner] ?? this.applied.eips[owner])!.address;
-    this.addressRemovals.add(address);
-    // When the agent is down the removal is still recorded: the next restore is without the address.
-    return { applied: await this.change(() => delete this.state.eips[owner]) };
-  }
-
   private checkRule(rule: NatRule, fence?: Fence): void {
+    this.checkOpen();
     domainCall(() => {
       checkFence(fence);
       const { name, rule: valid } = namedRule(rule);
@@ -453,22 +458,63 @@ class Gateway {
     });
   }
 
-  private async setRule(named: NatRule): Promise<void> {
+  /**
+   * Requests in the order sent: each is checked and recorded, then one apply carries them all. A
+   * bind or rule that could not be applied (the agent is not ready) is refused, and a bind refused
+   * so is not left desired (its caller releases the address); removals stay recorded either way.
+   */
+  private async requests(requests: GatewayRequest[]): Promise<BatchAnswer<{ applied: boolean } | null>[]> {
     this.budget.countUpdate();
-    const { rule } = namedRule(named);
-    if (this.ruleApplied(rule)) return;
-    if (await this.change(() => (this.state.rules[rule.owner] = rule))) return;
-    throw this.notReady(); // the caller removes it again as part of its compensation
+    const taken = requests.map((request) => answer(() => this.take(request)));
+    const pending = taken.map((t) => 'ok' in t && t.ok === PENDING);
+    if (!pending.includes(true)) return taken as BatchAnswer<{ applied: boolean } | null>[];
+    const applied = await this.change();
+    if (!applied) {
+      const unbound = requests.filter((r, i) => 'bind' in r && pending[i] && sameAddress(this.state.eips[r.bind.owner], r.bind));
+      for (const r of unbound) delete this.state.eips[(r as { bind: { owner: string } }).bind.owner];
+      if (unbound.length > 0) await this.change();
+    }
+    const notReady = { refused: { type: Reason.GatewayNotReady, message: this.notReady().message } };
+    return taken.map((t, i) => {
+      if (!pending[i]) return t as BatchAnswer<{ applied: boolean } | null>;
+      const request = requests[i]!;
+      return 'unbind' in request || 'removeRule' in request ? { ok: { applied } } : applied ? { ok: null } : notReady;
+    });
   }
 
-  /**
-   * By tag, always, until an apply has taken it off: a new incarnation does not know every rule its
-   * gateway carries, and its restores only add. The agent flushes the removed rules' conntrack entries.
-   */
-  private async removeRule(owner: string): Promise<{ applied: boolean }> {
-    this.budget.countUpdate();
-    this.removals.add(owner);
-    return { applied: await this.change(() => delete this.state.rules[owner]) };
+  /** Checks and records one request: its answer when it needs no apply, else PENDING. */
+  private take(request: GatewayRequest): { applied: boolean } | null | typeof PENDING {
+    if ('bind' in request) {
+      const { owner, address, prefixLength } = request.bind;
+      const eip = { address, prefixLength };
+      this.checkBind(request.bind, request.fence);
+      if (this.eipApplied(owner, eip)) return null;
+      this.state.eips[owner] = eip;
+    } else if ('unbind' in request) {
+      const { owner } = request.unbind;
+      this.userLeft = true;
+      const held = this.state.eips[owner] ?? this.applied.eips[owner];
+      if (!held) return { applied: true };
+      // When the agent is down the removal is still recorded: the next restore is without the address.
+      this.addressRemovals.add(held.address);
+      delete this.state.eips[owner];
+    } else if ('setRule' in request) {
+      this.checkRule(request.setRule, request.fence);
+      const { rule } = namedRule(request.setRule);
+      if (this.ruleApplied(rule)) return null;
+      this.state.rules[rule.owner] = rule;
+    } else {
+      // By tag, always, until an apply has taken it off: a new incarnation does not know every rule
+      // its gateway carries, and its restores only add. The agent flushes the removed rules' conntrack entries.
+      this.removals.add(request.removeRule.owner);
+      delete this.state.rules[request.removeRule.owner];
+    }
+    return PENDING;
+  }
+
+  /** A request sent on its own (the last release's callers): a batch of one. */
+  private async one<T>(request: GatewayRequest): Promise<T> {
+    return unwrap((await this.requests([request]))[0]!) as T;
   }
 
   private onSpec({ spec, generation }: SpecChange<GatewaySpec>): void {
@@ -560,6 +606,12 @@ async function legacyGatewayWorkflow(input: GatewayInput): Promise<void> {
 
   wf.setHandler(gatewayStateQuery, () => state);
   wf.setHandler(agentStartedSignal, () => void (probeRequested = true));
+  // This release's callers send batches: the run hands over at once, and they send theirs again to the next run.
+  let batchArrived = false;
+  wf.setHandler(gatewayRequestsUpdate, () => {
+    batchArrived = true;
+    throw wf.ApplicationFailure.retryable(`gateway ${spec.name} is moving to a new run`, Reason.Draining);
+  });
   wf.setHandler(
     bindEipUpdate,
     async ({ owner, address, prefixLength }: { owner: string } & EipAddress) => {
@@ -655,7 +707,7 @@ async function legacyGatewayWorkflow(input: GatewayInput): Promise<void> {
   try {
     for (;;) {
       const interval = state.ready ? PROBE_WHEN_READY : Math.min(1000 * 2 ** failedProbes, MAX_PROBE_BACKOFF_MS);
-      const woken = await wf.condition(() => probeRequested || (state.ready && desiredGeneration > appliedGeneration), interval);
+      const woken = await wf.condition(() => probeRequested || batchArrived || (state.ready && desiredGeneration > appliedGeneration), interval);
       if (wf.patched(HANDOVER_PATCH)) return await handOver(false);
       if (!woken || probeRequested) {
         probeRequested = false;

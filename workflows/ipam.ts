@@ -5,9 +5,9 @@ import * as wf from '@temporalio/workflow';
 import { Ipam, type AllocateRequest, type IpamInput } from '../domain/ipam.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import type { SubnetSpec } from '../domain/subnet.js';
-import { allocateUpdate, ipamStateQuery, ipamUsageQuery, releaseUpdate, subnetSpecSignal, type Fence, type SpecChange } from '../domain/workflow-api.js';
+import { allocateUpdate, ipamRequestsUpdate, ipamStateQuery, ipamUsageQuery, releaseUpdate, subnetSpecSignal, type Fence, type IpamRequest, type SpecChange } from '../domain/workflow-api.js';
 import { Reason } from '../domain/errors.js';
-import { checkFence, domainCall } from './failures.js';
+import { answer, checkFence, domainCall } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
 
 /** The last release's only limit: runs it started (replayed without the patch) keep it. */
@@ -57,6 +57,27 @@ export async function ipamWorkflow(input: IpamInput): Promise<void> {
       validator: (req) => {
         checkOpen();
         if (typeof req?.owner !== 'string' || !req.owner) throw new Error('release needs an owner');
+      },
+    },
+  );
+
+  // What the control worker sends: concurrent callers' requests coalesced, each answered on its own.
+  wf.setHandler(
+    ipamRequestsUpdate,
+    (requests: IpamRequest[]) => {
+      budget.countUpdate();
+      return requests.map((request) =>
+        answer(() => {
+          if ('release' in request) return ipam.release(request.release.owner);
+          checkFence(request.fence);
+          return domainCall(() => ipam.allocate(request.allocate));
+        }),
+      );
+    },
+    {
+      validator: (requests: IpamRequest[]) => {
+        checkOpen();
+        if (!Array.isArray(requests)) throw new Error('a batch is a list of requests');
       },
     },
   );

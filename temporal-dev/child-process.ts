@@ -1,5 +1,6 @@
 // Stopping a local server process: politely first, then for sure.
 import type { ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 
 const STOP_TIMEOUT_MS = 15_000;
 
@@ -14,4 +15,15 @@ export async function terminate(child: ChildProcess, exited: Promise<unknown>, h
     child.kill('SIGKILL');
     await exited;
   }
+}
+
+const SETPRIV = '/usr/bin/setpriv';
+
+/**
+ * The command line that runs `bin` so that it dies with this process, even when this process is
+ * killed with SIGKILL and no exit handler runs: util-linux's setpriv sets the parent-death signal
+ * and execs it (same pid). Without setpriv, `bin` as it is.
+ */
+export function tiedToParent(bin: string, args: string[], signal: 'TERM' | 'KILL'): [string, string[]] {
+  return existsSync(SETPRIV) ? [SETPRIV, ['--pdeathsig', signal, '--', bin, ...args]] : [bin, args];
 }

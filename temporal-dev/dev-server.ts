@@ -14,7 +14,7 @@ import { Connection } from '@temporalio/client';
 import { findOrProvisionTemporalCli, repoRoot } from './provision.js';
 import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../domain/search-attributes.js';
 import { isMainModule, stopOnSignal } from '../worker/process.js';
-import { terminate } from './child-process.js';
+import { terminate, tiedToParent } from './child-process.js';
 
 export interface DevServerOptions {
   /** gRPC port, default 7233. */
@@ -45,6 +45,8 @@ const LOG_TAIL_CHARS = 8_192;
 export function defaultDbFile(): string {
   return path.join(repoRoot(), '.natflow', 'temporal.sqlite');
 }
+
+const SQLITE_PRAGMAS = ['journal_mode=wal', 'synchronous=normal'];
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -109,11 +111,17 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
     namespace,
     '--log-level',
     'warn',
+    // WAL with synchronous=normal: 3x the throughput of SQLite's defaults (measured: 1,000 workflows
+    // x 7 activities, 124 s -> 40 s). A commit survives the server's crash or kill -9; a power loss
+    // or kernel crash can lose the last commits (never corrupt the file). See docs/architecture.md.
+    ...SQLITE_PRAGMAS.flatMap((pragma) => ['--sqlite-pragma', pragma]),
   ];
   for (const key of NATFLOW_SEARCH_ATTRIBUTE_KEYS) args.push('--search-attribute', `${key.name}=Keyword`);
   for (const [key, value] of Object.entries(opts.dynamicConfig ?? {})) args.push('--dynamic-config-value', `${key}=${JSON.stringify(value)}`);
 
-  const child = spawn(cli, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // It stops with this process even on kill -9 (a SIGTERM, so SQLite closes cleanly).
+  const [cmd, argv] = tiedToParent(cli, args, 'TERM');
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let logTail = '';
   const keep = (chunk: Buffer) => {
     logTail = (logTail + chunk.toString()).slice(-LOG_TAIL_CHARS);

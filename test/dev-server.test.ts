@@ -1,3 +1,6 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -74,6 +77,45 @@ describe('startDevServer', () => {
       }
     } finally {
       await second.stop();
+    }
+  });
+
+  test('does not outlive a kill -9 of the process that started it, and keeps what it committed', { timeout: 120_000 }, async () => {
+    const opts = { port: 17243, uiPort: 18243, dbFile: path.join(scratch, 'killed', 'temporal.sqlite') };
+    const script = `import { startDevServer } from './temporal-dev/dev-server.ts';
+      const server = await startDevServer(${JSON.stringify(opts)});
+      console.log('READY ' + server.address);
+      setInterval(() => {}, 60_000);`;
+    const parent = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    parent.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    while (!out.includes('READY')) {
+      if (parent.exitCode !== null) throw new Error(`the starting process exited: ${out}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const connection = await Connection.connect({ address: '127.0.0.1:17243' });
+    await connection.workflowService.updateNamespace({ namespace: 'default', updateInfo: { description: 'written before the kill' } });
+    await connection.close();
+
+    parent.kill('SIGKILL');
+    await once(parent, 'exit');
+    // The server saw its parent die and stopped: its port is free (a server still there would be reused by the next start).
+    const answers = () => new Promise<boolean>((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port: 17243 }).once('connect', () => resolve(true)).once('error', () => resolve(false));
+      socket.unref();
+      setTimeout(() => socket.destroy(), 1000);
+    });
+    const deadline = Date.now() + 15_000;
+    while ((await answers()) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 250));
+    expect(await answers()).toBe(false);
+    const next = await startDevServer(opts);
+    try {
+      const reconnected = await Connection.connect({ address: next.address });
+      const ns = await reconnected.workflowService.describeNamespace({ namespace: 'default' });
+      expect(ns.namespaceInfo?.description).toBe('written before the kill');
+      await reconnected.close();
+    } finally {
+      await next.stop();
     }
   });
 });

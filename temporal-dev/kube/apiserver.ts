@@ -35,7 +35,7 @@ import {
 } from '@kubernetes/client-node';
 import { repoRoot } from '../provision.js';
 import { isMainModule, stopOnSignal } from '../../worker/process.js';
-import { terminate } from '../child-process.js';
+import { terminate, tiedToParent } from '../child-process.js';
 
 const execFileP = promisify(execFile);
 
@@ -253,16 +253,13 @@ interface Proc {
   logTail(): Promise<string>;
 }
 
-const HAS_SETPRIV = existsSync('/usr/bin/setpriv');
-
 /**
- * Starts a server process with its output in a log file. On Linux it runs under
- * `setpriv --pdeathsig SIGKILL`, so it dies with this process even if this process is killed
- * (a crashed test leaves no apiserver behind).
+ * Starts a server process with its output in a log file; it dies with this process, even if this
+ * process is killed (a crashed test leaves no apiserver behind).
  */
 async function startProc(name: string, bin: string, args: string[], logFile: string): Promise<Proc> {
   const log = await open(logFile, 'w');
-  const [cmd, argv] = HAS_SETPRIV ? ['/usr/bin/setpriv', ['--pdeathsig', 'SIGKILL', '--', bin, ...args]] : [bin, args];
+  const [cmd, argv] = tiedToParent(bin, args, 'KILL');
   const child = spawn(cmd, argv, { stdio: ['ignore', log.fd, log.fd] });
   await log.close();
   let spawnError: Error | undefined;

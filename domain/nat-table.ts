@@ -4,6 +4,15 @@
 // agent (activities/gateway-nat.ts) runs the read and the restore; the chain layout and the rules
 // are in domain/nat-rules.ts.
 //
+// Buckets: the three chains that hold one rule per FIP or DNAT rule (EXCLUSIVE_DNAT, SHARED_DNAT,
+// EXCLUSIVE_SNAT) each jump to BUCKETS sub-chains (`EXCLUSIVE_DNAT_00` … `_63`), and an owner's rule
+// goes to the sub-chain its owner hashes to. iptables-nft (1.8.9) fetches the rules of every chain
+// a restore touches once it deletes anything (a delete in a 5,000-rule chain costs as much as
+// reading the whole table), and of no other chain: with buckets a change touches chains of ~N/64
+// rules, so its cost no longer grows with the gateway's size. Untagged rules in the parent chains
+// (Kube-OVN's) are left alone; a tagged rule outside its bucket (an older layout) is a leftover
+// that the next full plan of its owner moves.
+//
 // iptables-restore --noflush facts this relies on (iptables 1.8.9, nf_tables and legacy alike):
 // - declaring a chain that exists (`:CHAIN - [0:0]`) EMPTIES it: only missing chains are declared;
 // - `-D <spec>` of a rule that is not there fails the whole restore, and nothing is applied: deletes
@@ -87,6 +96,51 @@ export function restoreLine(op: '-A' | '-D', chain: string, spec: readonly strin
 
 const ruleKey = (chain: string, spec: readonly string[]) => `${chain}\u0000${spec.join('\u0000')}`;
 
+// --- layout: natflow's chains with the buckets of the large ones --------------------------------
+
+/** The chains that get one rule per FIP or DNAT rule, each spread over BUCKETS sub-chains. */
+export const BUCKETED_CHAINS: readonly string[] = ['EXCLUSIVE_DNAT', 'SHARED_DNAT', 'EXCLUSIVE_SNAT'];
+/** 64: ~80 rules a bucket at 10,000 rules, and 192 jumps, which only a connection's first packet walks. */
+export const BUCKETS = 64;
+export const bucketChain = (chain: string, bucket: number) => `${chain}_${String(bucket).padStart(2, '0')}`;
+const bucketsOf = (chain: string) => Array.from({ length: BUCKETS }, (_, b) => bucketChain(chain, b));
+
+/** An owner's bucket: FNV-1a of its uid, so every agent finds an owner's rules in the same chains. */
+export function bucketOf(owner: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < owner.length; i++) hash = Math.imul(hash ^ owner.charCodeAt(i), 0x01000193);
+  return (hash >>> 0) % BUCKETS;
+}
+
+/** The chain an owner's rule rendered for `chain` goes to on the gateway. */
+export function placedChain(chain: string, owner: string): string {
+  return BUCKETED_CHAINS.includes(chain) ? bucketChain(chain, bucketOf(owner)) : chain;
+}
+
+/** The chain a rule found in `chain` was rendered for (a bucket's parent). */
+export function renderedChain(chain: string): string {
+  const bucket = /^(.+)_(\d\d)$/.exec(chain);
+  return bucket && BUCKETED_CHAINS.includes(bucket[1]!) && Number(bucket[2]) < BUCKETS ? bucket[1]! : chain;
+}
+
+/** natflow's chains as planInit makes them. */
+export interface TableLayout {
+  chains: readonly string[];
+  /** The full, ordered content of each static chain. */
+  staticRules: Record<string, string[][]>;
+  /** Jumps that must be in a chain exactly once, whatever else it holds (appended when missing). */
+  entryJumps: { chain: string; spec: string[] }[];
+}
+
+/** The rendering's layout plus the buckets: each bucketed chain jumps once to each of its buckets. */
+export function gatewayLayout(base: NatChainLayout): TableLayout {
+  return {
+    chains: base.chains.flatMap((c) => (BUCKETED_CHAINS.includes(c) ? [c, ...bucketsOf(c)] : [c])),
+    staticRules: base.staticRules,
+    entryJumps: [...base.entryJumps, ...BUCKETED_CHAINS.flatMap((chain) => bucketsOf(chain).map((b) => ({ chain, spec: ['-j', b] })))],
+  };
+}
+
 // --- planning --------------------------------------------------------------------------------
 
 export interface InitPlan {
@@ -94,19 +148,31 @@ export interface InitPlan {
   declare: string[];
   /** `-F CHAIN` for every existing static chain whose content is not exactly the expected one. */
   flush: string[];
-  /** The static rules of declared or flushed chains, and fixes of the built-in chains' jumps. */
+  /** The static rules of declared or flushed chains, and fixes of the entry jumps. */
   rules: string[];
   flushed: Set<string>;
 }
 
+/** A table already laid out needs nothing. */
+export const NO_INIT: InitPlan = Object.freeze({ declare: [], flush: [], rules: [], flushed: new Set<string>() });
+
 /** What makes natflow's chains exactly the layout; all empty when they already are. */
-export function planInit(table: NatTable, layout: NatChainLayout): InitPlan {
+export function planInit(table: NatTable, layout: TableLayout): InitPlan {
   const plan: InitPlan = { declare: [], flush: [], rules: [], flushed: new Set() };
+  // One pass over the table (it may hold 10,000 rules): each chain's rules, and how often each rule is there.
+  const byChain = new Map<string, string[]>();
+  const counts = new Map<string, number>();
+  for (const r of table.rules) {
+    const key = ruleKey(r.chain, r.spec);
+    if (!byChain.has(r.chain)) byChain.set(r.chain, []);
+    byChain.get(r.chain)!.push(key);
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
   for (const chain of layout.chains) {
     if (!table.chains.has(chain)) plan.declare.push(`:${chain} - [0:0]`);
   }
   for (const [chain, expected] of Object.entries(layout.staticRules)) {
-    const current = table.rules.filter((r) => r.chain === chain).map((r) => ruleKey(chain, r.spec));
+    const current = byChain.get(chain) ?? [];
     const wanted = expected.map((spec) => ruleKey(chain, spec));
     const exists = table.chains.has(chain);
     if (exists && current.length === wanted.length && current.every((k, i) => k === wanted[i])) continue;
@@ -116,9 +182,9 @@ export function planInit(table: NatTable, layout: NatChainLayout): InitPlan {
     }
     for (const spec of expected) plan.rules.push(restoreLine('-A', chain, spec));
   }
-  // Exactly one jump from each built-in chain: a missing one is appended, extra ones deleted.
+  // Exactly one of each entry jump: a missing one is appended, extra ones deleted.
   for (const { chain, spec } of layout.entryJumps) {
-    const count = table.rules.filter((r) => r.chain === chain && ruleKey(chain, r.spec) === ruleKey(chain, spec)).length;
+    const count = counts.get(ruleKey(chain, spec)) ?? 0;
     if (count === 0) plan.rules.push(restoreLine('-A', chain, spec));
     for (let i = 1; i < count; i++) plan.rules.push(restoreLine('-D', chain, spec));
   }
@@ -169,6 +235,116 @@ export function planChange(
   return { lines: [...init.declare, ...init.flush, ...deletes, ...init.rules, ...adds], added: adds.length, removed: removed.length };
 }
 
+// --- the agent's memory of the table ------------------------------------------------------------
+
+/**
+ * A nat table as the agent last read it, changed by every restore it made since, so that a change
+ * can be planned without reading 10,000 rules again. Indexed by owner and by rule: planning a
+ * change of a few owners never walks the table.
+ */
+export class NatTableModel {
+  readonly chains: Set<string>;
+  private readonly rules = new Map<number, { chain: string; spec: string[]; key: string; owner: string | null }>();
+  private readonly byKey = new Map<string, number[]>();
+  private readonly byOwner = new Map<string, Set<number>>();
+  private next = 0;
+
+  constructor(table: NatTable) {
+    this.chains = new Set(table.chains);
+    for (const r of table.rules) this.append(r.chain, r.spec);
+  }
+
+  /** Applies restore lines as `iptables-restore --noflush` does; throws on a line it would refuse. */
+  apply(lines: readonly string[]): void {
+    for (const line of lines) {
+      if (line.startsWith(':')) {
+        const chain = line.slice(1).split(' ')[0]!;
+        if (this.chains.has(chain) && !BUILT_IN_CHAINS.has(chain)) this.flush(chain); // declaring an existing chain empties it
+        this.chains.add(chain);
+        continue;
+      }
+      const [op, chain = '', ...spec] = tokenizeSaveLine(line);
+      if (!this.chains.has(chain)) throw new Error(`no chain ${chain} for: ${line}`);
+      if (op === '-F' && spec.length === 0) this.flush(chain);
+      else if (op === '-A') this.append(chain, spec);
+      else if (op === '-D') {
+        const id = this.byKey.get(ruleKey(chain, spec))?.[0];
+        if (id === undefined) throw new Error(`no such rule: ${line}`);
+        this.remove(id);
+      } else throw new Error(`not a restore line natflow writes: ${line}`);
+    }
+  }
+
+  /** The rules of these owners, in table order. */
+  rulesOf(owners: Iterable<string>): NatTable['rules'] {
+    const ids = [...owners].flatMap((owner) => [...(this.byOwner.get(owner) ?? [])]).sort((a, b) => a - b);
+    return ids.map((id) => ({ chain: this.rules.get(id)!.chain, spec: this.rules.get(id)!.spec }));
+  }
+
+  hasRules(owner: string): boolean {
+    return (this.byOwner.get(owner)?.size ?? 0) > 0;
+  }
+
+  /** A chain's rules in order; null when the chain does not exist. */
+  chainRules(chain: string): string[][] | null {
+    if (!this.chains.has(chain)) return null;
+    return [...this.rules.values()].filter((r) => r.chain === chain).map((r) => r.spec);
+  }
+
+  private append(chain: string, spec: string[]): void {
+    const id = this.next++;
+    const key = ruleKey(chain, spec);
+    const owner = ownerOf(spec);
+    this.rules.set(id, { chain, spec, key, owner });
+    if (!this.byKey.has(key)) this.byKey.set(key, []);
+    this.byKey.get(key)!.push(id);
+    if (owner) {
+      if (!this.byOwner.has(owner)) this.byOwner.set(owner, new Set());
+      this.byOwner.get(owner)!.add(id);
+    }
+  }
+
+  private remove(id: number): void {
+    const rule = this.rules.get(id)!;
+    this.rules.delete(id);
+    const ids = this.byKey.get(rule.key)!;
+    ids.splice(ids.indexOf(id), 1);
+    if (ids.length === 0) this.byKey.delete(rule.key);
+    if (rule.owner) this.byOwner.get(rule.owner)!.delete(id);
+  }
+
+  private flush(chain: string): void {
+    for (const [id, rule] of this.rules) if (rule.chain === chain) this.remove(id);
+  }
+}
+
+const BUILT_IN_CHAINS = new Set(['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING']);
+
+// --- the generation rule: a compare-and-swap inside every restore of a remembering agent -------
+
+/** A chain nothing jumps to, holding one rule whose comment every remembering agent's restore replaces. */
+export const GENERATION_CHAIN = 'NATFLOW_GENERATION';
+export const generationSpec = (generation: string) => ['-m', 'comment', '--comment', `natflow-generation:${generation}`];
+const isGeneration = (spec: readonly string[]) => spec.length === 4 && spec[3]!.startsWith('natflow-generation:') && spec.join(' ') === generationSpec(spec[3]!.slice(19)).join(' ');
+
+/** The generation a table's GENERATION_CHAIN holds, when it holds exactly one. */
+export function generationOf(chainRules: readonly string[][] | null): string | null {
+  return chainRules?.length === 1 && isGeneration(chainRules[0]!) ? chainRules[0]![3]!.slice(19) : null;
+}
+
+/**
+ * The lines that make GENERATION_CHAIN hold exactly `next`. When it holds one generation, that rule
+ * is deleted: the restore fails (and applies nothing) unless it is still there, so a restore
+ * planned from memory only applies if no other remembering agent wrote since, and a flushed or
+ * lost table fails it too.
+ */
+export function generationLines(chainRules: readonly string[][] | null, next: string): string[] {
+  const set = restoreLine('-A', GENERATION_CHAIN, generationSpec(next));
+  if (chainRules === null) return [`:${GENERATION_CHAIN} - [0:0]`, set];
+  if (generationOf(chainRules) !== null) return [restoreLine('-D', GENERATION_CHAIN, chainRules[0]!), set];
+  return [`-F ${GENERATION_CHAIN}`, set];
+}
+
 /**
  * The conntrack entries that removed tagged rules leave behind, read from the rules themselves (so
  * that a rule natflow no longer remembers, e.g. found by a full restore, is flushed as well):
@@ -181,7 +357,8 @@ export function planChange(
  */
 export function removedConntrackTargets(rules: readonly { chain: string; spec: readonly string[] }[]): ConntrackTarget[] {
   const targets = new Map<string, ConntrackTarget>();
-  for (const { chain, spec } of rules) {
+  for (const { chain: placed, spec } of rules) {
+    const chain = renderedChain(placed);
     const arg = (flag: string) => {
       const i = spec.indexOf(flag);
       return i === -1 ? undefined : spec[i + 1];
@@ -233,14 +410,17 @@ function invalid(problems: string[]): NatflowError {
   return new NatflowError(Reason.InvalidSpec, problems.join('; '));
 }
 
-/** A NAT change `{ add, removeOwners, replaceAll?, flushConntrack? }` as the rules it wants and the owners it removes. */
+/** A NAT change `{ add, removeOwners, replaceAll?, flushConntrack? }` as the rules it wants (in their buckets) and the owners it removes. */
 export function validateChange(change: unknown, ctx: RenderContext): { desired: DesiredRule[]; removeOwners: string[]; replaceAll: boolean; flushConntrack: boolean } {
   if (!change || typeof change !== 'object') throw invalid(['a NAT change must be an object { add, removeOwners, replaceAll?, flushConntrack? }']);
   const c = change as Record<string, unknown>;
   const problems: string[] = [];
   const desired = collect(c.add, 'add', (rule) => renderNatRule(rule as NatRule, ctx), problems)
     .flat()
-    .map((r) => ({ owner: ownerOf(r.spec)!, chain: r.chain, spec: r.spec }));
+    .map((r) => {
+      const owner = ownerOf(r.spec)!;
+      return { owner, chain: placedChain(r.chain, owner), spec: r.spec };
+    });
   const removeOwners = collect(c.removeOwners, 'removeOwners', (owner) => validateOwner(owner, 'removeOwners entry'), problems);
   for (const flag of ['replaceAll', 'flushConntrack'] as const) {
     if (c[flag] !== undefined && typeof c[flag] !== 'boolean') problems.push(`${flag} ${JSON.stringify(c[flag])} must be true or false`);

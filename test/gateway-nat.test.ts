@@ -6,6 +6,7 @@ import { createAddressActivities } from '../activities/gateway-addresses.js';
 import { createNatActivities, type NatChange } from '../activities/gateway-nat.js';
 import type { LabTopology } from '../domain/lab.js';
 import { NAT_CHAINS, renderNatRule, type NatRule } from '../domain/nat-rules.js';
+import { GENERATION_CHAIN, placedChain } from '../domain/nat-table.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
 import { FakeCommands } from './support/fake-commands.js';
 import { Listener, ping, send, Session } from './support/traffic.js';
@@ -247,15 +248,15 @@ describe('NAT rules on the gateway (real traffic)', () => {
     await nat.applyNatRules({ add: [keep, moved], removeOwners: [] });
     const ipt = (...args: string[]) => runCommand('iptables', ['-w', '-t', 'nat', ...args], { netns: t.gatewayNs });
     const [keepDnat, keepSnat] = renderNatRule(keep);
-    await ipt('-D', keepSnat!.chain, ...keepSnat!.spec); // a missing rule
-    await ipt('-A', keepDnat!.chain, ...keepDnat!.spec); // a duplicate
+    await ipt('-D', placedChain(keepSnat!.chain, keep.owner), ...keepSnat!.spec); // a missing rule
+    await ipt('-A', placedChain(keepDnat!.chain, keep.owner), ...keepDnat!.spec); // a duplicate
     await ipt('-A', 'EXCLUSIVE_DNAT', '-d', '172.18.0.99/32', '-m', 'comment', '--comment', 'natflow:stray', '-j', 'DNAT', '--to-destination', '10.0.1.99');
     await ipt('-I', 'PREROUTING', '1', '-d', '172.18.0.98/32', '-m', 'comment', '--comment', 'natflow:stray2', '-j', 'DNAT', '--to-destination', '10.0.1.98');
     await ipt('-A', 'EXCLUSIVE_DNAT', '-d', '172.18.0.97/32', '-j', 'DNAT', '--to-destination', '10.0.1.97'); // not natflow's
 
     const now = { ...moved, internalIp: vm(1).ip };
     expect(await nat.applyNatRules({ add: [keep, now], removeOwners: [], replaceAll: true })).toEqual({ added: 2, removed: 4 });
-    const expected = [keep, now].flatMap((r) => renderNatRule(r).map((x) => ({ chain: x.chain, owner: r.owner, spec: x.spec })));
+    const expected = [keep, now].flatMap((r) => renderNatRule(r).map((x) => ({ chain: placedChain(x.chain, r.owner), owner: r.owner, spec: x.spec })));
     expect(await nat.listNatRules()).toEqual(expect.arrayContaining(expected));
     expect(await nat.listNatRules()).toHaveLength(expected.length);
     expect(await natTable()).toContain('-A EXCLUSIVE_DNAT -d 172.18.0.97/32 -j DNAT --to-destination 10.0.1.97');
@@ -322,6 +323,52 @@ describe('NAT rules on the gateway (real traffic)', () => {
     expect(await nat.listNatRules()).toHaveLength(40);
     await Promise.all(rules.map((rule) => nat.applyNatRules({ add: [], removeOwners: [rule.owner, rules[0]!.owner] })));
     expect(await nat.listNatRules()).toEqual([]);
+  });
+
+  it('a remembering agent: a change is one restore and no read; what someone else did in between is neither lost nor duplicated', async () => {
+    await reset();
+    const seen: string[] = [];
+    const remembering = () =>
+      createNatActivities({ netns: t.gatewayNs, remember: true, runner: { run: (cmd, args, opts) => (seen.push(cmd), spawnRunner.run(cmd, args, opts)) } });
+    const agent = remembering();
+    const ipt = (...args: string[]) => runCommand('iptables', ['-w', '-t', 'nat', ...args], { netns: t.gatewayNs });
+    const owners = async () => (await nat.listNatRules()).map((r) => r.owner).sort();
+    const a = fip('mem-a', EIP[0], vm(0).ip);
+    const b = fip('mem-b', EIP[1], vm(1).ip);
+    const c = dnat('mem-c', EIP[2], 'tcp', 8080, vm(1).ip, 80);
+    expect(await agent.applyNatRules({ add: [a], removeOwners: [] })).toEqual({ added: 2, removed: 0 });
+    expect(seen).toEqual(['iptables-save', 'iptables-restore']);
+    seen.length = 0;
+    expect(await agent.applyNatRules({ add: [b], removeOwners: [] })).toEqual({ added: 2, removed: 0 });
+    expect(seen).toEqual(['iptables-restore']);
+
+    // An operator deletes one of b's rules: the remembered delete is refused, the agent reads and removes the rest.
+    const [bDnat] = renderNatRule(b);
+    await ipt('-D', placedChain(bDnat!.chain, b.owner), ...bDnat!.spec);
+    seen.length = 0;
+    expect(await agent.applyNatRules({ add: [], removeOwners: [b.owner] })).toEqual({ added: 0, removed: 1 });
+    expect(seen).toEqual(['iptables-restore', 'iptables-save', 'iptables-restore']);
+
+    // Another agent adds c: the first one, asked for c too, does not add it twice.
+    expect(await remembering().applyNatRules({ add: [c], removeOwners: [] })).toEqual({ added: 1, removed: 0 });
+    expect(await agent.applyNatRules({ add: [c], removeOwners: [] })).toEqual({ added: 0, removed: 0 });
+    expect(await owners()).toEqual(['mem-a', 'mem-a', 'mem-c']);
+
+    // The whole nat table flushed: the next change brings natflow's chains back with it.
+    const healthy = await natTable();
+    await ipt('-F');
+    seen.length = 0;
+    expect(await agent.applyNatRules({ add: [b], removeOwners: [] })).toEqual({ added: 2, removed: 0 });
+    expect(seen).toEqual(['iptables-restore', 'iptables-save', 'iptables-restore']);
+    expect(await owners()).toEqual(['mem-b', 'mem-b']);
+    const layoutOf = (table: string[]) => table.filter((l) => !l.includes('natflow:') && !l.includes(GENERATION_CHAIN));
+    expect(layoutOf(await natTable())).toEqual(layoutOf(healthy));
+    await withListeners([[vm(1).ns, 8083]], async (l) => {
+      expect(await send(client().ns, EIP[1], 8083, 'remembered')).toBe(true);
+      expect(await l.waitFor('remembered')).toBe(true);
+    });
+    await ipt('-F', GENERATION_CHAIN);
+    await ipt('-X', GENERATION_CHAIN);
   });
 
   it('the fake gateway of the unit tests (test/support/fake-commands.ts) answers as this one does', async () => {

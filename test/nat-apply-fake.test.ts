@@ -5,7 +5,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import type { CommandRunner } from '../activities/exec.js';
 import { createNatActivities, type NatActivities } from '../activities/gateway-nat.js';
 import { conntrackTarget, NAT_CHAINS, natChainLayout, ownerOf, renderNatRule, type NatRule } from '../domain/nat-rules.js';
-import { parseNatTable, restoreLine } from '../domain/nat-table.js';
+import { gatewayLayout, parseNatTable, placedChain, restoreLine } from '../domain/nat-table.js';
 import { FakeCommands } from './support/fake-commands.js';
 
 const GW = 'gw-fake';
@@ -21,8 +21,8 @@ beforeEach(() => {
   nat = createNatActivities({ netns: GW, runner: fake });
 });
 
-/** The restore lines of a rule set: `op` of every rendered rule. */
-const lines = (op: '-A' | '-D', ...rules: NatRule[]) => rules.flatMap((r) => renderNatRule(r).map((x) => restoreLine(op, x.chain, x.spec)));
+/** The restore lines of a rule set: `op` of every rendered rule, in its owner's bucket. */
+const lines = (op: '-A' | '-D', ...rules: NatRule[]) => rules.flatMap((r) => renderNatRule(r).map((x) => restoreLine(op, placedChain(x.chain, r.owner), x.spec)));
 /** What each iptables-restore was given, between `*nat` and `COMMIT`. */
 const restores = () => fake.commands.filter((c) => c.cmd === 'iptables-restore').map((c) => c.input!.split('\n').slice(1, -2));
 /** The tagged rules of the fake's nat table, as restore lines, sorted. */
@@ -40,17 +40,20 @@ describe('NAT activities on a fake gateway', () => {
   it('init on an empty table writes the whole layout in one restore, in the namespace; a second init only reads', async () => {
     await nat.initNatChains();
     expect(fake.commands.map((c) => `${c.netns} ${c.cmd} ${c.args.join(' ')}`)).toEqual([`${GW} iptables-save -t nat`, `${GW} iptables-restore --noflush -w 10`]);
-    const layout = natChainLayout();
+    const layout = gatewayLayout(natChainLayout());
     expect(restores()).toEqual([
       [
-        ...NAT_CHAINS.map((c) => `:${c} - [0:0]`),
+        ...layout.chains.map((c) => `:${c} - [0:0]`),
         ...Object.entries(layout.staticRules).flatMap(([chain, specs]) => specs.map((spec) => restoreLine('-A', chain, spec))),
         '-A PREROUTING -j DNAT_FILTER',
         '-A POSTROUTING -j SNAT_FILTER',
+        // Each chain of one rule per FIP or DNAT rule jumps to its 64 buckets.
+        ...['EXCLUSIVE_DNAT', 'SHARED_DNAT', 'EXCLUSIVE_SNAT'].flatMap((c) => Array.from({ length: 64 }, (_, b) => `-A ${c} -j ${c}_${String(b).padStart(2, '0')}`)),
       ],
     ]);
     const table = fake.save();
-    expect(parseNatTable(table).chains).toEqual(new Set(['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING', ...NAT_CHAINS]));
+    expect(parseNatTable(table).chains).toEqual(new Set(['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING', ...NAT_CHAINS, ...layout.chains]));
+    expect(layout.chains).toHaveLength(NAT_CHAINS.length + 3 * 64);
 
     fake.commands.length = 0;
     await nat.initNatChains();
@@ -102,9 +105,10 @@ describe('NAT activities on a fake gateway', () => {
 
   it('converges from a partial state to the table a clean apply makes, in one restore', async () => {
     // Half of a first apply: two chains, a wrong static chain, the FIP's DNAT rule and no SNAT.
-    const [fipDnat] = renderNatRule(fip);
+    const [fipDnat] = lines('-A', fip);
+    const bucket = placedChain('EXCLUSIVE_DNAT', fip.owner);
     fake = new FakeCommands(
-      ['*nat', ':PREROUTING ACCEPT [0:0]', ':POSTROUTING ACCEPT [0:0]', ':DNAT_FILTER - [0:0]', ':EXCLUSIVE_DNAT - [0:0]', '-A PREROUTING -j DNAT_FILTER', '-A DNAT_FILTER -j EXCLUSIVE_DNAT', restoreLine('-A', fipDnat!.chain, fipDnat!.spec), 'COMMIT'].join('\n'),
+      ['*nat', ':PREROUTING ACCEPT [0:0]', ':POSTROUTING ACCEPT [0:0]', ':DNAT_FILTER - [0:0]', ':EXCLUSIVE_DNAT - [0:0]', `:${bucket} - [0:0]`, '-A PREROUTING -j DNAT_FILTER', '-A DNAT_FILTER -j EXCLUSIVE_DNAT', fipDnat!, 'COMMIT'].join('\n'),
     );
     nat = createNatActivities({ netns: GW, runner: fake });
     expect(await nat.applyNatRules({ add: [fip, snat], removeOwners: [] })).toEqual({ added: 2, removed: 0 });

@@ -28,7 +28,10 @@ export interface AgentConfig {
   runner?: CommandRunner;
 }
 
-const natActivities = (cfg: AgentConfig) => createNatActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, vpcInterface: cfg.vpcInterface, runner: cfg.runner });
+// The agent remembers its nat table between changes (activities/gateway-nat.ts): a change on a gateway
+// carrying 10,000 rules then costs what it costs at 100.
+const natActivities = (cfg: AgentConfig) =>
+  createNatActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, vpcInterface: cfg.vpcInterface, runner: cfg.runner, remember: true });
 
 /** Checks the gateway's interfaces, sets the kernel switches NAT needs and creates natflow's chains; safe to repeat. */
 export async function initGateway(cfg: AgentConfig): Promise<void> {

@@ -24,7 +24,7 @@ import {
   type IpamRequest,
   type WorkflowCallActivities,
 } from '../domain/workflow-api.js';
-import { findOneRunning, findRunning } from '../starter/find-resources.js';
+import { findOneRunning, findRunning, phaseOf } from '../starter/find-resources.js';
 import { UpdateBatcher, type BatchLimits } from './update-batches.js';
 
 /**
@@ -81,15 +81,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
   const release = (subnetWorkflowId: string, owner: string) => ipam.request(subnetWorkflowId, { release: { owner } }) as Promise<string | null>;
   const toGateway = <T>(gatewayWorkflowId: string, request: GatewayRequest) => gateways.request(gatewayWorkflowId, request) as Promise<T>;
 
-  const running = async (workflowId: string) => {
-    try {
-      return (await client.workflow.getHandle(workflowId).describe()).status.name === 'RUNNING';
-    } catch (err) {
-      if (err instanceof WorkflowNotFoundError) return false;
-      throw err;
-    }
-  };
-
   /** Signals every running workflow the visibility query finds (but `except`). */
   const wake = async (query: string, signal: SignalDefinition<[]>, except?: string): Promise<number> => {
     let woken = 0;
@@ -121,9 +112,16 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
     },
 
     async gatewayReadiness(gateway) {
-      const id = workflowIds.gateway(gateway);
-      if (!(await running(id))) return { exists: false, ready: false, reason: `NAT gateway ${gateway} does not exist` };
-      const state = await client.workflow.getHandle(id).query(gatewayStateQuery);
+      const handle = client.workflow.getHandle(workflowIds.gateway(gateway));
+      const description = await handle.describe().catch((err) => {
+        if (err instanceof WorkflowNotFoundError) return null;
+        throw err;
+      });
+      if (description?.status.name !== 'RUNNING') return { exists: false, ready: false, reason: `NAT gateway ${gateway} does not exist` };
+      // Its phase comes with the description, without a workflow task (a query needs one, and a
+      // busy gateway answers late); the reason is asked only when it is not ready.
+      if (phaseOf(description) === 'Ready') return { exists: true, ready: true, reason: '' };
+      const state = await handle.query(gatewayStateQuery);
       return { exists: true, ready: state.ready && !state.deleting, reason: state.reason };
     },
 
@@ -203,9 +201,10 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return (await findRunning({ client }, 'eip', { gateway })).map((eip) => `eip ${eip.name}`);
     },
 
-    // Each woken rule checks whether it was its EIP.
-    async notifyEipWaiters() {
-      return wake('NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip"', eipChangedSignal);
+    // Rules started before NatflowEip existed have none: they are woken for every EIP, and check.
+    async notifyEipWaiters(eip) {
+      const named = eip === undefined ? '' : ` AND (NatflowEip = ${JSON.stringify(eip)} OR NatflowEip IS NULL)`;
+      return wake(`NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip"${named}`, eipChangedSignal);
     },
   };
 }

@@ -10,6 +10,8 @@ const KEYS = {
   gateway: keyword('NatflowGateway'),
   subnet: keyword('NatflowSubnet'),
   phase: keyword('NatflowPhase'),
+  /** The EIP a NAT rule uses: an EIP that becomes ready wakes only the rules waiting for it. */
+  eip: keyword('NatflowEip'),
 };
 
 /** The typed keys (the form `TestWorkflowEnvironment.createLocal({ server: { searchAttributes } })` takes). */

@@ -24,12 +24,15 @@ export async function findRunning<K extends ResourceKind | 'gateway'>(r: { clien
   if (filter.gateway) clauses.push(`NatflowGateway = ${JSON.stringify(validateName(filter.gateway, 'gateway'))}`);
   const found: ResourceRecord<K>[] = [];
   for await (const execution of r.client.workflow.list({ query: clauses.join(' AND ') })) {
-    found.push({ kind, name: attribute(execution, 'NatflowName') ?? execution.workflowId.split('/')[2] ?? execution.workflowId, workflowId: execution.workflowId, phase: attribute(execution, 'NatflowPhase') ?? '', fromKube: execution.memo?.source === FROM_KUBERNETES_MEMO.source });
+    found.push({ kind, name: attribute(execution, 'NatflowName') ?? execution.workflowId.split('/')[2] ?? execution.workflowId, workflowId: execution.workflowId, phase: phaseOf(execution), fromKube: execution.memo?.source === FROM_KUBERNETES_MEMO.source });
   }
   return found;
 }
 
-function attribute(execution: WorkflowExecutionInfo, name: string): string | undefined {
+/** Its NatflowPhase ('' before it set one); a `describe()` has it too, read from the workflow's own state. */
+export const phaseOf = (execution: Pick<WorkflowExecutionInfo, 'searchAttributes'>): string => attribute(execution, 'NatflowPhase') ?? '';
+
+function attribute(execution: Pick<WorkflowExecutionInfo, 'searchAttributes'>, name: string): string | undefined {
   const value = execution.searchAttributes?.[name];
   return Array.isArray(value) && value.length > 0 ? String(value[0]) : undefined;
 }

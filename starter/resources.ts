@@ -102,7 +102,7 @@ export function resourceStart(kind: ResourceKind, resource: ResourceRef, spec: E
       workflowId: workflowIds.resource(kind, resource),
       args: [{ ...(kind === 'eip' ? { resource, spec } : { kind, resource, spec }), ...(limits && { limits }) } as never] as [never],
       ...(resource.fromKube && { memo: FROM_KUBERNETES_MEMO }),
-      typedSearchAttributes: searchAttributes({ kind, name: resource.name, phase: 'Pending', ...(eip && { gateway: String(eip.natGwDp ?? ''), subnet: String(eip.externalSubnet || DEFAULT_EXTERNAL_SUBNET) }) }),
+      typedSearchAttributes: searchAttributes({ kind, name: resource.name, phase: 'Pending', ...(eip ? { gateway: String(eip.natGwDp ?? ''), subnet: String(eip.externalSubnet || DEFAULT_EXTERNAL_SUBNET) } : { eip: String((spec as Partial<NatSpec>)?.eip ?? '') }) }),
       staticSummary: `${kind} ${resource.name}${eip ? ` on gateway ${eip.natGwDp}` : ` on EIP ${(spec as Partial<NatSpec>)?.eip}`}${resource.fromKube ? ' (kubernetes)' : ''}`,
     },
   };

@@ -40,6 +40,23 @@ describe('convergence by wake-ups (end to end)', () => {
     await deleteResource(r(), 'eip', 'eip-shared');
   });
 
+  it('rules created before their EIPs: each is Ready once its own EIP is, and no other EIP wakes it', async () => {
+    await createResource(r(), 'fip', 'fip-early', { eip: 'eip-late', internalIp: '10.0.1.10' });
+    await createResource(r(), 'fip', 'fip-other', { eip: 'eip-never', internalIp: '10.0.1.11' });
+    await resourcePhase(r(), 'fip', 'fip-early', 'WaitingForEip');
+    await resourcePhase(r(), 'fip', 'fip-other', 'WaitingForEip');
+    await createResource(r(), 'eip', 'eip-late', { natGwDp: GW });
+    await resourcePhase(r(), 'eip', 'eip-late', 'Ready');
+    await resourcePhase(r(), 'fip', 'fip-early', 'Ready', 15_000);
+    // The rule waiting for another EIP got no wake-up: a ready EIP signals only the rules naming it.
+    const other = await resourceStatus(r(), 'fip', 'fip-other');
+    const signals = ((await stack.env.client.workflow.getHandle(other.workflowId).fetchHistory()).events ?? []).flatMap((e) => e.workflowExecutionSignaledEventAttributes?.signalName ?? []);
+    expect(signals).not.toContain('eipChanged');
+    await deleteResource(r(), 'fip', 'fip-early');
+    await deleteResource(r(), 'fip', 'fip-other');
+    await deleteResource(r(), 'eip', 'eip-late');
+  });
+
   it('an invalid rule is refused before it claims anything, and its message names it', async () => {
     await createResource(r(), 'eip', 'eip-valid', { natGwDp: GW });
     await resourcePhase(r(), 'eip', 'eip-valid', 'Ready');

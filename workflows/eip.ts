@@ -135,6 +135,8 @@ class Eip {
     wf.setHandler(watchEipSignal, ({ watcher }) => {
       this.budget.countSignal();
       this.watchers.add(watcher);
+      // Ready already (it became so after the rule looked): the rule needs no wait at all.
+      if (this.status.ready && wf.patched('watch-ready-eip')) this.notifyWatchers();
     });
     if (carried) this.k8s.publish({ ...this.status });
     else wf.upsertSearchAttributes(searchAttributes({ kind: 'eip', name: this.name, gateway: this.spec?.natGwDp ?? '', subnet: this.spec?.externalSubnet ?? '' }));
@@ -211,7 +213,7 @@ class Eip {
     this.setReady(gateway, allocation.address);
     // Added after the first release: rules created before their EIP no longer wait for their
     // next re-check (up to 30 s) but start at once. Patched, so older histories still replay.
-    if (wf.patched('wake-rules-on-eip-ready')) await calls.notifyEipWaiters.executeWithOptions({ summary: 'wake NAT rules waiting for an EIP' }, []);
+    if (wf.patched('wake-rules-on-eip-ready')) await calls.notifyEipWaiters.executeWithOptions({ summary: `wake NAT rules waiting for EIP ${this.name}` }, [this.name]);
     await this.keepServing();
   }
 

@@ -55,6 +55,7 @@ class NatRuleResource {
         await this.waitFor(() => this.specChanged);
         continue;
       }
+      this.showEip(eipName.value);
       const eip = await this.waitForEip(eipName.value);
       if (!eip) continue;
       const target = await this.claim(eip);
@@ -89,6 +90,7 @@ class NatRuleResource {
   private specChanged = false;
   private eipChanged = false;
   private gatewayChanged = false;
+  private shownEip: string;
   private deleting: boolean;
   /** The lifecycle ran in this run (a run that only cleans up never does). */
   private started = false;
@@ -112,6 +114,7 @@ class NatRuleResource {
     this.applied = carried?.applied ?? null;
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
+    this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
     this.k8s = kubeSync(this.kind, input.resource);
     this.report = phaseReporter(this.status, this.k8s, () => this.input.resource.generation);
 
@@ -142,6 +145,13 @@ class NatRuleResource {
 
   // --- the steps ---------------------------------------------------------------------------
 
+  /** NatflowEip follows a spec change of EIP (it was set at start): only that EIP wakes the rule. */
+  private showEip(eipName: string): void {
+    if (eipName === this.shownEip || !wf.patched('rule-eip-attribute')) return;
+    this.shownEip = eipName;
+    wf.upsertSearchAttributes(searchAttributes({ eip: eipName }));
+  }
+
   /** The EIP once it exists and is ready (it may be created after the rule); null when the spec changed meanwhile. */
   private async waitForEip(eipName: string): Promise<EipForRule | null> {
     for (let attempt = 0; !this.specChanged; attempt++) {
@@ -149,10 +159,12 @@ class NatRuleResource {
       const eip = await calls.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, [eipName]);
       if (eip?.ready) return eip;
       this.setPhase('WaitingForEip', { status: 'False', reason: eip ? Reason.EipNotReady : Reason.EipNotFound, message: eip ? `EIP ${eipName} is not ready: ${eip.reason}` : `EIP ${eipName} does not exist` });
-      // An EIP that becomes ready wakes us (one that exists was asked to; a new one wakes every
-      // rule waiting for an EIP); the timer is the fallback.
+      // An EIP that becomes ready wakes us: one that exists was asked to (and answers at once if it
+      // is ready by then), a new one wakes the rules naming it. The timer is the fallback, short
+      // only while the EIP is not found (a name that visibility does not list yet).
       if (eip) await this.watch(eip.workflowId);
-      await this.waitFor(() => this.specChanged || this.eipChanged, this.legacy ? backoff(attempt, 500, 30_000) : backoff(attempt, 1000, RECHECK_MAX_MS));
+      const recheck = this.legacy ? backoff(attempt, 500, 30_000) : eip && wf.patched('watched-eip-long-wait') ? RECHECK_MAX_MS : backoff(attempt, 1000, RECHECK_MAX_MS);
+      await this.waitFor(() => this.specChanged || this.eipChanged, recheck);
     }
     return null;
   }

@@ -173,11 +173,11 @@ export function createNatActivities(cfg: NatActivitiesConfig = {}): NatActivitie
     const table = await readNat();
     const plan = planChange(table, planInit(table, layout), valid.desired, valid);
     let lines = plan.lines;
-    if (cfg.remember) {
-      const generation = table.rules.filter((r) => r.chain === GENERATION_CHAIN).map((r) => r.spec);
-      const current = table.chains.has(GENERATION_CHAIN) ? generation : null;
-      // A table without a generation gets one, so that the next change can be checked.
-      if (lines.length > 0 || generationOf(current) === null) lines = [...generationLines(current, nextGeneration()), ...lines];
+    // Any write replaces the generation when there is one, so that a remembering agent on the same
+    // gateway sees it; a remembering instance also gives a table without one its first.
+    if (cfg.remember || table.chains.has(GENERATION_CHAIN)) {
+      const current = table.chains.has(GENERATION_CHAIN) ? table.rules.filter((r) => r.chain === GENERATION_CHAIN).map((r) => r.spec) : null;
+      if (lines.length > 0 || (cfg.remember && generationOf(current) === null)) lines = [...generationLines(current, nextGeneration()), ...lines];
     }
     if (lines.length > 0) await restore(lines);
     if (cfg.remember) {

@@ -332,43 +332,50 @@ describe('NAT rules on the gateway (real traffic)', () => {
       createNatActivities({ netns: t.gatewayNs, remember: true, runner: { run: (cmd, args, opts) => (seen.push(cmd), spawnRunner.run(cmd, args, opts)) } });
     const agent = remembering();
     const ipt = (...args: string[]) => runCommand('iptables', ['-w', '-t', 'nat', ...args], { netns: t.gatewayNs });
-    const owners = async () => (await nat.listNatRules()).map((r) => r.owner).sort();
-    const a = fip('mem-a', EIP[0], vm(0).ip);
-    const b = fip('mem-b', EIP[1], vm(1).ip);
-    const c = dnat('mem-c', EIP[2], 'tcp', 8080, vm(1).ip, 80);
-    expect(await agent.applyNatRules({ add: [a], removeOwners: [] })).toEqual({ added: 2, removed: 0 });
-    expect(seen).toEqual(['iptables-save', 'iptables-restore']);
-    seen.length = 0;
-    expect(await agent.applyNatRules({ add: [b], removeOwners: [] })).toEqual({ added: 2, removed: 0 });
-    expect(seen).toEqual(['iptables-restore']);
+    try {
+      await rememberingChanges();
+    } finally {
+      // The other tests' stateless instance would keep replacing it.
+      await ipt('-F', GENERATION_CHAIN).catch(() => undefined);
+      await ipt('-X', GENERATION_CHAIN).catch(() => undefined);
+    }
+    async function rememberingChanges() {
+      const owners = async () => (await nat.listNatRules()).map((r) => r.owner).sort();
+      const a = fip('mem-a', EIP[0], vm(0).ip);
+      const b = fip('mem-b', EIP[1], vm(1).ip);
+      const c = dnat('mem-c', EIP[2], 'tcp', 8080, vm(1).ip, 80);
+      expect(await agent.applyNatRules({ add: [a], removeOwners: [] })).toEqual({ added: 2, removed: 0 });
+      expect(seen).toEqual(['iptables-save', 'iptables-restore']);
+      seen.length = 0;
+      expect(await agent.applyNatRules({ add: [b], removeOwners: [] })).toEqual({ added: 2, removed: 0 });
+      expect(seen).toEqual(['iptables-restore']);
 
-    // An operator deletes one of b's rules: the remembered delete is refused, the agent reads and removes the rest.
-    const [bDnat] = renderNatRule(b);
-    await ipt('-D', placedChain(bDnat!.chain, b.owner), ...bDnat!.spec);
-    seen.length = 0;
-    expect(await agent.applyNatRules({ add: [], removeOwners: [b.owner] })).toEqual({ added: 0, removed: 1 });
-    expect(seen).toEqual(['iptables-restore', 'iptables-save', 'iptables-restore']);
+      // An operator deletes one of b's rules: the remembered delete is refused, the agent reads and removes the rest.
+      const [bDnat] = renderNatRule(b);
+      await ipt('-D', placedChain(bDnat!.chain, b.owner), ...bDnat!.spec);
+      seen.length = 0;
+      expect(await agent.applyNatRules({ add: [], removeOwners: [b.owner] })).toEqual({ added: 0, removed: 1 });
+      expect(seen).toEqual(['iptables-restore', 'iptables-save', 'iptables-restore']);
 
-    // Another agent adds c: the first one, asked for c too, does not add it twice.
-    expect(await remembering().applyNatRules({ add: [c], removeOwners: [] })).toEqual({ added: 1, removed: 0 });
-    expect(await agent.applyNatRules({ add: [c], removeOwners: [] })).toEqual({ added: 0, removed: 0 });
-    expect(await owners()).toEqual(['mem-a', 'mem-a', 'mem-c']);
+      // Another agent adds c: the first one, asked for c too, does not add it twice.
+      expect(await remembering().applyNatRules({ add: [c], removeOwners: [] })).toEqual({ added: 1, removed: 0 });
+      expect(await agent.applyNatRules({ add: [c], removeOwners: [] })).toEqual({ added: 0, removed: 0 });
+      expect(await owners()).toEqual(['mem-a', 'mem-a', 'mem-c']);
 
-    // The whole nat table flushed: the next change brings natflow's chains back with it.
-    const healthy = await natTable();
-    await ipt('-F');
-    seen.length = 0;
-    expect(await agent.applyNatRules({ add: [b], removeOwners: [] })).toEqual({ added: 2, removed: 0 });
-    expect(seen).toEqual(['iptables-restore', 'iptables-save', 'iptables-restore']);
-    expect(await owners()).toEqual(['mem-b', 'mem-b']);
-    const layoutOf = (table: string[]) => table.filter((l) => !l.includes('natflow:') && !l.includes(GENERATION_CHAIN));
-    expect(layoutOf(await natTable())).toEqual(layoutOf(healthy));
-    await withListeners([[vm(1).ns, 8083]], async (l) => {
-      expect(await send(client().ns, EIP[1], 8083, 'remembered')).toBe(true);
-      expect(await l.waitFor('remembered')).toBe(true);
-    });
-    await ipt('-F', GENERATION_CHAIN);
-    await ipt('-X', GENERATION_CHAIN);
+      // The whole nat table flushed: the next change brings natflow's chains back with it.
+      const healthy = await natTable();
+      await ipt('-F');
+      seen.length = 0;
+      expect(await agent.applyNatRules({ add: [b], removeOwners: [] })).toEqual({ added: 2, removed: 0 });
+      expect(seen).toEqual(['iptables-restore', 'iptables-save', 'iptables-restore']);
+      expect(await owners()).toEqual(['mem-b', 'mem-b']);
+      const layoutOf = (table: string[]) => table.filter((l) => !l.includes('natflow:') && !l.includes(GENERATION_CHAIN));
+      expect(layoutOf(await natTable())).toEqual(layoutOf(healthy));
+      await withListeners([[vm(1).ns, 8083]], async (l) => {
+        expect(await send(client().ns, EIP[1], 8083, 'remembered')).toBe(true);
+        expect(await l.waitFor('remembered')).toBe(true);
+      });
+    }
   });
 
   it('the fake gateway of the unit tests (test/support/fake-commands.ts) answers as this one does', async () => {

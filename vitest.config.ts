@@ -8,6 +8,6 @@ export default defineConfig({
     hookTimeout: 180_000,
     pool: 'forks',
     maxWorkers: 2,
-    setupFiles: ['test/support/quiet-runtime.ts'],
+    setupFiles: ['test/support/setup.ts'],
   },
 });

@@ -2,6 +2,9 @@
 // the gateway name. Pure data, shared by the lab scripts, the agent and the tests.
 //
 //   nf-<gw>-ext (external client)          nf-<gw> (gateway)                nf-<gw>-vm<i> (internal VMs)
+//
+// ("nf" is the default prefix: two runs on one host that both want a gateway called gw1, such
+// as two test files in parallel, give their labs different prefixes.)
 //   eth0 172.18.0.1/24  <── veth ──>  net1 172.18.0.254/24 (+ EIPs)
 //                                     eth0 (bridge) 10.0.1.254/24  <── veth vm<i> ──> eth0 10.0.1.<10+i>/24
 //
@@ -30,13 +33,15 @@ export interface LabTopology {
 
 export const LAB_VM_COUNT = 2;
 
-export function labTopology(gateway: string): LabTopology {
+export const DEFAULT_LAB_PREFIX = 'nf';
+
+export function labTopology(gateway: string, prefix = DEFAULT_LAB_PREFIX): LabTopology {
   const vmIps = Array.from({ length: LAB_VM_COUNT }, (_, i) => `10.0.1.${10 + i}`);
   return {
     gateway,
-    gatewayNs: `nf-${gateway}`,
-    clientNs: `nf-${gateway}-ext`,
-    vmNamespaces: vmIps.map((_, i) => `nf-${gateway}-vm${i + 1}`),
+    gatewayNs: `${prefix}-${gateway}`,
+    clientNs: `${prefix}-${gateway}-ext`,
+    vmNamespaces: vmIps.map((_, i) => `${prefix}-${gateway}-vm${i + 1}`),
     externalInterface: 'net1',
     vpcInterface: 'eth0',
     externalCidr: '172.18.0.0/24',

@@ -5,7 +5,7 @@
 //
 // CLI for manual use: npx tsx temporal-dev/lab.ts up|down|status <gateway>
 import { runCommand } from '../activities/exec.js';
-import { labTopology, type LabTopology } from '../domain/lab.js';
+import { DEFAULT_LAB_PREFIX, labTopology, type LabTopology } from '../domain/lab.js';
 import { isMainModule } from '../worker/process.js';
 
 // A DNS-1123 label, like the VpcNatGateway name it mirrors; shorter than 63 so that the
@@ -23,6 +23,21 @@ export function validateGatewayName(gateway: string): void {
   }
 }
 
+const LAB_PREFIX = /^[a-z][a-z0-9]{0,7}$/;
+
+/**
+ * The prefix of this process's lab namespaces: NATFLOW_LAB_PREFIX, or "nf". Namespaces are
+ * host-wide, so two runs that both want a gateway called gw1 (test files in parallel workers)
+ * must not share them: one's teardown would delete the other's gateway.
+ */
+export function labPrefix(): string {
+  const prefix = process.env.NATFLOW_LAB_PREFIX ?? DEFAULT_LAB_PREFIX;
+  if (!LAB_PREFIX.test(prefix)) {
+    throw new Error(`invalid NATFLOW_LAB_PREFIX ${JSON.stringify(prefix)}: 1 to 8 lowercase letters and digits, starting with a letter`);
+  }
+  return prefix;
+}
+
 export interface LabStatus {
   topology: LabTopology;
   present: string[];
@@ -31,7 +46,7 @@ export interface LabStatus {
 
 export async function labStatus(gateway: string): Promise<LabStatus> {
   validateGatewayName(gateway);
-  const topology = labTopology(gateway);
+  const topology = labTopology(gateway, labPrefix());
   const existing = await listNamespaces();
   const all = allNamespaces(topology);
   return {
@@ -43,7 +58,7 @@ export async function labStatus(gateway: string): Promise<LabStatus> {
 
 export async function labUp(gateway: string): Promise<LabTopology> {
   validateGatewayName(gateway);
-  const t = labTopology(gateway);
+  const t = labTopology(gateway, labPrefix());
   const gw = t.gatewayNs;
 
   const existing = await listNamespaces();
@@ -107,7 +122,7 @@ export async function labUp(gateway: string): Promise<LabTopology> {
 
 export async function labDown(gateway: string): Promise<void> {
   validateGatewayName(gateway);
-  const t = labTopology(gateway);
+  const t = labTopology(gateway, labPrefix());
   const existing = await listNamespaces();
   // VMs and client first, the gateway last; the veth pairs go with whichever end goes first.
   for (const ns of [...t.vmNamespaces, t.clientNs, t.gatewayNs]) {

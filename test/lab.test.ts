@@ -4,11 +4,11 @@ import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCommand } from '../activities/exec.js';
 import { labTopology } from '../domain/lab.js';
-import { labDown, labStatus, labUp } from '../temporal-dev/lab.js';
+import { labDown, labPrefix, labStatus, labUp } from '../temporal-dev/lab.js';
 import { ping } from './support/traffic.js';
 
 const GW = 't-lab';
-const t = labTopology(GW);
+const t = labTopology(GW, labPrefix());
 const allNs = [t.gatewayNs, t.clientNs, ...t.vmNamespaces];
 
 // Everything that must not change when up runs again: links (by ifindex, so a recreated link

@@ -10,7 +10,8 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import { Reason } from '../domain/errors.js';
-import type { AgentInfo, GatewayInput, GatewayState } from '../domain/gateway.js';
+import type { AgentInfo, EipAddress, GatewayInput, GatewayState } from '../domain/gateway.js';
+import { formatIPv4, parseIPv4 } from '../domain/ip.js';
 import { gatewayTaskQueue, workflowIds } from '../domain/names.js';
 import { conntrackTarget, type NatRule } from '../domain/nat-rules.js';
 import { conntrackFilters } from '../domain/nat-table.js';
@@ -18,6 +19,7 @@ import { agentStartedSignal, gatewaySpecSignal, gatewayStateQuery, type KubeActi
 import { createAgentActivities } from '../worker/agent.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
 import { EXT, FakeGateway } from './gateway-fakes.js';
+import { largestPayload, PAYLOAD_LIMIT, wireSize } from './support/payloads.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { eventually, uniqueQueue, workflowBundle } from './support/workflows.js';
 
@@ -134,6 +136,47 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       expect(await eventually(() => agentCalls(h), (c) => c.includes('agentSession'), 15_000, 'a session with the agent')).toEqual(['agentInfo', 'agentSession']);
       expect(net.owners()).toEqual(['fip-0', 'fip-1', 'fip-2']);
       expect([...net.addresses.keys()].sort()).toEqual(['172.18.0.10', '172.18.0.11', '172.18.0.12']);
+    } finally {
+      await h.terminate();
+      await agent.stop();
+    }
+  });
+
+  it('holds 10,000 rules on 7,500 addresses of a /16: restored and continued as new with every payload under 2 MB', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    const agent = await startAgent(gw, net);
+    // 5,000 FIPs on addresses of their own, 5,000 DNATs two ports each on 2,500 more; owners are
+    // uids as the bridge makes them (the incompressible part).
+    const at = (base: string, i: number) => formatIPv4(parseIPv4(base) + i);
+    const eips: Record<string, EipAddress> = {};
+    const rules: Record<string, NatRule> = {};
+    for (let i = 0; i < 7_500; i++) eips[`natflow/eip/eip-${i}/${randomUUID()}`] = { address: at('100.64.0.2', i), prefixLength: 16 };
+    for (let i = 0; i < 10_000; i++) {
+      const owner = randomUUID();
+      rules[owner] = i < 5_000 ? fip(owner, at('100.64.0.2', i), at('10.0.0.10', i)) : dnat(owner, at('100.64.0.2', 5_000 + Math.floor((i - 5_000) / 2)), 8000 + (i % 2), at('10.0.0.10', i));
+    }
+    const h = await startGateway(gw, { eips, rules, limits: { updates: 3 } }, { internalCidr: '10.0.0.0/16', lanIp: '10.0.255.254' });
+    try {
+      await ready(h, true);
+      expect(net.owners()).toHaveLength(10_000);
+      expect(net.addresses.size).toBe(7_500);
+      // Three more requests spend the run's update budget: the next run carries all of it.
+      await bind(gw, 'eip-new', '100.64.200.1');
+      await setRule(gw, fip('fip-new', '100.64.200.1', '10.0.200.1'));
+      await calls.removeGatewayRule({ gateway: gw, owner: Object.keys(rules)[0]! });
+      await eventually(() => runIdOf(h), (id) => id !== h.firstExecutionRunId, 30_000, 'a second run');
+      const state = await ready(h, true);
+      expect([Object.keys(state.rules).length, Object.keys(state.eips).length]).toEqual([10_000, 7_501]);
+      expect(net.owners()).toHaveLength(10_000);
+
+      const first = largestPayload(await env.client.workflow.getHandle(h.workflowId, h.firstExecutionRunId).fetchHistory());
+      const second = largestPayload(await env.client.workflow.getHandle(h.workflowId).fetchHistory());
+      const query = await wireSize(state);
+      console.log(`gateway with 10,000 rules and 7,501 addresses: largest payloads (bytes) first run ${JSON.stringify(first)}, second run ${JSON.stringify(second)}, state query ${query}`);
+      for (const bytes of [first.bytes, second.bytes, query]) expect(bytes).toBeLessThan(PAYLOAD_LIMIT);
+      // What must fit is the whole state: the restore's input and the continued run's input carry it.
+      expect(first.bytes).toBeGreaterThan(100_000);
     } finally {
       await h.terminate();
       await agent.stop();

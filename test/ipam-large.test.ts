@@ -11,17 +11,11 @@ import { workflowIds } from '../domain/names.js';
 import { ipamStateQuery, ipamUsageQuery } from '../domain/workflow-api.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
 import { GZIP_ENCODING, natflowPayloadCodec } from '../worker/payload-codec.js';
+import { PAYLOAD_LIMIT, wireSize } from './support/payloads.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { withWorkflow } from './support/workflows.js';
 
-const PAYLOAD_LIMIT = 2 * 1024 * 1024;
 const ALLOCATED = 60_000;
-
-/** The size a value takes on the wire, through natflow's data converter. */
-async function wireSize(value: unknown): Promise<number> {
-  const [payload] = await natflowPayloadCodec.encode([defaultPayloadConverter.toPayload(value)]);
-  return payload!.data!.byteLength;
-}
 
 describe('IPAM of a /16', () => {
   let env: TestWorkflowEnvironment;

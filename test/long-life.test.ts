@@ -7,7 +7,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import type { EipInput, EipSpec } from '../domain/eip.js';
 import type { KubeActivities, WorkflowCallActivities } from '../domain/workflow-api.js';
-import { allocateUpdate, claimEipUpdate, gatewayChangedSignal, ipamStateQuery, specChangedSignal, unclaimEipUpdate } from '../domain/workflow-api.js';
+import { allocateUpdate, claimEipUpdate, eipChangedSignal, gatewayChangedSignal, ipamStateQuery, specChangedSignal, unclaimEipUpdate } from '../domain/workflow-api.js';
 import { workflowIds } from '../domain/names.js';
 import type { NatInput } from '../domain/nat-resources.js';
 import { eipWorkflow } from '../workflows/eip.js';
@@ -129,6 +129,117 @@ describe('a life of months (mocked activities)', () => {
       expect([count(fake, 'claimEip'), count(fake, 'unclaimEip'), count(fake, 'removeGatewayRule')]).toEqual([1, 0, 0]);
       await deleteAndWait(h);
       expect(fake.started().slice(-2)).toEqual(['removeGatewayRule', 'unclaimEip']);
+    });
+  });
+
+  // Every other waiting state continues as new too. A stale spec signal (an older generation) is
+  // counted and otherwise ignored, so it spends a run's signal budget without changing anything.
+  const spend = async (h: WorkflowHandleWithFirstExecutionRunId, signals: number) => {
+    for (let i = 0; i < signals; i++) await h.signal(specChangedSignal, { spec: { natGwDp: 'stale' }, generation: 0 });
+    await continued(h);
+  };
+  const refused = (reason: string) => ({ failure: ApplicationFailure.nonRetryable(`refused: ${reason}`, reason) });
+
+  it('an EIP continued as new while Invalid stays Invalid and takes nothing until its spec is fixed', async () => {
+    const fake = new FakeCalls<Activities>(answers());
+    await withEip(fake, { spec: { natGwDp: 'gw1', v4ip: 'not-an-ip' }, limits: { signals: 2 } }, async (h) => {
+      await untilPhase(() => eipStatus(h), 'Invalid');
+      await spend(h, 2);
+      expect(await eipStatus(h)).toMatchObject({ phase: 'Invalid', ip: '' });
+      await h.signal(specChangedSignal, { spec: { natGwDp: 'gw1' }, generation: 2 });
+      await untilPhase(() => eipStatus(h), 'Ready');
+      expect(count(fake, 'allocateAddress')).toBe(1);
+      await deleteAndWait(h);
+    });
+  });
+
+  it('an EIP continued as new after a refused allocation holds nothing, and allocates once its spec changes', async () => {
+    const fake = new FakeCalls<Activities>(answers(), { allocateAddress: refused('AddressInUse') });
+    await withEip(fake, { spec: { natGwDp: 'gw1', v4ip: '172.18.0.7' }, limits: { signals: 2 } }, async (h) => {
+      await untilPhase(() => eipStatus(h), 'Failed');
+      await spend(h, 2);
+      expect(await eipStatus(h)).toMatchObject({ phase: 'Failed', ip: '' });
+      fake.script('allocateAddress', {});
+      await h.signal(specChangedSignal, { spec: { natGwDp: 'gw1', v4ip: '172.18.0.8' }, generation: 2 });
+      await untilPhase(() => eipStatus(h), 'Ready');
+      await deleteAndWait(h);
+      // The refused allocation held nothing: one release, for the one address it got.
+      expect([count(fake, 'allocateAddress'), count(fake, 'releaseAddress')]).toEqual([2, 1]);
+    });
+  });
+
+  it('an EIP continued as new while its gateway is away keeps its address and claims, and binds it again when the gateway is back', async () => {
+    const fake = new FakeCalls<Activities>(answers());
+    await withEip(fake, { limits: { signals: 3 } }, async (h) => {
+      await untilPhase(() => eipStatus(h), 'Ready');
+      await h.executeUpdate(claimEipUpdate, { args: [claim('natflow/dnat/d1/u1')] });
+      fake.script('gatewayReadiness', { answer: async () => ({ exists: true, ready: false, reason: 'agent gone' }) });
+      await h.signal(gatewayChangedSignal);
+      await untilPhase(() => eipStatus(h), 'WaitingForGateway');
+      await spend(h, 2);
+      expect(await eipStatus(h)).toMatchObject({ phase: 'WaitingForGateway', ip: '172.18.0.5', nat: 'dnat' });
+      fake.script('gatewayReadiness', {});
+      await h.signal(gatewayChangedSignal);
+      await untilPhase(() => eipStatus(h), 'Ready');
+      expect([count(fake, 'allocateAddress'), count(fake, 'bindAddress'), count(fake, 'unbindAddress'), count(fake, 'releaseAddress')]).toEqual([1, 2, 0, 0]);
+      await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: 'natflow/dnat/d1/u1' }] });
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a NAT rule continued as new while waiting for its EIP still waits, holding nothing, and is woken by it', async () => {
+    const fake = new FakeCalls<Activities>(answers(), { eipForRule: { answer: async () => null } });
+    await withFip(fake, { limits: { signals: 2 } }, async (h) => {
+      await untilPhase(() => natStatus(h), 'WaitingForEip');
+      await spend(h, 2);
+      expect((await natStatus(h)).phase).toBe('WaitingForEip');
+      fake.script('eipForRule', {});
+      await h.signal(eipChangedSignal);
+      await untilPhase(() => natStatus(h), 'Ready');
+      expect(count(fake, 'claimEip')).toBe(1);
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a NAT rule continued as new after its claim was refused holds nothing, and claims once the EIP changes', async () => {
+    const fake = new FakeCalls<Activities>(answers(), { claimEip: refused('EipInUse') });
+    await withFip(fake, { limits: { signals: 2 } }, async (h) => {
+      await eventually(() => natStatus(h), (s) => s.phase === 'Failed' && s.conditions.some((c) => c.reason === 'EipInUse'), 20_000, 'refused');
+      await spend(h, 2);
+      await eventually(() => natStatus(h), (s) => s.phase === 'Failed' && s.conditions.some((c) => c.reason === 'EipInUse'), 20_000, 'still refused');
+      fake.script('claimEip', {});
+      await h.signal(eipChangedSignal);
+      await untilPhase(() => natStatus(h), 'Ready');
+      expect([count(fake, 'unclaimEip'), count(fake, 'removeGatewayRule'), count(fake, 'setGatewayRule')]).toEqual([0, 0, 1]);
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a NAT rule continued as new while its gateway is not ready keeps its claim and rule, and is applied when the gateway is back', async () => {
+    const fake = new FakeCalls<Activities>(answers(), { setGatewayRule: refused('GatewayNotReady') });
+    await withFip(fake, { limits: { signals: 2 } }, async (h) => {
+      await untilPhase(() => natStatus(h), 'WaitingForGateway');
+      await spend(h, 2);
+      await untilPhase(() => natStatus(h), 'WaitingForGateway');
+      fake.script('setGatewayRule', {});
+      await h.signal(gatewayChangedSignal);
+      await untilPhase(() => natStatus(h), 'Ready');
+      expect([count(fake, 'unclaimEip'), count(fake, 'removeGatewayRule')]).toEqual([0, 0]);
+      await deleteAndWait(h);
+      expect(fake.started().slice(-2)).toEqual(['removeGatewayRule', 'unclaimEip']);
+    });
+  });
+
+  it('a NAT rule continued as new while Invalid stays Invalid and claims nothing until its spec is fixed', async () => {
+    const fake = new FakeCalls<Activities>(answers());
+    await withFip(fake, { spec: { eip: 'e1', internalIp: 'not-an-ip' }, limits: { signals: 2 } }, async (h) => {
+      await untilPhase(() => natStatus(h), 'Invalid');
+      await spend(h, 2);
+      expect((await natStatus(h)).phase).toBe('Invalid');
+      await h.signal(specChangedSignal, { spec: { eip: 'e1', internalIp: '10.0.1.10' }, generation: 2 });
+      await untilPhase(() => natStatus(h), 'Ready');
+      expect(count(fake, 'claimEip')).toBe(1);
+      await deleteAndWait(h);
     });
   });
 

@@ -53,6 +53,8 @@ export interface GatewayState {
   conditions?: Condition[];
   /** The VpcNatGateway generation this state has taken in. */
   observedGeneration?: number;
+  /** The uid of the VpcNatGateway it is linked to (finalizer, status); absent when none. */
+  kubeUid?: string;
 }
 
 /** What a workflow learns when it asks about a gateway it depends on. */

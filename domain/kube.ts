@@ -10,6 +10,9 @@ export const KUBEOVN_API_VERSION = `${KUBEOVN_GROUP}/${KUBEOVN_VERSION}`;
 /** Holds a deleted object until its workflow's cleanup has run. */
 export const FINALIZER = 'natflow.io/cleanup';
 
+/** What marks a workflow linked to a Kubernetes object (its memo): only those are ever collected as orphans. */
+export const FROM_KUBERNETES_MEMO = { source: 'kubernetes' } as const;
+
 /** Every kind natflow watches, by natflow's short name, as Kube-OVN names them. */
 export const KUBEOVN_KINDS = {
   eip: { kind: 'IptablesEIP', plural: 'iptables-eips' },

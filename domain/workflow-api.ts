@@ -78,8 +78,12 @@ export type GatewayRequest =
   | { removeRule: { owner: string } };
 /** Answers: bind and setRule `null`, unbind and removeRule `{ applied }`. Resolves once every change in it is applied (or the agent is not ready). */
 export const gatewayRequestsUpdate = defineUpdate<BatchAnswer<{ applied: boolean } | null>[], [GatewayRequest[]]>('gatewayRequests');
-/** The gateway's spec changed (its VpcNatGateway, or the VPC subnet behind it). */
-export const gatewaySpecSignal = defineSignal<[SpecChange<GatewaySpec>]>('gatewaySpecChanged');
+/**
+ * The gateway's spec changed (its VpcNatGateway, or the VPC subnet behind it). `kube` names the
+ * VpcNatGateway: a gateway workflow linked to no object (registered by the CLI, as `npm start`
+ * does) or to an older one adopts it.
+ */
+export const gatewaySpecSignal = defineSignal<[SpecChange<GatewaySpec> & { kube?: { uid: string } }]>('gatewaySpecChanged');
 /** `setRule`'s rule may carry its resource's name, for messages only: it is not part of the rule (rules are compared). */
 export type NamedNatRule = NatRule & { name?: string };
 

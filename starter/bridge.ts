@@ -327,8 +327,11 @@ export class KubeBridge {
       return;
     }
     if (!state) await ensureGateway(this.resources, spec, kube);
-    // Sent once: its workflow may not show it yet, or not take it.
-    else if (!sameGatewaySpec(state.spec, spec)) await this.sendOnce(workflowId, JSON.stringify([kube.generation, spec]), () => this.opts.client.workflow.getHandle(workflowId).signal(gatewaySpecSignal, { spec, generation: kube.generation }));
+    // Sent once: its workflow may not show it yet, or not take it. A workflow linked to no object
+    // (registered by the CLI, as `npm start` does) or to an older one adopts this one.
+    else if (!sameGatewaySpec(state.spec, spec) || state.kubeUid !== kube.uid) {
+      await this.sendOnce(workflowId, JSON.stringify([kube, spec]), () => this.opts.client.workflow.getHandle(workflowId).signal(gatewaySpecSignal, { spec, generation: kube.generation, kube: { uid: kube.uid } }));
+    }
   }
 
   /** An external subnet (others have no IPAM): its IPAM runs with the Subnet's spec, and its usage is in the Subnet's status. */

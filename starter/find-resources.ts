@@ -2,10 +2,10 @@
 // attributes: how the CLI and the workflow calls find a resource by name. Visibility is
 // eventually consistent: callers that must find a workflow just started retry for a moment.
 import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
+import { FROM_KUBERNETES_MEMO } from '../domain/kube.js';
 import { validateName, type ResourceKind } from '../domain/names.js';
 
-/** What marks a workflow the kube bridge started (its memo): only those are ever collected as orphans. */
-export const FROM_KUBERNETES_MEMO = { source: 'kubernetes' } as const;
+export { FROM_KUBERNETES_MEMO };
 
 export interface ResourceRecord<K extends string = ResourceKind> {
   kind: K;

@@ -4,7 +4,7 @@
 // resync several times a second.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Client } from '@temporalio/client';
-import { crd, type KubeKind } from '../domain/kube.js';
+import { crd, FINALIZER, type KubeKind } from '../domain/kube.js';
 import { workflowIds } from '../domain/names.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { gatewayStateQuery, ipamStateQuery, ipamUsageQuery } from '../domain/workflow-api.js';
@@ -120,6 +120,20 @@ describe('kube bridge, level-triggered (real kube-apiserver)', () => {
     await resyncs(5);
     expect((await client().workflow.getHandle(cli.workflowId).describe()).status.name).toBe('RUNNING');
     await deleteEip(stack.resources, 'eip-cli');
+  });
+
+  it('a gateway registered by the CLI before its VpcNatGateway exists (as npm start does) adopts the object: finalizer, status, and its delete', async () => {
+    await stack.addGateway('gw2');
+    const gateway = client().workflow.getHandle(workflowIds.gateway('gw2'));
+    expect((await eventually(() => gateway.query(gatewayStateQuery), (s) => s.ready, 30_000, 'gw2 ready')).kubeUid).toBeUndefined();
+    await create('vpc-nat-gw', 'gw2', { vpc: 'vpc1', subnet: 'vpc1-subnet1', lanIp: '10.0.1.254', externalSubnets: [DEFAULT_EXTERNAL_SUBNET] });
+    const adopted = await ready('vpc-nat-gw', 'gw2');
+    expect(adopted.metadata!.finalizers).toContain(FINALIZER);
+    expect((await gateway.query(gatewayStateQuery)).kubeUid).toBe(adopted.metadata!.uid);
+    // Its object owns it now: deleting the object (nothing names gw2) deletes the gateway, then lets the object go.
+    await del('vpc-nat-gw', 'gw2');
+    await gone('vpc-nat-gw', 'gw2');
+    expect((await gateway.describe()).status.name).toBe('CANCELLED');
   });
 
   it('deleting the examples leaves nothing behind', async () => {

@@ -10,6 +10,7 @@
 import * as wf from '@temporalio/workflow';
 import { HandlerUnfinishedPolicy } from '@temporalio/common';
 import { NatflowError, Reason } from '../domain/errors.js';
+import { FROM_KUBERNETES_MEMO } from '../domain/kube.js';
 import { checkRuleOnGateway, GATEWAY_IN_USE, type AgentInfo, type AgentSessionEnd, type EipAddress, type GatewayCarried, type GatewayInput, type GatewaySpec, type GatewayState } from '../domain/gateway.js';
 import { cidrContains, parseCidr, parseIPv4 } from '../domain/ip.js';
 import { gatewayTaskQueue } from '../domain/names.js';
@@ -36,7 +37,7 @@ import {
 import { calls, gatewayAgent, wakeUps } from './activity-proxies.js';
 import { answer, checkFence, domainCall, unwrap, type ReadyCondition } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
-import { kubeSync } from './kube-sync.js';
+import { kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff } from './resource-status.js';
 
 /** New runs take this lifecycle; runs of the last release replay theirs, then hand over (see the end of this file). */
@@ -108,7 +109,9 @@ class Gateway {
   private readonly state: GatewayState;
   private generation: number;
   private readonly budget: HistoryBudget;
-  private readonly k8s;
+  /** Its VpcNatGateway, when it has one: adopted at start (the bridge started it) or later (see onSpec). */
+  private kube: GatewayInput['kube'];
+  private k8s: KubeSync;
   private readonly agent;
   private readonly sessions;
   /** A run without carried state: its gateway may carry more than it knows. */
@@ -150,6 +153,7 @@ class Gateway {
       deleting: carried?.deleting ?? false,
       conditions: carried?.conditions ?? [],
       observedGeneration: this.generation,
+      ...(input.kube && { kubeUid: input.kube.uid }),
     };
     this.appliedBy = carried?.appliedBy ?? null;
     if (this.appliedBy) this.applied = { eips: { ...this.state.eips }, rules: { ...this.state.rules } };
@@ -159,6 +163,7 @@ class Gateway {
     this.budget = new HistoryBudget(input.limits);
     this.agent = gatewayAgent(this.name);
     this.sessions = agentSessions(this.name);
+    this.kube = input.kube;
     this.k8s = kubeSync('vpc-nat-gw', { name: this.name, uid: input.kube?.uid ?? '', generation: this.generation, fromKube: input.kube !== undefined });
 
     // A client re-sends an update that a continue-as-new cut off: abandoning one is expected.
@@ -350,8 +355,8 @@ class Gateway {
     await wakeUps.notifyGatewayWaiters.executeWithOptions({ summary: `tell the users of ${this.name} it is ${ready ? 'ready' : 'not ready'}` }, [this.name]).catch(() => undefined);
   }
 
-  /** The Ready condition, phase and details from the state; published only when they change. */
-  private show(): void {
+  /** The Ready condition, phase and details from the state; published only when they change (or when `force`d). */
+  private show(force = false): void {
     const { ready, reason, deleting, agent } = this.state;
     const condition: ReadyCondition = deleting
       ? this.users.length > 0
@@ -362,7 +367,7 @@ class Gateway {
         : { status: 'False', reason: Reason.GatewayNotReady, message: reason };
     const previous = this.state.conditions?.find((c) => c.type === 'Ready');
     const same = previous && previous.status === condition.status && previous.reason === condition.reason && previous.message === condition.message;
-    if (same && previous.observedGeneration === this.generation) return;
+    if (!force && same && previous.observedGeneration === this.generation) return;
     this.state.conditions = setCondition(this.state.conditions ?? [], { type: 'Ready', ...condition }, new Date(), this.generation);
     this.state.observedGeneration = this.generation;
     const phase = deleting ? 'Deleting' : ready ? 'Ready' : 'AgentNotReady';
@@ -394,7 +399,7 @@ class Gateway {
     await this.stopServing();
     const { spec, eips, rules, ready, reason, agent, deleting, conditions = [] } = this.state;
     const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], addressRemovals: [...this.addressRemovals], rebuilding: this.rebuilding, deleting, conditions };
-    const kube = this.input.kube && { ...this.input.kube, generation: this.generation };
+    const kube = this.kube && { ...this.kube, generation: this.generation };
     return wf.continueAsNew<typeof gatewayWorkflow>({ spec, eips, rules, kube, carried, limits: this.input.limits, rebuildWindowMs: this.input.rebuildWindowMs });
   }
 
@@ -517,14 +522,31 @@ class Gateway {
     return unwrap((await this.requests([request]))[0]!) as T;
   }
 
-  private onSpec({ spec, generation }: SpecChange<GatewaySpec>): void {
+  private onSpec({ spec, generation, kube }: SpecChange<GatewaySpec> & { kube?: { uid: string } }): void {
     this.budget.countSignal();
+    // Another object than the one it knows (none: the CLI registered it): its generations start anew.
+    const adopting = kube !== undefined && kube.uid !== this.kube?.uid && !this.state.deleting;
     // Stale when older; the same generation may still bring news (the VPC subnet behind it changed).
-    if (generation < this.generation) return;
+    if (!adopting && generation < this.generation) return;
     this.generation = generation;
     if (spec.externalSubnet !== this.state.spec.externalSubnet) wf.upsertSearchAttributes(searchAttributes({ subnet: spec.externalSubnet ?? '' }));
     this.state.spec = { ...spec, name: this.name }; // the name is the workflow's identity
-    this.show(); // the new observedGeneration
+    if (adopting) void this.adoptLater({ uid: kube.uid, generation });
+    else this.show(); // the new observedGeneration
+  }
+
+  /**
+   * Links a running gateway to its VpcNatGateway, as if the bridge had started it: finalizer on,
+   * status written from now on, and its delete is the gateway's delete (orphan collection too).
+   */
+  private async adoptLater(kube: { uid: string; generation: number }): Promise<void> {
+    this.kube = kube;
+    this.state.kubeUid = kube.uid;
+    this.k8s = kubeSync('vpc-nat-gw', { name: this.name, ...kube, fromKube: true });
+    wf.upsertMemo(FROM_KUBERNETES_MEMO);
+    const adoption = await this.k8s.adopt();
+    if (adoption === 'deleting') this.delete(); // deleted meanwhile: the cleanup runs, then lets it go
+    this.show(true);
   }
 
   private notReady(): wf.ApplicationFailure {

@@ -1,13 +1,15 @@
 // The gateway's life on a real lab gateway with real traffic. First the agent's side alone: a full
 // restore takes off what it was not given and flushes those rules' connections, read from the
 // rules themselves. Then end to end (dev server, control worker, agent, EIP and FIP workflows): a
-// rule deleted while the agent is down is gone with its connections once an agent is back, and a
+// rule or address deleted while the agent is down waits for it (the object stays), and is gone with
+// its connections once an agent is back, and a
 // gateway workflow restarted without its state wipes nothing, gets its users back, and only after
 // its rebuild window removes what nobody claimed.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCommand } from '../activities/exec.js';
 import { createAddressActivities } from '../activities/gateway-addresses.js';
 import { createNatActivities } from '../activities/gateway-nat.js';
+import { Reason } from '../domain/errors.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import type { LabTopology } from '../domain/lab.js';
 import { workflowIds } from '../domain/names.js';
@@ -119,18 +121,31 @@ describe('gateway life end to end', () => {
     await deleteResource(r(), 'eip', `eip-${name}`);
   }
 
-  it('a FIP deleted while the agent is down: once an agent is back its rule is gone and its open connection stops', async () => {
+  it('a FIP and an EIP deleted while the agent is down wait for it, their rule and address still there (and forwarding); once an agent is back both are gone and the open connection stops', async () => {
     const { eip, owner } = await fipOn('fip-down');
+    await createResource(r(), 'eip', 'eip-lone', { natGwDp: GW });
+    const lone = (await ready('eip', 'eip-lone')).ip;
     const listener = await Listener.open(vm1().ns, 9191);
     const session = await Session.open(lab.clientNs, eip, 9191);
+    const reason = (s: { phase: string; conditions: { type: string; reason: string }[] }) => `${s.phase}/${s.conditions.find((c) => c.type === 'Ready')?.reason}`;
+    const deleted: string[] = [];
     try {
       expect(await passes(session, listener, 'before')).toBe(true);
       await stack.restartAgent(GW, async () => {
-        await deleteResource(r(), 'fip', 'fip-down');
-        // Nothing could reach the gateway: the rule and the connection are still there.
+        deleted.push(await deleteResource(r(), 'fip', 'fip-down', false), await deleteResource(r(), 'eip', 'eip-lone', false));
+        // Nothing can reach the gateway: the deletes wait for it, and say so.
+        await eventually(() => resourceStatus(r(), 'fip', 'fip-down'), (s) => reason(s) === `Deleting/${Reason.GatewayNotReady}`, 30_000, 'the FIP waiting for its gateway');
+        await eventually(() => resourceStatus(r(), 'eip', 'eip-lone'), (s) => reason(s) === `Deleting/${Reason.GatewayNotReady}`, 30_000, 'the EIP waiting for its gateway');
+        // What they wait for is real: the rule still forwards, the address is still there.
         expect((await stack.natRules(GW)).map((x) => x.owner)).toContain(owner);
+        expect(await stack.eipAddresses(GW)).toContain(`${lone}/24`);
+        expect(await passes(session, listener, 'while down')).toBe(true);
+        for (const id of deleted) expect((await r().client.workflow.getHandle(id).describe()).status.name).toBe('RUNNING');
       });
-      await eventually(() => stack.natRules(GW), (rules) => !rules.some((x) => x.owner === owner), 30_000, 'the rule taken off by the new agent');
+      // A delete is a cancellation: the run ends cancelled once its cleanup is done.
+      for (const id of deleted) await expect(r().client.workflow.getHandle(id).result()).rejects.toThrow('Workflow execution cancelled');
+      expect((await stack.natRules(GW)).map((x) => x.owner)).not.toContain(owner);
+      expect(await stack.eipAddresses(GW)).not.toContain(`${lone}/24`);
       // The same apply flushes right after the restore (an established entry would otherwise stay for days).
       await eventually(() => conntrack(lab.gatewayNs, '-d', eip), (entries) => entries.length === 0, 10_000, 'its connection flushed');
       expect(await passes(session, listener, 'after', 800)).toBe(false);

@@ -348,6 +348,32 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
     }
   });
 
+  it('a gateway deleted while its agent is gone does not hold its users: their removals are answered applied (its own delete takes everything off), so the deletes it waits for can finish', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    const agent = await startAgent(gw, net);
+    users.set(gw, ['eip eip1']);
+    const h = await startGateway(gw);
+    try {
+      await ready(h);
+      await bind(gw, 'eip1', '172.18.0.60');
+      await setRule(gw, fip('fip-1', '172.18.0.60', '10.0.1.60'));
+      await agent.stop();
+      await ready(h, false);
+      // Not deleted: a removal waits for the agent (its user keeps its object meanwhile).
+      expect(await calls.removeGatewayRule({ gateway: gw, owner: 'fip-1' })).toEqual({ applied: false });
+      await h.cancel();
+      await eventually(() => stateOf(h), (s) => readyCondition(s)?.reason === 'GatewayInUse', 20_000, 'GatewayInUse');
+      expect(await calls.removeGatewayRule({ gateway: gw, owner: 'fip-1' })).toEqual({ applied: true });
+      expect(await calls.unbindAddress({ gateway: gw, owner: 'eip1' })).toEqual({ applied: true });
+      users.set(gw, []);
+      await calls.unbindAddress({ gateway: gw, owner: 'eip1' });
+      await ended(h);
+    } finally {
+      await h.terminate().catch(() => undefined);
+    }
+  });
+
   it('continues as new while rebuilding: the next run keeps what was re-asserted and still removes only leftovers after its window', async () => {
     const gw = newName();
     const net = new FakeGateway();

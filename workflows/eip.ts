@@ -18,7 +18,7 @@ import { calls } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
-import { backoff, phaseReporter } from './resource-status.js';
+import { backoff, phaseReporter, REMOVAL_RECHECK_MAX_MS, removeUntilApplied } from './resource-status.js';
 
 /** A refused allocation (unknown subnet, address taken) is tried again this often, or on a spec change. */
 const RETRY_FAILED_AFTER = '5m';
@@ -278,7 +278,15 @@ class Eip {
   /** Gives back whatever may be held. Both calls are idempotent, so "may" is enough. */
   private async releaseAll(): Promise<void> {
     if (this.bound) {
-      await calls.unbindAddress.executeWithOptions({ summary: `unbind ${this.status.ip || 'EIP'} from ${this.bound.gateway}` }, [{ gateway: this.bound.gateway, owner: this.owner }]);
+      // Released only once it is off: an address still on one gateway must not be given to another EIP.
+      const { gateway } = this.bound;
+      await removeUntilApplied(
+        () => {
+          this.gatewayChanged = false;
+          return calls.unbindAddress.executeWithOptions({ summary: `unbind ${this.status.ip || 'EIP'} from ${gateway}` }, [{ gateway, owner: this.owner }]);
+        },
+        (attempt) => this.waitForGatewayToRemove(gateway, attempt),
+      );
       this.bound = null;
     }
     if (this.held) {
@@ -289,6 +297,11 @@ class Eip {
   }
 
   // --- waiting and continuing as new -------------------------------------------------------
+
+  private async waitForGatewayToRemove(gateway: string, attempt: number): Promise<void> {
+    this.setPhase(this.deleting ? 'Deleting' : 'WaitingForGateway', { status: 'False', reason: Reason.GatewayNotReady, message: `waiting for ${gateway} to take ${this.status.ip || 'its address'} off: it is not ready` });
+    await this.waitFor(() => this.gatewayChanged, backoff(attempt, 2000, REMOVAL_RECHECK_MAX_MS));
+  }
 
   /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */
   private waitFor(done: () => boolean, timeout?: string | number): Promise<boolean> {

@@ -408,7 +408,9 @@ class Gateway {
   /** Asks for an apply of what was recorded and waits for it; false when the agent is not ready (the next restore has it). */
   private async change(): Promise<boolean> {
     const generation = ++this.desiredGeneration;
-    await wf.condition(() => this.appliedGeneration >= generation || !this.state.ready);
+    // Handlers run in the workflow's root scope, which the gateway's delete cancels: its users'
+    // removals must still be answered, since that delete waits for those users to finish.
+    await wf.CancellationScope.nonCancellable(() => wf.condition(() => this.appliedGeneration >= generation || !this.state.ready));
     return this.appliedGeneration >= generation;
   }
 
@@ -483,7 +485,9 @@ class Gateway {
     return taken.map((t, i) => {
       if (!pending[i]) return t as BatchAnswer<{ applied: boolean } | null>;
       const request = requests[i]!;
-      return 'unbind' in request || 'removeRule' in request ? { ok: { applied } } : applied ? { ok: null } : notReady;
+      // A gateway being deleted takes everything off itself: its users' removals need not wait for it.
+      if ('unbind' in request || 'removeRule' in request) return { ok: { applied: applied || this.state.deleting } };
+      return applied ? { ok: null } : notReady;
     });
   }
 

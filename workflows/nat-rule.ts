@@ -17,7 +17,7 @@ import { calls } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
-import { backoff, phaseReporter } from './resource-status.js';
+import { backoff, phaseReporter, REMOVAL_RECHECK_MAX_MS, removeUntilApplied } from './resource-status.js';
 
 /** Legacy runs: a refused spec is tried again this often (or at once on a spec change). */
 const RETRY_FAILED_AFTER = '5m';
@@ -255,7 +255,14 @@ class NatRuleResource {
   /** Gives back whatever may be held: the rule first, then the claim. */
   private async releaseAll(): Promise<void> {
     if (this.applied) {
-      await calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${this.applied.gateway}` }, [{ gateway: this.applied.gateway, owner: this.input.resource.uid }]);
+      const { gateway } = this.applied;
+      await removeUntilApplied(
+        () => {
+          this.gatewayChanged = false;
+          return calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}` }, [{ gateway, owner: this.input.resource.uid }]);
+        },
+        (attempt) => this.waitForGatewayToRemove(gateway, attempt),
+      );
       this.applied = null;
     }
     if (this.claimed) {
@@ -263,6 +270,11 @@ class NatRuleResource {
       this.claimed = null;
     }
     this.status.v4ip = '';
+  }
+
+  private async waitForGatewayToRemove(gateway: string, attempt: number): Promise<void> {
+    this.setPhase(this.deleting ? 'Deleting' : 'WaitingForGateway', { status: 'False', reason: Reason.GatewayNotReady, message: `waiting for ${gateway} to take its rules off: it is not ready` });
+    await this.waitFor(() => this.gatewayChanged, backoff(attempt, 2000, REMOVAL_RECHECK_MAX_MS));
   }
 
   /**

@@ -104,7 +104,7 @@ export class KubeBridge {
     const informer = makeInformer<KubeOvnObject>(this.opts.kubeConfig, `/apis/${KUBEOVN_GROUP}/${KUBEOVN_VERSION}/${KUBEOVN_KINDS[kind].plural}`, () => this.list(kind) as never);
     const handle = (what: string, work: (obj: KubeOvnObject) => Promise<void>) => (obj: KubeOvnObject) => {
       if (!this.synced) return;
-      void this.track(work(obj)).catch((err) => this.log(`${kind} ${obj.metadata?.name} (${what}): ${(err as Error).message} (retried at the next resync)`));
+      void this.track(work(obj)).catch((err) => this.log(`${kind} ${obj.metadata?.name} (${what}): ${oneLine(err)} (retried at the next resync)`));
     };
     informer.on('add', handle('added', (obj) => this.drive(kind, obj)));
     informer.on('update', handle('updated', (obj) => this.drive(kind, obj)));
@@ -112,7 +112,7 @@ export class KubeBridge {
     // The client's informer stops on a watch error: start it again (a resync covers the gap).
     informer.on('error', (err) => {
       if (this.stopped) return;
-      this.log(`${kind} watch failed (${(err as Error)?.message ?? err}); restarting it`);
+      this.log(`${kind} watch failed (${oneLine(err)}); restarting it`);
       setTimeout(() => !this.stopped && void informer.start().catch(() => undefined), 1000);
     });
     this.informers.set(kind, informer);
@@ -127,14 +127,14 @@ export class KubeBridge {
         const items = await this.freshList(kind);
         if (kind === 'subnet' || kind === 'vpc-nat-gw') {
           const drive = (item: KubeOvnObject) => (kind === 'subnet' ? this.driveIpam(item) : this.driveGateway(item));
-          for (const item of items) await drive(item).catch((err) => this.log(`${kind} ${item.metadata?.name}: ${(err as Error).message}`));
+          for (const item of items) await drive(item).catch((err) => this.log(`${kind} ${item.metadata?.name}: ${oneLine(err)}`));
           if (kind === 'vpc-nat-gw') await this.collectOrphans('gateway', new Set(items.map((i) => workflowIds.gateway(i.metadata!.name!))));
         } else {
           const ids = await this.resyncResources(kind, items);
           ids.forEach((id) => live.add(id));
         }
       } catch (err) {
-        this.log(`resync of ${kind} failed: ${(err as Error).message}`);
+        this.log(`resync of ${kind} failed: ${oneLine(err)}`);
       }
     }
     for (const id of this.sent.keys()) if (!live.has(id) && !this.isEntity(id)) this.sent.delete(id);
@@ -167,7 +167,7 @@ export class KubeBridge {
     for (const item of items) {
       const id = workflowIds.resource(kind, { name: item.metadata!.name!, uid: item.metadata!.uid! });
       ids.add(id);
-      await this.driveResource(kind, item, running.get(id) ?? null).catch((err) => this.log(`${kind} ${item.metadata?.name}: ${(err as Error).message}`));
+      await this.driveResource(kind, item, running.get(id) ?? null).catch((err) => this.log(`${kind} ${item.metadata?.name}: ${oneLine(err)}`));
     }
     await this.collectOrphans(kind, ids, [...running.values()]);
     return ids;
@@ -326,10 +326,17 @@ export class KubeBridge {
       else if (!state && (meta.finalizers ?? []).includes(FINALIZER)) await ensureGateway(this.resources, spec, kube);
       return;
     }
-    if (!state) await ensureGateway(this.resources, spec, kube);
+    if (!state) {
+      await ensureGateway(this.resources, spec, kube);
+      return;
+    }
+    const adopting = state.kubeUid !== kube.uid;
+    // An object older than what the workflow has seen (a resync's list taken before the event that
+    // already brought the change) is not sent: it would be refused, after a signal for nothing.
+    if (!adopting && kube.generation < (state.observedGeneration ?? 0)) return;
     // Sent once: its workflow may not show it yet, or not take it. A workflow linked to no object
     // (registered by the CLI, as `npm start` does) or to an older one adopts this one.
-    else if (!sameGatewaySpec(state.spec, spec) || state.kubeUid !== kube.uid) {
+    if (adopting || !sameGatewaySpec(state.spec, spec)) {
       await this.sendOnce(workflowId, JSON.stringify([kube, spec]), () => this.opts.client.workflow.getHandle(workflowId).signal(gatewaySpecSignal, { spec, generation: kube.generation, kube: { uid: kube.uid } }));
     }
   }
@@ -356,6 +363,18 @@ export class KubeBridge {
       await this.api.patchClusterCustomObjectStatus({ ...crd('subnet'), name: spec.name, body: { status: summary.usage } }, mergePatch);
     }
   }
+}
+
+/** One line for the log: the API's own message when the error carries its response (the client's message is the whole response). */
+function oneLine(err: unknown): string {
+  const { code, body, message } = (err ?? {}) as { code?: number; body?: unknown; message?: string };
+  try {
+    const apiMessage = (typeof body === 'string' ? JSON.parse(body) : body) as { message?: unknown } | undefined;
+    if (typeof apiMessage?.message === 'string') return `HTTP ${code}: ${apiMessage.message}`;
+  } catch {
+    // not JSON: the message's first line below
+  }
+  return String(message ?? err).split('\n')[0]!;
 }
 
 /** The fields of a Subnet that natflow uses; null without a cidrBlock. */

@@ -26,6 +26,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import {
   ApiextensionsV1Api,
+  CustomObjectsApi,
   KubeConfig,
   KubernetesObjectApi,
   PatchStrategy,
@@ -515,14 +516,24 @@ export async function applyObjects(kc: KubeConfig, objects: KubernetesObject[]):
   return applied;
 }
 
+async function listable(api: CustomObjectsApi, crd: V1CustomResourceDefinition): Promise<boolean> {
+  const version = crd.spec.versions.find((v) => v.served)?.name ?? crd.spec.versions[0]!.name;
+  return api.listClusterCustomObject({ group: crd.spec.group, version, plural: crd.spec.names.plural, limit: 1 }).then(
+    () => true,
+    () => false,
+  );
+}
+
 function isEstablished(crd: V1CustomResourceDefinition): boolean {
   const conds = crd.status?.conditions ?? [];
   return ['Established', 'NamesAccepted'].every((t) => conds.some((c) => c.type === t && c.status === 'True'));
 }
 
 /**
- * Applies `deploy/crds/*.yaml` (server-side apply) and waits until each CRD is Established and
- * its names are accepted. Returns the CRD names. Safe to repeat.
+ * Applies `deploy/crds/*.yaml` (server-side apply) and waits until each CRD is Established, its
+ * names are accepted, and its objects can be listed (a fresh CRD's storage answers 429 "storage is
+ * (re)initializing" for a moment: watchers started then would only log failures). Returns the CRD
+ * names. Safe to repeat.
  */
 export async function installCrds(kubeconfigPath: string, opts: { dir?: string; timeoutMs?: number } = {}): Promise<string[]> {
   const kc = loadKubeConfig(kubeconfigPath);
@@ -531,14 +542,15 @@ export async function installCrds(kubeconfigPath: string, opts: { dir?: string; 
   if (crds.length === 0) throw new Error(`no CustomResourceDefinition in ${opts.dir ?? crdDir()}`);
   await applyObjects(kc, crds);
   const api = kc.makeApiClient(ApiextensionsV1Api);
+  const objectsApi = kc.makeApiClient(CustomObjectsApi);
   const names = crds.map((c) => c.metadata!.name!);
   const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
   for (const name of names) {
     for (;;) {
       const crd = await api.readCustomResourceDefinition({ name });
-      if (isEstablished(crd)) break;
+      if (isEstablished(crd) && (await listable(objectsApi, crd))) break;
       if (Date.now() > deadline) {
-        throw new Error(`CRD ${name} not established: ${JSON.stringify(crd.status?.conditions ?? [])}`);
+        throw new Error(`CRD ${name} not established or not served: ${JSON.stringify(crd.status?.conditions ?? [])}`);
       }
       await sleep(100);
     }

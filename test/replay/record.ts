@@ -136,6 +136,27 @@ const scenarios: Record<string, Scenario> = {
     await deleteResource(s.resources, 'eip', 'eip-restore');
     return [{ workflowType: 'gatewayWorkflow', workflowId: workflowIds.gateway(GW) }];
   },
+  'delete-while-agent-down': async (s) => {
+    // Deleted while the gateway's agent is down: a FIP and an EIP without users wait (Deleting,
+    // GatewayNotReady) and go once an agent is back.
+    await eip(s, 'eip-down');
+    const lone = await eip(s, 'eip-lone');
+    const rule = await createResource(s.resources, 'fip', 'fip-down', { eip: 'eip-down', internalIp: '10.0.1.10' });
+    await settle(s, 'fip', 'fip-down', 'Ready');
+    await s.restartAgent(GW, async () => {
+      await deleteResource(s.resources, 'fip', 'fip-down', false);
+      await deleteResource(s.resources, 'eip', 'eip-lone', false);
+      const waiting = (st: { phase: string; conditions: { reason: string }[] }) => st.phase === 'Deleting' && st.conditions.some((c) => c.reason === 'GatewayNotReady');
+      await eventually(() => resourceStatus(s.resources, 'fip', 'fip-down'), waiting, 60_000, 'the FIP waiting for its gateway');
+      await eventually(() => resourceStatus(s.resources, 'eip', 'eip-lone'), waiting, 60_000, 'the EIP waiting for its gateway');
+    });
+    for (const { workflowId } of [rule, lone]) await s.env.client.workflow.getHandle(workflowId).result().catch(() => undefined);
+    await deleteResource(s.resources, 'eip', 'eip-down');
+    return [
+      { workflowType: 'fipWorkflow', workflowId: rule.workflowId },
+      { workflowType: 'eipWorkflow', workflowId: lone.workflowId },
+    ];
+  },
   'ipam-continue-as-new': async (s) => {
     const subnet = { name: 'rec-ipam', cidrBlock: '172.30.0.0/24', gateway: '172.30.0.1', excludeIps: [] };
     const handle = await s.env.client.workflow.start(ipamWorkflow, { taskQueue: s.resources.taskQueue!, workflowId: workflowIds.ipam(subnet.name), args: [{ subnet, maxHistoryLength: 40 }] });

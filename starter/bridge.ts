@@ -51,6 +51,8 @@ export class KubeBridge {
   private readonly api: CustomObjectsApi;
   private readonly resources: Resources;
   private readonly informers = new Map<Watched, Informer<KubeOvnObject> & ObjectCache<KubeOvnObject>>();
+  /** Informers replaced by a restart: their errors no longer restart them. */
+  private readonly retired = new WeakSet<object>();
   /** Kinds whose informer cache disagreed with a fresh list at the last resync. */
   private readonly suspect = new Set<Watched>();
   /**
@@ -74,7 +76,7 @@ export class KubeBridge {
   }
 
   async start(): Promise<void> {
-    for (const kind of WATCHED) await this.startInformer(kind);
+    for (const kind of WATCHED) this.informers.set(kind, await this.startInformer(kind));
     this.synced = true;
     await this.resync();
     const loop = () => {
@@ -100,7 +102,8 @@ export class KubeBridge {
     return this.api.listClusterCustomObject(crd(kind)) as Promise<{ items: KubeOvnObject[]; metadata: { resourceVersion?: string } }>;
   }
 
-  private async startInformer(kind: Watched): Promise<void> {
+  /** A started informer: its cache is full (its first list is done) when this resolves. */
+  private async startInformer(kind: Watched): Promise<Informer<KubeOvnObject> & ObjectCache<KubeOvnObject>> {
     const informer = makeInformer<KubeOvnObject>(this.opts.kubeConfig, `/apis/${KUBEOVN_GROUP}/${KUBEOVN_VERSION}/${KUBEOVN_KINDS[kind].plural}`, () => this.list(kind) as never);
     const handle = (what: string, work: (obj: KubeOvnObject) => Promise<void>) => (obj: KubeOvnObject) => {
       if (!this.synced) return;
@@ -110,13 +113,14 @@ export class KubeBridge {
     informer.on('update', handle('updated', (obj) => this.drive(kind, obj)));
     informer.on('delete', handle('deleted', (obj) => this.gone(kind, obj)));
     // The client's informer stops on a watch error: start it again (a resync covers the gap).
+    const current = () => !this.stopped && !this.retired.has(informer);
     informer.on('error', (err) => {
-      if (this.stopped) return;
+      if (!current()) return;
       this.log(`${kind} watch failed (${oneLine(err)}); restarting it`);
-      setTimeout(() => !this.stopped && void informer.start().catch(() => undefined), 1000);
+      setTimeout(() => current() && void informer.start().catch(() => undefined), 1000);
     });
-    this.informers.set(kind, informer);
     await informer.start();
+    return informer;
   }
 
   /** Level-triggered: compare every object with its workflow; collect orphans; restart a watch whose cache stopped following the API. */
@@ -151,9 +155,11 @@ export class KubeBridge {
     const stale = items.some((item) => informer?.get(item.metadata!.name!)?.metadata?.resourceVersion !== item.metadata?.resourceVersion);
     if (stale && this.suspect.has(kind)) {
       this.log(`${kind} watch is behind the API since the last resync: restarting it`);
+      // The old cache serves until the new one is full: a gateway's spec is read from the Subnet
+      // cache, and an empty one would send it without its VPC CIDR.
+      this.informers.set(kind, await this.startInformer(kind));
+      if (informer) this.retired.add(informer);
       await informer?.stop();
-      this.informers.delete(kind);
-      await this.startInformer(kind);
     }
     if (stale) this.suspect.add(kind);
     else this.suspect.delete(kind);

@@ -103,6 +103,35 @@ describe('kube bridge, level-triggered (real kube-apiserver)', () => {
     await patchSpec('subnet', 'vpc1-subnet1', { cidrBlock: '10.0.1.0/24' });
   });
 
+  it('a watch restarted because it fell behind keeps serving its old cache until the new one is full: a gateway spec never loses its VPC CIDR', async () => {
+    const b = bridge as unknown as {
+      informers: Map<string, { stop(): Promise<void> }>;
+      suspect: Set<string>;
+      freshList(kind: string): Promise<unknown>;
+      gatewaySpec(obj: unknown): { internalCidr?: string };
+    };
+    const gw = await get('vpc-nat-gw', 'gw1');
+    expect(b.gatewaySpec(gw).internalCidr).toBe('10.0.1.0/24');
+    // The Subnet watch falls behind (stopped, then a change), as it was already at the last resync.
+    await b.informers.get('subnet')!.stop();
+    await patchSpec('subnet', 'vpc1-subnet1', { excludeIps: [] });
+    b.suspect.add('subnet');
+    // What anything driving gw1 meanwhile (its status events do) reads, sampled through the restart.
+    const seen = new Set<string | undefined>();
+    let restarting = true;
+    const sampling = (async () => {
+      while (restarting) {
+        seen.add(b.gatewaySpec(gw).internalCidr);
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    await b.freshList('subnet');
+    restarting = false;
+    await sampling;
+    expect([...seen]).toEqual(['10.0.1.0/24']);
+    expect(b.informers.get('subnet')).toBeDefined();
+  });
+
   it('cancels a workflow whose object was deleted while it was down (finalizer removed by hand), and its cleanup runs; never one the CLI started', async () => {
     await create('eip', 'eip-orphan', { natGwDp: 'gw1' });
     const ip = (await ready('eip', 'eip-orphan')).status!.ip as string;

@@ -51,6 +51,10 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) return notFound();
       const draining = err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && err.cause.type === Reason.Draining;
+      // A stale attempt is the attempt's problem, not the request's: the next attempt has a new deadline.
+      if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && err.cause.type === Reason.StaleRequest) {
+        throw ApplicationFailure.retryable(err.cause.message, Reason.StaleRequest);
+      }
       if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && !draining) {
         throw ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? Reason.InvalidSpec);
       }
@@ -60,14 +64,53 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
   }
 }
 
-/** This attempt's deadline, sent with every update that takes something (see Fence). */
+/**
+ * An activity's result, unless this worker shuts down first: the attempt then ends at once (the
+ * workflows that would answer its updates and queries run on this worker, and stop too), and its
+ * retry on the next worker sends the same idempotent call again. Any other cancellation still
+ * waits for the answer: a workflow's cleanup must not race a call in flight.
+ */
+function untilWorkerShutdown<T>(call: Promise<T>): Promise<T> {
+  let cancelled: Promise<never>;
+  try {
+    cancelled = Context.current().cancelled;
+  } catch {
+    return call; // called outside an activity (a script or a test)
+  }
+  const shutdown = new Promise<never>((_, reject) => cancelled.catch((err: unknown) => (err as Error)?.message === 'WORKER_SHUTDOWN' && reject(err)));
+  return Promise.race([call, shutdown]);
+}
+
+/** When each running activity attempt started here (its start-to-close timeout runs from its start). */
+const attemptStarts = new WeakMap<Context, number>();
+/** Less than the time between the server starting an attempt's timer and the attempt starting here. */
+const FENCE_MARGIN_MS = 5_000;
+
+/**
+ * This attempt's deadline, sent with every update that takes something (see Fence): its start here
+ * plus its start-to-close timeout, less a margin. Not its scheduled time: under load an attempt
+ * waits in the queue, and would be refused as stale before it could time out.
+ */
 function fence(): Fence | undefined {
   try {
-    const info = Context.current().info;
-    return { notAfter: info.currentAttemptScheduledTimestampMs + info.startToCloseTimeoutMs };
+    const context = Context.current();
+    const startedAt = attemptStarts.get(context) ?? context.info.currentAttemptScheduledTimestampMs;
+    return { notAfter: startedAt + context.info.startToCloseTimeoutMs - FENCE_MARGIN_MS };
   } catch {
     return undefined; // called outside an activity (a script or a test): nothing to fence
   }
+}
+
+/** Every activity: its attempt's start noted (for its fence), and it ends at once when this worker shuts down. */
+function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
+  return (...args) => {
+    try {
+      attemptStarts.set(Context.current(), Date.now());
+    } catch {
+      // called outside an activity (a script or a test)
+    }
+    return untilWorkerShutdown(activity(...args));
+  };
 }
 
 function fail(reason: Reason, message: string): never {
@@ -95,7 +138,7 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
     return woken;
   };
 
-  return {
+  const activities: WorkflowCallActivities = {
     async allocateAddress(req) {
       return viaUpdate(
         () => ipam.request(workflowIds.ipam(req.subnet), { allocate: { owner: req.owner, requested: req.requested }, fence: fence() }) as Promise<Allocation>,
@@ -207,5 +250,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip"${named}`, eipChangedSignal);
     },
   };
+  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>)])) as unknown as WorkflowCallActivities;
 }
 

@@ -119,9 +119,11 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
   for (const key of NATFLOW_SEARCH_ATTRIBUTE_KEYS) args.push('--search-attribute', `${key.name}=Keyword`);
   for (const [key, value] of Object.entries(opts.dynamicConfig ?? {})) args.push('--dynamic-config-value', `${key}=${JSON.stringify(value)}`);
 
-  // It stops with this process even on kill -9 (a SIGTERM, so SQLite closes cleanly).
+  // It stops with this process even on kill -9 (a SIGTERM, so SQLite closes cleanly). Its own
+  // process group: a terminal's Ctrl-C reaches only us, and we stop it last (the workers shutting
+  // down still need it to hand back their tasks).
   const [cmd, argv] = tiedToParent(cli, args, 'TERM');
-  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let logTail = '';
   const keep = (chunk: Buffer) => {
     logTail = (logTail + chunk.toString()).slice(-LOG_TAIL_CHARS);

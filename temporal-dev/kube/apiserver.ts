@@ -261,7 +261,8 @@ interface Proc {
 async function startProc(name: string, bin: string, args: string[], logFile: string): Promise<Proc> {
   const log = await open(logFile, 'w');
   const [cmd, argv] = tiedToParent(bin, args, 'KILL');
-  const child = spawn(cmd, argv, { stdio: ['ignore', log.fd, log.fd] });
+  // Its own process group, as the dev server's: a terminal's Ctrl-C reaches only us, and we stop it in order.
+  const child = spawn(cmd, argv, { stdio: ['ignore', log.fd, log.fd], detached: true });
   await log.close();
   let spawnError: Error | undefined;
   child.once('error', (e) => {

@@ -1,0 +1,52 @@
+// The workflow-call activities as an activity attempt sees them (MockActivityEnvironment), against
+// a real IPAM workflow: the fence counts from the attempt's start, not from when it was queued; a
+// worker shutting down ends a call waiting for its answer at once, any other cancellation does not.
+import { describe, expect, it } from 'vitest';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
+import type { Allocation } from '../domain/ipam.js';
+import { workflowIds } from '../domain/names.js';
+import { ipamWorkflow } from '../workflows/ipam.js';
+import { useTestEnv } from './support/temporal-env.js';
+import { uniqueQueue, withWorkflow } from './support/workflows.js';
+
+describe('workflow-call activities', () => {
+  const env = useTestEnv();
+
+  it('an attempt that waited in the queue longer than its timeout still allocates: its fence counts from its start', async () => {
+    const subnet = { name: 'ext-queued', cidrBlock: '172.21.0.0/24', gateway: '172.21.0.1', excludeIps: [] };
+    await withWorkflow(env(), {}, ipamWorkflow, { workflowId: workflowIds.ipam(subnet.name), args: [{ subnet }] }, async (handle) => {
+      const calls = createWorkflowCallActivities(env().client);
+      // Scheduled two minutes ago, started now, 60 s to run: it has not timed out.
+      const attempt = new MockActivityEnvironment({ currentAttemptScheduledTimestampMs: Date.now() - 120_000, startToCloseTimeoutMs: 60_000 });
+      const allocation = (await attempt.run(calls.allocateAddress, { subnet: subnet.name, owner: 'natflow/eip/queued/u1' })) as Allocation;
+      expect(allocation.address).toMatch(/^172\.21\.0\./);
+      await handle.terminate();
+    });
+  });
+
+  it('a worker shutting down ends a call waiting for its workflow at once; a cancellation of the call does not', async () => {
+    // An IPAM workflow nobody runs (its worker is gone): an update to it is never answered.
+    const subnet = { name: 'ext-unserved', cidrBlock: '172.22.0.0/24', gateway: '172.22.0.1', excludeIps: [] };
+    const handle = await env().client.workflow.start(ipamWorkflow, { taskQueue: uniqueQueue('nobody'), workflowId: workflowIds.ipam(subnet.name), args: [{ subnet }] });
+    try {
+      const calls = createWorkflowCallActivities(env().client);
+      const settledWithin = (p: Promise<unknown>, ms: number) => Promise.race([p.then(() => 'resolved', (err: Error) => `rejected: ${err.message}`), new Promise((r) => setTimeout(() => r('pending'), ms))]);
+
+      const cancelled = new MockActivityEnvironment({ startToCloseTimeoutMs: 60_000 });
+      const waiting = cancelled.run(calls.allocateAddress, { subnet: subnet.name, owner: 'natflow/eip/a/u1' });
+      await new Promise((r) => setTimeout(r, 500));
+      cancelled.cancel('CANCELLED');
+      expect(await settledWithin(waiting, 2000)).toBe('pending'); // a cleanup waits for what is in flight
+
+      const shuttingDown = new MockActivityEnvironment({ startToCloseTimeoutMs: 60_000 });
+      const cut = shuttingDown.run(calls.allocateAddress, { subnet: subnet.name, owner: 'natflow/eip/b/u1' });
+      await new Promise((r) => setTimeout(r, 500));
+      shuttingDown.cancel('WORKER_SHUTDOWN');
+      expect(await settledWithin(cut, 2000)).toBe('rejected: WORKER_SHUTDOWN');
+      waiting.catch(() => undefined);
+    } finally {
+      await handle.terminate();
+    }
+  });
+});

@@ -38,7 +38,9 @@ describe('EIP workflow (mocked activities)', () => {
       const status = await workflowPhase(h, 'Ready');
       expect(status.ip).toBe('172.18.0.5');
       expect(status.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Ready' });
-      expect(fake.started()).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
+      // Ready is shown first, then the rules waiting for it are woken: that call may start just after.
+      const calls = await eventually(async () => fake.started(), (names) => names.length >= 4, 10_000, 'the wake-up of waiting rules');
+      expect(calls).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
       await deleteAndWait(h);
       expect(fake.started().slice(4)).toEqual(['unbindAddress', 'releaseAddress']);
     });

@@ -12,6 +12,7 @@ import type { KubeKind } from '../domain/kube.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { KubeBridge } from '../starter/bridge.js';
 import { subnetState } from '../starter/resources.js';
+import { statusQuery } from '../domain/workflow-api.js';
 import { startDevServer, type DevServer } from '../temporal-dev/dev-server.js';
 import { applyObjects, freePort, readManifests } from '../temporal-dev/kube/apiserver.js';
 import { ensureKubeBinaries, examplesDir, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
@@ -67,6 +68,20 @@ describe('a life of months, compressed', () => {
 
   const objects = kubeovnObjects(() => kube.custom, 180_000);
   const client = () => stack.env.client;
+  /** Every running resource workflow's phase and Ready message: what a convergence failure needs to be understood. */
+  const everyResource = async () => {
+    const lines: string[] = [];
+    for await (const w of client().workflow.list({ query: 'NatflowKind IN ("eip", "fip", "dnat", "snat") AND ExecutionStatus = "Running"' })) {
+      const status = await client().workflow.getHandle(w.workflowId).query(statusQuery).catch((err: Error) => ({ phase: `(no answer: ${err.message})`, conditions: [] }));
+      lines.push(`${w.workflowId}: ${status.phase}: ${status.conditions.find((c) => c.type === 'Ready')?.message ?? ''}`);
+    }
+    return lines.sort().join('\n');
+  };
+  /** Ready, or a failure that says where every resource was. */
+  const ready = (kind: KubeKind, name: string) =>
+    objects.ready(kind, name).catch(async (err: Error) => {
+      throw new Error(`${err.message}\n--- resource workflows ---\n${await everyResource()}`);
+    });
 
   it('minutes of churn through the API: nothing terminated, everything converges, nothing leaks, idle writes nothing', async () => {
     // Churn: each round creates EIPs with a FIP, a DNAT and an SNAT, moves the FIP, deletes the
@@ -86,18 +101,18 @@ describe('a life of months, compressed', () => {
       await make('eip', `eip-race${round}`, { natGwDp: GW });
       await objects.del('eip', `eip-race${round}`); // created and deleted at once
       made.pop();
-      await objects.ready('fip', `fip${round}`);
+      await ready('fip', `fip${round}`);
       await objects.patchSpec('fip', `fip${round}`, { internalIp: '10.0.1.11' });
-      await objects.ready('snat', `snat${round}`);
+      await ready('snat', `snat${round}`);
       // The previous round goes, EIPs first: they wait for their rules.
       for (const [kind, name] of [...previous].reverse()) await objects.del(kind, name);
       previous = made;
-      for (const [kind, name] of made) await objects.ready(kind, name);
+      for (const [kind, name] of made) await ready(kind, name);
     }
 
     // Everything live is Ready (its status is from the latest generation).
     for (const [kind, name] of previous) {
-      const obj = await objects.ready(kind, name);
+      const obj = await ready(kind, name);
       expect(obj.status?.observedGeneration, `${kind} ${name}`).toBe(obj.metadata?.generation);
     }
     // The limits were crossed many times over, and no run was ever cut short.

@@ -340,6 +340,11 @@ export class KubeBridge {
     // An object older than what the workflow has seen (a resync's list taken before the event that
     // already brought the change) is not sent: it would be refused, after a signal for nothing.
     if (!adopting && kube.generation < (state.observedGeneration ?? 0)) return;
+    if (!adopting && sameGatewaySpec(state.spec, spec)) return;
+    // The VPC CIDR comes from the Subnet cache, which may be behind (a watch that fell behind, or
+    // the event not in yet): what is sent is read from the API, so that no older CIDR goes out.
+    const subnet = obj.spec?.subnet ? await this.get('subnet', String(obj.spec.subnet)) : null;
+    spec.internalCidr = subnetSpecOf(subnet ?? undefined)?.cidrBlock;
     // Sent once: its workflow may not show it yet, or not take it. A workflow linked to no object
     // (registered by the CLI, as `npm start` does) or to an older one adopts this one.
     if (adopting || !sameGatewaySpec(state.spec, spec)) {

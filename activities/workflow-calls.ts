@@ -50,14 +50,11 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
       return await fn();
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) return notFound();
-      const draining = err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && err.cause.type === Reason.Draining;
+      const refusal = err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure ? err.cause : undefined;
+      const draining = refusal?.type === Reason.Draining;
       // A stale attempt is the attempt's problem, not the request's: the next attempt has a new deadline.
-      if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && err.cause.type === Reason.StaleRequest) {
-        throw ApplicationFailure.retryable(err.cause.message, Reason.StaleRequest);
-      }
-      if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && !draining) {
-        throw ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? Reason.InvalidSpec);
-      }
+      if (refusal?.type === Reason.StaleRequest) throw ApplicationFailure.retryable(refusal.message, Reason.StaleRequest);
+      if (refusal && !draining) throw ApplicationFailure.nonRetryable(refusal.message, refusal.type ?? Reason.InvalidSpec);
       if ((!isTransient(err) && !draining) || attempt >= TRANSIENT_TRIES) throw err;
       await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 80 * Math.min(attempt, 10)));
     }
@@ -70,14 +67,8 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
  * retry on the next worker sends the same idempotent call again. Any other cancellation still
  * waits for the answer: a workflow's cleanup must not race a call in flight.
  */
-function untilWorkerShutdown<T>(call: Promise<T>): Promise<T> {
-  let cancelled: Promise<never>;
-  try {
-    cancelled = Context.current().cancelled;
-  } catch {
-    return call; // called outside an activity (a script or a test)
-  }
-  const shutdown = new Promise<never>((_, reject) => cancelled.catch((err: unknown) => (err as Error)?.message === 'WORKER_SHUTDOWN' && reject(err)));
+function untilWorkerShutdown<T>(context: Context, call: Promise<T>): Promise<T> {
+  const shutdown = new Promise<never>((_, reject) => context.cancelled.catch((err: unknown) => (err as Error)?.message === 'WORKER_SHUTDOWN' && reject(err)));
   return Promise.race([call, shutdown]);
 }
 
@@ -104,12 +95,14 @@ function fence(): Fence | undefined {
 /** Every activity: its attempt's start noted (for its fence), and it ends at once when this worker shuts down. */
 function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
   return (...args) => {
+    let context: Context;
     try {
-      attemptStarts.set(Context.current(), Date.now());
+      context = Context.current();
     } catch {
-      // called outside an activity (a script or a test)
+      return activity(...args); // called outside an activity (a script or a test)
     }
-    return untilWorkerShutdown(activity(...args));
+    attemptStarts.set(context, Date.now());
+    return untilWorkerShutdown(context, activity(...args));
   };
 }
 

@@ -2,11 +2,11 @@
 // the gateway name. Pure data, shared by the lab scripts, the agent and the tests.
 //
 //   nf-<gw>-ext (external client)          nf-<gw> (gateway)                nf-<gw>-vm<i> (internal VMs)
+//   eth0 172.18.0.1/24  <── veth ──>  net1 172.18.0.254/24 (+ EIPs)
+//                                     eth0 (bridge) 10.0.1.254/24  <── veth vm<i> ──> eth0 10.0.1.<10+i>/24
 //
 // ("nf" is the default prefix: two runs on one host that both want a gateway called gw1, such
 // as two test files in parallel, give their labs different prefixes.)
-//   eth0 172.18.0.1/24  <── veth ──>  net1 172.18.0.254/24 (+ EIPs)
-//                                     eth0 (bridge) 10.0.1.254/24  <── veth vm<i> ──> eth0 10.0.1.<10+i>/24
 //
 // Interface names live inside the namespaces, so they are the same for every gateway and match
 // Kube-OVN's gateway pod (net1 external, eth0 VPC side).

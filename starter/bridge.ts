@@ -309,21 +309,21 @@ export class KubeBridge {
     return names;
   }
 
-  /** A VpcNatGateway as its workflow sees it: the VPC subnet's CIDR comes from the Subnet its `spec.subnet` names. */
-  private gatewaySpec(obj: KubeOvnObject): GatewaySpec {
+  /** A VpcNatGateway as its workflow sees it: the VPC subnet's CIDR comes from the Subnet its `spec.subnet` names (from the cache unless given). */
+  private gatewaySpec(obj: KubeOvnObject, vpcSubnet = this.informers.get('subnet')?.get(String(obj.spec?.subnet ?? ''))): GatewaySpec {
     const spec = obj.spec ?? {};
     return {
       name: obj.metadata!.name!,
       externalSubnet: ((spec.externalSubnets as string[] | undefined) ?? [])[0] ?? DEFAULT_EXTERNAL_SUBNET,
       lanIp: spec.lanIp as string | undefined,
-      internalCidr: subnetSpecOf(this.informers.get('subnet')?.get(String(spec.subnet ?? '')))?.cidrBlock,
+      internalCidr: subnetSpecOf(vpcSubnet)?.cidrBlock,
     };
   }
 
   private async driveGateway(obj: KubeOvnObject): Promise<void> {
     const meta = obj.metadata!;
     const workflowId = workflowIds.gateway(meta.name!);
-    const spec = this.gatewaySpec(obj);
+    let spec = this.gatewaySpec(obj);
     const kube = { uid: meta.uid!, generation: meta.generation ?? 1 };
     const state = await this.ask(workflowId, gatewayStateQuery);
     if (meta.deletionTimestamp) {
@@ -343,8 +343,8 @@ export class KubeBridge {
     if (!adopting && sameGatewaySpec(state.spec, spec)) return;
     // The VPC CIDR comes from the Subnet cache, which may be behind (a watch that fell behind, or
     // the event not in yet): what is sent is read from the API, so that no older CIDR goes out.
-    const subnet = obj.spec?.subnet ? await this.get('subnet', String(obj.spec.subnet)) : null;
-    spec.internalCidr = subnetSpecOf(subnet ?? undefined)?.cidrBlock;
+    const vpcSubnet = obj.spec?.subnet ? await this.get('subnet', String(obj.spec.subnet)) : null;
+    spec = this.gatewaySpec(obj, vpcSubnet ?? undefined);
     // Sent once: its workflow may not show it yet, or not take it. A workflow linked to no object
     // (registered by the CLI, as `npm start` does) or to an older one adopts this one.
     if (adopting || !sameGatewaySpec(state.spec, spec)) {

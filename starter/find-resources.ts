@@ -5,8 +5,6 @@ import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
 import { FROM_KUBERNETES_MEMO } from '../domain/kube.js';
 import { validateName, type ResourceKind } from '../domain/names.js';
 
-export { FROM_KUBERNETES_MEMO };
-
 export interface ResourceRecord<K extends string = ResourceKind> {
   kind: K;
   name: string;

@@ -15,7 +15,8 @@ import { gatewayWorkflow } from '../workflows/gateway.js';
 import type { HistoryLimits } from '../workflows/history-budget.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
 import { dnatWorkflow, fipWorkflow, snatWorkflow } from '../workflows/nat-rule.js';
-import { FROM_KUBERNETES_MEMO, findOneRunning, findRunning } from './find-resources.js';
+import { FROM_KUBERNETES_MEMO } from '../domain/kube.js';
+import { findOneRunning, findRunning } from './find-resources.js';
 
 export interface Resources {
   client: Client;

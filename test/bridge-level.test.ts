@@ -132,6 +132,33 @@ describe('kube bridge, level-triggered (real kube-apiserver)', () => {
     expect(b.informers.get('subnet')).toBeDefined();
   });
 
+  it('a Subnet cache behind a CIDR the gateway already took never sends the older CIDR back', async () => {
+    const b = bridge as unknown as {
+      informers: Map<string, { stop(): Promise<void>; get(name: string): { spec: { cidrBlock: string } } | undefined }>;
+      suspect: Set<string>;
+      freshList(kind: string): Promise<unknown>;
+      driveGateway(obj: unknown): Promise<void>;
+    };
+    const gateway = client().workflow.getHandle(workflowIds.gateway('gw1'));
+    await patchSpec('subnet', 'vpc1-subnet1', { cidrBlock: '10.0.0.0/23' });
+    await eventually(() => gateway.query(gatewayStateQuery), (s) => s.spec.internalCidr === '10.0.0.0/23', 30_000, 'gateway has the new VPC CIDR');
+    // The Subnet watch stops and its cache is behind the API (as one that fell behind, or is
+    // being replaced, can be): it still holds the CIDR before the change.
+    const subnets = b.informers.get('subnet')!;
+    await subnets.stop();
+    subnets.get('vpc1-subnet1')!.spec.cidrBlock = '10.0.1.0/24';
+    const specSignals = async () => (await historyOf(gateway)).filter((e) => e.name === 'gatewaySpecChanged').length;
+    const before = await specSignals();
+    await b.driveGateway(await get('vpc-nat-gw', 'gw1')); // as a status event of gw1 does
+    expect((await gateway.query(gatewayStateQuery)).spec.internalCidr).toBe('10.0.0.0/23');
+    expect(await specSignals()).toBe(before);
+    // Put things back: a watch that follows the API again, and the example's CIDR.
+    b.suspect.add('subnet');
+    await b.freshList('subnet');
+    await patchSpec('subnet', 'vpc1-subnet1', { cidrBlock: '10.0.1.0/24' });
+    await eventually(() => gateway.query(gatewayStateQuery), (s) => s.spec.internalCidr === '10.0.1.0/24', 30_000, 'gateway has the example CIDR back');
+  });
+
   it('cancels a workflow whose object was deleted while it was down (finalizer removed by hand), and its cleanup runs; never one the CLI started', async () => {
     await create('eip', 'eip-orphan', { natGwDp: 'gw1' });
     const ip = (await ready('eip', 'eip-orphan')).status!.ip as string;

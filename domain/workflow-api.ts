@@ -9,7 +9,7 @@ import type { EipSpec, EipStatus } from './eip.js';
 import type { AgentInfo, AgentSessionEnd, EipAddress, GatewayReadiness, GatewaySpec, GatewayState } from './gateway.js';
 import type { Allocation, AllocateRequest, IpamState, IpamSummary } from './ipam.js';
 import type { KubeRef } from './kube.js';
-import type { EipClaim, NatSpec, NatStatus } from './nat-resources.js';
+import type { EipClaim, NatKind, NatSpec, NatStatus } from './nat-resources.js';
 import type { ConntrackTarget, NatRule } from './nat-rules.js';
 import type { SubnetSpec } from './subnet.js';
 
@@ -55,8 +55,16 @@ export interface ClaimedEip {
 /** A NAT rule takes (a share of) the EIP; refused unless Ready and compatible with its other users. */
 export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim, Fence?]>('claim');
 export const unclaimEipUpdate = defineUpdate<void, [{ owner: string }]>('unclaim');
-/** A NAT rule waiting on this EIP (not ready, or a refused claim): signal it `eipChanged` at the next change. */
-export const watchEipSignal = defineSignal<[{ watcher: string }]>('watchEip');
+/**
+ * What a NAT rule watching an EIP waits for; the EIP signals it `eipChanged` at once when that
+ * already holds, else at its next change. `ready`: the EIP is Ready (a watch without `until`, as
+ * older rules send it, means this). `claimable`: a claim of this `kind` would now be taken.
+ * `changed`: the next change only (a rule refused by the gateway, which it must not retry in a loop).
+ */
+export type WatchUntil = { until?: 'ready' | 'changed' } | { until: 'claimable'; kind: NatKind };
+export type EipWatch = { watcher: string } & WatchUntil;
+/** A NAT rule waiting on this EIP (not ready, or a refused claim): signal it `eipChanged` when what it waits for holds. */
+export const watchEipSignal = defineSignal<[EipWatch]>('watchEip');
 
 // --- the gateway workflow --------------------------------------------------------------------
 

@@ -29,6 +29,13 @@ describe('convergence by wake-ups (end to end)', () => {
     await createResource(r(), 'fip', 'fip-second', { eip: 'eip-shared', internalIp: '10.0.1.11' });
     const refused = await resourcePhase(r(), 'fip', 'fip-second', 'Failed');
     expect(refused.conditions.find((c) => c.type === 'Ready')?.reason).toBe(Reason.EipInUse);
+    // While the other FIP keeps the EIP, the refused one waits quietly: no retry loop.
+    const second = (await resourceStatus(r(), 'fip', 'fip-second')).workflowId;
+    const historyLength = async () => (await stack.env.client.workflow.getHandle(second).describe()).historyLength;
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const quiet = await historyLength();
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+    expect(await historyLength()).toBe(quiet);
 
     await deleteResource(r(), 'fip', 'fip-first');
     // Its next timed re-check is an hour away: only the EIP's wake-up can make this.
@@ -38,6 +45,26 @@ describe('convergence by wake-ups (end to end)', () => {
     expect((await stack.natRules(GW)).map((rule) => rule.owner)).toEqual([uid, uid]);
     await deleteResource(r(), 'fip', 'fip-second');
     await deleteResource(r(), 'eip', 'eip-shared');
+  });
+
+  it('the wake-up is not lost when the EIP continues as new in the same task that sends it', async () => {
+    // The giving-up is the update that spends the EIP's budget: the signal to the waiting FIP and
+    // the continue-as-new leave in one workflow task. The server drops a signal whose sender has
+    // closed by the time it is sent, so the EIP must see it delivered before it hands over.
+    await createResource({ ...r(), historyLimits: { updates: 2 } }, 'eip', 'eip-handover', { natGwDp: GW });
+    await resourcePhase(r(), 'eip', 'eip-handover', 'Ready');
+    await createResource(r(), 'fip', 'fip-leaving', { eip: 'eip-handover', internalIp: '10.0.1.10' });
+    await resourcePhase(r(), 'fip', 'fip-leaving', 'Ready');
+    await createResource(r(), 'fip', 'fip-waiting', { eip: 'eip-handover', internalIp: '10.0.1.11' });
+    await resourcePhase(r(), 'fip', 'fip-waiting', 'Failed');
+    const eip = await resourceStatus(r(), 'eip', 'eip-handover');
+    const runsBefore = (await stack.env.client.workflow.count(`WorkflowId = "${eip.workflowId}"`)).count;
+
+    await deleteResource(r(), 'fip', 'fip-leaving');
+    await resourcePhase(r(), 'fip', 'fip-waiting', 'Ready', 15_000);
+    expect((await stack.env.client.workflow.count(`WorkflowId = "${eip.workflowId}"`)).count).toBeGreaterThan(runsBefore); // it did continue as new
+    await deleteResource(r(), 'fip', 'fip-waiting');
+    await deleteResource(r(), 'eip', 'eip-handover');
   });
 
   it('rules created before their EIPs: each is Ready once its own EIP is, and no other EIP wakes it', async () => {

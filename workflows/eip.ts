@@ -10,10 +10,10 @@ import { eipAddressChanged, normalizeEipSpec, type EipCarried, type EipInput, ty
 import { Reason } from '../domain/errors.js';
 import type { Allocation } from '../domain/ipam.js';
 import type { ResourceRef } from '../domain/names.js';
-import { claimConflict, type EipClaim } from '../domain/nat-resources.js';
+import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
-import { claimEipUpdate, eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type Fence } from '../domain/workflow-api.js';
+import { claimEipUpdate, eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence } from '../domain/workflow-api.js';
 import { calls } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
@@ -77,6 +77,7 @@ class Eip {
       }
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
+      await this.deliverWakeUps();
       await this.k8s.release();
     });
   }
@@ -103,6 +104,8 @@ class Eip {
   private readonly claims: Map<string, EipClaim>;
   /** NAT rules waiting for this EIP to change. */
   private readonly watchers: Set<string>;
+  /** Their wake-ups, sent and not yet delivered. */
+  private readonly wakeUpsInFlight = new Set<Promise<void>>();
   readonly k8s;
   private readonly setPhase: (phase: EipPhase, condition: ReadyCondition) => void;
 
@@ -132,12 +135,7 @@ class Eip {
       this.gatewayChanged = true;
     });
     wf.setHandler(specChangedSignal, ({ spec, generation }) => this.onSpec(spec as EipSpec, generation));
-    wf.setHandler(watchEipSignal, ({ watcher }) => {
-      this.budget.countSignal();
-      this.watchers.add(watcher);
-      // Ready already (it became so after the rule looked): the rule needs no wait at all.
-      if (this.status.ready && wf.patched('watch-ready-eip')) this.notifyWatchers();
-    });
+    wf.setHandler(watchEipSignal, (watch) => this.watch(watch));
     if (carried) this.k8s.publish({ ...this.status });
     else wf.upsertSearchAttributes(searchAttributes({ kind: 'eip', name: this.name, gateway: this.spec?.natGwDp ?? '', subnet: this.spec?.externalSubnet ?? '' }));
   }
@@ -310,6 +308,7 @@ class Eip {
 
   private async continueAsNew(): Promise<never> {
     await wf.condition(wf.allHandlersFinished);
+    await this.deliverWakeUps();
     const carried: EipCarried = {
       status: this.status,
       held: this.held,
@@ -338,6 +337,32 @@ class Eip {
     this.watchers.delete(claim.owner);
     this.showUsers();
     return { address: this.status.ip, gateway: this.status.natGwDp };
+  }
+
+  /** A rule waits on this EIP: woken at once when what it waits for holds already (it changed after the rule looked). */
+  private watch(watch: EipWatch): void {
+    this.budget.countSignal();
+    this.watchers.add(watch.watcher);
+    if (!this.holdsAlready(watch) || !wf.patched('watch-ready-eip')) return;
+    if (watch.until === undefined) this.notifyWatchers(); // as it did for the rules of the release that sent no `until`
+    else this.wake(watch.watcher);
+  }
+
+  private holdsAlready(watch: EipWatch): boolean {
+    switch (watch.until) {
+      case undefined:
+      case 'ready':
+        return this.status.ready;
+      case 'claimable':
+        return this.claimable(watch.kind, watch.watcher);
+      case 'changed':
+        return false;
+    }
+  }
+
+  /** A claim of `kind` by `owner` would be taken now. */
+  private claimable(kind: NatKind, owner: string): boolean {
+    return this.status.phase === 'Ready' && !this.deleting && !!this.serving && claimConflict(kind, [...this.claims.values()], owner) === null;
   }
 
   private unclaim(owner: string): void {
@@ -377,8 +402,25 @@ class Eip {
   /** Tells the NAT rules waiting on this EIP to look again (its readiness or users changed). */
   private notifyWatchers(): void {
     if (this.legacy) return;
-    for (const watcher of this.watchers) void wf.getExternalWorkflowHandle(watcher).signal(eipChangedSignal).catch(() => undefined);
-    this.watchers.clear();
+    for (const watcher of this.watchers) this.wake(watcher);
+  }
+
+  private wake(watcher: string): void {
+    this.watchers.delete(watcher);
+    const sent: Promise<void> = wf
+      .getExternalWorkflowHandle(watcher)
+      .signal(eipChangedSignal)
+      .catch(() => undefined)
+      .finally(() => this.wakeUpsInFlight.delete(sent));
+    this.wakeUpsInFlight.add(sent);
+  }
+
+  /**
+   * The server drops a signal whose sender has closed by the time it is sent: a run that ends
+   * (continued as new, or deleted) first sees its wake-ups delivered, or their waiters sleep on.
+   */
+  private async deliverWakeUps(): Promise<void> {
+    if (this.wakeUpsInFlight.size > 0 && wf.patched('eip-wake-ups-delivered')) await Promise.all(this.wakeUpsInFlight);
   }
 
   private users(): string {

@@ -12,7 +12,7 @@ import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule, type WatchUntil } from '../domain/workflow-api.js';
 import { calls } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
@@ -162,7 +162,7 @@ class NatRuleResource {
       // An EIP that becomes ready wakes us: one that exists was asked to (and answers at once if it
       // is ready by then), a new one wakes the rules naming it. The timer is the fallback, short
       // only while the EIP is not found (a name that visibility does not list yet).
-      if (eip) await this.watch(eip.workflowId);
+      if (eip) await this.watch(eip.workflowId, { until: 'ready' });
       const recheck = this.legacy ? backoff(attempt, 500, 30_000) : eip && wf.patched('watched-eip-long-wait') ? RECHECK_MAX_MS : backoff(attempt, 1000, RECHECK_MAX_MS);
       await this.waitFor(() => this.specChanged || this.eipChanged, recheck);
     }
@@ -184,7 +184,7 @@ class NatRuleResource {
       if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
       this.claimed = null; // refused (an unlimited retry only ends in a refusal): nothing is held
       this.setPhase('Failed', refusal(err, 'Error'));
-      await this.waitAfterRefusal(eip.workflowId);
+      await this.waitAfterRefusal(eip.workflowId, { until: 'claimable', kind: this.kind });
       return null;
     }
   }
@@ -209,7 +209,7 @@ class NatRuleResource {
       if (this.legacy || !GATEWAY_REFUSALS.includes(refused.reason)) {
         await this.releaseAll();
         this.setPhase('Failed', refused);
-        await this.waitAfterRefusal(serving.eipWorkflowId);
+        await this.waitAfterRefusal(serving.eipWorkflowId, { until: 'changed' });
         return false;
       }
       this.setPhase('WaitingForGateway', refused);
@@ -290,8 +290,8 @@ class NatRuleResource {
 
   // --- waiting and continuing as new -------------------------------------------------------
 
-  /** After a refusal: a spec change, or (woken by the EIP when its users change) another try. */
-  private async waitAfterRefusal(eipWorkflowId: string | undefined): Promise<void> {
+  /** After a refusal: a spec change, or (woken by the EIP when `until` holds) another try. */
+  private async waitAfterRefusal(eipWorkflowId: string | undefined, until: WatchUntil): Promise<void> {
     if (this.legacy) {
       const reason = this.status.conditions.find((c) => c.type === 'Ready')?.reason ?? '';
       const specProblem = ([Reason.InvalidSpec, Reason.DuplicateDnat, Reason.EipInUse] as string[]).includes(reason);
@@ -299,14 +299,14 @@ class NatRuleResource {
       return;
     }
     this.eipChanged = false;
-    if (eipWorkflowId) await this.watch(eipWorkflowId);
+    if (eipWorkflowId) await this.watch(eipWorkflowId, until);
     await this.waitFor(() => this.specChanged || this.eipChanged, RECHECK_MAX_MS);
   }
 
-  /** Asks the EIP to signal `eipChanged` at its next change. */
-  private async watch(eipWorkflowId: string): Promise<void> {
+  /** Asks the EIP to signal `eipChanged` once `until` holds (at once if it does already). */
+  private async watch(eipWorkflowId: string, until: WatchUntil): Promise<void> {
     if (this.legacy) return;
-    await wf.getExternalWorkflowHandle(eipWorkflowId).signal(watchEipSignal, { watcher: this.owner }).catch(() => undefined);
+    await wf.getExternalWorkflowHandle(eipWorkflowId).signal(watchEipSignal, { watcher: this.owner, ...until }).catch(() => undefined);
   }
 
   /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */

@@ -95,6 +95,28 @@ const scenarios: Record<string, Scenario> = {
       { workflowType: 'eipWorkflow', workflowId: e.workflowId },
     ];
   },
+  'fip-waits-for-free-eip': async (s) => {
+    // A FIP refused because another FIP has the EIP waits (no retry loop) and takes the EIP once it
+    // is given up: by the update that spends the EIP's budget, so the wake-up and the EIP's
+    // continue-as-new leave in one workflow task.
+    const e = await createResource({ ...s.resources, historyLimits: { updates: 2 } }, 'eip', 'eip-shared', { natGwDp: GW });
+    await settle(s, 'eip', 'eip-shared', 'Ready');
+    await createResource(s.resources, 'fip', 'fip-first', { eip: 'eip-shared', internalIp: '10.0.1.10' });
+    await settle(s, 'fip', 'fip-first', 'Ready');
+    const waiting = await createResource(s.resources, 'fip', 'fip-second', { eip: 'eip-shared', internalIp: '10.0.1.11' });
+    await settle(s, 'fip', 'fip-second', 'Failed');
+    await deleteResource(s.resources, 'fip', 'fip-first');
+    await settle(s, 'fip', 'fip-second', 'Ready');
+    await deleteResource(s.resources, 'fip', 'fip-second');
+    await deleteResource(s.resources, 'eip', 'eip-shared');
+    const handedOver: string[] = [];
+    for await (const run of s.env.client.workflow.list({ query: `WorkflowId = "${e.workflowId}" AND ExecutionStatus = "ContinuedAsNew"` })) handedOver.push(run.runId);
+    if (handedOver.length !== 1) throw new Error(`expected the EIP to continue as new once, not ${handedOver.length} times`);
+    return [
+      { workflowType: 'fipWorkflow', workflowId: waiting.workflowId },
+      { workflowType: 'eipWorkflow', workflowId: e.workflowId, runId: handedOver[0] },
+    ];
+  },
   'fip-delete-mid-apply': deleteMidApply('fip', { eip: 'eip-mid-fip', internalIp: '10.0.1.10' }),
   'dnat-delete-mid-apply': deleteMidApply('dnat', { eip: 'eip-mid-dnat', protocol: 'udp', externalPort: '5353', internalIp: '10.0.1.10', internalPort: '53' }),
   'snat-delete-mid-apply': deleteMidApply('snat', { eip: 'eip-mid-snat', internalCIDR: '10.0.1.0/24' }),

@@ -109,12 +109,13 @@ const scenarios: Record<string, Scenario> = {
     await settle(s, 'fip', 'fip-second', 'Ready');
     await deleteResource(s.resources, 'fip', 'fip-second');
     await deleteResource(s.resources, 'eip', 'eip-shared');
-    const handedOver: string[] = [];
-    for await (const run of s.env.client.workflow.list({ query: `WorkflowId = "${e.workflowId}" AND ExecutionStatus = "ContinuedAsNew"` })) handedOver.push(run.runId);
-    if (handedOver.length !== 1) throw new Error(`expected the EIP to continue as new once, not ${handedOver.length} times`);
+    // The EIP's first run: the one that handed over as it woke the FIP.
+    const runs: { runId: string; startTime: Date }[] = [];
+    for await (const run of s.env.client.workflow.list({ query: `WorkflowId = "${e.workflowId}"` })) runs.push(run);
+    const [first] = runs.sort((a, b) => a.startTime.getTime() - b.startTime.getTime());
     return [
       { workflowType: 'fipWorkflow', workflowId: waiting.workflowId },
-      { workflowType: 'eipWorkflow', workflowId: e.workflowId, runId: handedOver[0] },
+      { workflowType: 'eipWorkflow', workflowId: e.workflowId, runId: first!.runId },
     ];
   },
   'fip-delete-mid-apply': deleteMidApply('fip', { eip: 'eip-mid-fip', internalIp: '10.0.1.10' }),

@@ -211,7 +211,7 @@ export class KubeBridge {
       if (LEAVING.has(running?.phase ?? String(obj.status?.phase ?? ''))) return; // already cleaning up
       if (await this.cancel(workflowId)) return;
       // None runs but our finalizer is still on: a run started now finds the object deleting, only cleans up and lets it go.
-      if ((meta.finalizers ?? []).includes(FINALIZER)) await send(VISIBILITY_GRACE_MS);
+      if (await this.stillHeld(kind, obj)) await send(VISIBILITY_GRACE_MS);
       return;
     }
     if (running === null) return send(VISIBILITY_GRACE_MS);
@@ -250,6 +250,17 @@ export class KubeBridge {
         if (!(err instanceof WorkflowNotFoundError)) throw err;
       });
     }
+  }
+
+  /**
+   * Whether the API still holds this object with our finalizer. An event can be older than the end
+   * of the run that released it (the run ends after its release): the API, read after seeing that no
+   * run is left, tells whether a cleanup is still owed.
+   */
+  private async stillHeld(kind: Watched, obj: KubeOvnObject): Promise<boolean> {
+    if (!(obj.metadata!.finalizers ?? []).includes(FINALIZER)) return false;
+    const now = await this.get(kind, obj.metadata!.name!);
+    return now?.metadata?.uid === obj.metadata!.uid && (now?.metadata?.finalizers ?? []).includes(FINALIZER);
   }
 
   /** The object, or null when the API does not have it. */
@@ -329,7 +340,7 @@ export class KubeBridge {
     if (meta.deletionTimestamp) {
       if (state && !state.deleting) await this.opts.client.workflow.getHandle(workflowId).cancel();
       // None runs but our finalizer is still on: a run started now only cleans up and lets it go.
-      else if (!state && (meta.finalizers ?? []).includes(FINALIZER)) await ensureGateway(this.resources, spec, kube);
+      else if (!state && (await this.stillHeld('vpc-nat-gw', obj))) await ensureGateway(this.resources, spec, kube);
       return;
     }
     if (!state) {

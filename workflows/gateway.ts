@@ -29,12 +29,11 @@ import {
   gatewayRequestsUpdate,
   type BatchAnswer,
   type Fence,
-  type GatewayAgentActivities,
   type GatewayRequest,
   type NamedNatRule,
   type SpecChange,
 } from '../domain/workflow-api.js';
-import { calls, gatewayAgent, wakeUps } from './activity-proxies.js';
+import { agentSessions, calls, gatewayAgent, wakeUps } from './activity-proxies.js';
 import { answer, checkFence, domainCall, unwrap, type ReadyCondition } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
 import { kubeSync, type KubeSync } from './kube-sync.js';
@@ -57,19 +56,6 @@ const MAX_USERS_RECHECK_MS = 60_000;
 const PENDING = Symbol('pending');
 /** A gateway whose agent is gone for good does not hold its delete: its pod goes with what it carried. */
 const TAKE_OFF_TRIES = 4;
-
-/**
- * The agent's side of the liveness check, on the gateway's queue: a missing agent is noticed by
- * schedule-to-start, a dead one by its missed heartbeats. The gateway workflow is the retry loop.
- */
-const agentSessions = (gateway: string) =>
-  wf.proxyActivities<Pick<GatewayAgentActivities, 'agentSession'>>({
-    taskQueue: gatewayTaskQueue(gateway),
-    scheduleToStartTimeout: '5s',
-    startToCloseTimeout: SESSION_MS + 5 * 60_000,
-    heartbeatTimeout: '15s',
-    retry: { maximumAttempts: 1 },
-  });
 
 export async function gatewayWorkflow(input: GatewayInput): Promise<void> {
   if (!wf.patched(LIFECYCLE_PATCH)) return legacyGatewayWorkflow(input);
@@ -162,7 +148,7 @@ class Gateway {
     this.rebuilding = carried?.rebuilding ?? this.fresh;
     this.budget = new HistoryBudget(input.limits);
     this.agent = gatewayAgent(this.name);
-    this.sessions = agentSessions(this.name);
+    this.sessions = agentSessions(this.name, SESSION_MS);
     this.kube = input.kube;
     this.k8s = kubeSync('vpc-nat-gw', { name: this.name, uid: input.kube?.uid ?? '', generation: this.generation, fromKube: input.kube !== undefined });
 

@@ -5,7 +5,7 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import ipaddr from 'ipaddr.js';
-import { spawnRunner, type CommandRunner } from './exec.js';
+import { spawnRunner, type CommandRunner, type RunOptions } from './exec.js';
 
 import type { EipAddress } from '../domain/gateway.js';
 
@@ -40,6 +40,8 @@ interface InterfaceAddress {
 // Address labels share the kernel's interface name limit (IFNAMSIZ - 1) and must start with
 // the interface name, so `<if>:eip` needs an interface name of at most 11 characters.
 const MAX_LABEL_LENGTH = 15;
+/** ARP announcements running at once after a change. */
+const ANNOUNCE_PARALLEL = 16;
 
 export function createAddressActivities(cfg: AddressActivitiesConfig): AddressActivities {
   const dev = cfg.externalInterface;
@@ -51,7 +53,11 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
     );
   }
   const runner = cfg.runner ?? spawnRunner;
-  const run = (cmd: string, args: string[], allowExitCodes?: number[]) => runner.run(cmd, args, { netns: cfg.netns, allowExitCodes });
+  const run = (cmd: string, args: string[], more: Omit<RunOptions, 'netns'> = {}) => runner.run(cmd, args, { netns: cfg.netns, ...more });
+  /** Address changes in one `ip -batch` process: a burst of EIPs costs one process, not one per address. */
+  const ipBatch = async (commands: string[]) => {
+    if (commands.length > 0) await run('ip', ['-batch', '-'], { input: commands.join('\n') + '\n' });
+  };
   const warn = cfg.warn ?? activityWarn;
   let arping: Promise<ArpingFlavor> | undefined;
 
@@ -74,8 +80,8 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
       if (flavor.kind === 'habets') {
         // Habets' arping sends the interface's primary address as sender unless told with -S,
         // which would not update anyone's entry for the EIP. It exits 1 when nothing answers,
-        // which is always the case for an announcement; -w keeps it from waiting a second.
-        await run('arping', ['-q', '-U', '-c', '1', '-w', '0.2', '-i', dev, '-S', address, address], [1]);
+        // which is always the case for an announcement; -w 0: it sends, and waits for no answer.
+        await run('arping', ['-q', '-U', '-c', '1', '-w', '0', '-i', dev, '-S', address, address], { allowExitCodes: [1] });
       } else {
         // iputils/busybox: -U already uses the target as the sender address.
         await run('arping', ['-q', '-U', '-c', '1', '-I', dev, address]);
@@ -105,24 +111,22 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
         );
       }
 
-      const removed: string[] = [];
-      for (const a of ours(current)) {
-        if (wantedCidrs.has(cidr(a))) continue;
-        await run('ip', ['addr', 'del', cidr(a), 'dev', dev]);
-        removed.push(cidr(a));
-      }
+      const removed = ours(current).map(cidr).filter((c) => !wantedCidrs.has(c));
+      await ipBatch(removed.map((c) => `addr del ${c} dev ${dev}`));
       // Re-read after removing: were promote_secondaries ever off, deleting the first address
       // of a subnet would flush the others with it, and they must be added back in this pass.
       if (removed.length > 0) current = await readAddresses();
 
       const present = new Set(ours(current).map(cidr));
       const toAdd = wanted.filter((w) => !present.has(cidr(w)));
-      for (const w of toAdd) {
-        await run('ip', ['addr', 'replace', cidr(w), 'dev', dev, 'label', label]);
-      }
+      await ipBatch(toAdd.map((w) => `addr replace ${cidr(w)} dev ${dev} label ${label}`));
       // Best effort: neighbours that cached another MAC for this address (an EIP moved from
-      // another gateway) learn the new one now instead of after their entries expire.
-      await Promise.all(toAdd.map((w) => announce(w.address)));
+      // another gateway) learn the new one now instead of after their entries expire. A few
+      // at a time: a burst of a thousand EIPs must not fork a thousand processes at once.
+      const announcing = toAdd.map((w) => w.address);
+      await Promise.all(Array.from({ length: Math.min(ANNOUNCE_PARALLEL, announcing.length) }, async () => {
+        for (let next = announcing.shift(); next !== undefined; next = announcing.shift()) await announce(next);
+      }));
 
       return { added: sortCidrs(toAdd.map(cidr)), removed: sortCidrs(removed) };
     },

@@ -111,6 +111,16 @@ describe('EIP addresses on the gateway', () => {
     expect(warnings).toEqual([]);
   });
 
+  it('takes a burst of 500 EIPs on and off in one pass each', async () => {
+    const before = await net1();
+    const burst = Array.from({ length: 500 }, (_, i) => eip(`172.18.${1 + Math.floor(i / 250)}.${1 + (i % 250)}`, 16));
+    expect((await acts.reconcileEipAddresses(burst)).added).toHaveLength(500);
+    expect(await acts.listEipAddresses()).toHaveLength(500);
+    expect((await acts.reconcileEipAddresses([])).removed).toHaveLength(500);
+    expect((await net1()).filter((a) => a.endsWith('net1:eip'))).toEqual([]);
+    expect((await net1()).filter((a) => !before.includes(a))).toEqual([]);
+  });
+
   it('rejects bad addresses with a clear, non-retryable error and changes nothing', async () => {
     const before = await net1();
     const bad: [EipAddress[], RegExp][] = [
@@ -159,21 +169,23 @@ describe('EIP address activities through a given runner', () => {
     ];
     const runner: CommandRunner = {
       async run(cmd, args, opts) {
-        ran.push([opts?.netns ?? '-', cmd, ...args].join(' '));
+        ran.push([opts?.netns ?? '-', cmd, ...args, ...(opts?.input ? [`<<< ${JSON.stringify(opts.input)}`] : [])].join(' '));
         return { stdout: args[0] === '-j' ? JSON.stringify([{ addr_info: addresses }]) : '', stderr: '', code: 0 };
       },
     };
     const faked = createAddressActivities({ netns: 'gw-fake', externalInterface: 'net1', runner, warn: () => {} });
     expect(await faked.listEipAddresses()).toEqual(['172.18.0.10/24']);
-    expect(await faked.reconcileEipAddresses([eip('172.18.0.11')])).toEqual({ added: ['172.18.0.11/24'], removed: ['172.18.0.10/24'] });
+    expect(await faked.reconcileEipAddresses([eip('172.18.0.11'), eip('172.18.0.12')])).toEqual({ added: ['172.18.0.11/24', '172.18.0.12/24'], removed: ['172.18.0.10/24'] });
+    // The additions of a pass go in one process, however many there are.
     expect(ran).toEqual([
       'gw-fake ip -j -4 addr show dev net1',
       'gw-fake ip -j -4 addr show dev net1',
-      'gw-fake ip addr del 172.18.0.10/24 dev net1',
+      'gw-fake ip -batch - <<< "addr del 172.18.0.10/24 dev net1\\n"',
       'gw-fake ip -j -4 addr show dev net1',
-      'gw-fake ip addr replace 172.18.0.11/24 dev net1 label net1:eip',
+      'gw-fake ip -batch - <<< "addr replace 172.18.0.11/24 dev net1 label net1:eip\\naddr replace 172.18.0.12/24 dev net1 label net1:eip\\n"',
       '- arping --help',
       'gw-fake arping -q -U -c 1 -I net1 172.18.0.11',
+      'gw-fake arping -q -U -c 1 -I net1 172.18.0.12',
     ]);
   });
 });

@@ -4,9 +4,8 @@
 // as non-retryable failures named by reason.
 import { ApplicationFailure, WorkflowNotFoundError, type SignalDefinition } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
-import { ServiceError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import { ServiceError, WorkflowUpdateFailedError, type Client, type WorkflowExecutionInfo } from '@temporalio/client';
 import { status as grpcStatus } from '@grpc/grpc-js';
-import type { EipStatus } from '../domain/eip.js';
 import type { Allocation } from '../domain/ipam.js';
 import { Reason } from '../domain/errors.js';
 import { workflowIds } from '../domain/names.js';
@@ -15,7 +14,6 @@ import {
   eipChangedSignal,
   gatewayChangedSignal,
   gatewayStateQuery,
-  statusQuery,
   unclaimEipUpdate,
   gatewayRequestsUpdate,
   ipamRequestsUpdate,
@@ -24,7 +22,7 @@ import {
   type IpamRequest,
   type WorkflowCallActivities,
 } from '../domain/workflow-api.js';
-import { findOneRunning, findRunning, phaseOf } from '../starter/find-resources.js';
+import { attributeOf, findOneRunning, findRunning, phaseOf } from '../starter/find-resources.js';
 import { UpdateBatcher, type BatchLimits } from './update-batches.js';
 
 /**
@@ -117,11 +115,11 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
   const release = (subnetWorkflowId: string, owner: string) => ipam.request(subnetWorkflowId, { release: { owner } }) as Promise<string | null>;
   const toGateway = <T>(gatewayWorkflowId: string, request: GatewayRequest) => gateways.request(gatewayWorkflowId, request) as Promise<T>;
 
-  /** Signals every running workflow the visibility query finds (but `except`). */
-  const wake = async (query: string, signal: SignalDefinition<[]>, except?: string): Promise<number> => {
+  /** Signals every running workflow the visibility query finds that `matches`. */
+  const wake = async (query: string, signal: SignalDefinition<[]>, matches: (execution: WorkflowExecutionInfo) => boolean = () => true): Promise<number> => {
     let woken = 0;
-    for await (const execution of client.workflow.list({ query: `${query} AND ExecutionStatus = "Running"` })) {
-      if (execution.workflowId === except) continue;
+    for await (const execution of client.workflow.list({ query })) {
+      if (execution.status.name !== 'RUNNING' || !matches(execution)) continue;
       await client.workflow.getHandle(execution.workflowId).signal(signal).catch((err) => {
         if (!(err instanceof WorkflowNotFoundError)) throw err;
       });
@@ -176,12 +174,12 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       );
     },
 
+    // From its visibility record alone (its phase is kept there): a query would cost the EIP a
+    // workflow task, and the claim that follows is what decides.
     async eipForRule(eip) {
       const found = await findOneRunning({ client }, 'eip', eip);
       if (!found) return null;
-      const status = (await client.workflow.getHandle(found.workflowId).query(statusQuery)) as EipStatus;
-      const condition = status.conditions.find((c) => c.type === 'Ready');
-      return { workflowId: found.workflowId, ready: status.ready, address: status.ip, gateway: status.natGwDp, reason: condition ? `${condition.reason}: ${condition.message}` : status.phase };
+      return { workflowId: found.workflowId, ready: found.phase === 'Ready', reason: found.phase || 'Pending' };
     },
 
     async claimEip(req) {
@@ -230,17 +228,20 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
     },
 
     async notifyGatewayWaiters(gateway) {
-      return wake(`NatflowGateway = ${JSON.stringify(gateway)} AND NatflowKind IN ("eip", "fip", "dnat", "snat")`, gatewayChangedSignal);
+      return wake(`NatflowGateway = ${JSON.stringify(gateway)} AND NatflowKind IN ("eip", "fip", "dnat", "snat") AND ExecutionStatus = "Running"`, gatewayChangedSignal);
     },
 
     async gatewayUsers(gateway) {
       return (await findRunning({ client }, 'eip', { gateway })).map((eip) => `eip ${eip.name}`);
     },
 
-    // Rules started before NatflowEip existed have none: they are woken for every EIP, and check.
+    // Asked by the EIP's name alone, so that the name's index answers (see findRunning); rules
+    // started before NatflowEip existed are not found, and find their EIP on their own re-check.
+    // (An EIP of the earliest release names none: every waiting rule is woken, and checks.)
     async notifyEipWaiters(eip) {
-      const named = eip === undefined ? '' : ` AND (NatflowEip = ${JSON.stringify(eip)} OR NatflowEip IS NULL)`;
-      return wake(`NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip"${named}`, eipChangedSignal);
+      if (eip === undefined) return wake('NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip" AND ExecutionStatus = "Running"', eipChangedSignal);
+      const waiting = (execution: WorkflowExecutionInfo) => ['fip', 'dnat', 'snat'].includes(attributeOf(execution, 'NatflowKind') ?? '') && phaseOf(execution) === 'WaitingForEip';
+      return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
   return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>)])) as unknown as WorkflowCallActivities;

@@ -31,6 +31,8 @@ Runtime.install({ logger: new DefaultLogger('ERROR'), shutdownSignals: [] });
 const GATEWAY = 'gwb';
 const SUBNET = 'bench-ext';
 const seconds = (ms: number) => (ms / 1000).toFixed(1);
+/** How often the bench counts: each count walks every running workflow's visibility record. */
+const POLL_MS = 500;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Runs `task` on every item, `limit` at a time. */
@@ -45,7 +47,7 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
+    await sleep(POLL_MS);
   }
 }
 
@@ -92,8 +94,9 @@ try {
 
     const t1 = Date.now();
     await pool(created, inflight, (id) => client.workflow.getHandle(id).cancel());
-    await until('everything deleted', async () => {
-      if ((await count(client, 'NatflowKind IN ("eip", "fip") AND ExecutionStatus = "Running"')) > 0) return false;
+    // Counted first: the state queries are large and cost the gateway and IPAM workflow tasks.
+    await until('every workflow ended', async () => (await count(client, 'NatflowKind IN ("eip", "fip") AND ExecutionStatus = "Running"')) === 0);
+    await until('nothing left on the gateway and in IPAM', async () => {
       const gw = await gatewayState(r, GATEWAY);
       const ipam = await subnetState(r, SUBNET);
       return Object.keys(gw.rules).length === 0 && Object.keys(gw.eips).length === 0 && Object.keys(ipam.allocations).length === 0;

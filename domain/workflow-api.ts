@@ -115,8 +115,7 @@ export const ipamUsageQuery = defineQuery<IpamSummary>('usage');
 export interface EipForRule {
   workflowId: string;
   ready: boolean;
-  address: string;
-  gateway: string;
+  /** Its phase, when it is not ready. */
   reason: string;
 }
 

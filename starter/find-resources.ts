@@ -15,22 +15,28 @@ export interface ResourceRecord<K extends string = ResourceKind> {
   fromKube: boolean;
 }
 
-/** Running workflows of a natflow kind (`eip` ... `snat`, `gateway`), found through their search attributes. */
+/**
+ * Running workflows of a natflow kind (`eip` ... `snat`, `gateway`), found through their search
+ * attributes. A lookup by name asks the server for every run of that name and keeps the running
+ * ones here: the SQLite visibility store answers `ExecutionStatus = "Running"` from its status
+ * index, walking every running workflow (a lookup per resource would cost O(N²) in a burst),
+ * while without it the name's own index answers, whatever the number of resources.
+ */
 export async function findRunning<K extends ResourceKind | 'gateway'>(r: { client: Client }, kind: K, filter: { name?: string; gateway?: string } = {}): Promise<ResourceRecord<K>[]> {
-  const clauses = [`NatflowKind = "${kind}"`, 'ExecutionStatus = "Running"'];
-  if (filter.name) clauses.push(`NatflowName = ${JSON.stringify(validateName(filter.name, 'name'))}`);
+  const clauses = filter.name ? [`NatflowName = ${JSON.stringify(validateName(filter.name, 'name'))}`, `NatflowKind = "${kind}"`] : [`NatflowKind = "${kind}"`, 'ExecutionStatus = "Running"'];
   if (filter.gateway) clauses.push(`NatflowGateway = ${JSON.stringify(validateName(filter.gateway, 'gateway'))}`);
   const found: ResourceRecord<K>[] = [];
   for await (const execution of r.client.workflow.list({ query: clauses.join(' AND ') })) {
-    found.push({ kind, name: attribute(execution, 'NatflowName') ?? execution.workflowId.split('/')[2] ?? execution.workflowId, workflowId: execution.workflowId, phase: phaseOf(execution), fromKube: execution.memo?.source === FROM_KUBERNETES_MEMO.source });
+    if (execution.status.name !== 'RUNNING') continue;
+    found.push({ kind, name: attributeOf(execution, 'NatflowName') ?? execution.workflowId.split('/')[2] ?? execution.workflowId, workflowId: execution.workflowId, phase: phaseOf(execution), fromKube: execution.memo?.source === FROM_KUBERNETES_MEMO.source });
   }
   return found;
 }
 
 /** Its NatflowPhase ('' before it set one); a `describe()` has it too, read from the workflow's own state. */
-export const phaseOf = (execution: Pick<WorkflowExecutionInfo, 'searchAttributes'>): string => attribute(execution, 'NatflowPhase') ?? '';
+export const phaseOf = (execution: Pick<WorkflowExecutionInfo, 'searchAttributes'>): string => attributeOf(execution, 'NatflowPhase') ?? '';
 
-function attribute(execution: Pick<WorkflowExecutionInfo, 'searchAttributes'>, name: string): string | undefined {
+export function attributeOf(execution: Pick<WorkflowExecutionInfo, 'searchAttributes'>, name: string): string | undefined {
   const value = execution.searchAttributes?.[name];
   return Array.isArray(value) && value.length > 0 ? String(value[0]) : undefined;
 }

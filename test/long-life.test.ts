@@ -31,7 +31,7 @@ const answers = (): Partial<Activities> => ({
   unbindAddress: async () => ({ applied: true }),
   notifyEipWaiters: async () => 0,
   releaseEverywhere: async () => undefined,
-  eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, address: '172.18.0.9', gateway: 'gw1', reason: '' }),
+  eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '' }),
   claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
   unclaimEip: async () => undefined,
   setGatewayRule: async () => undefined,

@@ -13,7 +13,7 @@ import { deleteAndWait, eventually, statusOf, withResource, workflowPhase, type 
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
   new FakeCalls<WorkflowCallActivities>(
     {
-      eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, address: '172.18.0.9', gateway: 'gw1', reason: '' }),
+      eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '' }),
       claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
       unclaimEip: async () => undefined,
       setGatewayRule: async () => undefined,

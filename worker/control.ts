@@ -31,6 +31,16 @@ export interface ControlWorkerOptions {
   kubeConfig?: KubeConfig;
 }
 
+/**
+ * Sized for a burst on a small machine. Its activities are calls to other workflows: they mostly
+ * wait, so many run at once; every resource workflow of a burst stays cached, so that none is
+ * replayed from its history to take its next step.
+ */
+const WORKER_TUNING = {
+  maxConcurrentActivityTaskExecutions: 500,
+  maxCachedWorkflows: 4000,
+} satisfies Partial<WorkerOptions>;
+
 export async function createControlWorker(opts: ControlWorkerOptions): Promise<Worker> {
   return Worker.create({
     connection: opts.connection,
@@ -38,6 +48,7 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<W
     taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : workflowBundleOptions),
     activities: { ...createWorkflowCallActivities(opts.client), ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}) },
+    ...WORKER_TUNING,
   });
 }
 

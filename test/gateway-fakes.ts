@@ -23,10 +23,15 @@ export class FakeGateway implements CommandRunner {
     if (cmd === 'ip' && line === `-j -4 addr show dev ${EXT}`) {
       return ok(JSON.stringify([{ addr_info: [...this.addresses].map(([local, prefixlen]) => ({ family: 'inet', local, prefixlen, label: `${EXT}:eip` })) }]));
     }
-    if (cmd === 'ip' && args[0] === 'addr' && (args[1] === 'replace' || args[1] === 'del')) {
-      const [address = '', prefix] = args[2]!.split('/');
-      if (args[1] === 'replace') this.addresses.set(address, Number(prefix));
-      else this.addresses.delete(address);
+    if (cmd === 'ip' && line === '-batch -') {
+      // Each line an `ip addr replace|del <cidr> ...`, as reconcileEipAddresses writes them.
+      for (const command of (opts.input ?? '').split('\n').filter(Boolean)) {
+        const [addr, verb, cidr = ''] = command.split(' ');
+        if (addr !== 'addr' || (verb !== 'replace' && verb !== 'del')) throw new Error(`the fake gateway does not model \`ip ${command}\``);
+        const [address = '', prefix] = cidr.split('/');
+        if (verb === 'replace') this.addresses.set(address, Number(prefix));
+        else this.addresses.delete(address);
+      }
       return ok();
     }
     if (cmd === 'arping') return ok('Usage: arping [-AbDfhqUV] (iputils)');

@@ -325,10 +325,16 @@ class Eip {
 
   private checkClaim(claim: EipClaim, fence: Fence | undefined): void {
     checkFence(fence);
+    const refused = this.claimRefusal(claim.kind, claim.owner);
+    if (refused) throw refused;
+  }
+
+  /** Why a claim of `kind` by `owner` would be refused now, or null if it would be taken. */
+  private claimRefusal(kind: NatKind, owner: string): wf.ApplicationFailure | null {
     const leaving = this.deleting || (!this.legacy && !this.serving);
-    if (this.status.phase !== 'Ready' || leaving) throw wf.ApplicationFailure.nonRetryable(`EIP ${this.name} is not ready (${this.status.phase})`, Reason.EipNotReady);
-    const conflict = claimConflict(claim.kind, [...this.claims.values()], claim.owner);
-    if (conflict) throw wf.ApplicationFailure.nonRetryable(`EIP ${this.name}: ${conflict}`, Reason.EipInUse);
+    if (this.status.phase !== 'Ready' || leaving) return wf.ApplicationFailure.nonRetryable(`EIP ${this.name} is not ready (${this.status.phase})`, Reason.EipNotReady);
+    const conflict = claimConflict(kind, [...this.claims.values()], owner);
+    return conflict ? wf.ApplicationFailure.nonRetryable(`EIP ${this.name}: ${conflict}`, Reason.EipInUse) : null;
   }
 
   private claim(claim: EipClaim) {
@@ -360,9 +366,9 @@ class Eip {
     }
   }
 
-  /** A claim of `kind` by `owner` would be taken now. */
+  /** A claim of `kind` by `owner` would be taken now (by an EIP that serves: a legacy run may take one without). */
   private claimable(kind: NatKind, owner: string): boolean {
-    return this.status.phase === 'Ready' && !this.deleting && !!this.serving && claimConflict(kind, [...this.claims.values()], owner) === null;
+    return !!this.serving && this.claimRefusal(kind, owner) === null;
   }
 
   private unclaim(owner: string): void {

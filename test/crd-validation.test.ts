@@ -6,40 +6,27 @@
 // change once set while its v4ip can; status and finalizer writes go through; objects stored
 // before the rules existed keep working (only a field that changes is checked).
 import { ApiException, ApiextensionsV1Api, type KubernetesObject, type V1CustomResourceDefinition } from '@kubernetes/client-node';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { mergePatch } from '../activities/kube.js';
 import { crd, KUBEOVN_API_VERSION, KUBEOVN_KINDS, type KubeKind } from '../domain/kube.js';
 import { applyObjects, crdDir, installCrds, readManifests } from '../temporal-dev/kube/apiserver.js';
-import { ensureKubeBinaries, examplesDir, shortNameOf, startKube, type KubeEnv } from './support/kube.js';
+import { examplesDir, shortNameOf, useKube } from './support/kube.js';
 import { eventually } from './support/workflows.js';
 
 type Spec = Record<string, unknown>;
 type Obj = KubernetesObject & { spec?: Spec; status?: Record<string, unknown> };
 
-// A first run on a machine builds kube-apiserver and etcd from the Go module proxy.
-beforeAll(async () => {
-  await ensureKubeBinaries();
-}, 60 * 60_000);
-
 describe('CRD validation rules against a real kube-apiserver', () => {
-  let env: KubeEnv;
-
-  beforeAll(async () => {
-    env = await startKube();
-  }, 120_000);
-
-  afterAll(async () => {
-    await env?.stop();
-  }, 60_000);
+  const env = useKube();
 
   const body = (kind: KubeKind, name: string, spec: Spec): Obj => ({ apiVersion: KUBEOVN_API_VERSION, kind: KUBEOVN_KINDS[kind].kind, metadata: { name }, spec });
   const create = (kind: KubeKind, name: string, spec: Spec, dryRun?: 'All') =>
-    env.custom.createClusterCustomObject({ ...crd(kind), body: body(kind, name, spec), dryRun }) as Promise<Obj>;
-  const get = (kind: KubeKind, name: string) => env.custom.getClusterCustomObject({ ...crd(kind), name }) as Promise<Obj>;
+    env().custom.createClusterCustomObject({ ...crd(kind), body: body(kind, name, spec), dryRun }) as Promise<Obj>;
+  const get = (kind: KubeKind, name: string) => env().custom.getClusterCustomObject({ ...crd(kind), name }) as Promise<Obj>;
   const patch = (kind: KubeKind, name: string, patchBody: object) =>
-    env.custom.patchClusterCustomObject({ ...crd(kind), name, body: patchBody }, mergePatch) as Promise<Obj>;
+    env().custom.patchClusterCustomObject({ ...crd(kind), name, body: patchBody }, mergePatch) as Promise<Obj>;
   const patchStatus = (kind: KubeKind, name: string, status: Record<string, unknown>) =>
-    env.custom.patchClusterCustomObjectStatus({ ...crd(kind), name, body: { status } }, mergePatch) as Promise<Obj>;
+    env().custom.patchClusterCustomObjectStatus({ ...crd(kind), name, body: { status } }, mergePatch) as Promise<Obj>;
   const exists = (kind: KubeKind, name: string) =>
     get(kind, name).then(
       () => true,
@@ -63,12 +50,12 @@ describe('CRD validation rules against a real kube-apiserver', () => {
   test('every example in deploy/examples applies unchanged and reads back as written', async () => {
     const examples = (await readManifests(examplesDir())) as Obj[];
     expect(examples.length).toBeGreaterThanOrEqual(8);
-    await env.applyDir();
+    await env().applyDir();
     for (const ex of examples) {
       const got = await get(shortNameOf(ex.kind!), ex.metadata!.name!);
       expect(got.spec, `${ex.kind}/${ex.metadata!.name}`).toEqual(ex.spec);
     }
-    await env.applyDir(); // again: a no-op
+    await env().applyDir(); // again: a no-op
   });
 
   test('manifests Kube-OVN accepts still apply: Go-client style empty fields, and values at the edges of each rule', async () => {
@@ -105,7 +92,7 @@ describe('CRD validation rules against a real kube-apiserver', () => {
       expect((await get(kind, name)).spec, `${kind} ${name}`).toEqual(spec);
     }
     // The same through server-side apply (kubectl apply --server-side), as a user applies a file.
-    await applyObjects(env.kc, [body('dnat', 'dnat-applied', { eip: 'eip-shared', protocol: 'UDP', externalPort: '5353', internalIp: '10.0.1.11', internalPort: '53' })]);
+    await applyObjects(env().kc, [body('dnat', 'dnat-applied', { eip: 'eip-shared', protocol: 'UDP', externalPort: '5353', internalIp: '10.0.1.11', internalPort: '53' })]);
     expect((await get('dnat', 'dnat-applied')).spec?.protocol).toBe('UDP');
   });
 
@@ -167,7 +154,7 @@ describe('CRD validation rules against a real kube-apiserver', () => {
       expect(refused.message, JSON.stringify(change)).toMatch(immutable);
     }
     // A server-side apply that moves it (kubectl apply of an edited file) is refused the same way.
-    const applied = await refusal(applyObjects(env.kc, [body('eip', 'eip-move', { natGwDp: 'gw2', v4ip: '172.18.0.120' })]));
+    const applied = await refusal(applyObjects(env().kc, [body('eip', 'eip-move', { natGwDp: 'gw2', v4ip: '172.18.0.120' })]));
     expect(applied.message).toMatch(immutable);
     expect((await get('eip', 'eip-move')).spec).toEqual({ natGwDp: 'gw1', v4ip: '172.18.0.120' });
 
@@ -175,7 +162,7 @@ describe('CRD validation rules against a real kube-apiserver', () => {
     expect((await patch('eip', 'eip-move', { spec: { v4ip: '172.18.0.121' } })).spec).toEqual({ natGwDp: 'gw1', v4ip: '172.18.0.121' });
     expect((await patch('eip', 'eip-move', { spec: { v4ip: null, qosPolicy: 'eip-qos' } })).spec).toEqual({ natGwDp: 'gw1', qosPolicy: 'eip-qos' });
     // Re-stating the same natGwDp is no change.
-    await applyObjects(env.kc, [body('eip', 'eip-move', { natGwDp: 'gw1', qosPolicy: 'eip-qos' })]);
+    await applyObjects(env().kc, [body('eip', 'eip-move', { natGwDp: 'gw1', qosPolicy: 'eip-qos' })]);
 
     // "Once set", as Kube-OVN's webhook says: an EIP created without a gateway may get one, then keeps it.
     await create('eip', 'eip-late', { natGwDp: '', v4ip: '' });
@@ -216,14 +203,14 @@ describe('CRD validation rules against a real kube-apiserver', () => {
 
     // Remove the finalizer and delete: the object goes.
     await patch('eip', 'eip-status', { metadata: { finalizers: null } });
-    await env.custom.deleteClusterCustomObject({ ...crd('eip'), name: 'eip-status' });
+    await env().custom.deleteClusterCustomObject({ ...crd('eip'), name: 'eip-status' });
     expect(await exists('eip', 'eip-status')).toBe(false);
   });
 
   test('objects stored before the rules keep working: finalizer, status and other changes go through, only a changed field is checked', async () => {
     // The CRDs as they were before the rules (no x-kubernetes-validations, no maxLength),
     // replaced in place, then put back as natflow installs them.
-    const ext = env.kc.makeApiClient(ApiextensionsV1Api);
+    const ext = env().kc.makeApiClient(ApiextensionsV1Api);
     const names = (await readManifests(crdDir())).map((o) => o.metadata!.name!).filter((n) => n.startsWith('iptables-'));
     expect(names).toHaveLength(4);
     const bad = { eip: 'eip-shared', protocol: 'sctp', externalPort: '8083', internalIp: '10.0.1.11', internalPort: '80' };
@@ -236,7 +223,7 @@ describe('CRD validation rules against a real kube-apiserver', () => {
       await create('dnat', 'dnat-old', bad);
       await create('eip', 'eip-old', { natGwDp: 'gw1', v4ip: '172.18.0.999' });
     } finally {
-      await installCrds(env.kubeconfigPath);
+      await installCrds(env().kubeconfigPath);
     }
     await eventually(() => create('dnat', 'dnat-probe', bad, 'All').then(() => true, () => false), (ok) => !ok, 30_000, 'the CRDs with rules to be served');
 
@@ -255,7 +242,7 @@ describe('CRD validation rules against a real kube-apiserver', () => {
     // And they can still be deleted once natflow lets go.
     for (const [kind, name] of [['dnat', 'dnat-old'], ['eip', 'eip-old']] as const) {
       await patch(kind, name, { metadata: { finalizers: null } });
-      await env.custom.deleteClusterCustomObject({ ...crd(kind), name });
+      await env().custom.deleteClusterCustomObject({ ...crd(kind), name });
       expect(await exists(kind, name)).toBe(false);
     }
   });

@@ -14,12 +14,12 @@ import {
   loadAllYaml,
   type KubernetesObject,
 } from '@kubernetes/client-node';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test } from 'vitest';
 import { applyObjects, readManifests } from '../temporal-dev/kube/apiserver.js';
 import { repoRoot } from '../temporal-dev/provision.js';
 import { mergePatch } from '../activities/kube.js';
 import { crd, KUBEOVN_API_VERSION, KUBEOVN_GROUP, KUBEOVN_VERSION } from '../domain/kube.js';
-import { KUBEOVN_KIND_LIST, ensureKubeBinaries, shortNameOf, startKube, type KubeEnv } from './support/kube.js';
+import { KUBEOVN_KIND_LIST, ensureKubeBinaries, shortNameOf, startKube, useKube } from './support/kube.js';
 
 const execFileP = promisify(execFile);
 
@@ -42,21 +42,13 @@ beforeAll(async () => {
 }, 60 * 60_000);
 
 describe('kube-apiserver with natflow CRDs', () => {
-  let env: KubeEnv;
-
-  beforeAll(async () => {
-    env = await startKube();
-  }, 120_000);
-
-  afterAll(async () => {
-    await env?.stop();
-  }, 60_000);
+  const env = useKube();
 
   const kubectl = async (...args: string[]) =>
-    (await execFileP(env.binaries.kubectl, ['--kubeconfig', env.kubeconfigPath, ...args], { encoding: 'utf8' })).stdout;
+    (await execFileP(env().binaries.kubectl, ['--kubeconfig', env().kubeconfigPath, ...args], { encoding: 'utf8' })).stdout;
 
   const create = (body: Obj) =>
-    env.custom.createClusterCustomObject({ ...crd(shortNameOf(body.kind!)), body });
+    env().custom.createClusterCustomObject({ ...crd(shortNameOf(body.kind!)), body });
 
   async function rejection(body: Obj): Promise<{ code: number; message: string }> {
     try {
@@ -69,7 +61,7 @@ describe('kube-apiserver with natflow CRDs', () => {
   }
 
   test('serves the six kinds as Kube-OVN does: names, short names, cluster scope, status subresource', async () => {
-    const { stdout } = await execFileP(env.binaries.kubectl, ['--kubeconfig', env.kubeconfigPath, 'get', '--raw', `/apis/${KUBEOVN_API_VERSION}`], {
+    const { stdout } = await execFileP(env().binaries.kubectl, ['--kubeconfig', env().kubeconfigPath, 'get', '--raw', `/apis/${KUBEOVN_API_VERSION}`], {
       encoding: 'utf8',
     });
     const resources = (JSON.parse(stdout) as { resources: { name: string; kind: string; namespaced: boolean; shortNames?: string[] }[] }).resources;
@@ -85,13 +77,13 @@ describe('kube-apiserver with natflow CRDs', () => {
     expect(examples.map((o) => o.kind).sort()).toEqual(
       ['IptablesDnatRule', 'IptablesEIP', 'IptablesEIP', 'IptablesFIPRule', 'IptablesSnatRule', 'Subnet', 'Subnet', 'VpcNatGateway'].sort(),
     );
-    await env.applyDir();
+    await env().applyDir();
     for (const ex of examples) {
-      const got = (await env.custom.getClusterCustomObject({ ...crd(shortNameOf(ex.kind!)), name: ex.metadata!.name! })) as Obj;
+      const got = (await env().custom.getClusterCustomObject({ ...crd(shortNameOf(ex.kind!)), name: ex.metadata!.name! })) as Obj;
       expect(got.spec, `${ex.kind}/${ex.metadata!.name}`).toEqual(ex.spec);
     }
     // Applying again is a no-op, not an error.
-    await env.applyDir();
+    await env().applyDir();
   });
 
   test('kubectl lists every kind by its short name, with Kube-OVN printer columns', async () => {
@@ -108,7 +100,7 @@ describe('kube-apiserver with natflow CRDs', () => {
       const names = (await kubectl('get', k.shortName, '-o', 'name')).trim().split('\n');
       expect(names.length, k.shortName).toBeGreaterThan(0);
       // The same list through the API, as the bridge's informers will see it.
-      const list = (await env.custom.listClusterCustomObject(coords(k.plural))) as { items: Obj[] };
+      const list = (await env().custom.listClusterCustomObject(coords(k.plural))) as { items: Obj[] };
       expect(list.items.map((o) => `${k.kind.toLowerCase()}.${KUBEOVN_GROUP}/${o.metadata!.name}`).sort()).toEqual(names.sort());
     }
   });
@@ -161,9 +153,9 @@ describe('kube-apiserver with natflow CRDs', () => {
       metadata: { name: 'eip-static', labels: { 'ovn.kubernetes.io/vpc-nat-gw-name': 'gw-kubeovn-style' } },
       spec: { natGwDp: 'gw-kubeovn-style', v4ip: '172.18.0.111', macAddress: '00:00:00:aa:bb:cc', qosPolicy: 'eip-qos' },
     };
-    await applyObjects(env.kc, [gateway, subnet, eip]);
+    await applyObjects(env().kc, [gateway, subnet, eip]);
     for (const o of [gateway, subnet, eip]) {
-      const got = (await env.custom.getClusterCustomObject({ ...crd(shortNameOf(o.kind!)), name: o.metadata!.name! })) as Obj;
+      const got = (await env().custom.getClusterCustomObject({ ...crd(shortNameOf(o.kind!)), name: o.metadata!.name! })) as Obj;
       expect(got.spec, o.kind).toEqual(o.spec);
     }
   });
@@ -192,14 +184,14 @@ describe('kube-apiserver with natflow CRDs', () => {
     expect(badFip.message).toMatch(/spec\.eip.*must be of type string/);
 
     for (const { plural } of KUBEOVN_KIND_LIST) {
-      const list = (await env.custom.listClusterCustomObject(coords(plural))) as { items: Obj[] };
+      const list = (await env().custom.listClusterCustomObject(coords(plural))) as { items: Obj[] };
       for (const o of list.items) expect(o.metadata!.name, plural).not.toMatch(/-bad$|^1-/);
     }
   });
 
   test('status is a subresource: merge patches write Kube-OVN fields plus observedGeneration, and leave spec alone', async () => {
     const ref = { ...coords('iptables-eips'), name: 'eip-fip' };
-    const before = (await env.custom.getClusterCustomObject(ref)) as Obj;
+    const before = (await env().custom.getClusterCustomObject(ref)) as Obj;
     const generation = before.metadata!.generation!;
     const now = new Date().toISOString();
     const status = {
@@ -213,20 +205,20 @@ describe('kube-apiserver with natflow CRDs', () => {
       observedGeneration: generation,
       conditions: [{ type: 'Ready', status: 'True', reason: 'Bound', message: 'bound to gw1', lastUpdateTime: now, lastTransitionTime: now, observedGeneration: generation }],
     };
-    const patched = (await env.custom.patchClusterCustomObjectStatus({ ...ref, body: { status: { ...status, notAField: 'pruned' } } }, mergePatch)) as Obj;
+    const patched = (await env().custom.patchClusterCustomObjectStatus({ ...ref, body: { status: { ...status, notAField: 'pruned' } } }, mergePatch)) as Obj;
     expect(patched.status).toEqual(status); // every field kept, unknown ones pruned
     expect(patched.spec).toEqual(before.spec);
     expect(patched.metadata!.generation).toBe(generation); // status never bumps generation
 
     // Status written through the main resource is ignored, as with any status subresource.
-    const viaMain = (await env.custom.patchClusterCustomObject({ ...ref, body: { status: { ready: false } } }, mergePatch)) as Obj;
+    const viaMain = (await env().custom.patchClusterCustomObject({ ...ref, body: { status: { ready: false } } }, mergePatch)) as Obj;
     expect(viaMain.status?.ready).toBe(true);
 
     // kubectl shows it in the printer columns.
     expect(await kubectl('get', 'eip', 'eip-fip', '--no-headers')).toMatch(/eip-fip\s+172\.18\.0\.2\s+fip\s+gw1\s+true/);
 
     // Rule and subnet status carry Kube-OVN's fields too.
-    const dnat = (await env.custom.patchClusterCustomObjectStatus(
+    const dnat = (await env().custom.patchClusterCustomObjectStatus(
       {
         ...coords('iptables-dnat-rules'),
         name: 'dnat-vm2-http',
@@ -236,7 +228,7 @@ describe('kube-apiserver with natflow CRDs', () => {
     )) as Obj;
     expect(dnat.status).toMatchObject({ ready: true, v4ip: '172.18.0.3', externalPort: '8080', observedGeneration: 1 });
     const usage = { v4usingIPs: 2, v4availableIPs: 250, v4usingIPrange: '172.18.0.2-172.18.0.3', v4availableIPrange: '172.18.0.4-172.18.0.253', observedGeneration: 1 };
-    const subnet = (await env.custom.patchClusterCustomObjectStatus({ ...coords('subnets'), name: 'ovn-vpc-external-network', body: { status: usage } }, mergePatch)) as Obj;
+    const subnet = (await env().custom.patchClusterCustomObjectStatus({ ...coords('subnets'), name: 'ovn-vpc-external-network', body: { status: usage } }, mergePatch)) as Obj;
     expect(subnet.status).toMatchObject(usage);
     expect(await kubectl('get', 'subnet', 'ovn-vpc-external-network', '--no-headers')).toMatch(/\s2\s+250\s/);
   });
@@ -244,8 +236,8 @@ describe('kube-apiserver with natflow CRDs', () => {
   test('the RBAC lets the natflow service account read, write status and finalizers, and nothing else', async () => {
     const rbac = loadAllYaml(await readFile(path.join(repoRoot(), 'deploy', 'rbac.yaml'), 'utf8')) as KubernetesObject[];
     expect(rbac.map((o) => o.kind)).toEqual(['Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding']);
-    await applyObjects(env.kc, rbac);
-    const authz = env.kc.makeApiClient(AuthorizationV1Api);
+    await applyObjects(env().kc, rbac);
+    const authz = env().kc.makeApiClient(AuthorizationV1Api);
     const can = async (verb: string, resource: string, subresource = '', group = KUBEOVN_GROUP) => {
       const review = await authz.createSubjectAccessReview({
         body: {

@@ -8,8 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { KubeBridge } from '../starter/bridge.js';
 import { startDevServer, type DevServer } from '../temporal-dev/dev-server.js';
-import { applyObjects, freePort, readManifests } from '../temporal-dev/kube/apiserver.js';
-import { ensureKubeBinaries, examplesDir, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
+import { freePort } from '../temporal-dev/kube/apiserver.js';
+import { applyExampleNetwork, ensureKubeBinaries, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
 import { startStack, type Stack } from './support/stack.js';
 
 const GW = 't-outage';
@@ -30,10 +30,7 @@ describe('Temporal outage', () => {
     kube = await startKube();
     stack = await startStack(DEFAULT_EXTERNAL_SUBNET, { kubeConfig: kube.kc, registerSubnet: false, temporalAddress: temporal.address });
     await stack.addGateway(GW, { register: false });
-    // The example subnets, and the example gateway renamed to this test's lab gateway.
-    const objects = (await readManifests(examplesDir())).filter((o) => o.kind === 'Subnet' || o.kind === 'VpcNatGateway');
-    for (const o of objects) if (o.kind === 'VpcNatGateway') o.metadata!.name = GW;
-    await applyObjects(kube.kc, objects);
+    await applyExampleNetwork(kube.kc, GW);
     bridge = new KubeBridge({ kubeConfig: kube.kc, client: stack.env.client, taskQueue: stack.resources.taskQueue, resyncMs: 2000, log: () => undefined });
     await bridge.start();
   }, 900_000);

@@ -14,8 +14,8 @@ import { KubeBridge } from '../starter/bridge.js';
 import { subnetState } from '../starter/resources.js';
 import { statusQuery } from '../domain/workflow-api.js';
 import { startDevServer, type DevServer } from '../temporal-dev/dev-server.js';
-import { applyObjects, freePort, readManifests } from '../temporal-dev/kube/apiserver.js';
-import { ensureKubeBinaries, examplesDir, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
+import { freePort } from '../temporal-dev/kube/apiserver.js';
+import { applyExampleNetwork, ensureKubeBinaries, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
 import { startStack, type Stack } from './support/stack.js';
 import { eventually } from './support/workflows.js';
 
@@ -52,9 +52,7 @@ describe('a life of months, compressed', () => {
     kube = await startKube();
     stack = await startStack(DEFAULT_EXTERNAL_SUBNET, { kubeConfig: kube.kc, registerSubnet: false, temporalAddress: temporal.address });
     await stack.addGateway(GW, { register: false });
-    const objects = (await readManifests(examplesDir())).filter((o) => o.kind === 'Subnet' || o.kind === 'VpcNatGateway');
-    for (const o of objects) if (o.kind === 'VpcNatGateway') o.metadata!.name = GW;
-    await applyObjects(kube.kc, objects);
+    await applyExampleNetwork(kube.kc, GW);
     bridge = new KubeBridge({ kubeConfig: kube.kc, client: stack.env.client, taskQueue: stack.resources.taskQueue, resyncMs: 2000, historyLimits: HISTORY_LIMITS, log: () => undefined });
     await bridge.start();
   }, 900_000);

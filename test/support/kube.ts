@@ -2,6 +2,7 @@
 // per test file. The first use on a machine builds the binaries (temporal-dev/kube/build.sh,
 // minutes); after that they come from the cache and a start takes a few seconds.
 import path from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
 import { ApiException, CustomObjectsApi, KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import { mergePatch } from '../../activities/kube.js';
 import { crd, KUBEOVN_API_VERSION, KUBEOVN_KINDS, type KubeKind } from '../../domain/kube.js';
@@ -65,6 +66,33 @@ export async function startKube(opts: KubeApiserverOptions = {}): Promise<KubeEn
     applyDir: async (dir = examplesDir()) => applyObjects(kc, await readManifests(dir)),
     stop: () => kube.stop(),
   };
+}
+
+/**
+ * The file's kube-apiserver for a describe block: started (binaries built on first use) before
+ * its tests and stopped after them. Returns a getter, valid once the tests run.
+ */
+export function useKube(): () => KubeEnv {
+  let env: KubeEnv | undefined;
+  beforeAll(async () => {
+    await ensureKubeBinaries();
+    env = await startKube();
+  }, 60 * 60_000);
+  afterAll(async () => {
+    await env?.stop();
+  }, 60_000);
+  return () => env ?? assertNever('the kube-apiserver is used before it has started');
+}
+
+function assertNever(message: string): never {
+  throw new Error(message);
+}
+
+/** The example Subnets and the example VpcNatGateway, renamed to a test's own lab gateway. */
+export async function applyExampleNetwork(kc: KubeConfig, gateway: string): Promise<void> {
+  const objects = (await readManifests(examplesDir())).filter((o) => o.kind === 'Subnet' || o.kind === 'VpcNatGateway');
+  for (const o of objects) if (o.kind === 'VpcNatGateway') o.metadata!.name = gateway;
+  await applyObjects(kc, objects);
 }
 
 export type KubeovnObject = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, any> };

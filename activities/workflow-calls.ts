@@ -17,6 +17,7 @@ import {
   unclaimEipUpdate,
   gatewayRequestsUpdate,
   ipamRequestsUpdate,
+  watchEipSignal,
   type Fence,
   type GatewayRequest,
   type IpamRequest,
@@ -175,11 +176,18 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
     },
 
     // From its visibility record alone (its phase is kept there): a query would cost the EIP a
-    // workflow task, and the claim that follows is what decides.
-    async eipForRule(eip) {
+    // workflow task, and the claim that follows is what decides. The watch is sent from here
+    // rather than by the rule, which saves the rule a workflow task.
+    async eipForRule(eip, watch) {
       const found = await findOneRunning({ client }, 'eip', eip);
       if (!found) return null;
-      return { workflowId: found.workflowId, ready: found.phase === 'Ready', reason: found.phase || 'Pending' };
+      const ready = found.phase === 'Ready';
+      if (!ready && watch) {
+        await client.workflow.getHandle(found.workflowId).signal(watchEipSignal, watch).catch((err) => {
+          if (!(err instanceof WorkflowNotFoundError)) throw err; // gone since: the rule looks again when woken or on its re-check
+        });
+      }
+      return { workflowId: found.workflowId, ready, reason: found.phase || 'Pending' };
     },
 
     async claimEip(req) {

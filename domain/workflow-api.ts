@@ -129,7 +129,8 @@ export interface WorkflowCallActivities {
   gatewayReadiness(gateway: string): Promise<GatewayReadiness>;
   bindAddress(req: { gateway: string; owner: string } & EipAddress): Promise<void>;
   unbindAddress(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;
-  eipForRule(eip: string): Promise<EipForRule | null>;
+  /** `watch`: when the EIP exists but is not ready, it is asked at once to wake the rule once that holds. */
+  eipForRule(eip: string, watch?: EipWatch): Promise<EipForRule | null>;
   claimEip(req: { eipWorkflowId: string } & EipClaim): Promise<ClaimedEip>;
   unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void>;
   setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void>;

@@ -8,7 +8,7 @@ import type { GatewayReadiness } from '../domain/gateway.js';
 import { gatewayChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, historyOf, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, historyOf, visibilityWrites, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -46,6 +46,19 @@ describe('EIP workflow (mocked activities)', () => {
       expect(await startedOnceReady(fake, 4)).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
       await deleteAndWait(h);
       expect(fake.started().slice(4)).toEqual(['unbindAddress', 'releaseAddress']);
+    });
+  });
+
+  it('writes to visibility only where it rests: its start, Ready, and its end (the steps between are in its status)', async () => {
+    const fake = control();
+    await withEip(fake, spec, async (h) => {
+      await workflowPhase(h, 'Ready');
+      await startedOnceReady(fake, 4);
+      await deleteAndWait(h);
+      const writes = await visibilityWrites(h);
+      expect(writes.map((w) => w.NatflowPhase ?? '(patch)')).toEqual(['(patch)', 'Ready', 'Deleted']);
+      expect(writes[0]).toEqual({ TemporalChangeVersion: 'lean-history' }); // the start's attributes came with the start
+      expect(writes[1]).toMatchObject({ NatflowGateway: 'gw1' }); // the normalized spec's, with the first phase written
     });
   });
 

@@ -62,6 +62,28 @@ describe('NAT rule workflow (mocked activities)', () => {
     });
   });
 
+  it('a rule whose EIP is not ready has the lookup ask the EIP to wake it, and once woken claims without looking again', async () => {
+    const fake = control({ eipForRule: { answer: async () => ({ workflowId: 'natflow/eip/e1/u', ready: false, reason: 'Allocating' }) } });
+    await withFip(fake, async (h) => {
+      const waiting = await workflowPhase(h, 'WaitingForEip');
+      expect(waiting.conditions[0]).toMatchObject({ reason: Reason.EipNotReady, message: 'EIP e1 is not ready: Allocating' });
+      expect(fake.args.eipForRule).toEqual([['e1', { watcher: h.workflowId, until: 'ready' }]]);
+      await h.signal(eipChangedSignal);
+      await workflowPhase(h, 'Ready');
+      expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule']);
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a claim that finds its EIP gone looks the EIP up by name again, instead of failing', async () => {
+    const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP natflow/eip/e1/u does not exist any more', Reason.EipNotFound), failures: 1 } });
+    await withFip(fake, async (h) => {
+      await workflowPhase(h, 'Ready', 10_000);
+      expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'eipForRule', 'claimEip', 'setGatewayRule']);
+      await deleteAndWait(h);
+    });
+  });
+
   it('a delete during the apply waits for it, then removes the rule and gives the EIP back', async () => {
     const fake = control({ setGatewayRule: { delayMs: 1500 } });
     await withFip(fake, async (h) => {

@@ -6,7 +6,7 @@
 // carrying everything it holds.
 import type { Duration } from '@temporalio/common';
 import * as wf from '@temporalio/workflow';
-import { eipAddressChanged, normalizeEipSpec, type EipCarried, type EipInput, type EipPhase, type EipSpec, type EipStatus } from '../domain/eip.js';
+import { eipAddressChanged, normalizeEipSpec, type EipCarried, type EipInput, type EipSpec, type EipStatus } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { Allocation } from '../domain/ipam.js';
 import type { ResourceRef } from '../domain/names.js';
@@ -15,8 +15,9 @@ import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
 import { claimEipUpdate, eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence } from '../domain/workflow-api.js';
 import { calls } from './activity-proxies.js';
-import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
+import { checkFence, checkSpec, isRefusal, refusal } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
+import { patches, type Patched } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, REMOVAL_RECHECK_MAX_MS, removeUntilApplied } from './resource-status.js';
 
@@ -49,7 +50,7 @@ class Eip {
       }
       const { natGwDp: gateway, externalSubnet: subnet } = spec.value;
       this.status.natGwDp = gateway;
-      wf.upsertSearchAttributes(searchAttributes({ gateway, subnet }));
+      this.reporter.attributes({ gateway, subnet });
       if (!(await this.waitForGateway(gateway))) continue;
       const allocation = await this.allocate(subnet, spec.value.v4ip);
       if (!allocation) continue;
@@ -69,7 +70,7 @@ class Eip {
         this.setPhase('Deleting', { status: 'False', reason: Reason.EipInUse, message: `waiting for its users to be deleted: ${this.users()}` });
         await this.waitFor(() => this.claims.size === 0);
       }
-      this.setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing the address and releasing it' });
+      this.setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing the address and releasing it' }, { passing: true });
       if (!this.started && !this.input.carried && !this.legacy) {
         // A run that only cleans up (its object was already deleting) knows nothing of what an
         // earlier run took: give back whatever this EIP may hold anywhere, by owner.
@@ -107,11 +108,15 @@ class Eip {
   /** Their wake-ups, sent and not yet delivered. */
   private readonly wakeUpsInFlight = new Set<Promise<void>>();
   readonly k8s;
-  private readonly setPhase: (phase: EipPhase, condition: ReadyCondition) => void;
+  private readonly patched: Patched;
+  private readonly reporter: ReturnType<typeof phaseReporter<EipStatus>>;
+  private readonly setPhase: ReturnType<typeof phaseReporter<EipStatus>>['setPhase'];
 
   constructor(private readonly input: EipInput) {
     const carried = input.carried;
-    this.legacy = !wf.patched('eip-long-life');
+    const { lean, patched } = patches();
+    this.patched = patched;
+    this.legacy = !patched('eip-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.resource = input.resource;
     this.name = input.resource.name;
@@ -125,7 +130,8 @@ class Eip {
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
     this.k8s = kubeSync('eip', input.resource);
-    this.setPhase = phaseReporter(this.status, this.k8s, () => this.generation);
+    this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
+    this.setPhase = this.reporter.setPhase;
 
     wf.setHandler(statusQuery, () => this.status);
     wf.setHandler(claimEipUpdate, (claim: EipClaim) => this.claim(claim), { validator: (claim: EipClaim, fence?: Fence) => this.checkClaim(claim, fence) });
@@ -137,7 +143,7 @@ class Eip {
     wf.setHandler(specChangedSignal, ({ spec, generation }) => this.onSpec(spec as EipSpec, generation));
     wf.setHandler(watchEipSignal, (watch) => this.watch(watch));
     if (carried) this.k8s.publish({ ...this.status });
-    else wf.upsertSearchAttributes(searchAttributes({ kind: 'eip', name: this.name, gateway: this.spec?.natGwDp ?? '', subnet: this.spec?.externalSubnet ?? '' }));
+    else if (!lean) wf.upsertSearchAttributes(searchAttributes({ kind: 'eip', name: this.name, gateway: this.spec?.natGwDp ?? '', subnet: this.spec?.externalSubnet ?? '' })); // a lean run has them from its start
   }
 
   /** How a continued run starts: where the previous one was. */
@@ -170,7 +176,7 @@ class Eip {
 
   /** The address, or null (nothing held) after showing a refusal and waiting for a retry or a spec change. */
   private async allocate(subnet: string, requested: string | undefined): Promise<Allocation | null> {
-    this.setPhase('Allocating', { status: 'False', reason: 'Allocating', message: `allocating from ${subnet}` });
+    this.setPhase('Allocating', { status: 'False', reason: 'Allocating', message: `allocating from ${subnet}` }, { passing: true });
     this.held = { subnet };
     try {
       const allocation = await calls.allocateAddress.executeWithOptions({ summary: `allocate ${requested || 'an address'} from ${subnet}` }, [{ subnet, owner: this.owner, requested }]);
@@ -190,7 +196,7 @@ class Eip {
 
   /** Puts the address on the gateway; false (after releasing it) when the gateway refused. */
   private async bind(gateway: string, allocation: Allocation): Promise<boolean> {
-    this.setPhase('Binding', { status: 'False', reason: 'Binding', message: `adding ${allocation.address} on ${gateway}` });
+    this.setPhase('Binding', { status: 'False', reason: 'Binding', message: `adding ${allocation.address} on ${gateway}` }, { passing: true });
     this.bound = { gateway };
     try {
       await this.sendBind(gateway, allocation);
@@ -211,7 +217,7 @@ class Eip {
     this.setReady(gateway, allocation.address);
     // Added after the first release: rules created before their EIP no longer wait for their
     // next re-check (up to 30 s) but start at once. Patched, so older histories still replay.
-    if (wf.patched('wake-rules-on-eip-ready')) await calls.notifyEipWaiters.executeWithOptions({ summary: `wake NAT rules waiting for EIP ${this.name}` }, [this.name]);
+    if (this.patched('wake-rules-on-eip-ready')) await calls.notifyEipWaiters.executeWithOptions({ summary: `wake NAT rules waiting for EIP ${this.name}` }, [this.name]);
     await this.keepServing();
   }
 
@@ -284,6 +290,7 @@ class Eip {
           return calls.unbindAddress.executeWithOptions({ summary: `unbind ${this.status.ip || 'EIP'} from ${gateway}` }, [{ gateway, owner: this.owner }]);
         },
         (attempt) => this.waitForGatewayToRemove(gateway, attempt),
+        this.patched,
       );
       this.bound = null;
     }
@@ -349,7 +356,7 @@ class Eip {
   private watch(watch: EipWatch): void {
     this.budget.countSignal();
     this.watchers.add(watch.watcher);
-    if (!this.holdsAlready(watch) || !wf.patched('watch-ready-eip')) return;
+    if (!this.holdsAlready(watch) || !this.patched('watch-ready-eip')) return;
     if (watch.until === undefined) this.notifyWatchers(); // as it did for the rules of the release that sent no `until`
     else this.wake(watch.watcher);
   }
@@ -426,7 +433,7 @@ class Eip {
    * (continued as new, or deleted) first sees its wake-ups delivered, or their waiters sleep on.
    */
   private async deliverWakeUps(): Promise<void> {
-    if (this.wakeUpsInFlight.size > 0 && wf.patched('eip-wake-ups-delivered')) await Promise.all(this.wakeUpsInFlight);
+    if (this.wakeUpsInFlight.size > 0 && this.patched('eip-wake-ups-delivered')) await Promise.all(this.wakeUpsInFlight);
   }
 
   private users(): string {

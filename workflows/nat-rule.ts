@@ -12,10 +12,11 @@ import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule, type WatchUntil } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule, type EipWatch, type WatchUntil } from '../domain/workflow-api.js';
 import { calls } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
+import { patches, type Patched } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, REMOVAL_RECHECK_MAX_MS, removeUntilApplied } from './resource-status.js';
 
@@ -25,6 +26,8 @@ const RETRY_FAILED_AFTER = '5m';
 const RETRY_GATEWAY_AFTER = '10s';
 /** Waits are woken by the EIP or the gateway; this is only the fallback. */
 const RECHECK_MAX_MS = 60 * 60_000;
+/** A claim found its EIP gone: look it up by name again after this long. */
+const EIP_GONE_RECHECK_MS = 1000;
 /** Refusals the gateway gives while it is not there or not ready: the rule keeps its claim and waits for it. */
 const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFound];
 
@@ -72,7 +75,7 @@ class NatRuleResource {
     return wf.CancellationScope.nonCancellable(async () => {
       this.deleting = true;
       this.serving = null;
-      this.setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing its rules and conntrack entries' });
+      this.setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing its rules and conntrack entries' }, { passing: true });
       if (!this.started && !this.input.carried && !this.legacy) await this.releaseByIdentity();
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is left on the gateway' });
@@ -100,11 +103,16 @@ class NatRuleResource {
   private applied: { gateway: string } | null;
   private serving: NatCarried['serving'];
   readonly k8s;
-  private readonly report: (phase: NatPhase, condition: ReadyCondition) => void;
+  private readonly lean: boolean;
+  private readonly patched: Patched;
+  private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
   constructor(input: NatInput) {
     const carried = input.carried;
-    this.legacy = !wf.patched('nat-rule-long-life');
+    const { lean, patched } = patches();
+    this.lean = lean;
+    this.patched = patched;
+    this.legacy = !patched('nat-rule-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.input = input;
     this.kind = input.kind;
@@ -116,7 +124,7 @@ class NatRuleResource {
     this.deleting = carried?.deleting ?? false;
     this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
     this.k8s = kubeSync(this.kind, input.resource);
-    this.report = phaseReporter(this.status, this.k8s, () => this.input.resource.generation);
+    this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 
     wf.setHandler(statusQuery, () => this.status);
     wf.setHandler(eipChangedSignal, () => {
@@ -134,7 +142,7 @@ class NatRuleResource {
       this.specChanged = true;
     });
     if (carried) this.k8s.publish({ ...this.status });
-    else wf.upsertSearchAttributes(searchAttributes({ kind: this.kind, name: this.name }));
+    else if (!lean) wf.upsertSearchAttributes(searchAttributes({ kind: this.kind, name: this.name })); // a lean run has them from its start
   }
 
   /** How a continued run starts: where the previous one was. */
@@ -147,42 +155,56 @@ class NatRuleResource {
 
   /** NatflowEip follows a spec change of EIP (it was set at start): only that EIP wakes the rule. */
   private showEip(eipName: string): void {
-    if (eipName === this.shownEip || !wf.patched('rule-eip-attribute')) return;
+    if (eipName === this.shownEip || !this.patched('rule-eip-attribute')) return;
     this.shownEip = eipName;
-    wf.upsertSearchAttributes(searchAttributes({ eip: eipName }));
+    this.reporter.attributes({ eip: eipName });
   }
 
-  /** The EIP once it exists and is ready (it may be created after the rule); null when the spec changed meanwhile. */
+  /**
+   * The EIP once it exists and is ready (it may be created after the rule); null when the spec
+   * changed meanwhile. An EIP that becomes ready wakes us: one that exists was asked to (and
+   * answers at once if it is ready by then), a new one wakes the rules naming it. The timer is
+   * the fallback, short only while the EIP is not found (a name that visibility does not list yet).
+   */
   private async waitForEip(eipName: string): Promise<EipForRule | null> {
     for (let attempt = 0; !this.specChanged; attempt++) {
       this.eipChanged = false;
-      const eip = await calls.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, [eipName]);
+      // A lean run's lookup asks the EIP to wake us (one workflow task less than a signal of ours).
+      const watch: EipWatch | undefined = this.lean ? { watcher: this.owner, until: 'ready' } : undefined;
+      const args: [string, EipWatch?] = watch ? [eipName, watch] : [eipName];
+      const eip = await calls.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, args);
       if (eip?.ready) return eip;
       this.setPhase('WaitingForEip', { status: 'False', reason: eip ? Reason.EipNotReady : Reason.EipNotFound, message: eip ? `EIP ${eipName} is not ready: ${eip.reason}` : `EIP ${eipName} does not exist` });
-      // An EIP that becomes ready wakes us: one that exists was asked to (and answers at once if it
-      // is ready by then), a new one wakes the rules naming it. The timer is the fallback, short
-      // only while the EIP is not found (a name that visibility does not list yet).
-      if (eip) await this.watch(eip.workflowId, { until: 'ready' });
-      const recheck = this.legacy ? backoff(attempt, 500, 30_000) : eip && wf.patched('watched-eip-long-wait') ? RECHECK_MAX_MS : backoff(attempt, 1000, RECHECK_MAX_MS);
+      if (eip && !this.lean) await this.watch(eip.workflowId, { until: 'ready' });
+      const recheck = this.legacy ? backoff(attempt, 500, 30_000) : eip && this.patched('watched-eip-long-wait') ? RECHECK_MAX_MS : backoff(attempt, 1000, RECHECK_MAX_MS);
       await this.waitFor(() => this.specChanged || this.eipChanged, recheck);
+      // Woken by the EIP we watch: it says it is ready, and the claim decides (no second lookup).
+      if (this.lean && eip && this.eipChanged && !this.specChanged) return { ...eip, ready: true };
     }
     return null;
   }
 
   /** The EIP's address and gateway once claimed; null (nothing held) after a refusal and its wait. */
   private async claim(eip: EipForRule): Promise<ClaimedEip | null> {
-    this.setPhase('Claiming', { status: 'False', reason: 'Claiming', message: `claiming EIP ${this.input.spec.eip}` });
+    this.setPhase('Claiming', { status: 'False', reason: 'Claiming', message: `claiming EIP ${this.input.spec.eip}` }, { passing: true });
     this.claimed = { eipWorkflowId: eip.workflowId };
     try {
       const target = await calls.claimEip.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name}` }, [{ eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name }]);
       this.status.v4ip = target.address;
       this.status.natGwDp = target.gateway;
-      wf.upsertSearchAttributes(searchAttributes({ gateway: target.gateway }));
+      this.reporter.attributes({ gateway: target.gateway });
       return target;
     } catch (err) {
       // A delete decides by the scope, not by the error: whatever the call's outcome, it may hold.
       if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
       this.claimed = null; // refused (an unlimited retry only ends in a refusal): nothing is held
+      // An EIP gone since it was found: look for it again by name (a new one of that name wakes
+      // us), after a moment in which visibility learns that it ended.
+      if (this.lean && refusal(err, '').reason === Reason.EipNotFound) {
+        this.setPhase('WaitingForEip', { status: 'False', reason: Reason.EipNotFound, message: `EIP ${this.input.spec.eip} is gone` });
+        await this.waitFor(() => this.specChanged || this.eipChanged, EIP_GONE_RECHECK_MS);
+        return null;
+      }
       this.setPhase('Failed', refusal(err, 'Error'));
       await this.waitAfterRefusal(eip.workflowId, { until: 'claimable', kind: this.kind });
       return null;
@@ -223,7 +245,7 @@ class NatRuleResource {
 
   /** Sends the rule to the gateway; the refusal when it did not take it. */
   private async apply(gateway: string, rule: NatRule): Promise<ReadyCondition | null> {
-    this.setPhase('Applying', { status: 'False', reason: 'Applying', message: `applying on ${gateway}` });
+    this.setPhase('Applying', { status: 'False', reason: 'Applying', message: `applying on ${gateway}` }, { passing: true });
     this.applied = { gateway };
     try {
       await calls.setGatewayRule.executeWithOptions({ summary: `apply ${this.kind} ${this.name}: ${rule.eip} on ${gateway}` }, [{ gateway, rule }]);
@@ -262,6 +284,7 @@ class NatRuleResource {
           return calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}` }, [{ gateway, owner: this.input.resource.uid }]);
         },
         (attempt) => this.waitForGatewayToRemove(gateway, attempt),
+        this.patched,
       );
       this.applied = null;
     }
@@ -325,9 +348,9 @@ class NatRuleResource {
     return current.ok && current.value === eipName;
   }
 
-  private setPhase(phase: NatPhase, condition: ReadyCondition): void {
+  private setPhase(phase: NatPhase, condition: ReadyCondition, opts?: { passing?: boolean }): void {
     Object.assign(this.status, specEcho(this.input));
-    this.report(phase, condition);
+    this.reporter.setPhase(phase, condition, opts);
   }
 }
 

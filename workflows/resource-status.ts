@@ -2,10 +2,11 @@
 // status and in the search attributes, the Ready condition with reason and message, the Web UI's
 // current details, and the status published to its Kubernetes object.
 import * as wf from '@temporalio/workflow';
-import { searchAttributes } from '../domain/search-attributes.js';
+import { searchAttributes, type NatflowAttributes } from '../domain/search-attributes.js';
 import { setCondition, type Condition } from '../domain/status.js';
 import type { ReadyCondition } from './failures.js';
 import type { KubeSync } from './kube-sync.js';
+import type { Patched } from './patches.js';
 
 interface PhasedStatus {
   phase: string;
@@ -14,16 +15,33 @@ interface PhasedStatus {
   observedGeneration: number;
 }
 
-/** A `setPhase(phase, condition)` for this status: Ready is the one phase that is ready. */
-export function phaseReporter<S extends PhasedStatus>(status: S, k8s: KubeSync, generation: () => number) {
-  return (phase: S['phase'], condition: ReadyCondition) => {
-    status.phase = phase;
-    status.ready = phase === 'Ready';
-    status.observedGeneration = generation();
-    status.conditions = setCondition(status.conditions, { type: 'Ready', ...condition }, new Date(), generation());
-    wf.upsertSearchAttributes(searchAttributes({ phase }));
-    wf.setCurrentDetails(`**${phase}**: ${condition.message}`);
-    k8s.publish({ ...status } as Record<string, unknown>);
+/**
+ * How a resource shows where it is. `setPhase(phase, condition)`: Ready is the one phase that is
+ * ready. A lean run (see patches.ts) writes its search attributes only for the phases it rests in:
+ * `{ passing: true }` marks a step it only passes through (an activity under way: Allocating,
+ * Applying...), shown in the status and the Web UI's details but not written to visibility, and
+ * `attributes()` waits for the next phase that is written. Every visibility write costs the
+ * server as much as an activity; a resource passes through a step in milliseconds.
+ */
+export function phaseReporter<S extends PhasedStatus>(status: S, k8s: KubeSync, generation: () => number, lean: boolean) {
+  let pending: NatflowAttributes = {};
+  return {
+    setPhase(phase: S['phase'], condition: ReadyCondition, opts: { passing?: boolean } = {}) {
+      status.phase = phase;
+      status.ready = phase === 'Ready';
+      status.observedGeneration = generation();
+      status.conditions = setCondition(status.conditions, { type: 'Ready', ...condition }, new Date(), generation());
+      if (!lean || !opts.passing) {
+        wf.upsertSearchAttributes(searchAttributes({ ...pending, phase }));
+        pending = {};
+      }
+      wf.setCurrentDetails(`**${phase}**: ${condition.message}`);
+      k8s.publish({ ...status } as Record<string, unknown>);
+    },
+    attributes(attrs: NatflowAttributes) {
+      if (!lean) wf.upsertSearchAttributes(searchAttributes(attrs));
+      else pending = { ...pending, ...attrs };
+    },
   };
 }
 
@@ -37,9 +55,9 @@ export const backoff = (attempt: number, firstMs: number, maxMs: number) => Math
  * address) and waits: `waitForGateway(attempt)` is woken by the gateway's `gatewayChanged`. A
  * gateway that is gone, or being deleted (it takes everything off itself), answers applied.
  */
-export async function removeUntilApplied(remove: () => Promise<{ applied: boolean }>, waitForGateway: (attempt: number) => Promise<void>): Promise<void> {
+export async function removeUntilApplied(remove: () => Promise<{ applied: boolean }>, waitForGateway: (attempt: number) => Promise<void>, patched: Patched): Promise<void> {
   for (let attempt = 0; !(await remove()).applied; attempt++) {
-    if (!wf.patched('release-waits-until-applied')) return; // older histories let go at once
+    if (!patched('release-waits-until-applied')) return; // older histories let go at once
     await waitForGateway(attempt);
   }
 }

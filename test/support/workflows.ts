@@ -4,6 +4,7 @@ import { bundleWorkflowCode, Worker, type WorkflowBundleWithSourceMap } from '@t
 import type { WorkflowHandle, WorkflowHandleWithFirstExecutionRunId, WorkflowStartOptions } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Workflow } from '@temporalio/workflow';
+import { defaultPayloadConverter } from '@temporalio/common';
 import type { EipSpec, EipStatus } from '../../domain/eip.js';
 import type { ResourceKind } from '../../domain/names.js';
 import type { NatSpecs, NatStatus } from '../../domain/nat-resources.js';
@@ -120,4 +121,23 @@ export async function historyOf(handle: WorkflowHandle): Promise<HistoryEntry[]>
     const name = a.activityType?.name ?? a.signalName ?? undefined;
     return { type: key.slice(0, -'EventAttributes'.length), ...(name !== undefined && { name }) };
   });
+}
+
+/**
+ * What a workflow's run wrote to visibility, in order: for each workflow task that upserted
+ * search attributes, the natflow attributes it set (`{ NatflowPhase: 'Ready' }`, ...), and
+ * `TemporalChangeVersion` where a patch was recorded. Each entry is one visibility write.
+ */
+export async function visibilityWrites(handle: WorkflowHandle): Promise<Record<string, string>[]> {
+  const { events } = await handle.fetchHistory();
+  const writes: Record<string, string>[] = [];
+  let task: Record<string, string> | null = null;
+  for (const event of events ?? []) {
+    if (event.workflowTaskCompletedEventAttributes) task = null;
+    const fields = event.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields;
+    if (!fields) continue;
+    if (!task) writes.push((task = {}));
+    for (const [key, payload] of Object.entries(fields)) task[key] = String(defaultPayloadConverter.fromPayload(payload));
+  }
+  return writes;
 }

@@ -95,6 +95,23 @@ const scenarios: Record<string, Scenario> = {
       { workflowType: 'eipWorkflow', workflowId: e.workflowId },
     ];
   },
+  'fip-woken-by-eip': async (s) => {
+    // The rule finds its EIP not ready (its gateway's agent is down): the lookup asks the EIP to
+    // wake it, and once woken it claims without looking the EIP up again.
+    await s.gateways.get(GW)!.agent.stop();
+    const e = await createResource(s.resources, 'eip', 'eip-woken', { natGwDp: GW });
+    await settle(s, 'eip', 'eip-woken', 'WaitingForGateway');
+    const rule = await createResource(s.resources, 'fip', 'fip-woken', { eip: 'eip-woken', internalIp: '10.0.1.10' });
+    await settle(s, 'fip', 'fip-woken', 'WaitingForEip');
+    await s.restartAgent(GW);
+    await settle(s, 'fip', 'fip-woken', 'Ready');
+    await deleteResource(s.resources, 'fip', 'fip-woken');
+    await deleteResource(s.resources, 'eip', 'eip-woken');
+    return [
+      { workflowType: 'fipWorkflow', workflowId: rule.workflowId },
+      { workflowType: 'eipWorkflow', workflowId: e.workflowId },
+    ];
+  },
   'fip-waits-for-free-eip': async (s) => {
     // A FIP refused because another FIP has the EIP waits (no retry loop) and takes the EIP once it
     // is given up: by the update that spends the EIP's budget, so the wake-up and the EIP's

@@ -3,6 +3,7 @@ import { NatflowError, Reason } from './errors.js';
 import { parseIPv4 } from './ip.js';
 import { validateName, type ResourceRef } from './names.js';
 import { DEFAULT_EXTERNAL_SUBNET } from './subnet.js';
+import type { HistoryLimits } from './history-limits.js';
 import type { Allocation } from './ipam.js';
 import type { EipClaim } from './nat-resources.js';
 import type { Condition } from './status.js';
@@ -25,7 +26,7 @@ export interface EipInput {
   /** Set by continue-as-new: what the previous run held and showed. */
   carried?: EipCarried;
   /** Lower history limits (tests); see workflows/history-budget.ts. */
-  limits?: { events?: number; signals?: number; updates?: number };
+  limits?: Partial<HistoryLimits>;
 }
 
 /** Everything an EIP workflow holds, carried across continue-as-new. */

@@ -2,6 +2,7 @@
 // workflow holds and the agent applies, and the checks a NAT rule must pass on this gateway.
 import { NatflowError, Reason } from './errors.js';
 import { InvalidAddressError, parseCidr, parseIPv4 } from './ip.js';
+import type { HistoryLimits } from './history-limits.js';
 import type { NatRule } from './nat-rules.js';
 import type { Condition } from './status.js';
 
@@ -91,7 +92,7 @@ export interface GatewayInput {
   kube?: { uid: string; generation: number };
   carried?: GatewayCarried;
   /** Lower history limits (tests); see workflows/history-budget.ts. */
-  limits?: { events?: number; signals?: number; updates?: number };
+  limits?: Partial<HistoryLimits>;
   /** How long a new incarnation only adds and removes what it is told before its first full restore (60 s). */
   rebuildWindowMs?: number;
 }

@@ -1,6 +1,7 @@
 // The allocator behind a subnet's IPAM workflow: pure, so the workflow's state transitions are
 // plain function calls and every rule here is unit-testable without a server.
 import { NatflowError, Reason } from './errors.js';
+import type { HistoryLimits } from './history-limits.js';
 import { cidrContains, formatIPv4, formatRanges, parseIPv4 } from './ip.js';
 import { isAssignable, isReserved, parseSubnet, type ParsedSubnet, type SubnetSpec, type SubnetUsage } from './subnet.js';
 
@@ -38,7 +39,7 @@ export interface IpamInput {
   /** Continue-as-new once history is this long (the last release's only limit; also `limits.events`). */
   maxHistoryLength?: number;
   /** Lower history limits (tests); see workflows/history-budget.ts. */
-  limits?: { events?: number; signals?: number; updates?: number };
+  limits?: Partial<HistoryLimits>;
 }
 
 /** What an IPAM workflow answers about itself without its allocations: small at any subnet size. */

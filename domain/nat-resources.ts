@@ -1,6 +1,7 @@
 // IptablesFIPRule, IptablesDnatRule and IptablesSnatRule (kubeovn.io/v1): their specs, how
 // they share an EIP, and the gateway rule each one becomes.
 import { NatflowError, Reason } from './errors.js';
+import type { HistoryLimits } from './history-limits.js';
 import { validateName, type ResourceRef } from './names.js';
 import { validateIPv4, validateIPv4Cidr, validatePort, validateProtocol, type NatRule } from './nat-rules.js';
 import type { Condition } from './status.js';
@@ -37,7 +38,7 @@ export interface NatInput<K extends NatKind = NatKind> {
   /** Set by continue-as-new: what the previous run held and showed. */
   carried?: NatCarried;
   /** Lower history limits (tests); see workflows/history-budget.ts. */
-  limits?: { events?: number; signals?: number; updates?: number };
+  limits?: Partial<HistoryLimits>;
 }
 
 /** Everything a NAT rule workflow holds, carried across continue-as-new. */

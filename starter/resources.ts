@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { normalizeEipSpec, type EipSpec, type EipStatus } from '../domain/eip.js';
 import type { GatewayInput, GatewaySpec, GatewayState } from '../domain/gateway.js';
+import type { HistoryLimits } from '../domain/history-limits.js';
 import type { IpamState } from '../domain/ipam.js';
 import { CONTROL_TASK_QUEUE, validateName, workflowIds, type ResourceKind, type ResourceRef } from '../domain/names.js';
 import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
@@ -12,7 +13,6 @@ import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain
 import { gatewayStateQuery, ipamStateQuery, specChangedSignal, statusQuery } from '../domain/workflow-api.js';
 import { eipWorkflow } from '../workflows/eip.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
-import type { HistoryLimits } from '../workflows/history-budget.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
 import { dnatWorkflow, fipWorkflow, snatWorkflow } from '../workflows/nat-rule.js';
 import { FROM_KUBERNETES_MEMO } from '../domain/kube.js';

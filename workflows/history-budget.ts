@@ -3,12 +3,7 @@
 // long before any of them, in whatever state it is, carrying its state to the next run.
 import type { Duration } from '@temporalio/common';
 import * as wf from '@temporalio/workflow';
-
-export interface HistoryLimits {
-  events: number;
-  signals: number;
-  updates: number;
-}
+import type { HistoryLimits } from '../domain/history-limits.js';
 
 /** Far below the server's limits, so a burst arriving during the hand-over still fits. */
 export const DEFAULT_HISTORY_LIMITS: HistoryLimits = { events: 5_000, signals: 1_000, updates: 500 };

@@ -7,7 +7,8 @@ import { ApplicationFailure } from '@temporalio/common';
 import ipaddr from 'ipaddr.js';
 import { spawnRunner, type CommandRunner, type RunOptions } from './exec.js';
 
-import type { EipAddress } from '../domain/gateway.js';
+import { validateEipAddresses, type EipAddress } from '../domain/gateway.js';
+import { InvalidAddressError } from '../domain/ip.js';
 
 export interface AddressActivitiesConfig {
   /** Network namespace of the gateway (the local lab); unset when the agent runs inside it (a pod). */
@@ -147,43 +148,14 @@ function sortCidrs(cidrs: string[]): string[] {
   return cidrs.sort((a, b) => key(a) - key(b));
 }
 
-// Ranges that can never be an EIP on an interface.
-const UNUSABLE_RANGES = new Set(['unspecified', 'broadcast', 'multicast', 'loopback']);
-
+// Bad input (domain/gateway.ts) becomes one non-retryable failure before the first command.
 function validateDesired(desired: EipAddress[]): EipAddress[] {
-  if (!Array.isArray(desired)) {
-    throw ApplicationFailure.nonRetryable('desired EIP addresses must be an array', 'InvalidEipAddress');
+  try {
+    return validateEipAddresses(desired);
+  } catch (err) {
+    if (err instanceof InvalidAddressError) throw ApplicationFailure.nonRetryable(err.message, 'InvalidEipAddress');
+    throw err;
   }
-  const problems: string[] = [];
-  const byAddress = new Map<string, EipAddress>();
-  for (const entry of desired) {
-    const address: unknown = entry?.address;
-    const prefixLength: unknown = entry?.prefixLength;
-    const shown = `${JSON.stringify(address)}/${JSON.stringify(prefixLength)}`;
-    if (typeof address !== 'string' || !ipaddr.IPv4.isValidFourPartDecimal(address)) {
-      problems.push(`${shown}: address must be an IPv4 dotted quad such as 172.18.0.10`);
-      continue;
-    }
-    if (typeof prefixLength !== 'number' || !Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 32) {
-      problems.push(`${shown}: prefix length must be an integer from 0 to 32`);
-      continue;
-    }
-    const range = ipaddr.IPv4.parse(address).range();
-    if (UNUSABLE_RANGES.has(range)) {
-      problems.push(`${shown}: a ${range} address cannot be an EIP`);
-      continue;
-    }
-    const seen = byAddress.get(address);
-    if (seen && seen.prefixLength !== prefixLength) {
-      problems.push(`${address} is desired with two prefix lengths (${seen.prefixLength} and ${prefixLength})`);
-      continue;
-    }
-    byAddress.set(address, { address, prefixLength });
-  }
-  if (problems.length > 0) {
-    throw ApplicationFailure.nonRetryable(`invalid EIP addresses: ${problems.join('; ')}`, 'InvalidEipAddress');
-  }
-  return [...byAddress.values()];
 }
 
 type ArpingFlavor = { kind: 'iputils' } | { kind: 'habets' } | { kind: 'unavailable'; reason: string };

@@ -1,5 +1,7 @@
 // A NAT gateway as natflow sees it: what its agent reports, the desired state that the gateway
-// workflow holds and the agent applies, and the checks a NAT rule must pass on this gateway.
+// workflow holds and the agent applies, the checks a NAT rule must pass on this gateway, and the
+// checks on the EIP addresses its external interface is to hold.
+import ipaddr from 'ipaddr.js';
 import { NatflowError, Reason } from './errors.js';
 import { InvalidAddressError, parseCidr, parseIPv4 } from './ip.js';
 import type { HistoryLimits } from './history-limits.js';
@@ -19,6 +21,51 @@ export interface GatewaySpec {
 export interface EipAddress {
   address: string;
   prefixLength: number;
+}
+
+// Ranges that can never be an EIP on an interface.
+const UNUSABLE_RANGES = new Set(['unspecified', 'broadcast', 'multicast', 'loopback']);
+
+/**
+ * The EIP addresses a gateway's external interface is to hold, checked before anything changes:
+ * IPv4 dotted quads with a prefix length from 0 to 32, none unusable (unspecified, broadcast,
+ * multicast, loopback), no address twice with two prefix lengths. Returns them without duplicates;
+ * throws one `InvalidAddressError` naming every problem.
+ */
+export function validateEipAddresses(desired: EipAddress[]): EipAddress[] {
+  if (!Array.isArray(desired)) {
+    throw new InvalidAddressError('desired EIP addresses must be an array');
+  }
+  const problems: string[] = [];
+  const byAddress = new Map<string, EipAddress>();
+  for (const entry of desired) {
+    const address: unknown = entry?.address;
+    const prefixLength: unknown = entry?.prefixLength;
+    const shown = `${JSON.stringify(address)}/${JSON.stringify(prefixLength)}`;
+    if (typeof address !== 'string' || !ipaddr.IPv4.isValidFourPartDecimal(address)) {
+      problems.push(`${shown}: address must be an IPv4 dotted quad such as 172.18.0.10`);
+      continue;
+    }
+    if (typeof prefixLength !== 'number' || !Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 32) {
+      problems.push(`${shown}: prefix length must be an integer from 0 to 32`);
+      continue;
+    }
+    const range = ipaddr.IPv4.parse(address).range();
+    if (UNUSABLE_RANGES.has(range)) {
+      problems.push(`${shown}: a ${range} address cannot be an EIP`);
+      continue;
+    }
+    const seen = byAddress.get(address);
+    if (seen && seen.prefixLength !== prefixLength) {
+      problems.push(`${address} is desired with two prefix lengths (${seen.prefixLength} and ${prefixLength})`);
+      continue;
+    }
+    byAddress.set(address, { address, prefixLength });
+  }
+  if (problems.length > 0) {
+    throw new InvalidAddressError(`invalid EIP addresses: ${problems.join('; ')}`);
+  }
+  return [...byAddress.values()];
 }
 
 /** What a gateway agent says about itself when probed. */

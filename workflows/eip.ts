@@ -4,7 +4,6 @@
 // take or give something wait for their own cancellation to complete, so the cleanup never races
 // an allocation still in flight. It lives as long as its EIP: every wait can continue as new,
 // carrying everything it holds.
-import type { Duration } from '@temporalio/common';
 import * as wf from '@temporalio/workflow';
 import { eipAddressChanged, normalizeEipSpec, type EipCarried, type EipInput, type EipSpec, type EipStatus } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
@@ -16,19 +15,14 @@ import { setCondition, type ConditionInput } from '../domain/status.js';
 import { claimEipUpdate, eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence } from '../domain/workflow-api.js';
 import { calls } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal } from './failures.js';
-import { HistoryBudget } from './history-budget.js';
+import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
-import { backoff, phaseReporter, REMOVAL_RECHECK_MAX_MS, removeUntilApplied } from './resource-status.js';
-
-/** A refused allocation (unknown subnet, address taken) is tried again this often, or on a spec change. */
-const RETRY_FAILED_AFTER = '5m';
-/** Waits are woken by the gateway; this is only the fallback. */
-const RECHECK_MAX_MS = 60 * 60_000;
+import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER, waitForGatewayToRemove } from './resource-status.js';
 
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const eip = new Eip(input);
-  await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), eip.resumes());
+  await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), input.carried);
 }
 
 class Eip {
@@ -89,6 +83,8 @@ class Eip {
   /** Histories of the release before continue-as-new everywhere take the old paths. */
   private readonly legacy: boolean;
   private readonly budget: HistoryBudget;
+  /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */
+  private readonly waitFor: WaitFor;
   private spec: EipSpec;
   private generation: number;
   private specChanged = false;
@@ -118,6 +114,7 @@ class Eip {
     this.patched = patched;
     this.legacy = !patched('eip-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
+    this.waitFor = this.budget.waiter(() => this.continueAsNew());
     this.resource = input.resource;
     this.name = input.resource.name;
     this.spec = input.spec;
@@ -144,12 +141,6 @@ class Eip {
     wf.setHandler(watchEipSignal, (watch) => this.watch(watch));
     if (carried) this.k8s.publish({ ...this.status });
     else if (!lean) wf.upsertSearchAttributes(searchAttributes({ kind: 'eip', name: this.name, gateway: this.spec?.natGwDp ?? '', subnet: this.spec?.externalSubnet ?? '' })); // a lean run has them from its start
-  }
-
-  /** How a continued run starts: where the previous one was. */
-  resumes(): 'running' | 'deleting' | undefined {
-    if (!this.input.carried) return undefined;
-    return this.deleting ? 'deleting' : 'running';
   }
 
   // --- the steps ---------------------------------------------------------------------------
@@ -289,7 +280,7 @@ class Eip {
           this.gatewayChanged = false;
           return calls.unbindAddress.executeWithOptions({ summary: `unbind ${this.status.ip || 'EIP'} from ${gateway}` }, [{ gateway, owner: this.owner }]);
         },
-        (attempt) => this.waitForGatewayToRemove(gateway, attempt),
+        (attempt) => waitForGatewayToRemove(this.setPhase, this.waitFor, () => this.gatewayChanged, { gateway, what: this.status.ip || 'its address', deleting: this.deleting, attempt }),
         this.patched,
       );
       this.bound = null;
@@ -302,16 +293,6 @@ class Eip {
   }
 
   // --- waiting and continuing as new -------------------------------------------------------
-
-  private async waitForGatewayToRemove(gateway: string, attempt: number): Promise<void> {
-    this.setPhase(this.deleting ? 'Deleting' : 'WaitingForGateway', { status: 'False', reason: Reason.GatewayNotReady, message: `waiting for ${gateway} to take ${this.status.ip || 'its address'} off: it is not ready` });
-    await this.waitFor(() => this.gatewayChanged, backoff(attempt, 2000, REMOVAL_RECHECK_MAX_MS));
-  }
-
-  /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */
-  private waitFor(done: () => boolean, timeout?: string | number): Promise<boolean> {
-    return this.budget.wait(done, timeout as Duration | undefined, () => this.continueAsNew());
-  }
 
   private async continueAsNew(): Promise<never> {
     await wf.condition(wf.allHandlersFinished);

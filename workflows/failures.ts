@@ -15,6 +15,11 @@ export function checkFence(fence: Fence | undefined): void {
   }
 }
 
+/** A request turned away by an entity workflow about to continue as new: retryable, its caller sends it again to the next run. */
+export function drainingRefusal(what: string): wf.ApplicationFailure {
+  return wf.ApplicationFailure.retryable(`${what} is moving to a new run`, Reason.Draining);
+}
+
 /** An activity's definite "no" (a non-retryable failure from the workflow it asked): nothing was taken. */
 export function isRefusal(err: unknown): boolean {
   return err instanceof wf.ActivityFailure && err.cause instanceof wf.ApplicationFailure && err.cause.nonRetryable === true;

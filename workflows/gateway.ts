@@ -34,7 +34,7 @@ import {
   type SpecChange,
 } from '../domain/workflow-api.js';
 import { agentSessions, calls, gatewayAgent, wakeUps } from './activity-proxies.js';
-import { answer, checkFence, domainCall, unwrap, type ReadyCondition } from './failures.js';
+import { answer, checkFence, domainCall, drainingRefusal, unwrap, type ReadyCondition } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
 import { kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff } from './resource-status.js';
@@ -425,7 +425,7 @@ class Gateway {
 
   /** Once draining, a request is turned away as retryable: its caller sends it again, to the next run. */
   private checkOpen(): void {
-    if (this.draining) throw wf.ApplicationFailure.retryable(`gateway ${this.name} is moving to a new run`, Reason.Draining);
+    if (this.draining) throw drainingRefusal(`gateway ${this.name}`);
   }
 
   // A refusal in a validator writes no history: readiness is checked there.

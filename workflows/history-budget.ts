@@ -5,6 +5,9 @@ import type { Duration } from '@temporalio/common';
 import * as wf from '@temporalio/workflow';
 import type { HistoryLimits } from '../domain/history-limits.js';
 
+/** A workflow's wait: true when `done` holds; continues as new instead when the run's budget is spent first. */
+export type WaitFor = (done: () => boolean, timeout?: string | number) => Promise<boolean>;
+
 /** Far below the server's limits, so a burst arriving during the hand-over still fits. */
 export const DEFAULT_HISTORY_LIMITS: HistoryLimits = { events: 5_000, signals: 1_000, updates: 500 };
 
@@ -39,6 +42,11 @@ export class HistoryBudget {
     else await wf.condition(woken, timeout);
     if (this.enabled && !done() && this.spent()) await continueAsNew();
     return done();
+  }
+
+  /** `wait` with this run's `continueAsNew`: what a resource workflow waits with everywhere. */
+  waiter(continueAsNew: () => Promise<never>): WaitFor {
+    return (done, timeout) => this.wait(done, timeout as Duration | undefined, continueAsNew);
   }
 
   /** True once the server suggests continue-as-new or any count reaches its limit. */

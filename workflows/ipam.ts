@@ -6,8 +6,7 @@ import { Ipam, type AllocateRequest, type IpamInput } from '../domain/ipam.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import type { SubnetSpec } from '../domain/subnet.js';
 import { allocateUpdate, ipamRequestsUpdate, ipamStateQuery, ipamUsageQuery, releaseUpdate, subnetSpecSignal, type Fence, type IpamRequest, type SpecChange } from '../domain/workflow-api.js';
-import { Reason } from '../domain/errors.js';
-import { answer, checkFence, domainCall } from './failures.js';
+import { answer, checkFence, domainCall, drainingRefusal } from './failures.js';
 import { HistoryBudget } from './history-budget.js';
 
 /** The last release's only limit: runs it started (replayed without the patch) keep it. */
@@ -30,7 +29,7 @@ export async function ipamWorkflow(input: IpamInput): Promise<void> {
   // next run) so that none is admitted and then cut off by the continue-as-new.
   let draining = false;
   const checkOpen = () => {
-    if (draining) throw wf.ApplicationFailure.retryable(`subnet ${input.subnet.name} is moving to a new run`, Reason.Draining);
+    if (draining) throw drainingRefusal(`subnet ${input.subnet.name}`);
   };
   // Validators reject bad requests before anything is written to history.
   wf.setHandler(

@@ -50,10 +50,11 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef): KubeSync
 /**
  * Every resource lifecycle's frame: adopt the object first; run `lifecycle` until a delete
  * (cancellation), then `cleanup` — which also runs alone for an object already being deleted.
- * A run continued as new (`resumed`) was adopted already and goes on where the last one was.
+ * A run continued as new (`carried`: what the last run carried) was adopted already and goes on
+ * where the last one was: in its cleanup when it was deleting.
  */
-export async function adoptedLifecycle(k8s: KubeSync, lifecycle: () => Promise<void>, cleanup: () => Promise<void>, resumed?: 'running' | 'deleting'): Promise<void> {
-  const adoption = resumed === undefined ? await k8s.adopt() : resumed === 'deleting' ? 'deleting' : 'adopted';
+export async function adoptedLifecycle(k8s: KubeSync, lifecycle: () => Promise<void>, cleanup: () => Promise<void>, carried?: { deleting?: boolean }): Promise<void> {
+  const adoption = carried === undefined ? await k8s.adopt() : carried.deleting ? 'deleting' : 'adopted';
   if (adoption === 'gone') return;
   if (adoption === 'deleting') return cleanup();
   try {

@@ -6,7 +6,6 @@
 // Each step is idempotent, so "may have happened" is enough to undo it. It lives as long as its
 // object: every wait can continue as new, carrying what it holds; every wait is woken by the
 // resource it waits on (the EIP, the gateway), with a long timer only as a fallback.
-import type { Duration } from '@temporalio/common';
 import * as wf from '@temporalio/workflow';
 import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
@@ -15,17 +14,13 @@ import { searchAttributes } from '../domain/search-attributes.js';
 import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule, type EipWatch, type WatchUntil } from '../domain/workflow-api.js';
 import { calls } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
-import { HistoryBudget } from './history-budget.js';
+import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
-import { backoff, phaseReporter, REMOVAL_RECHECK_MAX_MS, removeUntilApplied } from './resource-status.js';
+import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER, waitForGatewayToRemove } from './resource-status.js';
 
-/** Legacy runs: a refused spec is tried again this often (or at once on a spec change). */
-const RETRY_FAILED_AFTER = '5m';
 /** Legacy runs: a gateway that was not ready is tried again this often. */
 const RETRY_GATEWAY_AFTER = '10s';
-/** Waits are woken by the EIP or the gateway; this is only the fallback. */
-const RECHECK_MAX_MS = 60 * 60_000;
 /** A claim found its EIP gone: look it up by name again after this long. */
 const EIP_GONE_RECHECK_MS = 1000;
 /** Refusals the gateway gives while it is not there or not ready: the rule keeps its claim and waits for it. */
@@ -38,7 +33,7 @@ export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input);
 async function natRuleWorkflow(input: NatInput): Promise<void> {
   const rule = new NatRuleResource(input);
   // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
-  await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), () => rule.cleanup(), rule.resumes());
+  await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), () => rule.cleanup(), input.carried);
 }
 
 class NatRuleResource {
@@ -90,6 +85,8 @@ class NatRuleResource {
   /** Histories of the release before continue-as-new everywhere take the old paths. */
   private readonly legacy: boolean;
   private readonly budget: HistoryBudget;
+  /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */
+  private readonly waitFor: WaitFor;
   private specChanged = false;
   private eipChanged = false;
   private gatewayChanged = false;
@@ -114,6 +111,7 @@ class NatRuleResource {
     this.patched = patched;
     this.legacy = !patched('nat-rule-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
+    this.waitFor = this.budget.waiter(() => this.continueAsNew());
     this.input = input;
     this.kind = input.kind;
     this.name = input.resource.name;
@@ -143,12 +141,6 @@ class NatRuleResource {
     });
     if (carried) this.k8s.publish({ ...this.status });
     else if (!lean) wf.upsertSearchAttributes(searchAttributes({ kind: this.kind, name: this.name })); // a lean run has them from its start
-  }
-
-  /** How a continued run starts: where the previous one was. */
-  resumes(): 'running' | 'deleting' | undefined {
-    if (!this.input.carried) return undefined;
-    return this.deleting ? 'deleting' : 'running';
   }
 
   // --- the steps ---------------------------------------------------------------------------
@@ -283,7 +275,7 @@ class NatRuleResource {
           this.gatewayChanged = false;
           return calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}` }, [{ gateway, owner: this.input.resource.uid }]);
         },
-        (attempt) => this.waitForGatewayToRemove(gateway, attempt),
+        (attempt) => waitForGatewayToRemove((phase, condition) => this.setPhase(phase, condition), this.waitFor, () => this.gatewayChanged, { gateway, what: 'its rules', deleting: this.deleting, attempt }),
         this.patched,
       );
       this.applied = null;
@@ -293,11 +285,6 @@ class NatRuleResource {
       this.claimed = null;
     }
     this.status.v4ip = '';
-  }
-
-  private async waitForGatewayToRemove(gateway: string, attempt: number): Promise<void> {
-    this.setPhase(this.deleting ? 'Deleting' : 'WaitingForGateway', { status: 'False', reason: Reason.GatewayNotReady, message: `waiting for ${gateway} to take its rules off: it is not ready` });
-    await this.waitFor(() => this.gatewayChanged, backoff(attempt, 2000, REMOVAL_RECHECK_MAX_MS));
   }
 
   /**
@@ -330,11 +317,6 @@ class NatRuleResource {
   private async watch(eipWorkflowId: string, until: WatchUntil): Promise<void> {
     if (this.legacy) return;
     await wf.getExternalWorkflowHandle(eipWorkflowId).signal(watchEipSignal, { watcher: this.owner, ...until }).catch(() => undefined);
-  }
-
-  /** Waits for `done` (or the timeout); continues as new, with everything held, when this run's budget is spent. */
-  private waitFor(done: () => boolean, timeout?: string | number): Promise<boolean> {
-    return this.budget.wait(done, timeout as Duration | undefined, () => this.continueAsNew());
   }
 
   private async continueAsNew(): Promise<never> {

@@ -2,9 +2,11 @@
 // status and in the search attributes, the Ready condition with reason and message, the Web UI's
 // current details, and the status published to its Kubernetes object.
 import * as wf from '@temporalio/workflow';
+import { Reason } from '../domain/errors.js';
 import { searchAttributes, type NatflowAttributes } from '../domain/search-attributes.js';
 import { setCondition, type Condition } from '../domain/status.js';
 import type { ReadyCondition } from './failures.js';
+import type { WaitFor } from './history-budget.js';
 import type { KubeSync } from './kube-sync.js';
 import type { Patched } from './patches.js';
 
@@ -64,3 +66,23 @@ export async function removeUntilApplied(remove: () => Promise<{ applied: boolea
 
 /** Between two tries of `removeUntilApplied`: the gateway wakes us; this is only the fallback. */
 export const REMOVAL_RECHECK_MAX_MS = 10 * 60_000;
+
+/**
+ * Between two tries of `removeUntilApplied`: shows that `gateway` (not ready) has yet to take
+ * `what` off, in phase Deleting during a delete and WaitingForGateway otherwise, then waits until
+ * the gateway wakes the resource (`woken`: its `gatewayChanged`); the timer is only the fallback.
+ */
+export async function waitForGatewayToRemove(
+  show: (phase: 'Deleting' | 'WaitingForGateway', condition: ReadyCondition) => void,
+  waitFor: WaitFor,
+  woken: () => boolean,
+  { gateway, what, deleting, attempt }: { gateway: string; what: string; deleting: boolean; attempt: number },
+): Promise<void> {
+  show(deleting ? 'Deleting' : 'WaitingForGateway', { status: 'False', reason: Reason.GatewayNotReady, message: `waiting for ${gateway} to take ${what} off: it is not ready` });
+  await waitFor(woken, backoff(attempt, 2000, REMOVAL_RECHECK_MAX_MS));
+}
+
+/** A refusal (an allocation, a legacy rule's spec) is tried again this often, or at once on a spec change. */
+export const RETRY_FAILED_AFTER = '5m';
+/** A resource's waits are woken by what it waits on (its gateway, its EIP); this is only the fallback. */
+export const RECHECK_MAX_MS = 60 * 60_000;

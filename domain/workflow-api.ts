@@ -77,7 +77,12 @@ export const unbindEipUpdate = defineUpdate<{ applied: boolean }, [{ owner: stri
 export const setRuleUpdate = defineUpdate<void, [NatRule, Fence?]>('setRule');
 /** Removes a rule and its conntrack entries; `applied` is false when the agent is down (it is restored without it). */
 export const removeRuleUpdate = defineUpdate<{ applied: boolean }, [{ owner: string }]>('removeRule');
-export const gatewayStateQuery = defineQuery<GatewayState>('gatewayState');
+/**
+ * Its wire name is 'state', as the IPAM's (another workflow type: no clash). Not renamed: clients of
+ * this release query runs that the last release's workers may still serve, which answer only
+ * 'state' (test/gateway-handover.test.ts queries one).
+ */
+export const gatewayStateQuery = defineQuery<GatewayState>('state');
 /** One of the four gateway requests above, with the fence of the attempt that sent it. */
 export type GatewayRequest =
   | { bind: { owner: string } & EipAddress; fence?: Fence }
@@ -100,13 +105,14 @@ export type NamedNatRule = NatRule & { name?: string };
 export const allocateUpdate = defineUpdate<Allocation, [AllocateRequest, Fence?]>('allocate');
 /** The address released, or null when the owner held none. */
 export const releaseUpdate = defineUpdate<string | null, [{ owner: string }]>('release');
-export const ipamStateQuery = defineQuery<IpamState>('ipamState');
+/** Wire name 'state', kept for the last release's runs (see gatewayStateQuery). */
+export const ipamStateQuery = defineQuery<IpamState>('state');
 export type IpamRequest = { allocate: AllocateRequest; fence?: Fence } | { release: { owner: string } };
 /** Allocations and releases in the order sent; answers: an `Allocation`, or the address released (null when none was held). */
 export const ipamRequestsUpdate = defineUpdate<BatchAnswer<Allocation | string | null>[], [IpamRequest[]]>('ipamRequests');
 /** The Subnet's spec changed (excludeIps, gateway, ...). */
 export const subnetSpecSignal = defineSignal<[SpecChange<SubnetSpec>]>('subnetSpecChanged');
-/** `ipamState` without the allocations: small at any subnet size (what the bridge asks at every resync). */
+/** `state` without the allocations: small at any subnet size (what the bridge asks at every resync). */
 export const ipamUsageQuery = defineQuery<IpamSummary>('usage');
 
 // --- activities ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import { createAddressActivities } from '../activities/gateway-addresses.js';
 import type { EipAddress } from '../domain/gateway.js';
 import type { LabTopology } from '../domain/lab.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
+import { ping } from './support/traffic.js';
 
 const GW = 't-addr';
 let t: LabTopology;
@@ -19,11 +20,6 @@ async function net1(): Promise<string[]> {
   const { stdout } = await runCommand('ip', ['-n', t.gatewayNs, '-j', '-4', 'addr', 'show', 'dev', 'net1']);
   const [link] = JSON.parse(stdout) as { addr_info: { local: string; prefixlen: number; label: string }[] }[];
   return link!.addr_info.map((a) => `${a.local}/${a.prefixlen} ${a.label}`).sort();
-}
-
-async function canPing(netns: string, ip: string): Promise<boolean> {
-  const { code } = await runCommand('ping', ['-c', '1', '-W', '1', ip], { netns, allowExitCodes: [1, 2] });
-  return code === 0;
 }
 
 describe('EIP addresses on the gateway', () => {
@@ -60,17 +56,17 @@ describe('EIP addresses on the gateway', () => {
   });
 
   it('makes an added EIP reachable from outside, and unreachable once removed', async () => {
-    expect(await canPing(t.clientNs, '172.18.0.10')).toBe(true);
+    expect(await ping(t.clientNs, '172.18.0.10')).toBe(true);
     await acts.reconcileEipAddresses([eip('172.18.0.11'), eip('172.18.0.12')]);
-    expect(await canPing(t.clientNs, '172.18.0.10')).toBe(false);
-    expect(await canPing(t.clientNs, '172.18.0.11')).toBe(true);
+    expect(await ping(t.clientNs, '172.18.0.10')).toBe(false);
+    expect(await ping(t.clientNs, '172.18.0.11')).toBe(true);
   });
 
   it('removes only labelled addresses, never the gateway address or a foreign one', async () => {
     await runCommand('ip', ['-n', t.gatewayNs, 'addr', 'add', '172.18.0.50/24', 'dev', 'net1']);
     expect(await acts.reconcileEipAddresses([])).toEqual({ added: [], removed: ['172.18.0.11/24', '172.18.0.12/24'] });
     expect(await net1()).toEqual(['172.18.0.254/24 net1', '172.18.0.50/24 net1']);
-    expect(await canPing(t.clientNs, t.gatewayExternalIp)).toBe(true);
+    expect(await ping(t.clientNs, t.gatewayExternalIp)).toBe(true);
     await runCommand('ip', ['-n', t.gatewayNs, 'addr', 'del', '172.18.0.50/24', 'dev', 'net1']);
   });
 

@@ -17,7 +17,7 @@ import { gatewayTaskQueue, workflowIds } from '../domain/names.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { bindEipUpdate, gatewayStateQuery, setRuleUpdate } from '../domain/workflow-api.js';
 import { createAgentActivities } from '../worker/agent.js';
-import { EXT, FakeGateway } from './gateway-fakes.js';
+import { EXT, FakeGateway } from './support/gateway-fakes.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { eventually, uniqueQueue, workflowBundle } from './support/workflows.js';
 

@@ -6,7 +6,6 @@
 // gateway workflow restarted without its state wipes nothing, gets its users back, and only after
 // its rebuild window removes what nobody claimed.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCommand } from '../activities/exec.js';
 import { createAddressActivities } from '../activities/gateway-addresses.js';
 import { createNatActivities } from '../activities/gateway-nat.js';
 import { Reason } from '../domain/errors.js';
@@ -19,16 +18,10 @@ import { createResource, deleteResource, resourceStatus } from '../starter/resou
 import { labDown, labUp } from '../temporal-dev/lab.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
 import { startStack, type Stack } from './support/stack.js';
-import { Listener, send, Session } from './support/traffic.js';
+import { conntrack, Listener, send, Session } from './support/traffic.js';
 import { eventually } from './support/workflows.js';
 
 const GW = 't-gwlife';
-
-/** conntrack -L with a filter, in the gateway. */
-async function conntrack(ns: string, ...filter: string[]): Promise<string[]> {
-  const { stdout } = await runCommand('conntrack', ['-L', ...filter], { netns: ns, allowExitCodes: [1] });
-  return stdout.split('\n').filter(Boolean);
-}
 
 /** Writes `text` on an open session; true when the listener gets it. */
 async function passes(session: Session, listener: Listener, text: string, timeoutMs = 3000): Promise<boolean> {

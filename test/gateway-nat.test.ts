@@ -9,7 +9,7 @@ import { NAT_CHAINS, renderNatRule, type NatRule } from '../domain/nat-rules.js'
 import { GENERATION_CHAIN, placedChain } from '../domain/nat-table.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
 import { FakeCommands } from './support/fake-commands.js';
-import { Listener, ping, send, Session } from './support/traffic.js';
+import { conntrack, Listener, ping, send, Session } from './support/traffic.js';
 
 const GW = 't-nat';
 const EIP = ['172.18.0.10', '172.18.0.11', '172.18.0.12', '172.18.0.13'] as const;
@@ -36,12 +36,6 @@ const dnat = (owner: string, eip: string, protocol: 'tcp' | 'udp', externalPort:
 async function natTable(): Promise<string[]> {
   const { stdout } = await runCommand('iptables-save', ['-t', 'nat'], { netns: t.gatewayNs });
   return stdout.split('\n').filter((l) => l && !l.startsWith('#'));
-}
-
-/** conntrack -L with a filter, in the gateway. */
-async function conntrack(...filter: string[]): Promise<string[]> {
-  const { stdout } = await runCommand('conntrack', ['-L', ...filter], { netns: t.gatewayNs, allowExitCodes: [1] });
-  return stdout.split('\n').filter(Boolean);
 }
 
 /** Runs `fn` with listeners open, and always closes them. */
@@ -131,10 +125,10 @@ describe('NAT rules on the gateway (real traffic)', () => {
       expect(await listener.waitFor('still-open')).toBe(true);
       expect(await send(client().ns, EIP[0], 8081, 'new-after-remove')).toBe(false);
 
-      expect(await conntrack('-d', EIP[0])).not.toEqual([]);
+      expect(await conntrack(t.gatewayNs, '-d', EIP[0])).not.toEqual([]);
       expect(await nat.flushConntrack([{ eip: EIP[0], internalIp: vm(0).ip }])).toBeGreaterThan(0);
-      expect(await conntrack('-d', EIP[0])).toEqual([]);
-      expect(await conntrack('-q', EIP[0])).toEqual([]);
+      expect(await conntrack(t.gatewayNs, '-d', EIP[0])).toEqual([]);
+      expect(await conntrack(t.gatewayNs, '-q', EIP[0])).toEqual([]);
 
       session.write('after-flush');
       expect(await listener.waitFor('after-flush', 800)).toBe(false);
@@ -171,9 +165,9 @@ describe('NAT rules on the gateway (real traffic)', () => {
 
     expect(await nat.applyNatRules({ add: [], removeOwners: ['dnat-tcp1'] })).toEqual({ added: 0, removed: 1 });
     expect(await nat.flushConntrack([{ eip: EIP[2], internalIp: vm(0).ip, protocol: 'tcp', port: 8022 }])).toBeGreaterThan(0);
-    expect(await conntrack('-d', EIP[2], '-p', 'tcp', '--dport', '8022')).toEqual([]);
-    expect(await conntrack('-d', EIP[2], '-p', 'tcp', '--dport', '8023')).not.toEqual([]);
-    expect(await conntrack('-d', EIP[2], '-p', 'udp', '--dport', '5353')).not.toEqual([]);
+    expect(await conntrack(t.gatewayNs, '-d', EIP[2], '-p', 'tcp', '--dport', '8022')).toEqual([]);
+    expect(await conntrack(t.gatewayNs, '-d', EIP[2], '-p', 'tcp', '--dport', '8023')).not.toEqual([]);
+    expect(await conntrack(t.gatewayNs, '-d', EIP[2], '-p', 'udp', '--dport', '5353')).not.toEqual([]);
     expect(await send(client().ns, EIP[2], 8022, 'gone')).toBe(false);
   });
 
@@ -182,13 +176,13 @@ describe('NAT rules on the gateway (real traffic)', () => {
     await nat.applyNatRules({ add: [snat('snat-vpc', EIP[3], t.vpcCidr)], removeOwners: [] });
     expect(await seenFromOutside(vm(0), 9091)).toBe(EIP[3]);
     expect(await seenFromOutside(vm(1), 9092)).toBe(EIP[3]);
-    expect(await conntrack('-q', EIP[3], '-s', vm(0).ip)).not.toEqual([]);
+    expect(await conntrack(t.gatewayNs, '-q', EIP[3], '-s', vm(0).ip)).not.toEqual([]);
 
     expect(await nat.flushConntrack([{ eip: EIP[3], internalCidr: `${vm(1).ip}/32` }])).toBe(1);
-    expect(await conntrack('-q', EIP[3], '-s', vm(1).ip)).toEqual([]);
-    expect(await conntrack('-q', EIP[3], '-s', vm(0).ip)).not.toEqual([]);
+    expect(await conntrack(t.gatewayNs, '-q', EIP[3], '-s', vm(1).ip)).toEqual([]);
+    expect(await conntrack(t.gatewayNs, '-q', EIP[3], '-s', vm(0).ip)).not.toEqual([]);
     expect(await nat.flushConntrack([{ eip: EIP[3], internalCidr: t.vpcCidr }])).toBe(1);
-    expect(await conntrack('-q', EIP[3])).toEqual([]);
+    expect(await conntrack(t.gatewayNs, '-q', EIP[3])).toEqual([]);
   });
 
   it.each([

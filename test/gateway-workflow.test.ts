@@ -18,7 +18,7 @@ import { conntrackFilters } from '../domain/nat-table.js';
 import { agentStartedSignal, gatewaySpecSignal, gatewayStateQuery, type KubeActivities, type NamedNatRule } from '../domain/workflow-api.js';
 import { createAgentActivities } from '../worker/agent.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
-import { EXT, FakeGateway } from './gateway-fakes.js';
+import { EXT, FakeGateway } from './support/gateway-fakes.js';
 import { largestPayload, PAYLOAD_LIMIT, wireSize } from './support/payloads.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { eventually, uniqueQueue, workflowBundle } from './support/workflows.js';

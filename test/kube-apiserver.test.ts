@@ -18,14 +18,12 @@ import { beforeAll, describe, expect, test } from 'vitest';
 import { applyObjects, readManifests } from '../temporal-dev/kube/apiserver.js';
 import { repoRoot } from '../temporal-dev/provision.js';
 import { mergePatch } from '../activities/kube.js';
-import { crd, KUBEOVN_API_VERSION, KUBEOVN_GROUP, KUBEOVN_VERSION } from '../domain/kube.js';
+import { crd, KUBEOVN_API_VERSION, KUBEOVN_GROUP } from '../domain/kube.js';
 import { KUBEOVN_KIND_LIST, ensureKubeBinaries, shortNameOf, startKube, useKube } from './support/kube.js';
 
 const execFileP = promisify(execFile);
 
 type Obj = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, unknown> };
-
-const coords = (plural: string) => ({ group: KUBEOVN_GROUP, version: KUBEOVN_VERSION, plural });
 
 function alive(pid: number): boolean {
   try {
@@ -100,7 +98,7 @@ describe('kube-apiserver with natflow CRDs', () => {
       const names = (await kubectl('get', k.shortName, '-o', 'name')).trim().split('\n');
       expect(names.length, k.shortName).toBeGreaterThan(0);
       // The same list through the API, as the bridge's informers will see it.
-      const list = (await env().custom.listClusterCustomObject(coords(k.plural))) as { items: Obj[] };
+      const list = (await env().custom.listClusterCustomObject(crd(k.shortName))) as { items: Obj[] };
       expect(list.items.map((o) => `${k.kind.toLowerCase()}.${KUBEOVN_GROUP}/${o.metadata!.name}`).sort()).toEqual(names.sort());
     }
   });
@@ -183,14 +181,14 @@ describe('kube-apiserver with natflow CRDs', () => {
     const badFip = await rejection({ apiVersion: KUBEOVN_API_VERSION, kind: 'IptablesFIPRule', metadata: { name: 'fip-bad' }, spec: { eip: ['eip-fip'], internalIp: '10.0.1.10' } });
     expect(badFip.message).toMatch(/spec\.eip.*must be of type string/);
 
-    for (const { plural } of KUBEOVN_KIND_LIST) {
-      const list = (await env().custom.listClusterCustomObject(coords(plural))) as { items: Obj[] };
+    for (const { shortName, plural } of KUBEOVN_KIND_LIST) {
+      const list = (await env().custom.listClusterCustomObject(crd(shortName))) as { items: Obj[] };
       for (const o of list.items) expect(o.metadata!.name, plural).not.toMatch(/-bad$|^1-/);
     }
   });
 
   test('status is a subresource: merge patches write Kube-OVN fields plus observedGeneration, and leave spec alone', async () => {
-    const ref = { ...coords('iptables-eips'), name: 'eip-fip' };
+    const ref = { ...crd('eip'), name: 'eip-fip' };
     const before = (await env().custom.getClusterCustomObject(ref)) as Obj;
     const generation = before.metadata!.generation!;
     const now = new Date().toISOString();
@@ -220,7 +218,7 @@ describe('kube-apiserver with natflow CRDs', () => {
     // Rule and subnet status carry Kube-OVN's fields too.
     const dnat = (await env().custom.patchClusterCustomObjectStatus(
       {
-        ...coords('iptables-dnat-rules'),
+        ...crd('dnat'),
         name: 'dnat-vm2-http',
         body: { status: { ready: true, v4ip: '172.18.0.3', natGwDp: 'gw1', protocol: 'tcp', internalIp: '10.0.1.11', internalPort: '80', externalPort: '8080', observedGeneration: 1 } },
       },
@@ -228,7 +226,7 @@ describe('kube-apiserver with natflow CRDs', () => {
     )) as Obj;
     expect(dnat.status).toMatchObject({ ready: true, v4ip: '172.18.0.3', externalPort: '8080', observedGeneration: 1 });
     const usage = { v4usingIPs: 2, v4availableIPs: 250, v4usingIPrange: '172.18.0.2-172.18.0.3', v4availableIPrange: '172.18.0.4-172.18.0.253', observedGeneration: 1 };
-    const subnet = (await env().custom.patchClusterCustomObjectStatus({ ...coords('subnets'), name: 'ovn-vpc-external-network', body: { status: usage } }, mergePatch)) as Obj;
+    const subnet = (await env().custom.patchClusterCustomObjectStatus({ ...crd('subnet'), name: 'ovn-vpc-external-network', body: { status: usage } }, mergePatch)) as Obj;
     expect(subnet.status).toMatchObject(usage);
     expect(await kubectl('get', 'subnet', 'ovn-vpc-external-network', '--no-headers')).toMatch(/\s2\s+250\s/);
   });
@@ -274,7 +272,7 @@ describe('kube-apiserver lifecycle', () => {
       const first = await startKube({ dataDir });
       const pids = Object.values(first.kube.pids);
       await first.custom.createClusterCustomObject({
-        ...coords('iptables-eips'),
+        ...crd('eip'),
         body: { apiVersion: KUBEOVN_API_VERSION, kind: 'IptablesEIP', metadata: { name: 'eip-kept', finalizers: ['natflow.io/test'] }, spec: { natGwDp: 'gw1' } },
       });
       await first.stop();
@@ -282,7 +280,7 @@ describe('kube-apiserver lifecycle', () => {
 
       const second = await startKube({ dataDir });
       try {
-        const kept = (await second.custom.getClusterCustomObject({ ...coords('iptables-eips'), name: 'eip-kept' })) as Obj;
+        const kept = (await second.custom.getClusterCustomObject({ ...crd('eip'), name: 'eip-kept' })) as Obj;
         expect(kept.metadata!.finalizers).toEqual(['natflow.io/test']);
       } finally {
         await second.stop();

@@ -4,9 +4,9 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import type { CommandRunner } from '../activities/exec.js';
 import { createNatActivities, type NatActivities } from '../activities/gateway-nat.js';
-import { conntrackTarget, NAT_CHAINS, natChainLayout, ownerOf, renderNatRule, type NatRule } from '../domain/nat-rules.js';
+import { conntrackTarget, NAT_CHAINS, natChainLayout, type NatRule } from '../domain/nat-rules.js';
 import { gatewayLayout, parseNatTable, placedChain, restoreLine } from '../domain/nat-table.js';
-import { FakeCommands } from './support/fake-commands.js';
+import { FakeCommands, restoreLines } from './support/fake-commands.js';
 
 const GW = 'gw-fake';
 const fip: NatRule = { kind: 'fip', owner: 'f1', eip: '172.18.0.10', internalIp: '10.0.1.10' };
@@ -21,16 +21,8 @@ beforeEach(() => {
   nat = createNatActivities({ netns: GW, runner: fake });
 });
 
-/** The restore lines of a rule set: `op` of every rendered rule, in its owner's bucket. */
-const lines = (op: '-A' | '-D', ...rules: NatRule[]) => rules.flatMap((r) => renderNatRule(r).map((x) => restoreLine(op, placedChain(x.chain, r.owner), x.spec)));
 /** What each iptables-restore was given, between `*nat` and `COMMIT`. */
 const restores = () => fake.commands.filter((c) => c.cmd === 'iptables-restore').map((c) => c.input!.split('\n').slice(1, -2));
-/** The tagged rules of the fake's nat table, as restore lines, sorted. */
-const tagged = () =>
-  parseNatTable(fake.save())
-    .rules.filter((r) => ownerOf(r.spec))
-    .map((r) => restoreLine('-A', r.chain, r.spec))
-    .sort();
 const settled = async (...rules: NatRule[]) => {
   await nat.applyNatRules({ add: rules, removeOwners: [] });
   fake.commands.length = 0;
@@ -65,8 +57,8 @@ describe('NAT activities on a fake gateway', () => {
     await nat.initNatChains();
     fake.commands.length = 0;
     expect(await nat.applyNatRules({ add: [fip, dnat, snat], removeOwners: [] })).toEqual({ added: 4, removed: 0 });
-    expect(restores()).toEqual([lines('-A', fip, dnat, snat)]);
-    expect(tagged()).toEqual(lines('-A', fip, dnat, snat).sort());
+    expect(restores()).toEqual([restoreLines('-A', fip, dnat, snat)]);
+    expect(fake.tagged()).toEqual(restoreLines('-A', fip, dnat, snat).sort());
 
     fake.commands.length = 0;
     expect(await nat.applyNatRules({ add: [fip, dnat, snat], removeOwners: [] })).toEqual({ added: 0, removed: 0 });
@@ -77,15 +69,15 @@ describe('NAT activities on a fake gateway', () => {
     await settled(fip, dnat);
     const moved: NatRule = { ...fip, internalIp: '10.0.1.20' };
     expect(await nat.applyNatRules({ add: [moved], removeOwners: [fip.owner] })).toEqual({ added: 2, removed: 2 });
-    expect(restores()).toEqual([[...lines('-D', fip), ...lines('-A', moved)]]);
-    expect(tagged()).toEqual(lines('-A', moved, dnat).sort());
+    expect(restores()).toEqual([[...restoreLines('-D', fip), ...restoreLines('-A', moved)]]);
+    expect(fake.tagged()).toEqual(restoreLines('-A', moved, dnat).sort());
   });
 
   it('removeOwners deletes the rules of those owners only; an unknown owner writes nothing', async () => {
     await settled(fip, dnat, snat);
     expect(await nat.applyNatRules({ add: [], removeOwners: [dnat.owner, 'never-seen'] })).toEqual({ added: 0, removed: 1 });
-    expect(restores()).toEqual([lines('-D', dnat)]);
-    expect(tagged()).toEqual(lines('-A', fip, snat).sort());
+    expect(restores()).toEqual([restoreLines('-D', dnat)]);
+    expect(fake.tagged()).toEqual(restoreLines('-A', fip, snat).sort());
 
     fake.commands.length = 0;
     expect(await nat.applyNatRules({ add: [], removeOwners: ['never-seen'] })).toEqual({ added: 0, removed: 0 });
@@ -98,14 +90,14 @@ describe('NAT activities on a fake gateway', () => {
     const stray = '-A PREROUTING -d 172.18.0.98/32 -m comment --comment natflow:stray -j DNAT --to-destination 10.0.1.98';
     fake.write([foreign, stray]);
     expect(await nat.applyNatRules({ add: [snat], removeOwners: [], replaceAll: true })).toEqual({ added: 1, removed: 4 });
-    expect(restores()).toEqual([[stray.replace('-A', '-D'), ...lines('-D', fip, dnat), ...lines('-A', snat)]]);
-    expect(tagged()).toEqual(lines('-A', snat));
+    expect(restores()).toEqual([[stray.replace('-A', '-D'), ...restoreLines('-D', fip, dnat), ...restoreLines('-A', snat)]]);
+    expect(fake.tagged()).toEqual(restoreLines('-A', snat));
     expect(fake.save()).toContain(`\n${foreign}\n`);
   });
 
   it('converges from a partial state to the table a clean apply makes, in one restore', async () => {
     // Half of a first apply: two chains, a wrong static chain, the FIP's DNAT rule and no SNAT.
-    const [fipDnat] = lines('-A', fip);
+    const [fipDnat] = restoreLines('-A', fip);
     const bucket = placedChain('EXCLUSIVE_DNAT', fip.owner);
     fake = new FakeCommands(
       ['*nat', ':PREROUTING ACCEPT [0:0]', ':POSTROUTING ACCEPT [0:0]', ':DNAT_FILTER - [0:0]', ':EXCLUSIVE_DNAT - [0:0]', `:${bucket} - [0:0]`, '-A PREROUTING -j DNAT_FILTER', '-A DNAT_FILTER -j EXCLUSIVE_DNAT', fipDnat!, 'COMMIT'].join('\n'),
@@ -121,10 +113,10 @@ describe('NAT activities on a fake gateway', () => {
 
   it('a duplicated tagged rule is deleted once, and its first copy kept', async () => {
     await settled(dnat);
-    fake.write(lines('-A', dnat));
+    fake.write(restoreLines('-A', dnat));
     expect(await nat.applyNatRules({ add: [dnat], removeOwners: [] })).toEqual({ added: 0, removed: 1 });
-    expect(restores()).toEqual([lines('-D', dnat)]);
-    expect(tagged()).toEqual(lines('-A', dnat));
+    expect(restores()).toEqual([restoreLines('-D', dnat)]);
+    expect(fake.tagged()).toEqual(restoreLines('-A', dnat));
   });
 
   it('bad input is refused as one InvalidSpec naming every problem, and runs no command', async () => {
@@ -149,19 +141,19 @@ describe('NAT activities on a fake gateway', () => {
     const racing: CommandRunner = {
       async run(cmd, args, opts) {
         const result = await fake.run(cmd, args, opts);
-        if (cmd === 'iptables-save') fake.write(lines('-D', dnat));
+        if (cmd === 'iptables-save') fake.write(restoreLines('-D', dnat));
         return result;
       },
     };
-    const before = lines('-A', fip).sort();
+    const before = restoreLines('-A', fip).sort();
     await expect(createNatActivities({ netns: GW, runner: racing }).applyNatRules({ add: [], removeOwners: [fip.owner, dnat.owner] })).rejects.toThrow(
-      `ip netns exec ${GW} iptables-restore --noflush -w 10 exited with code 1: iptables-restore: line 4 failed: Bad rule (does a matching rule exist in that chain?). [line 4: ${lines('-D', dnat)[0]}]`,
+      `ip netns exec ${GW} iptables-restore --noflush -w 10 exited with code 1: iptables-restore: line 4 failed: Bad rule (does a matching rule exist in that chain?). [line 4: ${restoreLines('-D', dnat)[0]}]`,
     );
-    expect(restores()).toEqual([lines('-D', fip, dnat)]);
-    expect(tagged()).toEqual(before);
+    expect(restores()).toEqual([restoreLines('-D', fip, dnat)]);
+    expect(fake.tagged()).toEqual(before);
 
     expect(await nat.applyNatRules({ add: [], removeOwners: [fip.owner, dnat.owner] })).toEqual({ added: 0, removed: 2 });
-    expect(tagged()).toEqual([]);
+    expect(fake.tagged()).toEqual([]);
   });
 
   it("conntrack: each kind's own filters, in the namespace; entries counted, none left is not an error", async () => {

@@ -4,9 +4,9 @@
 // duplicated. test/gateway-nat.test.ts does the same on a real gateway.
 import { beforeEach, describe, expect, it } from 'vitest';
 import { createNatActivities, type NatActivities } from '../activities/gateway-nat.js';
-import { ownerOf, renderNatRule, type NatRule } from '../domain/nat-rules.js';
-import { GENERATION_CHAIN, parseNatTable, placedChain, restoreLine } from '../domain/nat-table.js';
-import { FakeCommands } from './support/fake-commands.js';
+import type { NatRule } from '../domain/nat-rules.js';
+import { GENERATION_CHAIN, parseNatTable } from '../domain/nat-table.js';
+import { FakeCommands, restoreLines } from './support/fake-commands.js';
 
 const f1: NatRule = { kind: 'fip', owner: 'f1', eip: '172.18.0.10', internalIp: '10.0.1.10' };
 const f2: NatRule = { kind: 'fip', owner: 'f2', eip: '172.18.0.11', internalIp: '10.0.1.11' };
@@ -16,14 +16,7 @@ let fake: FakeCommands;
 let agent: NatActivities;
 const remembering = (rememberForMs?: number) => createNatActivities({ runner: fake, remember: true, rememberForMs });
 const commands = () => fake.commands.map((c) => c.cmd);
-const lines = (op: '-A' | '-D', rule: NatRule) => renderNatRule(rule).map((r) => restoreLine(op, placedChain(r.chain, rule.owner), r.spec));
-/** The tagged rules of the fake's nat table, as restore lines, sorted. */
-const tagged = () =>
-  parseNatTable(fake.save())
-    .rules.filter((r) => ownerOf(r.spec))
-    .map((r) => restoreLine('-A', r.chain, r.spec))
-    .sort();
-const expected = (...rules: NatRule[]) => rules.flatMap((r) => lines('-A', r)).sort();
+const expected = (...rules: NatRule[]) => restoreLines('-A', ...rules).sort();
 
 beforeEach(async () => {
   fake = new FakeCommands();
@@ -44,16 +37,16 @@ describe('a remembering agent (fake gateway)', () => {
     expect(commands()).toEqual(['iptables-restore', 'iptables-restore', 'conntrack']);
     expect(generation()).toHaveLength(1);
     expect(generation()).not.toEqual(before);
-    expect(tagged()).toEqual(expected(f1, f2));
+    expect(fake.tagged()).toEqual(expected(f1, f2));
   });
 
   it('a rule someone else deleted is not lost when its owner is asserted again: the agent reads', async () => {
     await agent.applyNatRules({ add: [f1, f2], removeOwners: [] });
-    fake.write([lines('-D', f1)[1]!]); // an operator deletes f1's SNAT rule
+    fake.write([restoreLines('-D', f1)[1]!]); // an operator deletes f1's SNAT rule
     fake.commands.length = 0;
     expect(await agent.applyNatRules({ add: [f1], removeOwners: [] })).toEqual({ added: 1, removed: 0 });
     expect(commands()).toEqual(['iptables-save', 'iptables-restore']);
-    expect(tagged()).toEqual(expected(f1, f2));
+    expect(fake.tagged()).toEqual(expected(f1, f2));
   });
 
   it("another agent's change in between is neither lost nor duplicated: the generation it replaced refuses the remembered plan", async () => {
@@ -63,23 +56,23 @@ describe('a remembering agent (fake gateway)', () => {
     fake.commands.length = 0;
     expect(await agent.applyNatRules({ add: [f2], removeOwners: [d1.owner] })).toEqual({ added: 0, removed: 1 });
     expect(commands()).toEqual(['iptables-restore', 'iptables-save', 'iptables-restore']);
-    expect(tagged()).toEqual(expected(f1, f2));
+    expect(fake.tagged()).toEqual(expected(f1, f2));
   });
 
   it('a stateless writer replaces the generation too, so it is seen', async () => {
     await agent.applyNatRules({ add: [f1], removeOwners: [] });
     await createNatActivities({ runner: fake }).applyNatRules({ add: [f2], removeOwners: [] });
     expect(await agent.applyNatRules({ add: [f2], removeOwners: [] })).toEqual({ added: 0, removed: 0 });
-    expect(tagged()).toEqual(expected(f1, f2));
+    expect(fake.tagged()).toEqual(expected(f1, f2));
   });
 
   it('an operator deleting a remembered rule makes its delete fail: nothing half-applied, the change is planned again from a read', async () => {
     await agent.applyNatRules({ add: [f1, d1], removeOwners: [] });
-    fake.write(lines('-D', d1));
+    fake.write(restoreLines('-D', d1));
     fake.commands.length = 0;
     expect(await agent.applyNatRules({ add: [f2], removeOwners: [f1.owner, d1.owner] })).toEqual({ added: 2, removed: 2 });
     expect(commands()).toEqual(['iptables-restore', 'iptables-save', 'iptables-restore']);
-    expect(tagged()).toEqual(expected(f2));
+    expect(fake.tagged()).toEqual(expected(f2));
   });
 
   it('a flushed table (every chain emptied) is rebuilt by the next change; a foreign rule written meanwhile is kept', async () => {
@@ -90,7 +83,7 @@ describe('a remembering agent (fake gateway)', () => {
     fake.commands.length = 0;
     expect(await agent.applyNatRules({ add: [f2], removeOwners: [f1.owner] })).toEqual({ added: 2, removed: 0 });
     expect(commands()).toEqual(['iptables-restore', 'iptables-save', 'iptables-restore']);
-    expect(tagged()).toEqual(expected(f2));
+    expect(fake.tagged()).toEqual(expected(f2));
     expect(fake.save()).toContain(`\n${foreign}\n`);
     const clean = new FakeCommands();
     await createNatActivities({ runner: clean }).applyNatRules({ add: [f2], removeOwners: [] });
@@ -109,6 +102,6 @@ describe('a remembering agent (fake gateway)', () => {
     await forgetful.applyNatRules({ add: [d1], removeOwners: [] });
     await forgetful.applyNatRules({ add: [f1], removeOwners: [] });
     expect(commands()).toEqual(['iptables-save', 'iptables-restore', 'iptables-save', 'iptables-restore']);
-    expect(tagged()).toEqual(expected(f1, f2, d1));
+    expect(fake.tagged()).toEqual(expected(f1, f2, d1));
   });
 });

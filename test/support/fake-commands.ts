@@ -16,8 +16,12 @@
 // iptables does (`-s 10.0.0.1` → `-s 10.0.0.1/32`) is not modelled. Anything else is refused
 // loudly rather than guessed.
 import { checkExit, type CommandRunner, type RunOptions, type RunResult } from '../../activities/exec.js';
+import { ownerOf, renderNatRule, type NatRule } from '../../domain/nat-rules.js';
 // iptables-restore reads the quoting iptables-save writes.
-import { tokenizeSaveLine } from '../../domain/nat-table.js';
+import { parseNatTable, placedChain, restoreLine, tokenizeSaveLine } from '../../domain/nat-table.js';
+
+/** The restore lines of a rule set: `op` of every rendered rule, in its owner's bucket. */
+export const restoreLines = (op: '-A' | '-D', ...rules: NatRule[]) => rules.flatMap((r) => renderNatRule(r).map((x) => restoreLine(op, placedChain(x.chain, r.owner), x.spec)));
 
 export interface RecordedCommand {
   cmd: string;
@@ -61,6 +65,14 @@ export class FakeCommands implements CommandRunner {
       'COMMIT',
       '',
     ].join('\n');
+  }
+
+  /** The tagged rules of its nat table, as restore lines, sorted. */
+  tagged(): string[] {
+    return parseNatTable(this.save())
+      .rules.filter((r) => ownerOf(r.spec))
+      .map((r) => restoreLine('-A', r.chain, r.spec))
+      .sort();
   }
 
   async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {

@@ -114,15 +114,20 @@ export class UdpFlows {
   }
 }
 
+/** `conntrack -L` in a namespace, with conntrack's own filter (`-d <ip>`, `-q <ip>`, `-p tcp --dport <n>`...): one entry a line. */
+export async function conntrack(netns: string, ...filter: string[]): Promise<string[]> {
+  const { stdout } = await runCommand('conntrack', ['-L', ...filter], { netns, allowExitCodes: [1] });
+  return stdout.split('\n').filter(Boolean);
+}
+
 /**
  * conntrack entries in a namespace that mention an address (original or reply direction), or any
  * of several. `nat`: only those that were translated, i.e. whose reply does not simply come back
  * from the original destination to the original source (a DNAT to a VM, an SNAT to an EIP).
  */
 export async function conntrackEntries(netns: string, address: string | readonly string[], { nat = false } = {}): Promise<string[]> {
-  const { stdout } = await runCommand('conntrack', ['-L'], { netns, allowExitCodes: [1] });
   const addresses = typeof address === 'string' ? [address] : address;
-  return stdout.split('\n').filter((line) => addresses.some((a) => line.includes(`=${a} `)) && (!nat || translated(line)));
+  return (await conntrack(netns)).filter((line) => addresses.some((a) => line.includes(`=${a} `)) && (!nat || translated(line)));
 }
 
 /** An entry's tuples are `src= dst=` (original) then `src= dst=` (reply). */

@@ -1,10 +1,10 @@
 // The gateway tests' fake gateway: what the agent's commands see of one gateway, for the workflow
 // tier (test/gateway-workflow.test.ts, test/gateway-handover.test.ts), where the agent's real
 // activities (worker/agent.ts) run against it.
-import type { CommandRunner, RunOptions, RunResult } from '../activities/exec.js';
-import { ownerOf } from '../domain/nat-rules.js';
-import { parseNatTable } from '../domain/nat-table.js';
-import { FakeCommands } from './support/fake-commands.js';
+import type { CommandRunner, RunOptions, RunResult } from '../../activities/exec.js';
+import { ownerOf } from '../../domain/nat-rules.js';
+import { parseNatTable } from '../../domain/nat-table.js';
+import { FakeCommands } from './fake-commands.js';
 
 /** The external interface of the fake gateway. */
 export const EXT = 'net1';

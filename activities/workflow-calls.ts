@@ -49,7 +49,8 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
       return await fn();
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) return notFound();
-      const refusal = err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure ? err.cause : undefined;
+      // A refusal comes as the update's failure, or (one request of a batch) as the batcher's own.
+      const refusal = err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure ? err.cause : err instanceof ApplicationFailure ? err : undefined;
       const draining = refusal?.type === Reason.Draining;
       // A stale attempt is the attempt's problem, not the request's: the next attempt has a new deadline.
       if (refusal?.type === Reason.StaleRequest) throw ApplicationFailure.retryable(refusal.message, Reason.StaleRequest);
@@ -125,7 +126,8 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
         if (!(err instanceof WorkflowNotFoundError)) throw err;
       });
       woken++;
-      Context.current().heartbeat(woken);
+      const context = Context.current();
+      if (!context.info.isLocal) context.heartbeat(woken); // a local activity has no heartbeat: its workflow task's own keeps it
     }
     return woken;
   };

@@ -27,6 +27,12 @@ export interface ResourceRef {
 }
 
 export const CONTROL_TASK_QUEUE = 'natflow-control';
+/**
+ * The IPAM and gateway workflows' queue beside a control queue: served by a worker of its own in
+ * the control process, so that resource workflows waiting in their local activities (each holding
+ * a workflow-task slot) can never take the slots these workflows need to answer them.
+ */
+export const entityTaskQueue = (controlQueue: string) => `${controlQueue}-entities`;
 
 export const workflowIds = {
   resource: (kind: ResourceKind, ref: Pick<ResourceRef, 'name' | 'uid'>) => `natflow/${kind}/${ref.name}/${ref.uid}`,

@@ -6,7 +6,7 @@ import { normalizeEipSpec, type EipSpec, type EipStatus } from '../domain/eip.js
 import type { GatewayInput, GatewaySpec, GatewayState } from '../domain/gateway.js';
 import type { HistoryLimits } from '../domain/history-limits.js';
 import type { IpamState } from '../domain/ipam.js';
-import { CONTROL_TASK_QUEUE, validateName, workflowIds, type ResourceKind, type ResourceRef } from '../domain/names.js';
+import { CONTROL_TASK_QUEUE, entityTaskQueue, validateName, workflowIds, type ResourceKind, type ResourceRef } from '../domain/names.js';
 import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain/subnet.js';
@@ -33,7 +33,7 @@ const queue = (r: Resources) => r.taskQueue ?? CONTROL_TASK_QUEUE;
 export async function ensureSubnet(r: Resources, spec: SubnetSpec, generation?: number): Promise<string> {
   parseSubnet(spec); // a clear error here rather than a failed workflow
   const handle = await r.client.workflow.start(ipamWorkflow, {
-    taskQueue: queue(r),
+    taskQueue: entityTaskQueue(queue(r)),
     workflowId: workflowIds.ipam(spec.name),
     workflowIdConflictPolicy: 'USE_EXISTING',
     args: [{ subnet: spec, ...(generation !== undefined && { generation }), ...(r.historyLimits && { limits: r.historyLimits }) }],
@@ -50,7 +50,7 @@ export async function subnetState(r: Resources, name: string): Promise<IpamState
 export async function ensureGateway(r: Resources, spec: GatewaySpec, kube?: GatewayInput['kube']): Promise<string> {
   validateName(spec.name, 'gateway name');
   const handle = await r.client.workflow.start(gatewayWorkflow, {
-    taskQueue: queue(r),
+    taskQueue: entityTaskQueue(queue(r)),
     workflowId: workflowIds.gateway(spec.name),
     workflowIdConflictPolicy: 'USE_EXISTING',
     args: [{ spec, ...(kube && { kube }), ...(r.historyLimits && { limits: r.historyLimits }) }],

@@ -3,15 +3,14 @@
 // drive every command.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import { buildCli } from '../starter/cli.js';
-import { createControlWorker } from '../worker/control.js';
+import { createControlWorker, type ControlWorker } from '../worker/control.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { workflowBundle } from './support/workflows.js';
 
 describe('natflow CLI', () => {
   let env: TestWorkflowEnvironment;
-  let worker: Worker;
+  let worker: ControlWorker;
   let running: Promise<void>;
   beforeAll(async () => {
     env = await createTestEnv();

@@ -8,7 +8,7 @@ import type { GatewayReadiness } from '../domain/gateway.js';
 import { gatewayChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, historyOf, visibilityWrites, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, historyOf, isCallOf, visibilityWrites, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -56,9 +56,11 @@ describe('EIP workflow (mocked activities)', () => {
       await startedOnceReady(fake, 4);
       await deleteAndWait(h);
       const writes = await visibilityWrites(h);
-      expect(writes.map((w) => w.NatflowPhase ?? '(patch)')).toEqual(['(patch)', 'Ready', 'Deleted']);
-      expect(writes[0]).toEqual({ TemporalChangeVersion: 'lean-history' }); // the start's attributes came with the start
-      expect(writes[1]).toMatchObject({ NatflowGateway: 'gw1' }); // the normalized spec's, with the first phase written
+      // The start's attributes came with the start; the patch marker's write may share the first
+      // phase's workflow task (its steps are local activities) or come just before it.
+      expect(writes.map((w) => w.NatflowPhase).filter(Boolean)).toEqual(['Ready', 'Deleted']);
+      expect(writes.length).toBeLessThanOrEqual(3);
+      expect(Object.assign({}, ...writes.slice(0, -1))).toMatchObject({ TemporalChangeVersion: 'local-calls', NatflowGateway: 'gw1', NatflowPhase: 'Ready' });
     });
   });
 
@@ -85,7 +87,7 @@ describe('EIP workflow (mocked activities)', () => {
       const history = await historyOf(h);
       const signaled = history.findIndex((e) => e.type === 'workflowExecutionSignaled' && e.name === gatewayChangedSignal.name);
       expect(signaled).toBeGreaterThan(-1);
-      const nextCheck = history.findIndex((e, i) => i > signaled && e.type === 'activityTaskScheduled' && e.name === 'gatewayReadiness');
+      const nextCheck = history.findIndex((e, i) => i > signaled && isCallOf(e, 'gatewayReadiness'));
       expect(nextCheck).toBeGreaterThan(signaled);
       const between = history.slice(signaled, nextCheck + 1).map((e) => e.type);
       expect(between, `from the signal to the next check: ${between.join(' → ')}`).not.toContain('timerFired');
@@ -93,13 +95,20 @@ describe('EIP workflow (mocked activities)', () => {
     });
   });
 
-  it('a delete during allocation waits for the allocation to finish, then releases it', async () => {
+  it('a delete during allocation waits for the steps under way, then gives back everything they took', async () => {
     const fake = control({ allocateAddress: { delayMs: 1500 } });
     await withEip(fake, spec, async (h) => {
       await eventually(async () => fake.started(), (n) => n.includes('allocateAddress'), 20_000);
       await deleteAndWait(h);
-      expect(fake.events.indexOf('releaseAddress:start')).toBeGreaterThan(fake.events.indexOf('allocateAddress:end'));
-      expect(fake.started()).not.toContain('bindAddress');
+      // Its steps are local activities: the delete is seen once the steps of the workflow task
+      // under way are done (or at that task's next heartbeat), so the bind may have run too.
+      const at = (event: string) => fake.events.indexOf(event);
+      expect(at('releaseAddress:start')).toBeGreaterThan(at('allocateAddress:end'));
+      if (fake.started().includes('bindAddress')) {
+        expect(at('unbindAddress:start')).toBeGreaterThan(at('bindAddress:end'));
+        expect(at('releaseAddress:start')).toBeGreaterThan(at('unbindAddress:end'));
+      }
+      expect(fake.started().filter((n) => n === 'releaseAddress')).toHaveLength(1);
     });
   });
 

@@ -163,8 +163,11 @@ describe('a life of months (mocked activities)', () => {
       await h.signal(specChangedSignal, { spec: { natGwDp: 'gw1', v4ip: '172.18.0.8' }, generation: 2 });
       await untilPhase(() => eipStatus(h), 'Ready');
       await deleteAndWait(h);
-      // The refused allocation held nothing: one release, for the one address it got.
-      expect([count(fake, 'allocateAddress'), count(fake, 'releaseAddress')]).toEqual([2, 1]);
+      // The refused allocation held nothing: one release for each address it got, none before the
+      // first it got (a run may take .7 before it sees the change to .8: its steps are local activities).
+      expect(count(fake, 'allocateAddress')).toBeGreaterThanOrEqual(2);
+      expect(count(fake, 'releaseAddress')).toBe(count(fake, 'allocateAddress') - 1);
+      expect(fake.events.indexOf('releaseAddress:start')).toBeGreaterThan(fake.events.indexOf('allocateAddress:end', fake.events.indexOf('allocateAddress:end') + 1));
     });
   });
 

@@ -1,12 +1,15 @@
 // The control worker: runs every natflow workflow, the workflow-call activities (updates to the
-// IPAM, gateway and EIP workflows) and, for resources from Kubernetes, the kube activities.
+// IPAM, gateway and EIP workflows) and, for resources from Kubernetes, the kube activities. It is
+// two SDK workers on one bundle: the resource workflows on the control queue (their calls run as
+// local activities, each workflow task holding its slot while they wait), the IPAM and gateway
+// workflows they wait on on a queue of their own, so those always have slots to answer with.
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
-import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { bundleWorkflowCode, NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { createKubeActivities } from '../activities/kube.js';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
-import { CONTROL_TASK_QUEUE } from '../domain/names.js';
+import { CONTROL_TASK_QUEUE, entityTaskQueue } from '../domain/names.js';
 import { connectTemporal, temporalTarget, type TemporalTarget } from './connection.js';
 import { payloadCodecPlugin } from './payload-codec.js';
 import { isMainModule } from './process.js';
@@ -32,24 +35,52 @@ export interface ControlWorkerOptions {
 }
 
 /**
- * Sized for a burst on a small machine. Its activities are calls to other workflows: they mostly
- * wait, so many run at once; every resource workflow of a burst stays cached, so that none is
- * replayed from its history to take its next step.
+ * Sized for a burst on a small machine. A resource workflow's task holds its slot while its local
+ * activities wait for the IPAM and gateway workflows to answer, so a burst needs many slots (they
+ * cost nothing while waiting); every resource workflow of a burst stays cached, so that none is
+ * replayed from its history to take its next step. Remote activities (older runs, the entity
+ * workflows' own calls) mostly wait too.
  */
-const WORKER_TUNING = {
+const RESOURCE_TUNING = {
+  maxConcurrentWorkflowTaskExecutions: 200,
+  maxConcurrentLocalActivityExecutions: 400,
   maxConcurrentActivityTaskExecutions: 500,
   maxCachedWorkflows: 4000,
 } satisfies Partial<WorkerOptions>;
 
-export async function createControlWorker(opts: ControlWorkerOptions): Promise<Worker> {
-  return Worker.create({
+/** A few IPAM and gateway workflows, each handling batches: the defaults, with a small cache. */
+const ENTITY_TUNING = {
+  maxCachedWorkflows: 200,
+} satisfies Partial<WorkerOptions>;
+
+/** The two SDK workers of the control process, run and stopped together. */
+export interface ControlWorker {
+  run(): Promise<void>;
+  shutdown(): void;
+}
+
+export async function createControlWorker(opts: ControlWorkerOptions): Promise<ControlWorker> {
+  const taskQueue = opts.taskQueue ?? CONTROL_TASK_QUEUE;
+  const common = {
     connection: opts.connection,
     namespace: opts.namespace ?? 'default',
-    taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
-    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : workflowBundleOptions),
+    workflowBundle: opts.workflowBundle ?? (await bundleWorkflowCode(workflowBundleOptions)),
     activities: { ...createWorkflowCallActivities(opts.client), ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}) },
-    ...WORKER_TUNING,
-  });
+  };
+  const workers = [
+    await Worker.create({ ...common, taskQueue, ...RESOURCE_TUNING }),
+    await Worker.create({ ...common, taskQueue: entityTaskQueue(taskQueue), ...ENTITY_TUNING }),
+  ];
+  const shutdown = () => {
+    for (const worker of workers) if (worker.getState() === 'RUNNING') worker.shutdown();
+  };
+  return {
+    async run() {
+      // One stopping (a fatal error, or shutdown) stops the other: the process serves both or neither.
+      await Promise.all(workers.map((worker) => worker.run().finally(shutdown)));
+    },
+    shutdown,
+  };
 }
 
 export async function runControlWorker(target: TemporalTarget = temporalTarget()): Promise<void> {

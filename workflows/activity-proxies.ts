@@ -1,5 +1,5 @@
 // Every activity natflow's workflows call, with the options each needs and why.
-import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, proxyActivities, proxyLocalActivities, type ActivityInterfaceFor, type LocalActivityInterfaceFor } from '@temporalio/workflow';
 import { gatewayTaskQueue } from '../domain/names.js';
 import type { GatewayAgentActivities, KubeActivities, WorkflowCallActivities } from '../domain/workflow-api.js';
 
@@ -8,22 +8,46 @@ import type { GatewayAgentActivities, KubeActivities, WorkflowCallActivities } f
  * succeeds; refusals come back non-retryable. A cancelled workflow waits for a call in flight
  * to finish: its cleanup must never race an allocation, claim or apply still going on.
  */
-export const calls = proxyActivities<WorkflowCallActivities>({
+const CALL_OPTIONS = {
   startToCloseTimeout: '60s',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-});
+} as const;
+export const calls = proxyActivities<WorkflowCallActivities>(CALL_OPTIONS);
+
+/** Finalizers and status: idempotent, retried until the apiserver answers. */
+const KUBE_OPTIONS = {
+  startToCloseTimeout: '30s',
+  retry: { initialInterval: '1s', maximumInterval: '30s' },
+} as const;
+export const kube = proxyActivities<KubeActivities>(KUBE_OPTIONS);
+
+/**
+ * The same calls as local activities, for the resource workflows (from the 'local-calls' patch
+ * on): the control worker runs them inside the workflow task and records each result as a
+ * marker, so there is no activity task to schedule, dispatch and complete, and steps in a row
+ * share one workflow task — a resource's creation takes two or three workflow tasks instead of
+ * eight. A workflow task holds its worker slot while its local activities run, so the entity
+ * workflows these calls wait on (IPAM, gateway) run on a queue and worker of their own
+ * (worker/control.ts). A retry that would back off for longer than a few seconds waits on a
+ * server timer instead, which ends the workflow task: a call that keeps failing must not keep a
+ * task open (and heartbeating into history) for minutes.
+ */
+const LOCAL = { localRetryThreshold: '4s' } as const;
+export const localCalls = proxyLocalActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, ...LOCAL });
+export const localKube = proxyLocalActivities<KubeActivities>({ ...KUBE_OPTIONS, ...LOCAL });
+
+/** What a resource workflow calls through: remote activities in the runs of older releases, local ones since. */
+export interface CallProxies {
+  calls: ActivityInterfaceFor<WorkflowCallActivities> | LocalActivityInterfaceFor<WorkflowCallActivities>;
+  kube: ActivityInterfaceFor<KubeActivities> | LocalActivityInterfaceFor<KubeActivities>;
+}
+export const callProxies = (local: boolean): CallProxies => (local ? { calls: localCalls, kube: localKube } : { calls, kube });
 
 /** Wake-ups are a shortcut (waiters also re-check on a timer): a few tries, then move on. */
 export const wakeUps = proxyActivities<Pick<WorkflowCallActivities, 'notifyGatewayWaiters'>>({
   startToCloseTimeout: '30s',
   retry: { maximumAttempts: 3 },
-});
-
-/** Finalizers and status: idempotent, retried until the apiserver answers. */
-export const kube = proxyActivities<KubeActivities>({
-  startToCloseTimeout: '30s',
-  retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
 
 /**

@@ -13,7 +13,7 @@ import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resour
 import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
 import { claimEipUpdate, eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence } from '../domain/workflow-api.js';
-import { calls } from './activity-proxies.js';
+import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched } from './patches.js';
@@ -68,7 +68,7 @@ class Eip {
       if (!this.started && !this.input.carried && !this.legacy) {
         // A run that only cleans up (its object was already deleting) knows nothing of what an
         // earlier run took: give back whatever this EIP may hold anywhere, by owner.
-        await calls.releaseEverywhere.executeWithOptions({ summary: `release ${this.name} everywhere` }, [{ owner: this.owner }]);
+        await this.calls.releaseEverywhere.executeWithOptions({ summary: `release ${this.name} everywhere` }, [{ owner: this.owner }]);
       }
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
@@ -104,13 +104,17 @@ class Eip {
   /** Their wake-ups, sent and not yet delivered. */
   private readonly wakeUpsInFlight = new Set<Promise<void>>();
   readonly k8s;
+  /** Remote activities in the runs of older releases, local ones since 'local-calls'. */
+  private readonly calls: CallProxies['calls'];
   private readonly patched: Patched;
   private readonly reporter: ReturnType<typeof phaseReporter<EipStatus>>;
   private readonly setPhase: ReturnType<typeof phaseReporter<EipStatus>>['setPhase'];
 
   constructor(private readonly input: EipInput) {
     const carried = input.carried;
-    const { lean, patched } = patches();
+    const { lean, local, patched } = patches();
+    const proxies = callProxies(local);
+    this.calls = proxies.calls;
     this.patched = patched;
     this.legacy = !patched('eip-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
@@ -126,7 +130,7 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
-    this.k8s = kubeSync('eip', input.resource);
+    this.k8s = kubeSync('eip', input.resource, proxies.kube);
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
     this.setPhase = this.reporter.setPhase;
 
@@ -149,7 +153,7 @@ class Eip {
   private async waitForGateway(gateway: string): Promise<boolean> {
     for (let attempt = 0; ; attempt++) {
       this.gatewayChanged = false;
-      const readiness = await calls.gatewayReadiness.executeWithOptions({ summary: `is ${gateway} ready?` }, [gateway]);
+      const readiness = await this.calls.gatewayReadiness.executeWithOptions({ summary: `is ${gateway} ready?` }, [gateway]);
       if (readiness.ready) return true;
       this.setPhase('WaitingForGateway', { status: 'False', reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason });
       // A gateway that becomes ready (or appears) wakes us; the timer is the fallback.
@@ -170,7 +174,7 @@ class Eip {
     this.setPhase('Allocating', { status: 'False', reason: 'Allocating', message: `allocating from ${subnet}` }, { passing: true });
     this.held = { subnet };
     try {
-      const allocation = await calls.allocateAddress.executeWithOptions({ summary: `allocate ${requested || 'an address'} from ${subnet}` }, [{ subnet, owner: this.owner, requested }]);
+      const allocation = await this.calls.allocateAddress.executeWithOptions({ summary: `allocate ${requested || 'an address'} from ${subnet}` }, [{ subnet, owner: this.owner, requested }]);
       this.status.ip = allocation.address;
       return allocation;
     } catch (err) {
@@ -208,7 +212,7 @@ class Eip {
     this.setReady(gateway, allocation.address);
     // Added after the first release: rules created before their EIP no longer wait for their
     // next re-check (up to 30 s) but start at once. Patched, so older histories still replay.
-    if (this.patched('wake-rules-on-eip-ready')) await calls.notifyEipWaiters.executeWithOptions({ summary: `wake NAT rules waiting for EIP ${this.name}` }, [this.name]);
+    if (this.patched('wake-rules-on-eip-ready')) await this.calls.notifyEipWaiters.executeWithOptions({ summary: `wake NAT rules waiting for EIP ${this.name}` }, [this.name]);
     await this.keepServing();
   }
 
@@ -222,7 +226,7 @@ class Eip {
       if (this.gatewayChanged) {
         this.gatewayChanged = false;
         if (this.legacy) {
-          if (!(await calls.gatewayReadiness(gateway)).exists) break;
+          if (!(await this.calls.gatewayReadiness(gateway)).exists) break;
           continue;
         }
         await this.reassert(gateway, allocation);
@@ -246,7 +250,7 @@ class Eip {
 
   /** The gateway changed: bind again (a no-op when the address is there) and show what holds. */
   private async reassert(gateway: string, allocation: Allocation): Promise<void> {
-    const readiness = await calls.gatewayReadiness.executeWithOptions({ summary: `is ${gateway} ready?` }, [gateway]);
+    const readiness = await this.calls.gatewayReadiness.executeWithOptions({ summary: `is ${gateway} ready?` }, [gateway]);
     if (readiness.ready) {
       try {
         await this.sendBind(gateway, allocation);
@@ -262,7 +266,7 @@ class Eip {
   }
 
   private sendBind(gateway: string, allocation: Allocation): Promise<void> {
-    return calls.bindAddress.executeWithOptions({ summary: `add ${allocation.address}/${allocation.prefixLength} on ${gateway}` }, [{ gateway, owner: this.owner, address: allocation.address, prefixLength: allocation.prefixLength }]);
+    return this.calls.bindAddress.executeWithOptions({ summary: `add ${allocation.address}/${allocation.prefixLength} on ${gateway}` }, [{ gateway, owner: this.owner, address: allocation.address, prefixLength: allocation.prefixLength }]);
   }
 
   private setReady(gateway: string, address: string): void {
@@ -278,7 +282,7 @@ class Eip {
       await removeUntilApplied(
         () => {
           this.gatewayChanged = false;
-          return calls.unbindAddress.executeWithOptions({ summary: `unbind ${this.status.ip || 'EIP'} from ${gateway}` }, [{ gateway, owner: this.owner }]);
+          return this.calls.unbindAddress.executeWithOptions({ summary: `unbind ${this.status.ip || 'EIP'} from ${gateway}` }, [{ gateway, owner: this.owner }]);
         },
         (attempt) => waitForGatewayToRemove(this.setPhase, this.waitFor, () => this.gatewayChanged, { gateway, what: this.status.ip || 'its address', deleting: this.deleting, attempt }),
         this.patched,
@@ -286,7 +290,7 @@ class Eip {
       this.bound = null;
     }
     if (this.held) {
-      await calls.releaseAddress.executeWithOptions({ summary: `release ${this.status.ip || 'EIP'} to ${this.held.subnet}` }, [{ subnet: this.held.subnet, owner: this.owner }]);
+      await this.calls.releaseAddress.executeWithOptions({ summary: `release ${this.status.ip || 'EIP'} to ${this.held.subnet}` }, [{ subnet: this.held.subnet, owner: this.owner }]);
       this.held = null;
     }
     this.status.ip = '';

@@ -20,14 +20,20 @@ export function drainingRefusal(what: string): wf.ApplicationFailure {
   return wf.ApplicationFailure.retryable(`${what} is moving to a new run`, Reason.Draining);
 }
 
+/** The application failure an activity failed with: a remote activity's comes wrapped in an ActivityFailure, a local one's as it is. */
+function applicationCause(err: unknown): wf.ApplicationFailure | undefined {
+  const cause = err instanceof wf.ActivityFailure ? err.cause : err;
+  return cause instanceof wf.ApplicationFailure ? cause : undefined;
+}
+
 /** An activity's definite "no" (a non-retryable failure from the workflow it asked): nothing was taken. */
 export function isRefusal(err: unknown): boolean {
-  return err instanceof wf.ActivityFailure && err.cause instanceof wf.ApplicationFailure && err.cause.nonRetryable === true;
+  return applicationCause(err)?.nonRetryable === true;
 }
 
 /** The condition for an activity's refusal: its failure type is the reason. */
 export function refusal(err: unknown, fallbackReason: string): ReadyCondition {
-  const cause = (err as wf.ActivityFailure).cause as wf.ApplicationFailure | undefined;
+  const cause = applicationCause(err);
   return { status: 'False', reason: cause?.type ?? fallbackReason, message: cause?.message ?? String(err) };
 }
 

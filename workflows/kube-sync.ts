@@ -4,7 +4,7 @@
 import * as wf from '@temporalio/workflow';
 import type { KubeRef } from '../domain/kube.js';
 import type { ResourceRef } from '../domain/names.js';
-import { kube } from './activity-proxies.js';
+import { kube as remoteKube, type CallProxies } from './activity-proxies.js';
 
 export interface KubeSync {
   /** 'gone': the object no longer exists, there is nothing to do; 'deleting': only cleanup is left. */
@@ -14,7 +14,8 @@ export interface KubeSync {
   release(): Promise<void>;
 }
 
-export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef): KubeSync {
+/** `kube`: the proxy its calls go through (a resource workflow's are local since 'local-calls'). */
+export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
   if (!resource.fromKube) return { adopt: async () => 'adopted', publish: () => undefined, release: async () => undefined };
 

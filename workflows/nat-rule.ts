@@ -12,7 +12,7 @@ import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule, type EipWatch, type WatchUntil } from '../domain/workflow-api.js';
-import { calls } from './activity-proxies.js';
+import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched } from './patches.js';
@@ -100,13 +100,17 @@ class NatRuleResource {
   private applied: { gateway: string } | null;
   private serving: NatCarried['serving'];
   readonly k8s;
+  /** Remote activities in the runs of older releases, local ones since 'local-calls'. */
+  private readonly calls: CallProxies['calls'];
   private readonly lean: boolean;
   private readonly patched: Patched;
   private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
   constructor(input: NatInput) {
     const carried = input.carried;
-    const { lean, patched } = patches();
+    const { lean, local, patched } = patches();
+    const proxies = callProxies(local);
+    this.calls = proxies.calls;
     this.lean = lean;
     this.patched = patched;
     this.legacy = !patched('nat-rule-long-life');
@@ -121,7 +125,7 @@ class NatRuleResource {
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
     this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
-    this.k8s = kubeSync(this.kind, input.resource);
+    this.k8s = kubeSync(this.kind, input.resource, proxies.kube);
     this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 
     wf.setHandler(statusQuery, () => this.status);
@@ -164,7 +168,7 @@ class NatRuleResource {
       // A lean run's lookup asks the EIP to wake us (one workflow task less than a signal of ours).
       const watch: EipWatch | undefined = this.lean ? { watcher: this.owner, until: 'ready' } : undefined;
       const args: [string, EipWatch?] = watch ? [eipName, watch] : [eipName];
-      const eip = await calls.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, args);
+      const eip = await this.calls.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, args);
       if (eip?.ready) return eip;
       this.setPhase('WaitingForEip', { status: 'False', reason: eip ? Reason.EipNotReady : Reason.EipNotFound, message: eip ? `EIP ${eipName} is not ready: ${eip.reason}` : `EIP ${eipName} does not exist` });
       if (eip && !this.lean) await this.watch(eip.workflowId, { until: 'ready' });
@@ -181,7 +185,7 @@ class NatRuleResource {
     this.setPhase('Claiming', { status: 'False', reason: 'Claiming', message: `claiming EIP ${this.input.spec.eip}` }, { passing: true });
     this.claimed = { eipWorkflowId: eip.workflowId };
     try {
-      const target = await calls.claimEip.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name}` }, [{ eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name }]);
+      const target = await this.calls.claimEip.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name}` }, [{ eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name }]);
       this.status.v4ip = target.address;
       this.status.natGwDp = target.gateway;
       this.reporter.attributes({ gateway: target.gateway });
@@ -240,7 +244,7 @@ class NatRuleResource {
     this.setPhase('Applying', { status: 'False', reason: 'Applying', message: `applying on ${gateway}` }, { passing: true });
     this.applied = { gateway };
     try {
-      await calls.setGatewayRule.executeWithOptions({ summary: `apply ${this.kind} ${this.name}: ${rule.eip} on ${gateway}` }, [{ gateway, rule }]);
+      await this.calls.setGatewayRule.executeWithOptions({ summary: `apply ${this.kind} ${this.name}: ${rule.eip} on ${gateway}` }, [{ gateway, rule }]);
       return null;
     } catch (err) {
       if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
@@ -273,7 +277,7 @@ class NatRuleResource {
       await removeUntilApplied(
         () => {
           this.gatewayChanged = false;
-          return calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}` }, [{ gateway, owner: this.input.resource.uid }]);
+          return this.calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}` }, [{ gateway, owner: this.input.resource.uid }]);
         },
         (attempt) => waitForGatewayToRemove((phase, condition) => this.setPhase(phase, condition), this.waitFor, () => this.gatewayChanged, { gateway, what: 'its rules', deleting: this.deleting, attempt }),
         this.patched,
@@ -281,7 +285,7 @@ class NatRuleResource {
       this.applied = null;
     }
     if (this.claimed) {
-      await calls.unclaimEip.executeWithOptions({ summary: `give EIP ${this.input.spec.eip} back` }, [{ eipWorkflowId: this.claimed.eipWorkflowId, owner: this.owner }]);
+      await this.calls.unclaimEip.executeWithOptions({ summary: `give EIP ${this.input.spec.eip} back` }, [{ eipWorkflowId: this.claimed.eipWorkflowId, owner: this.owner }]);
       this.claimed = null;
     }
     this.status.v4ip = '';
@@ -292,9 +296,9 @@ class NatRuleResource {
    * run took: its rule comes off every gateway by its tag, and its claim off the EIP it names.
    */
   private async releaseByIdentity(): Promise<void> {
-    await calls.removeGatewayRuleEverywhere.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules everywhere` }, [{ owner: this.input.resource.uid }]);
+    await this.calls.removeGatewayRuleEverywhere.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules everywhere` }, [{ owner: this.input.resource.uid }]);
     const eipName = checkSpec(() => natEipName(this.input));
-    const eip = eipName.ok ? await calls.eipForRule.executeWithOptions({ summary: `find EIP ${eipName.value}` }, [eipName.value]) : null;
+    const eip = eipName.ok ? await this.calls.eipForRule.executeWithOptions({ summary: `find EIP ${eipName.value}` }, [eipName.value]) : null;
     if (eip) this.claimed = { eipWorkflowId: eip.workflowId };
   }
 

@@ -3,15 +3,19 @@
 // attribute: a visibility write, which on the dev server costs as much as an activity (measured:
 // 400 workflows of 4 no-op activities, 18.0 s plain, 31.4 s with a new patch before each). A run
 // started since 'lean-history' took every patch named in this code at its start, so it asks for
-// none of them again; older histories ask for each where they always did.
+// none of them again; older histories ask for each where they always did. 'local-calls' is the
+// next such base: a run that takes it takes 'lean-history' too, without asking for it.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';
+/** The resource workflow calls through local activities (workflows/activity-proxies.ts). */
+export const LOCAL_CALLS = 'local-calls';
 
 /** Whether this run takes the patch `id`; call `patches()` in the workflow's first task, before any other patch. */
 export type Patched = (id: string) => boolean;
 
-export function patches(): { lean: boolean; patched: Patched } {
-  const lean = wf.patched(LEAN_HISTORY);
-  return { lean, patched: (id) => lean || wf.patched(id) };
+export function patches(): { lean: boolean; local: boolean; patched: Patched } {
+  const local = wf.patched(LOCAL_CALLS);
+  const lean = local || wf.patched(LEAN_HISTORY);
+  return { lean, local, patched: (id) => lean || wf.patched(id) };
 }

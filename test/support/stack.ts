@@ -1,7 +1,6 @@
 // The end-to-end stack for tests: a throwaway dev server, a lab gateway in network namespaces,
 // a control worker and that gateway's agent, all real. One per test file.
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { createAddressActivities } from '../../activities/gateway-addresses.js';
 import { createNatActivities } from '../../activities/gateway-nat.js';
@@ -9,7 +8,7 @@ import { labExternalSubnet, type LabTopology } from '../../domain/lab.js';
 import type { SubnetSpec } from '../../domain/subnet.js';
 import { labDown, labUp } from '../../temporal-dev/lab.js';
 import { startGatewayAgent, type RunningAgent } from '../../worker/agent.js';
-import { createControlWorker } from '../../worker/control.js';
+import { createControlWorker, type ControlWorker } from '../../worker/control.js';
 import { ensureGateway, ensureSubnet, type Resources } from '../../starter/resources.js';
 import { connectTemporal, temporalTarget } from '../../worker/connection.js';
 import { createTestEnv } from './temporal-env.js';
@@ -46,7 +45,7 @@ async function temporalFor(address?: string): Promise<{ env: Stack['env']; close
 export async function startStack(subnetName: string, opts: { kubeConfig?: KubeConfig; registerSubnet?: boolean; temporalAddress?: string } = {}): Promise<Stack> {
   const { env, closeEnv } = await temporalFor(opts.temporalAddress);
   const resources: Resources = { client: env.client, taskQueue: uniqueQueue('control') };
-  const control: Worker = await createControlWorker({ connection: env.nativeConnection, client: env.client, taskQueue: resources.taskQueue, workflowBundle: await workflowBundle(), kubeConfig: opts.kubeConfig });
+  const control: ControlWorker = await createControlWorker({ connection: env.nativeConnection, client: env.client, taskQueue: resources.taskQueue, workflowBundle: await workflowBundle(), kubeConfig: opts.kubeConfig });
   const controlRun = control.run();
   const gateways: Stack['gateways'] = new Map();
   const agentFor = (name: string, topology: LabTopology) =>

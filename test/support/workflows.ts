@@ -106,10 +106,17 @@ export const resourcePhase = <K extends ResourceKind>(r: Resources, kind: K, nam
 // --- history ---------------------------------------------------------------------------------
 
 export interface HistoryEntry {
-  /** The event's attributes field without `EventAttributes`: `workflowExecutionSignaled`, `timerFired`, ... */
+  /** The event's attributes field without `EventAttributes` (`workflowExecutionSignaled`, `timerFired`, ...), or `localActivity` for a local activity's marker. */
   type: string;
-  /** The activity type of `activityTaskScheduled`, the signal name of `workflowExecutionSignaled`. */
+  /** The activity type of `activityTaskScheduled` and `localActivity`, the signal name of `workflowExecutionSignaled`. */
   name?: string;
+}
+
+/** The SDK's marker of a local activity, with its activity type in the marker's JSON data. */
+function localActivityType(attributes: { markerName?: string | null; details?: Record<string, { payloads?: { data?: Uint8Array | null }[] | null }> | null }): string | undefined {
+  if (attributes.markerName !== 'core_local_activity') return undefined;
+  const data = attributes.details?.data?.payloads?.[0]?.data;
+  return data ? (JSON.parse(Buffer.from(data).toString()) as { activity_type?: string }).activity_type : undefined;
 }
 
 /** A workflow's history (current run), one entry per event, in order. */
@@ -117,11 +124,16 @@ export async function historyOf(handle: WorkflowHandle): Promise<HistoryEntry[]>
   const { events } = await handle.fetchHistory();
   return (events ?? []).map((event) => {
     const [key, attributes] = Object.entries(event).find(([k, v]) => k.endsWith('EventAttributes') && v != null) ?? ['unknownEventAttributes', {}];
+    const localActivity = localActivityType(attributes as never);
+    if (localActivity !== undefined) return { type: 'localActivity', name: localActivity };
     const a = attributes as { activityType?: { name?: string }; signalName?: string };
     const name = a.activityType?.name ?? a.signalName ?? undefined;
     return { type: key.slice(0, -'EventAttributes'.length), ...(name !== undefined && { name }) };
   });
 }
+
+/** Whether a history entry is a call of activity `name`, remote (scheduled) or local (its marker). */
+export const isCallOf = (entry: HistoryEntry, name: string) => (entry.type === 'activityTaskScheduled' || entry.type === 'localActivity') && entry.name === name;
 
 /**
  * What a workflow's run wrote to visibility, in order: for each workflow task that upserted

@@ -10,7 +10,16 @@ export interface RunOptions {
   input?: string;
   /** Exit codes accepted besides 0 (e.g. 1 for `conntrack -D` when nothing matched). */
   allowExitCodes?: number[];
+  /** Killed (and the run rejected) after this long; COMMAND_TIMEOUT_MS by default. */
+  timeoutMs?: number;
 }
+
+/**
+ * Every command's deadline. A command that hangs (a stuck netlink dump, a lock never released)
+ * must fail the activity with its name rather than hold the agent's serialized applies until
+ * the activity times out, and every apply after it; the agent's activities have 30 s.
+ */
+export const COMMAND_TIMEOUT_MS = 20_000;
 
 export interface RunResult {
   stdout: string;
@@ -34,13 +43,24 @@ export function runCommand(cmd: string, args: string[], opts: RunOptions = {}): 
     const child = spawn(argv[0]!, argv.slice(1), { stdio: 'pipe' });
     let stdout = '';
     let stderr = '';
+    const timeoutMs = opts.timeoutMs ?? COMMAND_TIMEOUT_MS;
+    let timedOut = false;
+    const deadline = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
 
     // 'error' covers a missing binary (ENOENT); 'close' then may not follow.
-    child.on('error', (err) => reject(new Error(`${commandLine(cmd, args, opts)}: ${err.message}`, { cause: err })));
+    child.on('error', (err) => {
+      clearTimeout(deadline);
+      reject(new Error(`${commandLine(cmd, args, opts)}: ${err.message}`, { cause: err }));
+    });
     child.on('close', (code, signal) => {
-      if (code === null) reject(new Error(`${commandLine(cmd, args, opts)} was killed by ${signal}${detail(stderr)}`));
+      clearTimeout(deadline);
+      if (timedOut) reject(new Error(`${commandLine(cmd, args, opts)} did not finish within ${timeoutMs / 1000} s and was killed${detail(stderr)}`));
+      else if (code === null) reject(new Error(`${commandLine(cmd, args, opts)} was killed by ${signal}${detail(stderr)}`));
       else {
         try {
           resolve(checkExit(cmd, args, opts, { stdout, stderr, code }));

@@ -66,9 +66,20 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
  * workflows that would answer its updates and queries run on this worker, and stop too), and its
  * retry on the next worker sends the same idempotent call again. Any other cancellation still
  * waits for the answer: a workflow's cleanup must not race a call in flight.
+ *
+ * A local activity hears nothing of a shutdown from its context, and its worker waits for it
+ * (its workflow task holds the worker until it ends), so `stopping` tells it: the attempt fails
+ * with a retry delay above the local retry threshold, which ends the workflow task on a server
+ * timer, and the next worker makes the call again.
  */
-function untilWorkerShutdown<T>(context: Context, call: Promise<T>): Promise<T> {
-  const shutdown = new Promise<never>((_, reject) => context.cancelled.catch((err: unknown) => (err as Error)?.message === 'WORKER_SHUTDOWN' && reject(err)));
+function untilWorkerShutdown<T>(context: Context, call: Promise<T>, stopping?: AbortSignal): Promise<T> {
+  const shutdown = new Promise<never>((_, reject) => {
+    context.cancelled.catch((err: unknown) => (err as Error)?.message === 'WORKER_SHUTDOWN' && reject(err));
+    if (!context.info.isLocal || !stopping) return;
+    const stop = () => reject(ApplicationFailure.create({ message: 'the control worker is stopping: the next one makes this call again', type: Reason.WorkerStopping, nextRetryDelay: '10s' }));
+    if (stopping.aborted) stop();
+    else stopping.addEventListener('abort', stop, { once: true });
+  });
   return Promise.race([call, shutdown]);
 }
 
@@ -93,7 +104,7 @@ function fence(): Fence | undefined {
 }
 
 /** Every activity: its attempt's start noted (for its fence), and it ends at once when this worker shuts down. */
-function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
+function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>, stopping?: AbortSignal): (...args: A) => Promise<R> {
   return (...args) => {
     let context: Context;
     try {
@@ -102,7 +113,7 @@ function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>
       return activity(...args); // called outside an activity (a script or a test)
     }
     attemptStarts.set(context, Date.now());
-    return untilWorkerShutdown(context, activity(...args));
+    return untilWorkerShutdown(context, activity(...args), stopping);
   };
 }
 
@@ -110,7 +121,8 @@ function fail(reason: Reason, message: string): never {
   throw ApplicationFailure.nonRetryable(message, reason);
 }
 
-export function createWorkflowCallActivities(client: Client, batchLimits?: BatchLimits): WorkflowCallActivities {
+/** `stopping`: aborted when the worker running these as local activities starts to shut down. */
+export function createWorkflowCallActivities(client: Client, batchLimits?: BatchLimits, stopping?: AbortSignal): WorkflowCallActivities {
   // Requests to the IPAM and gateway workflows go in batches (see update-batches.ts).
   const ipam = new UpdateBatcher<IpamRequest, Allocation | string | null>((id, requests) => client.workflow.getHandle(id).executeUpdate(ipamRequestsUpdate, { args: [requests] }), batchLimits);
   const gateways = new UpdateBatcher<GatewayRequest, { applied: boolean } | null>((id, requests) => client.workflow.getHandle(id).executeUpdate(gatewayRequestsUpdate, { args: [requests] }), batchLimits);
@@ -254,6 +266,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
-  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>)])) as unknown as WorkflowCallActivities;
+  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, stopping)])) as unknown as WorkflowCallActivities;
 }
 

@@ -19,7 +19,7 @@ import { labDown, labUp } from '../temporal-dev/lab.js';
 import { startDevServer } from '../temporal-dev/dev-server.js';
 import { startGatewayAgent } from '../worker/agent.js';
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
-import { createControlWorker } from '../worker/control.js';
+import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
 import { createResource, ensureGateway, ensureSubnet, gatewayState, subnetState } from '../starter/resources.js';
 
 const { values } = parseArgs({ options: { pairs: { type: 'string', default: '50,200,1000' }, inflight: { type: 'string', default: '50' }, 'no-floor': { type: 'boolean' } } });
@@ -83,14 +83,16 @@ try {
     const started = Date.now() - t0;
     await until(`${n} FIPs Ready`, async () => (await count(client, 'NatflowKind = "fip" AND NatflowPhase = "Ready" AND ExecutionStatus = "Running"')) >= n);
     const ready = Date.now() - t0;
-    // What a pair cost: activities per resource workflow (from a sample), for the floor.
+    // What a pair cost: activities and local activities per resource workflow (from a sample), for the floor.
     const sample = created.slice(0, 20);
     let activities = 0;
+    let localActivities = 0;
     for (const id of sample) {
       const events = (await client.workflow.getHandle(id).fetchHistory()).events ?? [];
       activities += events.filter((e) => e.activityTaskScheduledEventAttributes).length;
+      localActivities += events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
     }
-    const perWorkflow = Math.round(activities / sample.length);
+    const perWorkflow = { activities: Math.round(activities / sample.length), localActivities: Math.round(localActivities / sample.length) };
 
     const t1 = Date.now();
     await pool(created, inflight, (id) => client.workflow.getHandle(id).cancel());
@@ -105,7 +107,7 @@ try {
 
     let floor = '-';
     if (!values['no-floor']) floor = seconds(await temporalFloor(client, nativeConnection, 2 * n, perWorkflow));
-    rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), String(perWorkflow), floor, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
+    rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), `${perWorkflow.activities} + ${perWorkflow.localActivities} local`, floor, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
     console.log(`[bench] ${n} pairs: Ready in ${seconds(ready)} s, deleted in ${seconds(deleted)} s`);
   }
   await agent.stop();
@@ -124,20 +126,21 @@ const header = ['pairs', 'created s', 'all Ready s', 'all deleted s', 'ms/pair',
 console.log(header.join('\t'));
 for (const row of rows) console.log(row.join('\t'));
 
-/** The floor: `workflows` trivial workflows of `activities` no-op activities each, `inflight` starts at a time, until all completed. */
-async function temporalFloor(client: Client, connection: typeof nativeConnection, workflows: number, activities: number): Promise<number> {
+/** The floor: `workflows` trivial workflows of as many no-op (local) activities each as natflow's ran, `inflight` starts at a time, until all completed. */
+async function temporalFloor(client: Client, connection: typeof nativeConnection, workflows: number, perWorkflow: { activities: number; localActivities: number }): Promise<number> {
   const taskQueue = 'bench-floor';
   const worker = await Worker.create({
     connection,
     taskQueue,
     workflowsPath: new URL('./floor-workflow.ts', import.meta.url).pathname,
     activities: { noop: async () => undefined },
+    ...RESOURCE_TUNING, // the resource workflows' own worker settings
   });
   return worker.runUntil(async () => {
     const t0 = Date.now();
     const handles: { result(): Promise<unknown> }[] = [];
     await pool(Array.from({ length: workflows }, (_, i) => i), inflight, async (i) => {
-      handles.push(await client.workflow.start('floorWorkflow', { taskQueue, workflowId: `bench-floor-${t0}-${i}`, args: [activities] }));
+      handles.push(await client.workflow.start('floorWorkflow', { taskQueue, workflowId: `bench-floor-${t0}-${i}`, args: [perWorkflow.activities, perWorkflow.localActivities] }));
     });
     await Promise.all(handles.map((h) => h.result()));
     return Date.now() - t0;

@@ -17,6 +17,8 @@ export const Reason = {
   StaleRequest: 'StaleRequest',
   /** An entity workflow about to continue as new: send the request again in a moment. */
   Draining: 'Draining',
+  /** The control worker running a call is shutting down: the next one makes it again (retryable). */
+  WorkerStopping: 'WorkerStopping',
   Ready: 'Ready',
   Deleting: 'Deleting',
 } as const;

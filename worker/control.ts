@@ -5,7 +5,7 @@
 // workflows they wait on on a queue of their own, so those always have slots to answer with.
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
-import { bundleWorkflowCode, NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { bundleWorkflowCode, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { createKubeActivities } from '../activities/kube.js';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
@@ -41,7 +41,7 @@ export interface ControlWorkerOptions {
  * replayed from its history to take its next step. Remote activities (older runs, the entity
  * workflows' own calls) mostly wait too.
  */
-const RESOURCE_TUNING = {
+export const RESOURCE_TUNING = {
   maxConcurrentWorkflowTaskExecutions: 200,
   maxConcurrentLocalActivityExecutions: 400,
   maxConcurrentActivityTaskExecutions: 500,
@@ -53,7 +53,7 @@ const ENTITY_TUNING = {
   maxCachedWorkflows: 200,
 } satisfies Partial<WorkerOptions>;
 
-/** The two SDK workers of the control process, run and stopped together. */
+/** The two SDK workers of the control process: `shutdown()` stops the resource worker, then the entity worker. */
 export interface ControlWorker {
   run(): Promise<void>;
   shutdown(): void;
@@ -61,25 +61,28 @@ export interface ControlWorker {
 
 export async function createControlWorker(opts: ControlWorkerOptions): Promise<ControlWorker> {
   const taskQueue = opts.taskQueue ?? CONTROL_TASK_QUEUE;
+  const stopping = new AbortController();
   const common = {
     connection: opts.connection,
     namespace: opts.namespace ?? 'default',
-    workflowBundle: opts.workflowBundle ?? (await bundleWorkflowCode(workflowBundleOptions)),
-    activities: { ...createWorkflowCallActivities(opts.client), ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}) },
+    workflowBundle: opts.workflowBundle ?? (await bundleWorkflowCode({ ...workflowBundleOptions, logger: Runtime.instance().logger })),
+    activities: { ...createWorkflowCallActivities(opts.client, undefined, stopping.signal), ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}) },
   };
-  const workers = [
-    await Worker.create({ ...common, taskQueue, ...RESOURCE_TUNING }),
-    await Worker.create({ ...common, taskQueue: entityTaskQueue(taskQueue), ...ENTITY_TUNING }),
-  ];
-  const shutdown = () => {
-    for (const worker of workers) if (worker.getState() === 'RUNNING') worker.shutdown();
-  };
+  const resources = await Worker.create({ ...common, taskQueue, ...RESOURCE_TUNING });
+  const entities = await Worker.create({ ...common, taskQueue: entityTaskQueue(taskQueue), ...ENTITY_TUNING });
+  const stop = (worker: Worker) => worker.getState() === 'RUNNING' && worker.shutdown();
   return {
     async run() {
-      // One stopping (a fatal error, or shutdown) stops the other: the process serves both or neither.
-      await Promise.all(workers.map((worker) => worker.run().finally(shutdown)));
+      // The resource worker drains first: the calls its workflows still wait on are answered by
+      // the entity workflows until it has stopped. Either one failing stops the other.
+      const resourcesRun = resources.run().finally(() => stop(entities));
+      const entitiesRun = entities.run().finally(() => stop(resources));
+      await Promise.all([resourcesRun, entitiesRun]);
     },
-    shutdown,
+    shutdown() {
+      stopping.abort(); // local activities end their attempts at once (see activities/workflow-calls.ts)
+      stop(resources);
+    },
   };
 }
 

@@ -37,12 +37,18 @@ const LOCAL = { localRetryThreshold: '4s' } as const;
 export const localCalls = proxyLocalActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, ...LOCAL });
 export const localKube = proxyLocalActivities<KubeActivities>({ ...KUBE_OPTIONS, ...LOCAL });
 
-/** What a resource workflow calls through: remote activities in the runs of older releases, local ones since. */
+/**
+ * What a resource workflow calls through: remote activities in the runs of older releases, local
+ * ones since. A NAT rule's calls to its EIP (claim, unclaim) stay remote: the EIP workflow answers
+ * on the same queue, and rules waiting for it in local activities would hold the slots it needs
+ * to answer (a burst of 1,000 deletes deadlocked on it until their attempts timed out).
+ */
 export interface CallProxies {
   calls: ActivityInterfaceFor<WorkflowCallActivities> | LocalActivityInterfaceFor<WorkflowCallActivities>;
   kube: ActivityInterfaceFor<KubeActivities> | LocalActivityInterfaceFor<KubeActivities>;
 }
 export const callProxies = (local: boolean): CallProxies => (local ? { calls: localCalls, kube: localKube } : { calls, kube });
+export const eipCalls = calls;
 
 /** Wake-ups are a shortcut (waiters also re-check on a timer): a few tries, then move on. */
 export const wakeUps = proxyActivities<Pick<WorkflowCallActivities, 'notifyGatewayWaiters'>>({

@@ -12,7 +12,7 @@ import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule, type EipWatch, type WatchUntil } from '../domain/workflow-api.js';
-import { callProxies, type CallProxies } from './activity-proxies.js';
+import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched } from './patches.js';
@@ -185,7 +185,7 @@ class NatRuleResource {
     this.setPhase('Claiming', { status: 'False', reason: 'Claiming', message: `claiming EIP ${this.input.spec.eip}` }, { passing: true });
     this.claimed = { eipWorkflowId: eip.workflowId };
     try {
-      const target = await this.calls.claimEip.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name}` }, [{ eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name }]);
+      const target = await eipCalls.claimEip.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name}` }, [{ eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name }]);
       this.status.v4ip = target.address;
       this.status.natGwDp = target.gateway;
       this.reporter.attributes({ gateway: target.gateway });
@@ -285,7 +285,7 @@ class NatRuleResource {
       this.applied = null;
     }
     if (this.claimed) {
-      await this.calls.unclaimEip.executeWithOptions({ summary: `give EIP ${this.input.spec.eip} back` }, [{ eipWorkflowId: this.claimed.eipWorkflowId, owner: this.owner }]);
+      await eipCalls.unclaimEip.executeWithOptions({ summary: `give EIP ${this.input.spec.eip} back` }, [{ eipWorkflowId: this.claimed.eipWorkflowId, owner: this.owner }]);
       this.claimed = null;
     }
     this.status.v4ip = '';

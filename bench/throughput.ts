@@ -84,7 +84,7 @@ try {
     await until(`${n} FIPs Ready`, async () => (await count(client, 'NatflowKind = "fip" AND NatflowPhase = "Ready" AND ExecutionStatus = "Running"')) >= n);
     const ready = Date.now() - t0;
     // What a pair cost: activities and local activities per resource workflow (from a sample), for the floor.
-    const sample = created.slice(0, 20);
+    const sample = ['eip', 'fip'].flatMap((kind) => created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 10));
     let activities = 0;
     let localActivities = 0;
     for (const id of sample) {

@@ -103,8 +103,12 @@ function fence(): Fence | undefined {
   }
 }
 
-/** Every activity: its attempt's start noted (for its fence), and it ends at once when this worker shuts down. */
-function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>, stopping?: AbortSignal): (...args: A) => Promise<R> {
+/**
+ * Every activity: its attempt's start noted (for its fence), and it ends at once when this worker
+ * shuts down. A local one's requests to the server are aborted then too (`abortable`): none may
+ * outlive the worker and its connection.
+ */
+function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>, stopping?: AbortSignal, abortable?: <T>(fn: () => Promise<T>) => Promise<T>): (...args: A) => Promise<R> {
   return (...args) => {
     let context: Context;
     try {
@@ -113,7 +117,8 @@ function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>
       return activity(...args); // called outside an activity (a script or a test)
     }
     attemptStarts.set(context, Date.now());
-    return untilWorkerShutdown(context, activity(...args), stopping);
+    const call = context.info.isLocal && abortable ? abortable(() => activity(...args)) : activity(...args);
+    return untilWorkerShutdown(context, call, stopping);
   };
 }
 
@@ -266,6 +271,7 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
-  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, stopping)])) as unknown as WorkflowCallActivities;
+  const abortable = stopping && (<T>(fn: () => Promise<T>) => client.withAbortSignal(stopping, fn));
+  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, stopping, abortable)])) as unknown as WorkflowCallActivities;
 }
 

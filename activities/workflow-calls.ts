@@ -73,14 +73,16 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
  * timer, and the next worker makes the call again.
  */
 function untilWorkerShutdown<T>(context: Context, call: Promise<T>, stopping?: AbortSignal): Promise<T> {
+  let stop: (() => void) | undefined;
   const shutdown = new Promise<never>((_, reject) => {
     context.cancelled.catch((err: unknown) => (err as Error)?.message === 'WORKER_SHUTDOWN' && reject(err));
     if (!context.info.isLocal || !stopping) return;
-    const stop = () => reject(ApplicationFailure.create({ message: 'the control worker is stopping: the next one makes this call again', type: Reason.WorkerStopping, nextRetryDelay: '10s' }));
+    stop = () => reject(ApplicationFailure.create({ message: 'the control worker is stopping: the next one makes this call again', type: Reason.WorkerStopping, nextRetryDelay: '10s' }));
     if (stopping.aborted) stop();
     else stopping.addEventListener('abort', stop, { once: true });
   });
-  return Promise.race([call, shutdown]);
+  // The signal lives as long as the worker: each attempt takes its listener off when it ends.
+  return Promise.race([call, shutdown]).finally(() => stop && stopping?.removeEventListener('abort', stop));
 }
 
 /** When each running activity attempt started here (its start-to-close timeout runs from its start). */
@@ -271,7 +273,16 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
-  const abortable = stopping && (<T>(fn: () => Promise<T>) => client.withAbortSignal(stopping, fn));
+  // Each attempt gets a signal of its own, aborted with `stopping`: the client adds a listener per
+  // request to the signal it is given and never takes it off, so the worker's own would grow forever.
+  const abortable =
+    stopping &&
+    (<T>(fn: () => Promise<T>) => {
+      const attempt = new AbortController();
+      const abort = () => attempt.abort();
+      stopping.addEventListener('abort', abort, { once: true });
+      return client.withAbortSignal(attempt.signal, fn).finally(() => stopping.removeEventListener('abort', abort));
+    });
   return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, stopping, abortable)])) as unknown as WorkflowCallActivities;
 }
 

@@ -1,6 +1,7 @@
 // The workflow-call activities as an activity attempt sees them (MockActivityEnvironment), against
 // a real IPAM workflow: the fence counts from the attempt's start, not from when it was queued; a
 // worker shutting down ends a call waiting for its answer at once, any other cancellation does not.
+import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
@@ -45,6 +46,26 @@ describe('workflow-call activities', () => {
       shuttingDown.cancel('WORKER_SHUTDOWN');
       expect(await settledWithin(cut, 2000)).toBe('rejected: WORKER_SHUTDOWN');
       waiting.catch(() => undefined);
+    } finally {
+      await handle.terminate();
+    }
+  });
+
+  it("as local activities: the worker's stop ends a waiting call at once, and attempts leave nothing on its stop signal", async () => {
+    const subnet = { name: 'ext-local', cidrBlock: '172.23.0.0/24', gateway: '172.23.0.1', excludeIps: [] };
+    const handle = await env().client.workflow.start(ipamWorkflow, { taskQueue: uniqueQueue('nobody'), workflowId: workflowIds.ipam(subnet.name), args: [{ subnet }] });
+    try {
+      const stopping = new AbortController();
+      const calls = createWorkflowCallActivities(env().client, undefined, stopping.signal);
+      const local = () => new MockActivityEnvironment({ isLocal: true, startToCloseTimeoutMs: 60_000 });
+      // A month of calls in miniature: each attempt (and each request it makes) must take its listener off.
+      for (let i = 0; i < 20; i++) expect(((await local().run(calls.gatewayReadiness, `gw-none-${i}`)) as { exists: boolean }).exists).toBe(false);
+      expect(getEventListeners(stopping.signal, 'abort')).toHaveLength(0);
+
+      const waiting = local().run(calls.allocateAddress, { subnet: subnet.name, owner: 'natflow/eip/c/u1' });
+      await new Promise((r) => setTimeout(r, 500));
+      stopping.abort();
+      await expect(waiting).rejects.toMatchObject({ type: 'WorkerStopping', nonRetryable: false });
     } finally {
       await handle.terminate();
     }

@@ -68,21 +68,18 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
  * waits for the answer: a workflow's cleanup must not race a call in flight.
  *
  * A local activity hears nothing of a shutdown from its context, and its worker waits for it
- * (its workflow task holds the worker until it ends), so `stopping` tells it: the attempt fails
+ * (its workflow task holds the worker until it ends), so `stopped` tells it: the attempt fails
  * with a retry delay above the local retry threshold, which ends the workflow task on a server
  * timer, and the next worker makes the call again.
  */
-function untilWorkerShutdown<T>(context: Context, call: Promise<T>, stopping?: AbortSignal): Promise<T> {
-  let stop: (() => void) | undefined;
+function untilWorkerShutdown<T>(context: Context, call: Promise<T>, stopped?: AbortSignal): Promise<T> {
   const shutdown = new Promise<never>((_, reject) => {
     context.cancelled.catch((err: unknown) => (err as Error)?.message === 'WORKER_SHUTDOWN' && reject(err));
-    if (!context.info.isLocal || !stopping) return;
-    stop = () => reject(ApplicationFailure.create({ message: 'the control worker is stopping: the next one makes this call again', type: Reason.WorkerStopping, nextRetryDelay: '10s' }));
-    if (stopping.aborted) stop();
-    else stopping.addEventListener('abort', stop, { once: true });
+    const stop = () => reject(ApplicationFailure.create({ message: 'the control worker is stopping: the next one makes this call again', type: Reason.WorkerStopping, nextRetryDelay: '10s' }));
+    if (stopped?.aborted) stop();
+    else stopped?.addEventListener('abort', stop, { once: true });
   });
-  // The signal lives as long as the worker: each attempt takes its listener off when it ends.
-  return Promise.race([call, shutdown]).finally(() => stop && stopping?.removeEventListener('abort', stop));
+  return Promise.race([call, shutdown]);
 }
 
 /** When each running activity attempt started here (its start-to-close timeout runs from its start). */
@@ -107,10 +104,13 @@ function fence(): Fence | undefined {
 
 /**
  * Every activity: its attempt's start noted (for its fence), and it ends at once when this worker
- * shuts down. A local one's requests to the server are aborted then too (`abortable`): none may
- * outlive the worker and its connection.
+ * shuts down. A local attempt (`local`: its worker's client and stop signal) runs under a stop
+ * signal of its own, aborted with the worker's: its requests to the server are aborted with it
+ * (none may outlive the worker and its connection), and the listeners put on it (ours, and one per
+ * request that the client never takes off) go with the attempt. The worker's signal, which lives
+ * for months, holds one listener per attempt under way.
  */
-function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>, stopping?: AbortSignal, abortable?: <T>(fn: () => Promise<T>) => Promise<T>): (...args: A) => Promise<R> {
+function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>, local?: { client: Client; stopping: AbortSignal }): (...args: A) => Promise<R> {
   return (...args) => {
     let context: Context;
     try {
@@ -119,8 +119,13 @@ function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>
       return activity(...args); // called outside an activity (a script or a test)
     }
     attemptStarts.set(context, Date.now());
-    const call = context.info.isLocal && abortable ? abortable(() => activity(...args)) : activity(...args);
-    return untilWorkerShutdown(context, call, stopping);
+    if (!context.info.isLocal || !local) return untilWorkerShutdown(context, activity(...args));
+    const attempt = new AbortController();
+    const abort = () => attempt.abort();
+    if (local.stopping.aborted) abort();
+    else local.stopping.addEventListener('abort', abort, { once: true });
+    const call = local.client.withAbortSignal(attempt.signal, () => activity(...args));
+    return untilWorkerShutdown(context, call, attempt.signal).finally(() => local.stopping.removeEventListener('abort', abort));
   };
 }
 
@@ -273,16 +278,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
-  // Each attempt gets a signal of its own, aborted with `stopping`: the client adds a listener per
-  // request to the signal it is given and never takes it off, so the worker's own would grow forever.
-  const abortable =
-    stopping &&
-    (<T>(fn: () => Promise<T>) => {
-      const attempt = new AbortController();
-      const abort = () => attempt.abort();
-      stopping.addEventListener('abort', abort, { once: true });
-      return client.withAbortSignal(attempt.signal, fn).finally(() => stopping.removeEventListener('abort', abort));
-    });
-  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, stopping, abortable)])) as unknown as WorkflowCallActivities;
+  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, stopping && { client, stopping })])) as unknown as WorkflowCallActivities;
 }
 

@@ -30,6 +30,8 @@ export interface AddressActivities {
   reconcileEipAddresses(desired: EipAddress[]): Promise<{ added: string[]; removed: string[] }>;
   /** The EIP addresses (labelled ones) currently on the interface, as `address/prefix`. */
   listEipAddresses(): Promise<string[]>;
+  /** Every IPv4 address on the interface; `eip`: labelled as natflow's. */
+  listAddresses(): Promise<{ address: string; prefixLength: number; eip: boolean }[]>;
 }
 
 interface InterfaceAddress {
@@ -93,6 +95,10 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
   }
 
   return {
+    async listAddresses() {
+      return (await readAddresses()).map((a) => ({ address: a.local, prefixLength: a.prefixlen, eip: a.label === label }));
+    },
+
     async listEipAddresses() {
       return sortCidrs(ours(await readAddresses()).map(cidr));
     },

@@ -25,12 +25,15 @@ import {
   generationLines,
   generationOf,
   NatTableModel,
+  natAddresses,
   NO_INIT,
   parseNatTable,
   planChange,
   planInit,
   planRemovals,
   removedConntrackTargets,
+  restoreLine,
+  ruleKey,
   validateChange,
   validateConntrackTargets,
   type NatTable,
@@ -86,6 +89,12 @@ export interface NatActivities {
   listNatRules(): Promise<TaggedRule[]>;
   /** Deletes the conntrack entries that removed rules leave behind; returns how many went. */
   flushConntrack(targets: ConntrackTarget[]): Promise<number>;
+  /** Every rule in natflow's chains but their static ones (jumps, mark, hairpin): the tagged rules and anything someone else added. */
+  listChainRules(): Promise<{ chain: string; spec: string[]; owner: string | null }[]>;
+  /** Deletes these untagged rules where they still are, in one restore; returns how many went. */
+  removeUntaggedRules(rules: { chain: string; spec: string[] }[]): Promise<number>;
+  /** Translated conntrack entries, counted by the address on the EIP side (a DNAT's original destination, an SNAT's reply destination). */
+  natConntrack(): Promise<Record<string, number>>;
 }
 
 /** Bad input becomes one non-retryable failure typed by its reason (InvalidSpec), before anything runs. */
@@ -133,6 +142,8 @@ export function createNatActivities(cfg: NatActivitiesConfig = {}): NatActivitie
   /** What this instance last read, changed by what it restored since; null when it must read. */
   let memory: { model: NatTableModel; readAt: number } | null = null;
   const nextGeneration = () => randomBytes(8).toString('hex');
+  const ownChains = new Set(layout.chains);
+  const staticRules = new Set([...Object.entries(layout.staticRules).flatMap(([chain, specs]) => specs.map((spec) => ruleKey(chain, spec))), ...layout.entryJumps.map((j) => ruleKey(j.chain, j.spec))]);
 
   async function readNat(): Promise<NatTable> {
     return parseNatTable((await run('iptables-save', ['-t', 'nat'])).stdout);
@@ -231,6 +242,29 @@ export function createNatActivities(cfg: NatActivitiesConfig = {}): NatActivitie
 
     async flushConntrack(targets) {
       return flush(asFailure(() => validateConntrackTargets(targets)));
+    },
+
+    async listChainRules() {
+      const table = await readNat();
+      return table.rules.filter((r) => ownChains.has(r.chain) && !staticRules.has(ruleKey(r.chain, r.spec))).map((r) => ({ ...r, owner: ownerOf(r.spec) }));
+    },
+
+    async removeUntaggedRules(rules) {
+      return serialized(gateway, async () => {
+        memory = null; // the next change reads the table again
+        const table = await readNat();
+        const present = new Set(table.rules.map((r) => ruleKey(r.chain, r.spec)));
+        const gone = rules.filter((r) => ownChains.has(r.chain) && ownerOf(r.spec) === null && !staticRules.has(ruleKey(r.chain, r.spec)) && present.has(ruleKey(r.chain, r.spec)));
+        if (gone.length > 0) await restore(gone.map((r) => restoreLine('-D', r.chain, r.spec)));
+        return gone.length;
+      });
+    },
+
+    async natConntrack() {
+      const counts: Record<string, number> = {};
+      const { stdout } = await run('conntrack', ['-L'], undefined, [1]);
+      for (const address of natAddresses(stdout)) counts[address] = (counts[address] ?? 0) + 1;
+      return counts;
     },
   };
 }

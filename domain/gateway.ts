@@ -97,6 +97,11 @@ export interface GatewayState {
   /** Owner (the rule resource's uid, its tag on the gateway) → NAT rule. */
   rules: Record<string, NatRule>;
   deleting: boolean;
+  /**
+   * A new incarnation rebuilding its desired state from its users: it only adds until its window
+   * ends, then removes what nobody re-asserted (so until then it may carry more than it holds).
+   */
+  rebuilding?: boolean;
   /** The VpcNatGateway's status conditions (Ready, with natflow's reason and message). */
   conditions?: Condition[];
   /** The VpcNatGateway generation this state has taken in. */

@@ -94,7 +94,7 @@ export function restoreLine(op: '-A' | '-D', chain: string, spec: readonly strin
   return [op, chain, ...spec].map(quote).join(' ');
 }
 
-const ruleKey = (chain: string, spec: readonly string[]) => `${chain}\u0000${spec.join('\u0000')}`;
+export const ruleKey = (chain: string, spec: readonly string[]) => `${chain}\u0000${spec.join('\u0000')}`;
 
 // --- layout: natflow's chains with the buckets of the large ones --------------------------------
 
@@ -461,6 +461,20 @@ export function validateConntrackTargets(targets: unknown): ConntrackTarget[] {
  * - FIP: everything to the EIP (`-d <eip>`) and everything leaving as it (`-q <eip>`, narrowed to
  *   the VM when known).
  */
+/**
+ * The EIP-side addresses of the translated entries of a `conntrack -L` listing, one per line's
+ * translation: a DNAT's original destination (its reply does not come from there), an SNAT's
+ * reply destination (it does not go back to the original source).
+ */
+export function natAddresses(listing: string): string[] {
+  return listing.split('\n').flatMap((line) => {
+    const [origSrc, replySrc] = [...line.matchAll(/\bsrc=(\S+)/g)].map((m) => m[1]);
+    const [origDst, replyDst] = [...line.matchAll(/\bdst=(\S+)/g)].map((m) => m[1]);
+    if (!origSrc || !origDst || !replySrc || !replyDst) return [];
+    return [...(replySrc !== origDst ? [origDst] : []), ...(replyDst !== origSrc ? [replyDst] : [])];
+  });
+}
+
 export function conntrackFilters(t: ConntrackTarget): string[][] {
   if (t.internalCidr) {
     const source = t.internalCidr.endsWith('/0') ? [] : ['-s', t.internalCidr];

@@ -5,6 +5,7 @@
 //
 // Wire names are recorded in every history: renaming one breaks the replay of open workflows.
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { AuditReport, ControlObservation, GatewayReading, Repair } from './audit.js';
 import type { EipSpec, EipStatus } from './eip.js';
 import type { AgentInfo, AgentSessionEnd, EipAddress, GatewayReadiness, GatewaySpec, GatewayState } from './gateway.js';
 import type { Allocation, AllocateRequest, IpamState, IpamSummary } from './ipam.js';
@@ -97,6 +98,11 @@ export const gatewayRequestsUpdate = defineUpdate<BatchAnswer<{ applied: boolean
  * does) or to an older one adopts it.
  */
 export const gatewaySpecSignal = defineSignal<[SpecChange<GatewaySpec> & { kube?: { uid: string } }]>('gatewaySpecChanged');
+/**
+ * "Bring your agent to your desired state, exactly": the audit's repair of what a gateway carries
+ * that its workflow did not put there, or lost (the same full restore a new agent instance gets).
+ */
+export const restoreGatewaySignal = defineSignal('restoreGateway');
 /** `setRule`'s rule may carry its resource's name, for messages only: it is not part of the rule (rules are compared). */
 export type NamedNatRule = NatRule & { name?: string };
 
@@ -162,6 +168,21 @@ export interface KubeActivities {
   kubeRelease(ref: KubeRef): Promise<void>;
 }
 
+/** The audit's control side. Run by the control worker. */
+export interface AuditActivities {
+  /** Every running resource workflow, every gateway's and IPAM's state, and (with Kubernetes) the objects; the gateways' readings come from their agents. */
+  observeControl(): Promise<ControlObservation>;
+  /** Applies one repair that goes through a workflow or the API, after checking it is still needed and safe. */
+  repair(repair: Repair): Promise<{ result: 'applied' | 'skipped'; detail: string }>;
+}
+
+/** The audit workflow's input: `fix` applies the repairs; `graceMs` separates the two observations whose common findings it reports. */
+export interface AuditInput {
+  fix?: boolean;
+  graceMs?: number;
+}
+export type { AuditReport };
+
 /** The activities a gateway agent runs, on its gateway's own task queue. */
 export interface GatewayAgentActivities {
   agentInfo(): Promise<AgentInfo>;
@@ -183,4 +204,8 @@ export interface GatewayAgentActivities {
   agentSession(req: { instanceId: string; forMs: number }): Promise<AgentSessionEnd>;
   /** Adds `add` and removes the addresses in `remove`; every other EIP address stays. */
   changeEipAddresses(change: { add: EipAddress[]; remove: string[] }): Promise<{ added: string[]; removed: string[] }>;
+  /** What the gateway really carries, for the audit: natflow's chains but their static rules, the external interface's addresses, NATed conntrack entries. */
+  readGateway(): Promise<GatewayReading>;
+  /** The audit's repair of rules someone else left in natflow's chains: deletes those still there and untagged; returns how many. */
+  removeUntaggedRules(rules: { chain: string; spec: string[] }[]): Promise<number>;
 }

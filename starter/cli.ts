@@ -4,7 +4,9 @@
 import { Command, CommanderError, Option } from 'commander';
 import type { EipSpec } from '../domain/eip.js';
 import type { NatKind, NatSpec, NatSpecs } from '../domain/nat-resources.js';
-import { workflowIds, type ResourceKind } from '../domain/names.js';
+import type { AuditReport } from '../domain/audit.js';
+import { CONTROL_TASK_QUEUE, workflowIds, type ResourceKind } from '../domain/names.js';
+import { AUDIT_EXIT, auditExitCode, runAudit } from './audit.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { labDown, labStatus, labUp } from '../temporal-dev/lab.js';
 import { connectTemporal, temporalTarget, type TemporalConnections } from '../worker/connection.js';
@@ -194,6 +196,28 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
       print({ kind, name, workflowId, ui: link(workflowId) }, () => link(workflowId));
     });
 
+  program
+    .command('audit')
+    .description('compare every gateway, subnet and Kubernetes object with what natflow holds; exit 0 clean, 1 findings, 2 could not check')
+    .option('--fix', 'apply the repairs that are safe, then audit again (without it nothing changes)')
+    .option('--grace <seconds>', 'seconds between the two looks whose common findings are reported', '5')
+    .option('--task-queue <queue>', "the control worker's task queue", CONTROL_TASK_QUEUE)
+    .action(async (o: { fix?: boolean; grace: string; taskQueue: string }) => {
+      const graceMs = Number(o.grace) * 1000;
+      if (!Number.isFinite(graceMs) || graceMs < 0) throw new Error(`--grace ${JSON.stringify(o.grace)} must be a number of seconds`);
+      let report;
+      try {
+        report = await runAudit({ ...(await resources()), taskQueue: o.taskQueue }, { fix: o.fix, graceMs });
+      } catch (err) {
+        // Not a finding: the audit itself could not run (no server, no control worker).
+        print({ error: (err as Error).message, findings: [], unchecked: [{ what: 'everything', why: (err as Error).message }] }, () => `audit could not run: ${(err as Error).message}`);
+        process.exitCode = AUDIT_EXIT.unchecked;
+        return;
+      }
+      print({ ...report, ui: link(report.workflowId) }, () => auditText(report));
+      process.exitCode = auditExitCode(report);
+    });
+
   const lab = program.command('lab').description('the local lab: a NAT gateway made of network namespaces');
   lab
     .command('up <gateway>')
@@ -217,6 +241,15 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
       print(status, () => `present: ${status.present.join(', ') || '-'}\nmissing: ${status.missing.join(', ') || '-'}`);
     });
   return { program, close: async () => (await temporal)?.close() };
+}
+
+function auditText(report: AuditReport): string {
+  const lines = report.findings.map((f) => `${f.kind}  ${f.resource}\n    expected: ${f.expected}\n    found:    ${f.found}\n    repair:   ${f.repairText}`);
+  for (const u of report.unchecked) lines.push(`not checked: ${u.what}: ${u.why}`);
+  for (const r of report.repairs ?? []) lines.push(`repair ${r.result}: ${r.finding}: ${r.detail}`);
+  const counts = Object.entries(report.counts).map(([kind, n]) => `${kind} ${n}`).join(', ');
+  lines.push(report.findings.length === 0 ? `clean${report.unchecked.length > 0 ? ' where checked' : ''}` : `${report.findings.length} finding(s): ${counts}`);
+  return lines.join('\n');
 }
 
 /** One spec field as a command-line option. */

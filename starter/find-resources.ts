@@ -22,7 +22,7 @@ export interface ResourceRecord<K extends string = ResourceKind> {
  * index, walking every running workflow (a lookup per resource would cost O(N²) in a burst),
  * while without it the name's own index answers, whatever the number of resources.
  */
-export async function findRunning<K extends ResourceKind | 'gateway'>(r: { client: Client }, kind: K, filter: { name?: string; gateway?: string } = {}): Promise<ResourceRecord<K>[]> {
+export async function findRunning<K extends ResourceKind | 'gateway' | 'subnet'>(r: { client: Client }, kind: K, filter: { name?: string; gateway?: string } = {}): Promise<ResourceRecord<K>[]> {
   const clauses = filter.name ? [`NatflowName = ${JSON.stringify(validateName(filter.name, 'name'))}`, `NatflowKind = "${kind}"`] : [`NatflowKind = "${kind}"`, 'ExecutionStatus = "Running"'];
   if (filter.gateway) clauses.push(`NatflowGateway = ${JSON.stringify(validateName(filter.gateway, 'gateway'))}`);
   const found: ResourceRecord<K>[] = [];

@@ -16,6 +16,7 @@ import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker } from '../worker/control.js';
 import { ensureGateway, ensureSubnet, webUiLink } from './resources.js';
 import { KubeBridge } from './bridge.js';
+import { AUDIT_SCHEDULE_ID, ensureAuditSchedule } from './audit.js';
 import { installCrds, loadKubeConfig, startKubeApiserver } from '../temporal-dev/kube/apiserver.js';
 import { repoRoot } from '../temporal-dev/provision.js';
 import path from 'node:path';
@@ -24,14 +25,20 @@ const { values } = parseArgs({
   options: {
     gateway: { type: 'string', default: 'gw1' },
     'no-kube': { type: 'boolean' },
+    'audit-every': { type: 'string', default: '5' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('usage: npm start [-- --gateway NAME] [-- --no-kube]\nStarts the dev server (Web UI), a lab gateway, a kube-apiserver with the CRDs and the bridge (unless --no-kube), the control worker and the agent; Ctrl-C stops all.');
+  console.log('usage: npm start [-- --gateway NAME] [-- --no-kube] [-- --audit-every MINUTES (0: paused)]\nStarts the dev server (Web UI), a lab gateway, a kube-apiserver with the CRDs and the bridge (unless --no-kube), the control worker and the agent; Ctrl-C stops all.');
   process.exit(0);
 }
 const gateway = values.gateway!;
+const auditEveryMinutes = Number(values['audit-every']);
+if (!Number.isFinite(auditEveryMinutes) || auditEveryMinutes < 0 || (auditEveryMinutes > 0 && auditEveryMinutes < 1)) {
+  console.error(`--audit-every ${JSON.stringify(values['audit-every'])} must be 0 (paused) or a number of minutes, at least 1`);
+  process.exit(2);
+}
 // natflow stops its workers itself (below), in order; the SDK's own signal handling would race it.
 Runtime.install({ logger: new DefaultLogger('WARN'), shutdownSignals: [] });
 const log = (msg: string) => console.log(`[natflow] ${msg}`);
@@ -59,6 +66,8 @@ await ensureSubnet({ client }, labExternalSubnet(DEFAULT_EXTERNAL_SUBNET));
 const gatewayWorkflowId = await ensureGateway({ client }, { name: gateway, externalSubnet: DEFAULT_EXTERNAL_SUBNET, lanIp: topology.lanIp, internalCidr: topology.vpcCidr });
 const agent = await startGatewayAgent({ gateway, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcInterface: topology.vpcInterface }, nativeConnection, client);
 log(`control worker and gateway agent (instance ${agent.info.instanceId}) are polling`);
+await ensureAuditSchedule({ client }, auditEveryMinutes * 60_000);
+log(auditEveryMinutes > 0 ? `audit every ${auditEveryMinutes} min (Schedule ${AUDIT_SCHEDULE_ID}); by hand: npm run natflow -- audit` : `audit Schedule ${AUDIT_SCHEDULE_ID} paused; by hand: npm run natflow -- audit`);
 const bridge = kubeConfig ? new KubeBridge({ kubeConfig, client }) : undefined;
 await bridge?.start();
 if (bridge) log('kube watcher bridge is watching kubeovn.io resources');

@@ -23,6 +23,8 @@ export interface Resources {
   taskQueue?: string;
   /** Lower per-run history limits for the workflows started here (tests); see workflows/history-budget.ts. */
   historyLimits?: HistoryLimitOverrides;
+  /** A shorter rebuild window for the gateway workflows started here (tests); see workflows/gateway.ts. */
+  gatewayRebuildWindowMs?: number;
 }
 
 export type HistoryLimitOverrides = Partial<HistoryLimits>;
@@ -53,7 +55,7 @@ export async function ensureGateway(r: Resources, spec: GatewaySpec, kube?: Gate
     taskQueue: entityTaskQueue(queue(r)),
     workflowId: workflowIds.gateway(spec.name),
     workflowIdConflictPolicy: 'USE_EXISTING',
-    args: [{ spec, ...(kube && { kube }), ...(r.historyLimits && { limits: r.historyLimits }) }],
+    args: [{ spec, ...(kube && { kube }), ...(r.historyLimits && { limits: r.historyLimits }), ...(r.gatewayRebuildWindowMs !== undefined && { rebuildWindowMs: r.gatewayRebuildWindowMs }) }],
     ...(kube && { memo: FROM_KUBERNETES_MEMO }),
     staticSummary: `NAT gateway ${spec.name}`,
   });

@@ -82,6 +82,11 @@ export function createAgentActivities(cfg: AgentConfig, info: AgentInfo): Gatewa
     initNatChains: nat.initNatChains,
     applyNatRules: nat.applyNatRules,
     flushConntrack: nat.flushConntrack,
+    async readGateway() {
+      const [rules, addressList, conntrack] = await Promise.all([nat.listChainRules(), addresses.listAddresses(), nat.natConntrack()]);
+      return { instanceId: info.instanceId, externalInterface: cfg.externalInterface, rules, addresses: addressList, conntrack };
+    },
+    removeUntaggedRules: nat.removeUntaggedRules,
   };
 }
 

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import type { KubeConfig } from '@kubernetes/client-node';
+import { createAuditActivities } from '../activities/audit.js';
 import { createKubeActivities } from '../activities/kube.js';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import { CONTROL_TASK_QUEUE, entityTaskQueue } from '../domain/names.js';
@@ -66,7 +67,11 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<C
     connection: opts.connection,
     namespace: opts.namespace ?? 'default',
     workflowBundle: opts.workflowBundle ?? (await bundleWorkflowCode({ ...workflowBundleOptions, logger: Runtime.instance().logger })),
-    activities: { ...createWorkflowCallActivities(opts.client, undefined, stopping.signal), ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}) },
+    activities: {
+      ...createWorkflowCallActivities(opts.client, undefined, stopping.signal),
+      ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}),
+      ...createAuditActivities(opts.client, opts.kubeConfig, taskQueue),
+    },
   };
   const resources = await Worker.create({ ...common, taskQueue, ...RESOURCE_TUNING });
   const entities = await Worker.create({ ...common, taskQueue: entityTaskQueue(taskQueue), ...ENTITY_TUNING });
@@ -86,13 +91,17 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<C
   };
 }
 
-export async function runControlWorker(target: TemporalTarget = temporalTarget()): Promise<void> {
+export async function runControlWorker(target: TemporalTarget = temporalTarget(), kubeConfig?: KubeConfig): Promise<void> {
   const temporal = await connectTemporal(target);
-  const worker = await createControlWorker({ connection: temporal.nativeConnection, client: temporal.client, namespace: target.namespace });
+  const worker = await createControlWorker({ connection: temporal.nativeConnection, client: temporal.client, namespace: target.namespace, kubeConfig });
   await worker.run();
   await temporal.close();
 }
 
 if (isMainModule(import.meta.url)) {
-  await runControlWorker();
+  // `--kubeconfig`: the cluster of the bridge's objects (finalizers and status are written there).
+  const { values } = (await import('node:util')).parseArgs({ options: { address: { type: 'string' }, namespace: { type: 'string' }, kubeconfig: { type: 'string' } } });
+  const kubeConfig = values.kubeconfig ? new (await import('@kubernetes/client-node')).KubeConfig() : undefined;
+  kubeConfig?.loadFromFile(values.kubeconfig!);
+  await runControlWorker(temporalTarget({ address: values.address, namespace: values.namespace }), kubeConfig);
 }

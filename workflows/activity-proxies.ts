@@ -1,7 +1,7 @@
 // Every activity natflow's workflows call, with the options each needs and why.
 import { ActivityCancellationType, proxyActivities, proxyLocalActivities, type ActivityInterfaceFor, type LocalActivityInterfaceFor } from '@temporalio/workflow';
 import { gatewayTaskQueue } from '../domain/names.js';
-import type { GatewayAgentActivities, KubeActivities, WorkflowCallActivities } from '../domain/workflow-api.js';
+import type { AuditActivities, GatewayAgentActivities, KubeActivities, WorkflowCallActivities } from '../domain/workflow-api.js';
 
 /**
  * Calls to the IPAM, gateway and EIP workflows. Each is idempotent, so it retries until it
@@ -82,3 +82,9 @@ export const gatewayAgent = (gateway: string) =>
     startToCloseTimeout: '30s',
     retry: { maximumAttempts: 1 },
   });
+
+/** The audit's control side: a look at every workflow's state (minutes at most) and one repair at a time, a few tries each. */
+export const auditControl = proxyActivities<AuditActivities>({
+  startToCloseTimeout: '5m',
+  retry: { initialInterval: '2s', maximumAttempts: 3 },
+});

@@ -24,6 +24,7 @@ import {
   gatewaySpecSignal,
   gatewayStateQuery,
   removeRuleUpdate,
+  restoreGatewaySignal,
   setRuleUpdate,
   unbindEipUpdate,
   gatewayRequestsUpdate,
@@ -109,12 +110,13 @@ class Gateway {
   private readonly removals: Set<string>;
   /** Addresses unbound since the last apply: taken off even by a restore that only adds. */
   private readonly addressRemovals: Set<string>;
-  /** Only additions and explicit removals until `rebuildUntil`, then the first full restore. */
-  private rebuilding: boolean;
+  /** Only additions and explicit removals until `rebuildUntil` (while `state.rebuilding`), then the first full restore. */
   private rebuildUntil: number | null = null;
   private desiredGeneration = 0;
   private appliedGeneration = 0;
   private probeRequested = false;
+  /** The audit found the agent's state drifted from the desired one: restore it in full. */
+  private restoreRequested = false;
   /** This run's budget is spent: new requests go to the next run. */
   private draining = false;
   private stopping = false;
@@ -145,7 +147,7 @@ class Gateway {
     if (this.appliedBy) this.applied = { eips: { ...this.state.eips }, rules: { ...this.state.rules } };
     this.removals = new Set(carried?.removals);
     this.addressRemovals = new Set(carried?.addressRemovals);
-    this.rebuilding = carried?.rebuilding ?? this.fresh;
+    this.state.rebuilding = carried?.rebuilding ?? this.fresh;
     this.budget = new HistoryBudget(input.limits);
     this.agent = gatewayAgent(this.name);
     this.sessions = agentSessions(this.name, SESSION_MS);
@@ -160,6 +162,10 @@ class Gateway {
       this.probeRequested = true;
     });
     wf.setHandler(gatewaySpecSignal, (change) => this.onSpec(change));
+    wf.setHandler(restoreGatewaySignal, () => {
+      this.budget.countSignal();
+      this.restoreRequested = true;
+    });
     wf.setHandler(gatewayRequestsUpdate, (requests) => this.requests(requests), { ...abandon, validator: (requests) => this.checkBatch(requests) });
     wf.setHandler(bindEipUpdate, (bind) => this.one<void>({ bind }), { ...abandon, validator: (req, fence?: Fence) => this.checkBind(req, fence) });
     wf.setHandler(unbindEipUpdate, (unbind: { owner: string }) => this.one<{ applied: boolean }>({ unbind }), { ...abandon, validator: (req) => this.checkRemoval(req) });
@@ -212,7 +218,7 @@ class Gateway {
     }
     await this.setReady(true, '');
     // A new incarnation's users can re-assert from now on: the window runs while they can.
-    if (this.rebuilding) this.rebuildUntil ??= Date.now() + (this.input.rebuildWindowMs ?? REBUILD_WINDOW_MS);
+    if (this.state.rebuilding) this.rebuildUntil ??= Date.now() + (this.input.rebuildWindowMs ?? REBUILD_WINDOW_MS);
     return true;
   }
 
@@ -221,7 +227,7 @@ class Gateway {
     let session = this.startSession(info.instanceId);
     try {
       while (!this.stopping && !this.probeRequested) {
-        const woken = () => this.stopping || this.probeRequested || session.ended || this.pending();
+        const woken = () => this.stopping || this.probeRequested || session.ended || this.pending() || this.restoreRequested;
         const until = this.rebuildUntil;
         if (until === null) await wf.condition(woken);
         else if (until > Date.now()) await wf.condition(woken, until - Date.now());
@@ -230,9 +236,14 @@ class Gateway {
           session = this.startSession(info.instanceId);
         }
         if (this.pending() && !(await this.apply(info.instanceId, false))) return;
+        if (this.restoreRequested) {
+          // While rebuilding it only adds what is missing: removing what nobody re-asserted waits for the window's end.
+          this.restoreRequested = false;
+          if (!(await this.apply(info.instanceId, true))) return;
+        }
         if (this.rebuildUntil !== null && Date.now() >= this.rebuildUntil) {
           // Every user had its chance to re-assert: the first full restore removes what nobody claimed.
-          this.rebuilding = false;
+          this.state.rebuilding = false;
           this.rebuildUntil = null;
           if (!(await this.apply(info.instanceId, true))) return;
           this.show();
@@ -270,7 +281,7 @@ class Gateway {
     const removals = [...this.removals];
     const addressRemovals = [...this.addressRemovals];
     const from = restore ? { eips: {}, rules: {} } : this.applied;
-    const exact = restore && !this.rebuilding;
+    const exact = restore && !this.state.rebuilding;
     try {
       if (exact) await this.agent.reconcileEipAddresses.executeWithOptions({ summary: `restore the EIP addresses of ${this.name}` }, [Object.values(desired.eips)]);
       else {
@@ -319,7 +330,7 @@ class Gateway {
   private async takeAllOff(): Promise<void> {
     this.state.eips = {};
     this.state.rules = {};
-    this.rebuilding = false;
+    this.state.rebuilding = false;
     this.show();
     for (let attempt = 1; ; attempt++) {
       const info = await this.probe();
@@ -349,7 +360,7 @@ class Gateway {
         ? { status: 'False', reason: GATEWAY_IN_USE, message: `waiting for its users to be deleted: ${this.users.join(', ')}` }
         : { status: 'False', reason: Reason.Deleting, message: 'taking its addresses and rules off' }
       : ready
-        ? { status: 'True', reason: Reason.Ready, message: `agent ${agent?.instanceId} is serving${this.rebuilding ? '; rebuilding its desired state from its users' : ''}` }
+        ? { status: 'True', reason: Reason.Ready, message: `agent ${agent?.instanceId} is serving${this.state.rebuilding ? '; rebuilding its desired state from its users' : ''}` }
         : { status: 'False', reason: Reason.GatewayNotReady, message: reason };
     const previous = this.state.conditions?.find((c) => c.type === 'Ready');
     const same = previous && previous.status === condition.status && previous.reason === condition.reason && previous.message === condition.message;
@@ -384,7 +395,7 @@ class Gateway {
     await wf.condition(() => wf.allHandlersFinished() && (!this.pending() || !this.state.ready), DRAIN_MS);
     await this.stopServing();
     const { spec, eips, rules, ready, reason, agent, deleting, conditions = [] } = this.state;
-    const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], addressRemovals: [...this.addressRemovals], rebuilding: this.rebuilding, deleting, conditions };
+    const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], addressRemovals: [...this.addressRemovals], rebuilding: this.state.rebuilding ?? false, deleting, conditions };
     const kube = this.kube && { ...this.kube, generation: this.generation };
     return wf.continueAsNew<typeof gatewayWorkflow>({ spec, eips, rules, kube, carried, limits: this.input.limits, rebuildWindowMs: this.input.rebuildWindowMs });
   }

@@ -42,9 +42,9 @@ async function temporalFor(address?: string): Promise<{ env: Stack['env']; close
   return { env: temporal, closeEnv: temporal.close };
 }
 
-export async function startStack(subnetName: string, opts: { kubeConfig?: KubeConfig; registerSubnet?: boolean; temporalAddress?: string } = {}): Promise<Stack> {
+export async function startStack(subnetName: string, opts: { kubeConfig?: KubeConfig; registerSubnet?: boolean; temporalAddress?: string; gatewayRebuildWindowMs?: number } = {}): Promise<Stack> {
   const { env, closeEnv } = await temporalFor(opts.temporalAddress);
-  const resources: Resources = { client: env.client, taskQueue: uniqueQueue('control') };
+  const resources: Resources = { client: env.client, taskQueue: uniqueQueue('control'), gatewayRebuildWindowMs: opts.gatewayRebuildWindowMs };
   const control: ControlWorker = await createControlWorker({ connection: env.nativeConnection, client: env.client, taskQueue: resources.taskQueue, workflowBundle: await workflowBundle(), kubeConfig: opts.kubeConfig });
   const controlRun = control.run();
   const gateways: Stack['gateways'] = new Map();

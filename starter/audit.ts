@@ -1,0 +1,50 @@
+// Running the audit: by hand (the CLI waits for the audit workflow's report) and every few
+// minutes (a Temporal Schedule, so the last runs and their reports are in the Web UI).
+import { randomUUID } from 'node:crypto';
+import { ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
+import type { AuditReport } from '../domain/audit.js';
+import { CONTROL_TASK_QUEUE, entityTaskQueue } from '../domain/names.js';
+import type { AuditInput } from '../domain/workflow-api.js';
+import { auditWorkflow } from '../workflows/audit.js';
+import type { Resources } from './resources.js';
+
+export const AUDIT_SCHEDULE_ID = 'natflow-audit';
+
+/** Exit codes of `natflow audit`: clean, findings, something could not be checked (and nothing found). */
+export const AUDIT_EXIT = { clean: 0, findings: 1, unchecked: 2 } as const;
+
+export function auditExitCode(report: Pick<AuditReport, 'findings' | 'unchecked'>): number {
+  if (report.findings.length > 0) return AUDIT_EXIT.findings;
+  return report.unchecked.length > 0 ? AUDIT_EXIT.unchecked : AUDIT_EXIT.clean;
+}
+
+/** One audit, run by the control worker (the entity queue); resolves with its report. */
+export async function runAudit(r: Resources, input: AuditInput = {}): Promise<AuditReport & { workflowId: string }> {
+  const workflowId = `natflow/audit/manual-${new Date().toISOString()}-${randomUUID().slice(0, 8)}`;
+  const report = await r.client.workflow.execute(auditWorkflow, {
+    taskQueue: entityTaskQueue(r.taskQueue ?? CONTROL_TASK_QUEUE),
+    workflowId,
+    args: [input],
+    staticSummary: `audit${input.fix ? ' --fix' : ''} (by hand)`,
+  });
+  return { ...report, workflowId };
+}
+
+/** Creates the audit's Schedule, or sets its interval when it exists; `everyMs` 0 pauses it. */
+export async function ensureAuditSchedule(r: Resources, everyMs: number): Promise<void> {
+  const spec = { intervals: [{ every: Math.max(everyMs, 60_000) }] };
+  try {
+    await r.client.schedule.create({
+      scheduleId: AUDIT_SCHEDULE_ID,
+      spec,
+      // One at a time: an audit that outlasts the interval is not doubled.
+      policies: { overlap: ScheduleOverlapPolicy.SKIP },
+      state: { paused: everyMs === 0, note: everyMs === 0 ? 'paused: natflow was started with --audit-every 0' : undefined },
+      action: { type: 'startWorkflow', workflowType: auditWorkflow, workflowId: 'natflow/audit/scheduled', taskQueue: entityTaskQueue(r.taskQueue ?? CONTROL_TASK_QUEUE), args: [{}] },
+    });
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+    const handle = r.client.schedule.getHandle(AUDIT_SCHEDULE_ID);
+    await handle.update((schedule) => ({ ...schedule, spec, state: { ...schedule.state, paused: everyMs === 0 } }));
+  }
+}

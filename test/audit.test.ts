@@ -15,6 +15,11 @@ import { createResource, deleteResource, gatewayState, resourceStatus, subnetSta
 import { conntrackEntries, Listener, ping, send } from './support/traffic.js';
 import { eventually, resourcePhase, uid } from './support/workflows.js';
 import { startStack, type Stack } from './support/stack.js';
+import { ensureKubeBinaries, examplesDir, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
+import { applyObjects, readManifests } from '../temporal-dev/kube/apiserver.js';
+import { mergePatch } from '../activities/kube.js';
+import { crd, FINALIZER, KUBEOVN_API_VERSION, KUBEOVN_KINDS } from '../domain/kube.js';
+import { resourceStart } from '../starter/resources.js';
 
 const GW = 't-audit';
 
@@ -131,5 +136,70 @@ describe('natflow audit (end to end)', () => {
     expect((await stack.eipAddresses(GW)).sort()).toEqual([`${driftIp}/24`, `${x1}/24`].sort());
     expect(Object.keys(state.rules)).toContain(driftOwner);
     expect(new Set((await stack.natRules(GW)).map((x) => x.owner))).toEqual(new Set(Object.keys(state.rules))); // the drifted FIP's rules are back
+  });
+});
+
+describe('natflow audit: Kubernetes objects and workflows (real kube-apiserver, no bridge)', () => {
+  const GWK = 't-audit-k';
+  let kube: KubeEnv;
+  let stack: Stack;
+  const { get, create, del, gone } = kubeovnObjects(() => kube.custom);
+  beforeAll(async () => {
+    await ensureKubeBinaries();
+    kube = await startKube();
+    stack = await startStack(DEFAULT_EXTERNAL_SUBNET, { kubeConfig: kube.kc, gatewayRebuildWindowMs: 2_000 });
+    await stack.addGateway(GWK);
+    await eventually(() => gatewayState(stack.resources, GWK), (s) => s.ready && !s.rebuilding, 30_000, 'gateway past its rebuild window');
+  }, 900_000);
+  afterAll(async () => {
+    await stack?.teardown();
+    await kube?.stop();
+  });
+  const audit = (fix = false) => runAudit(stack.resources, { fix, graceMs: 1000 });
+  const kinds = (report: AuditReport) => report.findings.map((f) => f.kind).sort();
+  const fipSpec = { eip: 'no-such-eip', internalIp: '10.0.1.10' };
+  /** Starts an object's workflow as the bridge would. */
+  async function drive(name: string) {
+    const obj = await get('fip', name);
+    const start = resourceStart('fip', { name, uid: obj.metadata!.uid!, generation: 1, fromKube: true }, fipSpec, stack.resources.taskQueue);
+    await stack.env.client.workflow.start(start.workflow, start.options);
+    await eventually(() => get('fip', name), (o) => (o.metadata?.finalizers ?? []).includes(FINALIZER), 30_000, `${name} adopted`);
+    return start.options.workflowId;
+  }
+
+  it("a Subnet's usage that differs from its IPAM's is found, and --fix writes the IPAM's", async () => {
+    const subnet = (await readManifests(examplesDir())).filter((o) => o.kind === 'Subnet' && o.metadata?.name === DEFAULT_EXTERNAL_SUBNET);
+    await applyObjects(kube.kc, subnet);
+    await kube.custom.patchClusterCustomObjectStatus({ ...crd('subnet'), name: DEFAULT_EXTERNAL_SUBNET, body: { status: { v4usingIPs: 99 } } }, mergePatch);
+    const report = await audit();
+    expect(kinds(report)).toEqual(['subnet-counters']);
+    expect(report.findings[0]!.found).toContain('v4usingIPs 99');
+    expect((await get('subnet', DEFAULT_EXTERNAL_SUBNET)).status?.v4usingIPs).toBe(99); // nothing changed without --fix
+    expect((await audit(true)).findings).toEqual([]);
+    expect((await get('subnet', DEFAULT_EXTERNAL_SUBNET)).status?.v4usingIPs).toBe(0);
+  });
+
+  it('finds an object without a workflow, a stuck finalizer and an orphaned workflow, and --fix re-drives, cleans up and cancels', async () => {
+    await create('fip', 'k-missing', fipSpec);
+    // Held by natflow's finalizer and deleted while no workflow runs for it.
+    await kube.custom.createClusterCustomObject({ ...crd('fip'), body: { apiVersion: KUBEOVN_API_VERSION, kind: KUBEOVN_KINDS.fip.kind, metadata: { name: 'k-stuck', finalizers: [FINALIZER] }, spec: fipSpec } });
+    await del('fip', 'k-stuck');
+    // A workflow whose object went while nobody watched: its finalizer removed by hand, the object deleted.
+    await create('fip', 'k-orphan', fipSpec);
+    const orphan = await drive('k-orphan');
+    await kube.custom.patchClusterCustomObject({ ...crd('fip'), name: 'k-orphan', body: { metadata: { finalizers: null } } }, mergePatch);
+    await del('fip', 'k-orphan');
+    await gone('fip', 'k-orphan');
+
+    const report = await audit();
+    expect(kinds(report)).toEqual(['missing-workflow', 'orphaned-workflow', 'stuck-finalizer']);
+    expect(report.findings.find((f) => f.kind === 'orphaned-workflow')!.found).toContain(orphan);
+    expect((await get('fip', 'k-stuck')).metadata?.deletionTimestamp).toBeTruthy(); // nothing changed without --fix
+
+    const fixed = await audit(true);
+    expect(fixed.findings).toEqual([]);
+    await gone('fip', 'k-stuck');
+    expect((await stack.env.client.workflow.getHandle(orphan).describe()).status.name).not.toBe('RUNNING');
+    expect((await get('fip', 'k-missing')).metadata?.finalizers).toContain(FINALIZER); // its workflow runs and adopted it
   });
 });

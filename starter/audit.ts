@@ -18,13 +18,14 @@ export function auditExitCode(report: Pick<AuditReport, 'findings' | 'unchecked'
   return report.unchecked.length > 0 ? AUDIT_EXIT.unchecked : AUDIT_EXIT.clean;
 }
 
-/** One audit, run by the control worker (the entity queue); resolves with its report. */
-export async function runAudit(r: Resources, input: AuditInput = {}): Promise<AuditReport & { workflowId: string }> {
+/** One audit, run by the control worker (the entity queue); resolves with its report, or fails once `timeoutMs` has passed. */
+export async function runAudit(r: Resources, input: AuditInput = {}, timeoutMs = 10 * 60_000): Promise<AuditReport & { workflowId: string }> {
   const workflowId = `natflow/audit/manual-${new Date().toISOString()}-${randomUUID().slice(0, 8)}`;
   const report = await r.client.workflow.execute(auditWorkflow, {
     taskQueue: entityTaskQueue(r.taskQueue ?? CONTROL_TASK_QUEUE),
     workflowId,
     args: [input],
+    workflowExecutionTimeout: timeoutMs,
     staticSummary: `audit${input.fix ? ' --fix' : ''} (by hand)`,
   });
   return { ...report, workflowId };

@@ -201,13 +201,15 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
     .description('compare every gateway, subnet and Kubernetes object with what natflow holds; exit 0 clean, 1 findings, 2 could not check')
     .option('--fix', 'apply the repairs that are safe, then audit again (without it nothing changes)')
     .option('--grace <seconds>', 'seconds between the two looks whose common findings are reported', '5')
+    .option('--timeout <seconds>', 'give up (exit 2) when the audit has not finished by then, e.g. no control worker runs', '600')
     .option('--task-queue <queue>', "the control worker's task queue", CONTROL_TASK_QUEUE)
-    .action(async (o: { fix?: boolean; grace: string; taskQueue: string }) => {
-      const graceMs = Number(o.grace) * 1000;
-      if (!Number.isFinite(graceMs) || graceMs < 0) throw new Error(`--grace ${JSON.stringify(o.grace)} must be a number of seconds`);
+    .action(async (o: { fix?: boolean; grace: string; timeout: string; taskQueue: string }) => {
+      const [graceMs, timeoutMs] = [o.grace, o.timeout].map((v) => Number(v) * 1000);
+      if (!Number.isFinite(graceMs) || graceMs! < 0) throw new Error(`--grace ${JSON.stringify(o.grace)} must be a number of seconds`);
+      if (!Number.isFinite(timeoutMs) || timeoutMs! <= 0) throw new Error(`--timeout ${JSON.stringify(o.timeout)} must be a positive number of seconds`);
       let report;
       try {
-        report = await runAudit({ ...(await resources()), taskQueue: o.taskQueue }, { fix: o.fix, graceMs });
+        report = await runAudit({ ...(await resources()), taskQueue: o.taskQueue }, { fix: o.fix, graceMs }, timeoutMs);
       } catch (err) {
         // Not a finding: the audit itself could not run (no server, no control worker).
         print({ error: (err as Error).message, findings: [], unchecked: [{ what: 'everything', why: (err as Error).message }] }, () => `audit could not run: ${(err as Error).message}`);

@@ -3,6 +3,8 @@
 // drive every command.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { workflowIds } from '../domain/names.js';
+import { allocateUpdate } from '../domain/workflow-api.js';
 import { buildCli } from '../starter/cli.js';
 import { createControlWorker, type ControlWorker } from '../worker/control.js';
 import { createTestEnv } from './support/temporal-env.js';
@@ -51,6 +53,37 @@ describe('natflow CLI', () => {
 
     expect(await natflow('eip', 'delete', 'e1')).toMatchObject({ name: 'e1', deleted: true });
     expect(await natflow('eip', 'list')).toEqual([]);
+  });
+
+  it('audit: exit 0 when clean, 1 with findings (JSON names them), 0 again after --fix; 2 when something cannot be checked or the audit cannot run', async () => {
+    const audit = async (...args: string[]) => {
+      process.exitCode = undefined;
+      const report = await natflow('audit', '--grace', '0.5', ...args);
+      const code = process.exitCode;
+      process.exitCode = undefined;
+      return { report, code };
+    };
+    await natflow('subnet', 'create', 'ext-audit', '--cidr', '172.22.0.0/24', '--gateway', '172.22.0.1');
+    expect(await audit()).toMatchObject({ code: 0, report: { findings: [], unchecked: [] } });
+
+    // An allocation whose EIP is gone (Kube-OVN's seed leak).
+    await env.client.workflow.getHandle(workflowIds.ipam('ext-audit')).executeUpdate(allocateUpdate, { args: [{ owner: 'natflow/eip/gone/0', requested: '172.22.0.9' }] });
+    const leaking = await audit();
+    expect(leaking.code).toBe(1);
+    expect(leaking.report.findings).toEqual([expect.objectContaining({ kind: 'orphaned-allocation', resource: 'subnet ext-audit address 172.22.0.9', repair: { releaseAllocation: { subnet: 'ext-audit', owner: 'natflow/eip/gone/0' } } })]);
+    expect(leaking.report.ui).toContain('natflow%2Faudit%2Fmanual-');
+    const fixed = await audit('--fix');
+    expect(fixed).toMatchObject({ code: 0, report: { findings: [], repairs: [{ result: 'applied', detail: 'released 172.22.0.9' }] } });
+
+    // A gateway whose agent never answers cannot be checked.
+    await natflow('gateway', 'create', 'gw-no-agent');
+    const unchecked = await audit();
+    expect(unchecked.code).toBe(2);
+    expect(unchecked.report.unchecked).toEqual([expect.objectContaining({ what: 'gateway gw-no-agent' })]);
+    // No control worker on that queue: the audit never runs.
+    const nobody = await audit('--task-queue', 'no-such-queue', '--timeout', '2');
+    expect(nobody.code).toBe(2);
+    expect(nobody.report.error).toBeTruthy();
   });
 
   it('refuses bad input with a clear error and creates nothing', async () => {

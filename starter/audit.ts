@@ -38,10 +38,20 @@ export async function ensureAuditSchedule(r: Resources, everyMs: number): Promis
     await r.client.schedule.create({
       scheduleId: AUDIT_SCHEDULE_ID,
       spec,
-      // One at a time: an audit that outlasts the interval is not doubled.
-      policies: { overlap: ScheduleOverlapPolicy.SKIP },
+      // One at a time: an audit that outlasts the interval is not doubled; and after natflow was down,
+      // one audit, not one for every interval missed.
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1m' },
       state: { paused: everyMs === 0, note: everyMs === 0 ? 'paused: natflow was started with --audit-every 0' : undefined },
-      action: { type: 'startWorkflow', workflowType: auditWorkflow, workflowId: 'natflow/audit/scheduled', taskQueue: entityTaskQueue(r.taskQueue ?? CONTROL_TASK_QUEUE), args: [{}] },
+      action: {
+        type: 'startWorkflow',
+        workflowType: auditWorkflow,
+        workflowId: 'natflow/audit/scheduled',
+        taskQueue: entityTaskQueue(r.taskQueue ?? CONTROL_TASK_QUEUE),
+        args: [{}],
+        // A run that cannot finish (no control worker) must not skip the next ones for ever.
+        workflowExecutionTimeout: Math.max(everyMs, 60_000),
+        staticSummary: 'audit (scheduled)',
+      },
     });
   } catch (err) {
     if (!(err instanceof ScheduleAlreadyRunning)) throw err;

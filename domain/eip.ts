@@ -61,6 +61,11 @@ export interface EipStatus {
 export function normalizeEipSpec(name: string, spec: EipSpec): Required<Pick<EipSpec, 'natGwDp' | 'externalSubnet'>> & EipSpec {
   validateName(name, 'EIP name');
   if (!spec || typeof spec !== 'object') throw new NatflowError(Reason.InvalidSpec, 'spec is missing');
+  // Every field is a string (as in the CRD): a 0 or false must not pass for "unset".
+  for (const field of ['natGwDp', 'externalSubnet', 'v4ip', 'v6ip', 'macAddress', 'qosPolicy'] as const) {
+    const value: unknown = spec[field];
+    if (value !== undefined && value !== null && typeof value !== 'string') throw new NatflowError(Reason.InvalidSpec, `spec.${field} ${JSON.stringify(value)} is not a string`);
+  }
   if (!spec.natGwDp) throw new NatflowError(Reason.InvalidSpec, 'spec.natGwDp is required');
   validateName(spec.natGwDp, 'spec.natGwDp');
   const externalSubnet = spec.externalSubnet || DEFAULT_EXTERNAL_SUBNET;

@@ -2,7 +2,8 @@
 // on (the bridge and the workers, the CLI and the agent) is computed here, once.
 import { NatflowError, Reason } from './errors.js';
 
-const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+// Kubernetes' own (IsDNS1123Subdomain): dot-separated labels, each starting and ending alphanumeric.
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 /** Kubernetes object names (DNS-1123 subdomain, ≤ 253). They also end up in workflow IDs and commands. */
 export function validateName(name: unknown, what: string): string {

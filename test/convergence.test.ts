@@ -84,6 +84,24 @@ describe('convergence by wake-ups (end to end)', () => {
     await deleteResource(r(), 'eip', 'eip-late');
   });
 
+  it('two rules the gateway refuses on one EIP do not wake each other in a loop', async () => {
+    // Each refused rule gives its claim back, which is a change of the EIP for the other one.
+    await createResource(r(), 'eip', 'eip-refusals', { natGwDp: GW });
+    await resourcePhase(r(), 'eip', 'eip-refusals', 'Ready');
+    for (const name of ['dnat-out-a', 'dnat-out-b']) {
+      await createResource(r(), 'dnat', name, { eip: 'eip-refusals', protocol: 'tcp', externalPort: name.endsWith('a') ? '81' : '82', internalIp: '192.168.9.9', internalPort: '80' });
+    }
+    const failed = await Promise.all(['dnat-out-a', 'dnat-out-b'].map((name) => resourcePhase(r(), 'dnat', name, 'Failed')));
+    expect(failed.map((s) => s.conditions.find((c) => c.type === 'Ready')?.message)).toEqual([expect.stringContaining('outside the VPC subnet'), expect.stringContaining('outside the VPC subnet')]);
+    const eipHistory = async () => (await stack.env.client.workflow.getHandle((await resourceStatus(r(), 'eip', 'eip-refusals')).workflowId).describe()).historyLength;
+    const before = await eipHistory();
+    await new Promise((resolve) => setTimeout(resolve, 15_000));
+    // A loop claims and unclaims several times a second (hundreds of events here); backing off, a few tries.
+    expect((await eipHistory()) - before).toBeLessThan(60);
+    for (const name of ['dnat-out-a', 'dnat-out-b']) await deleteResource(r(), 'dnat', name);
+    await deleteResource(r(), 'eip', 'eip-refusals');
+  });
+
   it('an invalid rule is refused before it claims anything, and its message names it', async () => {
     await createResource(r(), 'eip', 'eip-valid', { natGwDp: GW });
     await resourcePhase(r(), 'eip', 'eip-valid', 'Ready');

@@ -23,6 +23,12 @@ import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILE
 const RETRY_GATEWAY_AFTER = '10s';
 /** A claim found its EIP gone: look it up by name again after this long. */
 const EIP_GONE_RECHECK_MS = 1000;
+/**
+ * A rule the gateway refused retries when its EIP changes, but the other rules it refused on the
+ * same EIP change it too (each gives its claim back): without a pause growing with every refusal
+ * in a row, they would wake each other for ever (936 EIP history events in 15 s, two rules).
+ */
+const REFUSAL_BACKOFF_PATCH = 'refusal-backoff';
 /** Refusals the gateway gives while it is not there or not ready: the rule keeps its claim and waits for it. */
 const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFound];
 
@@ -89,6 +95,8 @@ class NatRuleResource {
   private readonly waitFor: WaitFor;
   private specChanged = false;
   private eipChanged = false;
+  /** Gateway refusals in a row, since the last Ready or spec change: the pause before the next try. */
+  private refusalsInARow = 0;
   private gatewayChanged = false;
   private shownEip: string;
   private deleting: boolean;
@@ -235,6 +243,7 @@ class NatRuleResource {
       await this.waitFor(() => this.specChanged || this.gatewayChanged, RECHECK_MAX_MS);
       if (this.specChanged) return true; // serve() takes the change
     }
+    this.refusalsInARow = 0;
     this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `applied on ${serving.gateway}` });
     return true;
   }
@@ -315,6 +324,8 @@ class NatRuleResource {
     this.eipChanged = false;
     if (eipWorkflowId) await this.watch(eipWorkflowId, until);
     await this.waitFor(() => this.specChanged || this.eipChanged, RECHECK_MAX_MS);
+    if (this.specChanged) this.refusalsInARow = 0;
+    else if (until.until === 'changed' && wf.patched(REFUSAL_BACKOFF_PATCH)) await this.waitFor(() => this.specChanged, backoff(this.refusalsInARow++, 1000, RECHECK_MAX_MS));
   }
 
   /** Asks the EIP to signal `eipChanged` once `until` holds (at once if it does already). */

@@ -27,6 +27,7 @@ import { parseNatTable, placedChain, restoreLine } from '../domain/nat-table.js'
 import { labDown, labUp } from '../temporal-dev/lab.js';
 import { createAgentActivities } from '../worker/agent.js';
 import { perRuleAddFip, perRuleInit } from './per-rule-gateway.js';
+import { reportRow } from './results.js';
 
 const GATEWAY = 't-gwlayer';
 const { values: opts } = parseArgs({
@@ -130,6 +131,8 @@ async function burst(t: LabTopology): Promise<void> {
     ['way', 'FIPs', 'seconds', 'rules/s', '× floor', 'faster than baseline'],
     ...results.map(({ way, seconds }) => [way, N.toLocaleString('en-US'), seconds.toFixed(3), Math.round((2 * N) / seconds).toLocaleString('en-US'), `${(seconds / floor).toFixed(1)}×`, `${(baseline / seconds).toFixed(1)}×`]),
   ]);
+  const natflow = results.find((r) => r.way === 'natflow: one applyNatRules')!.seconds;
+  reportRow({ scenario: 'gateway layer: a burst of FIP changes applied', size: `${N} FIPs`, result: `${natflow.toFixed(3)} s`, versus: `per-rule baseline ${baseline.toFixed(2)} s; floor ${floor.toFixed(3)} s`, ratio: `${(baseline / natflow).toFixed(1)}× faster; ${(natflow / floor).toFixed(1)}× floor` });
 }
 
 const quantile = (values: number[], q: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil(q * values.length) - 1)]!;
@@ -172,6 +175,7 @@ async function scale(t: LabTopology): Promise<void> {
     const p50 = { agent: quantile(times.agent, 0.5), stateless: quantile(times.stateless, 0.5) };
     first ??= p50;
     const ms = (v: number) => `${v.toFixed(1)} ms`;
+    reportRow({ scenario: 'gateway: one change at scale (agent)', size: `${onGateway} rules`, result: `p50 ${p50.agent.toFixed(1)} ms`, versus: `at ${SIZES[0]} rules ${first.agent.toFixed(1)} ms`, ratio: `${(p50.agent / first.agent).toFixed(2)}×` });
     rows.push([
       onGateway.toLocaleString('en-US'),
       ms(p50.agent),

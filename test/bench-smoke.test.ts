@@ -1,18 +1,30 @@
-// The throughput benchmark, small, so that it cannot rot: it brings up its own dev server and lab
-// gateway, creates a few EIP+FIP pairs until Ready, deletes them until nothing is left, runs the
-// Temporal floor beside it, and prints its table. Speed is the benchmark's business, not this test's.
+// `npm run bench`, small, so that it cannot rot: every scenario (pairs through the CLI path with
+// the floor beside them, pairs through the API, steady latency, the gateway layer and its scale)
+// on its own dev server and lab gateway, and the one report table. Speed is the benchmark's
+// business, not this test's.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
-describe('bench:throughput smoke', () => {
-  it('runs 10 pairs to Ready and back to nothing, with the floor, and prints its table', async () => {
-    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'bench/throughput.ts', '--pairs', '10', '--inflight', '5'], { timeout: 300_000, maxBuffer: 16 << 20 });
-    const header = 'pairs\tcreated s\tall Ready s\tall deleted s\tms/pair\tactivities/wf\tfloor s\tReady/floor';
-    expect(stdout).toContain(header);
-    // pairs, created, Ready, deleted, ms/pair, activities and local activities per workflow, floor, ratio: all measured.
+describe('npm run bench smoke', () => {
+  it('runs every scenario small and prints one report table with a measured row for each', async () => {
+    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'bench/report.ts', '--smoke'], { timeout: 600_000, maxBuffer: 64 << 20 });
+    // The throughput scenario's own table: activities and local activities per workflow, the floor, the ratio, all measured.
     const row = /^10\t[\d.]+\t[\d.]+\t[\d.]+\t[\d.]+\t(\d+) \+ (\d+) local\t[\d.]+\t[\d.]+$/m.exec(stdout);
     expect(row, stdout).not.toBeNull();
     expect(Number(row![1]) + Number(row![2])).toBeGreaterThan(0);
-  }, 360_000);
+    const report = stdout.slice(stdout.indexOf('natflow benchmark report'));
+    expect(report).toContain('| scenario | size | result | p50 | p99 | compared with | ratio | peak RSS |');
+    const time = String.raw`[\d.]+ (?:s|ms)`;
+    for (const line of [
+      String.raw`\| EIP\+FIP pairs to Ready \(CLI path\) \| 10 pairs \| ${time} \|  \|  \| floor [\d.]+ s \| [\d.]+× \| \d+ MiB \|`,
+      String.raw`\| EIP\+FIP pairs to Ready \(API path[^|]*\) \| 10 pairs \| ${time} \|`,
+      String.raw`\| FIP create → Ready, 5/s created and deleted \| 5 s, \d+ FIPs \| max ${time} \| ${time} \| ${time} \|`,
+      String.raw`\| FIP delete → clean, 5/s created and deleted \| 5 s, \d+ FIPs \| max ${time} \| ${time} \| ${time} \|`,
+      String.raw`\| gateway layer: a burst of FIP changes applied \| 100 FIPs \| ${time} \|  \|  \| per-rule baseline ${time}; floor ${time} \| [\d.]+× faster`,
+      String.raw`\| gateway: one change at scale \(agent\) \| 10000 rules \| p50 ${time} \|`,
+    ]) {
+      expect(report, report).toMatch(new RegExp(line));
+    }
+  }, 660_000);
 });

@@ -15,6 +15,8 @@ import { kubeovnObjects, startKube } from '../support/kube.js';
 import { KubeBridge } from '../../starter/bridge.js';
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { eventually } from '../support/workflows.js';
+import { allocateUpdate } from '../../domain/workflow-api.js';
+import { runAudit } from '../../starter/audit.js';
 import { codeVersion, saveFixture } from './fixtures.js';
 
 const GW = 'rec-gw';
@@ -196,6 +198,25 @@ const scenarios: Record<string, Scenario> = {
       { workflowType: 'fipWorkflow', workflowId: rule.workflowId },
       { workflowType: 'eipWorkflow', workflowId: lone.workflowId },
     ];
+  },
+  'dnats-refused-on-one-eip': async (s) => {
+    // Two rules the gateway refuses (outside its VPC) on one EIP: each one's give-back wakes the
+    // other, which retries after a pause growing with each refusal (refusal-backoff).
+    const e = await eip(s, 'eip-refusals');
+    const rules = [];
+    for (const port of ['81', '82']) rules.push(await createResource(s.resources, 'dnat', `dnat-out-${port}`, { eip: 'eip-refusals', protocol: 'tcp', externalPort: port, internalIp: '192.168.9.9', internalPort: '80' }));
+    for (const port of ['81', '82']) await settle(s, 'dnat', `dnat-out-${port}`, 'Failed');
+    await new Promise((resolve) => setTimeout(resolve, 5_000));
+    for (const port of ['81', '82']) await deleteResource(s.resources, 'dnat', `dnat-out-${port}`);
+    await deleteResource(s.resources, 'eip', 'eip-refusals');
+    return [...rules.map((r) => ({ workflowType: 'dnatWorkflow', workflowId: r.workflowId })), { workflowType: 'eipWorkflow', workflowId: e.workflowId }];
+  },
+  'audit-fix': async (s) => {
+    // An allocation whose EIP is gone: found by both looks, released by --fix, audited again.
+    await s.env.client.workflow.getHandle(workflowIds.ipam(DEFAULT_EXTERNAL_SUBNET)).executeUpdate(allocateUpdate, { args: [{ owner: 'natflow/eip/gone/0', requested: '172.18.0.99' }] });
+    const report = await runAudit(s.resources, { fix: true, graceMs: 1000 });
+    if (report.repairs?.[0]?.result !== 'applied') throw new Error(`expected the allocation released: ${JSON.stringify(report)}`);
+    return [{ workflowType: 'auditWorkflow', workflowId: report.workflowId }];
   },
   'ipam-continue-as-new': async (s) => {
     const subnet = { name: 'rec-ipam', cidrBlock: '172.30.0.0/24', gateway: '172.30.0.1', excludeIps: [] };

@@ -7,6 +7,7 @@ import type { KubeObjectView, LiveResource, Observation, Repair } from '../domai
 import { crd, FINALIZER, type KubeKind } from '../domain/kube.js';
 import { workflowIds, type ResourceKind } from '../domain/names.js';
 import {
+  eipClaimsQuery,
   gatewayChangedSignal,
   gatewayStateQuery,
   ipamStateQuery,
@@ -14,12 +15,12 @@ import {
   releaseUpdate,
   removeRuleUpdate,
   restoreGatewaySignal,
+  specChangedSignal,
   unbindEipUpdate,
   type AuditActivities,
 } from '../domain/workflow-api.js';
 import { findRunning } from '../starter/find-resources.js';
 import { resourceStart } from '../starter/resources.js';
-import { specChangedSignal } from '../domain/workflow-api.js';
 import { mergePatch } from './kube.js';
 
 const RESOURCE_KINDS: ResourceKind[] = ['eip', 'fip', 'dnat', 'snat'];
@@ -45,6 +46,21 @@ export function createAuditActivities(client: Client, kubeConfig?: KubeConfig, t
     }
   };
 
+  /**
+   * The running workflow of rule `owner` (a uid) on `gateway`, asked where it is strongly consistent
+   * rather than of visibility: a rule holds its claim on its EIP while its rule is on the gateway,
+   * so a live one is among the claims of the EIP bound at its rule's address.
+   */
+  async function liveClaimant(gateway: string, owner: string): Promise<string | null> {
+    const state = await client.workflow.getHandle(workflowIds.gateway(gateway)).query(gatewayStateQuery);
+    const rule = state.rules[owner];
+    if (!rule) return null;
+    const eip = Object.entries(state.eips).find(([, a]) => a.address === rule.eip)?.[0];
+    if (!eip || !(await running(eip))) return null;
+    const claim = (await client.workflow.getHandle(eip).query(eipClaimsQuery)).find((c) => uidOf(c.owner) === owner);
+    return claim && (await running(claim.owner)) ? claim.owner : null;
+  }
+
   async function observeKube(): Promise<Observation['kube']> {
     if (!api) return undefined;
     const objects: KubeObjectView[] = [];
@@ -64,10 +80,27 @@ export function createAuditActivities(client: Client, kubeConfig?: KubeConfig, t
       for (const kind of RESOURCE_KINDS) {
         for (const w of await findRunning(r, kind)) resources.push({ kind, name: w.name, uid: uidOf(w.workflowId), workflowId: w.workflowId, phase: w.phase, fromKube: w.fromKube });
       }
-      const gateways = await Promise.all((await findRunning(r, 'gateway')).map(async (g) => ({ name: g.name, state: await client.workflow.getHandle(g.workflowId).query(gatewayStateQuery) })));
-      const subnets = await Promise.all((await findRunning(r, 'subnet')).map(async (s) => ({ name: s.name, state: await client.workflow.getHandle(s.workflowId).query(ipamStateQuery) })));
-      const kube = await observeKube();
-      return { resources, gateways, subnets, ...(kube && { kube }) };
+      // One gateway or IPAM that does not answer is that one not checked, not the audit failed.
+      const unobserved: { what: string; why: string }[] = [];
+      const queried = async <T>(what: string, query: () => Promise<T>): Promise<T[]> => {
+        try {
+          return [await query()];
+        } catch (err) {
+          unobserved.push({ what, why: `its workflow did not answer: ${(err as Error).message}` });
+          return [];
+        }
+      };
+      const gateways = (await Promise.all((await findRunning(r, 'gateway')).map((g) => queried(`gateway ${g.name}`, async () => ({ name: g.name, state: await client.workflow.getHandle(g.workflowId).query(gatewayStateQuery) }))))).flat();
+      const subnets = (await Promise.all((await findRunning(r, 'subnet')).map((s) => queried(`subnet ${s.name}`, async () => ({ name: s.name, state: await client.workflow.getHandle(s.workflowId).query(ipamStateQuery) }))))).flat();
+      const kube = (await queried('Kubernetes objects', observeKube))[0];
+      return { resources, gateways, subnets, ...(kube && { kube }), ...(unobserved.length > 0 && { unobserved }) };
+    },
+
+    async addressInUse({ gateway, address }) {
+      const state = await client.workflow.getHandle(workflowIds.gateway(gateway)).query(gatewayStateQuery);
+      const bound = Object.values(state.eips).some((a) => a.address === address);
+      const ipams = await Promise.all((await findRunning(r, 'subnet')).map((s) => client.workflow.getHandle(s.workflowId).query(ipamStateQuery)));
+      return { held: bound || ipams.some((ipam) => Object.values(ipam.allocations).includes(address)), forwarded: Object.values(state.rules).some((rule) => rule.eip === address) };
     },
 
     async repair(repair: Repair) {
@@ -77,8 +110,8 @@ export function createAuditActivities(client: Client, kubeConfig?: KubeConfig, t
       }
       if ('removeRule' in repair) {
         const { gateway, owner } = repair.removeRule;
-        const live = (await Promise.all(RESOURCE_KINDS.slice(1).map((k) => findRunning(r, k)))).flat().some((w) => uidOf(w.workflowId) === owner);
-        if (live) return { result: 'skipped', detail: `a NAT rule workflow with uid ${owner} runs` };
+        const claimant = await liveClaimant(gateway, owner);
+        if (claimant) return { result: 'skipped', detail: `${claimant} runs and holds its claim` };
         const { applied } = await client.workflow.getHandle(workflowIds.gateway(gateway)).executeUpdate(removeRuleUpdate, { args: [{ owner }] });
         return { result: 'applied', detail: applied ? 'removed from the gateway' : 'removed from the desired state (the agent is down: its next restore is without it)' };
       }

@@ -57,6 +57,8 @@ export interface NatActivitiesConfig {
 }
 
 export const DEFAULT_REMEMBER_FOR_MS = 60_000;
+/** natConntrack lists the table only up to this many entries (~30 MB of text); beyond, it says so (null). */
+export const MAX_CONNTRACK_LISTED = 100_000;
 
 export interface NatChange {
   add: NatRule[];
@@ -93,8 +95,8 @@ export interface NatActivities {
   listChainRules(): Promise<{ chain: string; spec: string[]; owner: string | null }[]>;
   /** Deletes these untagged rules where they still are, in one restore; returns how many went. */
   removeUntaggedRules(rules: { chain: string; spec: string[] }[]): Promise<number>;
-  /** Translated conntrack entries, counted by the address on the EIP side (a DNAT's original destination, an SNAT's reply destination). */
-  natConntrack(): Promise<Record<string, number>>;
+  /** Translated conntrack entries, counted by the address on the EIP side (a DNAT's original destination, an SNAT's reply destination); null above MAX_CONNTRACK_LISTED entries. */
+  natConntrack(): Promise<Record<string, number> | null>;
 }
 
 /** Bad input becomes one non-retryable failure typed by its reason (InvalidSpec), before anything runs. */
@@ -261,6 +263,9 @@ export function createNatActivities(cfg: NatActivitiesConfig = {}): NatActivitie
     },
 
     async natConntrack() {
+      // Listed only when it is not huge: a busy gateway's millions of entries would take the agent's time and memory.
+      const total = Number((await run('conntrack', ['-C'])).stdout.trim());
+      if (!(total <= MAX_CONNTRACK_LISTED)) return null;
       const counts: Record<string, number> = {};
       const { stdout } = await run('conntrack', ['-L'], undefined, [1]);
       for (const address of natAddresses(stdout)) counts[address] = (counts[address] ?? 0) + 1;

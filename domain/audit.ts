@@ -78,8 +78,10 @@ export interface AuditReport {
   findings: Finding[];
   /** What could not be checked, and why (an agent that does not answer, a gateway restoring). */
   unchecked: { what: string; why: string }[];
-  /** Findings by kind. */
+  /** Findings by kind (all of them, also those left out of `findings`). */
   counts: Partial<Record<FindingKind, number>>;
+  /** Findings left out of `findings` (at most MAX_LISTED_PER_KIND of a kind are listed). */
+  omitted?: number;
   /** With `fix`: the repairs applied, and those that failed or were no longer needed. */
   repairs?: { finding: string; result: 'applied' | 'skipped' | 'failed'; detail: string }[];
 }
@@ -104,8 +106,8 @@ export interface GatewayReading {
   rules: { chain: string; spec: string[]; owner: string | null }[];
   /** The addresses on the external interface; `eip`: labelled as natflow's. */
   addresses: { address: string; prefixLength: number; eip: boolean }[];
-  /** Translated conntrack entries, counted by the address on the EIP side. */
-  conntrack: Record<string, number>;
+  /** Translated conntrack entries, counted by the address on the EIP side; null when the table was too large to list. */
+  conntrack: Record<string, number> | null;
 }
 
 /** A Kubernetes object of a kind natflow drives. */
@@ -126,6 +128,8 @@ export interface SubnetStatusView {
 }
 
 export interface Observation {
+  /** What the control side could not observe (a gateway or IPAM that did not answer its query). */
+  unobserved?: AuditReport['unchecked'];
   resources: LiveResource[];
   gateways: { name: string; state: GatewayState; reading: GatewayReading | null; why?: string }[];
   subnets: { name: string; state: IpamState }[];
@@ -144,25 +148,48 @@ const LEAVING = new Set(['Deleting', 'Deleted']);
 /** Every finding of one observation, and what it could not check. */
 export function auditObservation(o: Observation): { findings: Finding[]; unchecked: AuditReport['unchecked'] } {
   const findings: Finding[] = [];
-  const unchecked: AuditReport['unchecked'] = [];
+  const unchecked: AuditReport['unchecked'] = [...(o.unobserved ?? [])];
   const live = new Map(o.resources.map((r) => [r.workflowId, r]));
   const liveRuleUids = new Set(o.resources.filter((r) => r.kind !== 'eip').map((r) => r.uid));
+  // A check that cannot make sense of what it was given reports that part as not checked, never fails the audit.
+  const checked = (what: string, check: () => Finding[]) => {
+    try {
+      findings.push(...check());
+    } catch (err) {
+      unchecked.push({ what, why: `its check failed: ${(err as Error).message}` });
+    }
+  };
   for (const gw of o.gateways) {
-    findings.push(...desiredStateFindings(gw.name, gw.state, live, liveRuleUids));
+    checked(`gateway ${gw.name} (desired state)`, () => desiredStateFindings(gw.name, gw.state, live, liveRuleUids));
     if (!gw.reading) unchecked.push({ what: `gateway ${gw.name}`, why: gw.why ?? 'its agent did not answer' });
+    else if (gw.state.deleting) unchecked.push({ what: `gateway ${gw.name}`, why: 'it is being deleted: everything comes off it' });
     else if (!gw.state.ready || gw.state.agent?.instanceId !== gw.reading.instanceId) {
       unchecked.push({ what: `gateway ${gw.name}`, why: `not ready (${gw.state.reason || 'another agent instance answered'}): its workflow is bringing the agent to its desired state` });
     } else {
+      const reading = gw.reading;
       const cidr = o.subnets.find((s) => s.name === gw.state.spec.externalSubnet)?.state.subnet.cidrBlock;
-      const found = gatewayFindings(gw.name, gw.state, gw.reading, o.resources, cidr);
       // A new incarnation may carry more than it holds until its rebuild window ends, when it removes it itself.
       const extra = new Set<FindingKind>(['leaked-rule', 'leaked-address', 'stale-conntrack']);
       if (gw.state.rebuilding) unchecked.push({ what: `gateway ${gw.name}: rules, addresses and conntrack entries it does not hold`, why: 'it is rebuilding its desired state from its users (a new incarnation); what nobody re-asserts goes when that window ends' });
-      findings.push(...(gw.state.rebuilding ? found.filter((f) => !extra.has(f.kind)) : found));
+      if (reading.conntrack === null) unchecked.push({ what: `gateway ${gw.name}: conntrack entries`, why: 'its conntrack table is too large to list' });
+      checked(`gateway ${gw.name}`, () => gatewayFindings(gw.name, gw.state, reading, o.resources, cidr).filter((f) => !gw.state.rebuilding || !extra.has(f.kind)));
     }
   }
-  for (const subnet of o.subnets) findings.push(...ipamFindings(subnet.name, subnet.state, live, o.gateways));
-  if (o.kube) findings.push(...kubeFindings(o.kube, o.resources, o.subnets));
+  checked('IPAM allocations', () => ipamFindings(o.subnets, live, o.gateways));
+  if (o.kube) {
+    const kube = o.kube;
+    checked('Kubernetes objects', () => kubeFindings(kube, o.resources, o.subnets));
+    // A workflow gone while its object lives: what it held is taken back by the run --fix starts
+    // (allocation and binding are idempotent per owner), so nothing of it is removed first.
+    const liveObjects = new Set(kube.objects.filter((obj) => !obj.deleting).map((obj) => obj.uid));
+    for (const f of findings) {
+      const owner = f.repair && ('removeRule' in f.repair ? f.repair.removeRule.owner : 'unbindAddress' in f.repair ? f.repair.unbindAddress.owner : 'releaseAllocation' in f.repair ? f.repair.releaseAllocation.owner : null);
+      if (owner && liveObjects.has(owner.slice(owner.lastIndexOf('/') + 1))) {
+        delete f.repair;
+        f.repairText = 'none: its object is live; its workflow, which --fix starts (missing-workflow), takes this back';
+      }
+    }
+  }
   return { findings, unchecked };
 }
 
@@ -231,16 +258,21 @@ export function gatewayFindings(gateway: string, state: GatewayState, reading: G
     });
   }
   const desired = new Map(Object.entries(state.eips).map(([owner, a]) => [a.address, owner]));
+  const forwarded = new Set(Object.values(state.rules).map((rule) => rule.eip));
   for (const r of foreign) {
-    const eip = ruleEip(r.spec);
-    const user = eip && desired.has(eip) ? `EIP ${eip} is bound for ${desired.get(eip)}: this rule misroutes its traffic` : `for ${eip ?? 'an unknown address'}, which no live EIP on this gateway holds`;
+    const eip = ruleAddress(r.spec);
+    // Safe to delete when no EIP holds its address, or when natflow forwards that EIP itself; else
+    // (a gateway taken over from Kube-OVN, natflow's rule not there yet) it may still carry traffic.
+    const safe = !eip || !desired.has(eip) || forwarded.has(eip);
+    const user = !eip || !desired.has(eip) ? `for ${eip ?? 'an unknown address'}, which no live EIP on this gateway holds` : forwarded.has(eip) ? `EIP ${eip} is bound for ${desired.get(eip)} and forwarded by natflow: this rule misroutes its traffic` : `EIP ${eip} is bound for ${desired.get(eip)}, which natflow does not forward yet`;
     findings.push({
       kind: 'foreign-rule',
       resource: `gateway ${gateway} untagged ${ruleText(r)}`,
       expected: `only natflow-tagged rules in ${r.chain}`,
       found: `a rule without natflow's tag (${user})`,
-      repairText: 'delete this rule from the gateway (natflow writes none like it)',
-      repair: { removeForeignRules: { gateway, rules: [{ chain: r.chain, spec: r.spec }] } },
+      ...(safe
+        ? { repairText: 'delete this rule from the gateway (natflow writes none like it)', repair: { removeForeignRules: { gateway, rules: [{ chain: r.chain, spec: r.spec }] } } }
+        : { repairText: 'none automatic: it may still be what forwards this EIP; delete it by hand once natflow forwards the EIP (or the EIP is gone)' }),
     });
   }
   const onInterface = new Map(reading.addresses.map((a) => [a.address, a]));
@@ -266,7 +298,7 @@ export function gatewayFindings(gateway: string, state: GatewayState, reading: G
     });
   }
   const subnet = externalCidr ? parseCidr(externalCidr) : null;
-  for (const [address, entries] of Object.entries(reading.conntrack)) {
+  for (const [address, entries] of Object.entries(reading.conntrack ?? {})) {
     if (desired.has(address) || onInterface.has(address) && !onInterface.get(address)!.eip) continue;
     if (!subnet || !cidrContains(subnet, parseIPv4(address))) continue;
     findings.push({
@@ -282,41 +314,46 @@ export function gatewayFindings(gateway: string, state: GatewayState, reading: G
 }
 
 /** Allocations against live EIPs and the gateways' bindings; usage counters against allocations. */
-export function ipamFindings(subnet: string, state: IpamState, live: Map<string, LiveResource>, gateways: Observation['gateways']): Finding[] {
+export function ipamFindings(subnets: Observation['subnets'], live: Map<string, LiveResource>, gateways: Observation['gateways']): Finding[] {
   const findings: Finding[] = [];
-  const holders = new Map<string, string[]>();
-  for (const [owner, address] of Object.entries(state.allocations)) {
-    holders.set(address, [...(holders.get(address) ?? []), owner]);
-    if (live.get(owner)?.kind === 'eip') continue;
-    findings.push({
-      kind: 'orphaned-allocation',
-      resource: `subnet ${subnet} address ${address}`,
-      expected: `EIP workflow ${owner} running`,
-      found: `${address} is allocated to ${owner}, which does not run`,
-      repairText: 'release the allocation',
-      repair: { releaseAllocation: { subnet, owner } },
-    });
+  /** Owner → address and subnet, over every subnet: an EIP may take its address from another subnet than its gateway's. */
+  const allocated = new Map<string, { address: string; subnet: string }>();
+  for (const { name: subnet, state } of subnets) {
+    const holders = new Map<string, string[]>();
+    for (const [owner, address] of Object.entries(state.allocations)) {
+      allocated.set(owner, { address, subnet });
+      holders.set(address, [...(holders.get(address) ?? []), owner]);
+      if (live.get(owner)?.kind === 'eip') continue;
+      findings.push({
+        kind: 'orphaned-allocation',
+        resource: `subnet ${subnet} address ${address}`,
+        expected: `EIP workflow ${owner} running`,
+        found: `${address} is allocated to ${owner}, which does not run`,
+        repairText: 'release the allocation',
+        repair: { releaseAllocation: { subnet, owner } },
+      });
+    }
+    for (const [address, owners] of holders) {
+      if (owners.length < 2) continue;
+      findings.push({ kind: 'double-allocation', resource: `subnet ${subnet} address ${address}`, expected: 'one owner', found: `held by ${owners.join(', ')}`, repairText: 'none automatic: delete all but one of these EIPs' });
+    }
+    const using = Object.keys(state.allocations).length;
+    if (state.usage.v4usingIPs !== using) {
+      findings.push({ kind: 'subnet-counters', resource: `subnet ${subnet}`, expected: `v4usingIPs ${using} (its allocations)`, found: `v4usingIPs ${state.usage.v4usingIPs}`, repairText: 'none automatic: the IPAM workflow counts its own allocations' });
+    }
   }
-  for (const [address, owners] of holders) {
-    if (owners.length < 2) continue;
-    findings.push({ kind: 'double-allocation', resource: `subnet ${subnet} address ${address}`, expected: 'one owner', found: `held by ${owners.join(', ')}`, repairText: 'none automatic: delete all but one of these EIPs' });
-  }
-  for (const gw of gateways.filter((g) => g.state.spec.externalSubnet === subnet)) {
+  for (const gw of gateways) {
     for (const [owner, bound] of Object.entries(gw.state.eips)) {
-      const allocated = state.allocations[owner];
-      if (allocated === bound.address || !live.has(owner)) continue;
+      const held = allocated.get(owner);
+      if (held?.address === bound.address || !live.has(owner)) continue;
       findings.push({
         kind: 'unallocated-eip',
         resource: `gateway ${gw.name} address ${bound.address}`,
-        expected: `${bound.address} allocated to ${owner} in subnet ${subnet}`,
-        found: allocated ? `${owner} holds ${allocated} instead` : `${owner} holds no address in ${subnet}`,
+        expected: `${bound.address} allocated to ${owner}`,
+        found: held ? `${owner} holds ${held.address} in subnet ${held.subnet} instead` : `${owner} holds no address in any subnet`,
         repairText: 'none automatic: delete and re-create the EIP',
       });
     }
-  }
-  const using = Object.keys(state.allocations).length;
-  if (state.usage.v4usingIPs !== using) {
-    findings.push({ kind: 'subnet-counters', resource: `subnet ${subnet}`, expected: `v4usingIPs ${using} (its allocations)`, found: `v4usingIPs ${state.usage.v4usingIPs}`, repairText: 'none automatic: the IPAM workflow counts its own allocations' });
   }
   return findings;
 }
@@ -360,8 +397,11 @@ export function kubeFindings(kube: NonNullable<Observation['kube']>, resources: 
   return findings;
 }
 
-/** One finding's identity across observations. */
-export const findingKey = (f: Finding) => `${f.kind} ${f.resource}`;
+/**
+ * One finding's identity across observations: its kind and resource; for counters also what they
+ * said, since counters that the bridge copies every few seconds differ between two looks under churn.
+ */
+export const findingKey = (f: Finding) => `${f.kind} ${f.resource}${f.kind === 'subnet-counters' ? ` ${f.found}` : ''}`;
 
 /** The findings of `later` that `earlier` had too: a leak persists, a change under way does not. */
 export function persistent(earlier: Finding[], later: Finding[]): Finding[] {
@@ -369,16 +409,20 @@ export function persistent(earlier: Finding[], later: Finding[]): Finding[] {
   return later.filter((f) => seen.has(findingKey(f)));
 }
 
-export function countByKind(findings: Finding[]): AuditReport['counts'] {
+/** At most this many findings of one kind are listed in a report (all are counted and repaired): a report stays small whatever leaked. */
+export const MAX_LISTED_PER_KIND = 100;
+
+/** The report's findings (at most MAX_LISTED_PER_KIND a kind), their counts by kind, and how many were left out. */
+export function summarize(findings: Finding[]): Pick<AuditReport, 'findings' | 'counts' | 'omitted'> {
   const counts: AuditReport['counts'] = {};
-  for (const f of findings) counts[f.kind] = (counts[f.kind] ?? 0) + 1;
-  return counts;
+  const listed = findings.filter((f) => (counts[f.kind] = (counts[f.kind] ?? 0) + 1) <= MAX_LISTED_PER_KIND);
+  return { findings: listed, counts, ...(listed.length < findings.length && { omitted: findings.length - listed.length }) };
 }
 
 const ruleText = (r: { chain: string; spec: string[] }) => `-A ${r.chain} ${r.spec.join(' ')}`;
 
 /** The EIP a Kube-OVN style rule translates: `-d <eip>/32` (DNAT) or `--to-source <eip>` (SNAT). */
-function ruleEip(spec: string[]): string | null {
+export function ruleAddress(spec: string[]): string | null {
   const at = (flag: string) => {
     const i = spec.indexOf(flag);
     return i >= 0 ? spec[i + 1]?.split('/')[0] ?? null : null;

@@ -453,15 +453,6 @@ export function validateConntrackTargets(targets: unknown): ConntrackTarget[] {
 }
 
 /**
- * The `conntrack -D` filters for one target:
- * - SNAT (internalCidr): outbound only, `-q <eip> -s <cidr>` (replies come back to the EIP, the
- *   connection started in the CIDR). Never `-d <eip>`: a DNAT rule may share the EIP.
- * - DNAT (protocol, port): inbound only, `-d <eip> -p <proto> --dport <port>`. Never `-q <eip>`:
- *   outbound connections on a shared EIP belong to its SNAT rule.
- * - FIP: everything to the EIP (`-d <eip>`) and everything leaving as it (`-q <eip>`, narrowed to
- *   the VM when known).
- */
-/**
  * The EIP-side addresses of the translated entries of a `conntrack -L` listing, one per line's
  * translation: a DNAT's original destination (its reply does not come from there), an SNAT's
  * reply destination (it does not go back to the original source).
@@ -475,6 +466,15 @@ export function natAddresses(listing: string): string[] {
   });
 }
 
+/**
+ * The `conntrack -D` filters for one target:
+ * - SNAT (internalCidr): outbound only, `-q <eip> -s <cidr>` (replies come back to the EIP, the
+ *   connection started in the CIDR). Never `-d <eip>`: a DNAT rule may share the EIP.
+ * - DNAT (protocol, port): inbound only, `-d <eip> -p <proto> --dport <port>`. Never `-q <eip>`:
+ *   outbound connections on a shared EIP belong to its SNAT rule.
+ * - FIP: everything to the EIP (`-d <eip>`) and everything leaving as it (`-q <eip>`, narrowed to
+ *   the VM when known).
+ */
 export function conntrackFilters(t: ConntrackTarget): string[][] {
   if (t.internalCidr) {
     const source = t.internalCidr.endsWith('/0') ? [] : ['-s', t.internalCidr];

@@ -56,6 +56,8 @@ export interface ClaimedEip {
 /** A NAT rule takes (a share of) the EIP; refused unless Ready and compatible with its other users. */
 export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim, Fence?]>('claim');
 export const unclaimEipUpdate = defineUpdate<void, [{ owner: string }]>('unclaim');
+/** The NAT rules holding a claim on this EIP now (a rule holds its claim while its rule is on the gateway). */
+export const eipClaimsQuery = defineQuery<EipClaim[]>('claims');
 /**
  * What a NAT rule watching an EIP waits for; the EIP signals it `eipChanged` at once when that
  * already holds, else at its next change. `ready`: the EIP is Ready (a watch without `until`, as
@@ -174,6 +176,8 @@ export interface AuditActivities {
   observeControl(): Promise<ControlObservation>;
   /** Applies one repair that goes through a workflow or the API, after checking it is still needed and safe. */
   repair(repair: Repair): Promise<{ result: 'applied' | 'skipped'; detail: string }>;
+  /** Whether an EIP holds `address` now (bound on the gateway, or allocated in any IPAM), and whether a rule on the gateway forwards it. */
+  addressInUse(req: { gateway: string; address: string }): Promise<{ held: boolean; forwarded: boolean }>;
 }
 
 /** The audit workflow's input: `fix` applies the repairs; `graceMs` separates the two observations whose common findings it reports. */
@@ -204,7 +208,7 @@ export interface GatewayAgentActivities {
   agentSession(req: { instanceId: string; forMs: number }): Promise<AgentSessionEnd>;
   /** Adds `add` and removes the addresses in `remove`; every other EIP address stays. */
   changeEipAddresses(change: { add: EipAddress[]; remove: string[] }): Promise<{ added: string[]; removed: string[] }>;
-  /** What the gateway really carries, for the audit: natflow's chains but their static rules, the external interface's addresses, NATed conntrack entries. */
+  /** What the gateway really carries, for the audit: natflow's chains but their static rules, the external interface's addresses, translated conntrack entries (null when the table is too large to list). */
   readGateway(): Promise<GatewayReading>;
   /** The audit's repair of rules someone else left in natflow's chains: deletes those still there and untagged; returns how many. */
   removeUntaggedRules(rules: { chain: string; spec: string[] }[]): Promise<number>;

@@ -56,6 +56,6 @@ export async function ensureAuditSchedule(r: Resources, everyMs: number): Promis
   } catch (err) {
     if (!(err instanceof ScheduleAlreadyRunning)) throw err;
     const handle = r.client.schedule.getHandle(AUDIT_SCHEDULE_ID);
-    await handle.update((schedule) => ({ ...schedule, spec, state: { ...schedule.state, paused: everyMs === 0 } }));
+    await handle.update((schedule) => ({ ...schedule, spec, action: { ...schedule.action, workflowExecutionTimeout: Math.max(everyMs, 60_000) }, state: { ...schedule.state, paused: everyMs === 0 } }));
   }
 }

@@ -212,7 +212,7 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
         report = await runAudit({ ...(await resources()), taskQueue: o.taskQueue }, { fix: o.fix, graceMs }, timeoutMs);
       } catch (err) {
         // Not a finding: the audit itself could not run (no server, no control worker).
-        print({ error: (err as Error).message, findings: [], unchecked: [{ what: 'everything', why: (err as Error).message }] }, () => `audit could not run: ${(err as Error).message}`);
+        print({ error: (err as Error).message, unchecked: [{ what: 'everything', why: (err as Error).message }] }, () => `audit could not run: ${(err as Error).message}`);
         process.exitCode = AUDIT_EXIT.unchecked;
         return;
       }
@@ -250,7 +250,9 @@ function auditText(report: AuditReport): string {
   for (const u of report.unchecked) lines.push(`not checked: ${u.what}: ${u.why}`);
   for (const r of report.repairs ?? []) lines.push(`repair ${r.result}: ${r.finding}: ${r.detail}`);
   const counts = Object.entries(report.counts).map(([kind, n]) => `${kind} ${n}`).join(', ');
-  lines.push(report.findings.length === 0 ? `clean${report.unchecked.length > 0 ? ' where checked' : ''}` : `${report.findings.length} finding(s): ${counts}`);
+  if (report.omitted) lines.push(`(${report.omitted} more finding(s) not listed; counted below)`);
+  const total = Object.values(report.counts).reduce((a, b) => a + (b ?? 0), 0);
+  lines.push(total === 0 ? `clean${report.unchecked.length > 0 ? ' where checked' : ''}` : `${total} finding(s): ${counts}`);
   return lines.join('\n');
 }
 

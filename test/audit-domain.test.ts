@@ -2,7 +2,7 @@
 // held twice, a binding the IPAM does not back, a status that says Ready for a workflow that is not),
 // how two looks are combined, and how translated conntrack entries are read.
 import { describe, expect, it } from 'vitest';
-import { auditObservation, persistent, type Finding, type LiveResource, type Observation } from '../domain/audit.js';
+import { auditObservation, persistent, summarize, type Finding, type LiveResource, type Observation } from '../domain/audit.js';
 import type { GatewayState } from '../domain/gateway.js';
 import type { IpamState } from '../domain/ipam.js';
 import { natAddresses } from '../domain/nat-table.js';
@@ -39,6 +39,52 @@ describe('audit checks (pure)', () => {
     const found = auditObservation(observe({ resources: [waiting, leaving], kube: { objects, subnets: [] } })).findings;
     expect(found.map((f) => f.kind)).toEqual(['false-ready']);
     expect(found[0]!.repair).toEqual({ reassert: { workflowId: waiting.workflowId } });
+  });
+
+  it('an EIP taking its address from another subnet than its gateway’s is no finding', () => {
+    const a = eip('a');
+    const gateways = [{ name: 'gw', state: gateway({ [a.workflowId]: { address: '10.9.0.5', prefixLength: 24 } }), reading: null }];
+    const subnets = [{ name: SUBNET, state: ipam({}) }, { name: 'other', state: ipam({ [a.workflowId]: '10.9.0.5' }) }];
+    expect(kindsOf(observe({ resources: [a], gateways, subnets }))).toEqual([]);
+  });
+
+  it('what a dead workflow held is not taken while its object lives (the restarted run takes it back)', () => {
+    const uidOfDead = 'u-dead';
+    const owner = `natflow/eip/dead/${uidOfDead}`;
+    const gateways = [{ name: 'gw', state: gateway({ [owner]: { address: '172.18.0.5', prefixLength: 24 } }), reading: null }];
+    const subnets = [{ name: SUBNET, state: ipam({ [owner]: '172.18.0.5' }) }];
+    const objects = [{ kind: 'eip' as const, name: 'dead', uid: uidOfDead, deleting: false, held: true, ready: true }];
+    const { findings } = auditObservation(observe({ gateways, subnets, kube: { objects, subnets: [] } }));
+    expect(findings.map((f) => [f.kind, Boolean(f.repair)]).sort()).toEqual([['missing-workflow', true], ['orphaned-address', false], ['orphaned-allocation', false]]);
+  });
+
+  it("an untagged rule for an EIP natflow does not forward yet is reported but not deleted; one that misroutes a forwarded EIP is", () => {
+    const a = eip('a');
+    const state: GatewayState = { ...gateway({ [a.workflowId]: { address: '172.18.0.5', prefixLength: 24 } }), agent: { gateway: 'gw', instanceId: 'i', startedAt: '', externalInterface: 'net1' } };
+    const reading = {
+      instanceId: 'i',
+      externalInterface: 'net1',
+      rules: [{ chain: 'EXCLUSIVE_DNAT', spec: ['-d', '172.18.0.5/32', '-j', 'DNAT', '--to-destination', '10.0.1.10'], owner: null }],
+      addresses: [{ address: '172.18.0.5', prefixLength: 24, eip: true }],
+      conntrack: {},
+    };
+    const foreign = (s: GatewayState) => auditObservation(observe({ resources: [a], gateways: [{ name: 'gw', state: s, reading }], subnets: [{ name: SUBNET, state: ipam({ [a.workflowId]: '172.18.0.5' }) }] })).findings;
+    expect(foreign(state).map((f) => [f.kind, Boolean(f.repair)])).toEqual([['foreign-rule', false]]);
+    const forwarded = { ...state, rules: { r1: { kind: 'fip' as const, owner: 'r1', eip: '172.18.0.5', internalIp: '10.0.1.11' } } };
+    expect(foreign(forwarded).filter((f) => f.kind === 'foreign-rule').map((f) => [f.found.includes('misroutes'), Boolean(f.repair)])).toEqual([[true, true]]);
+  });
+
+  it('a report lists at most 100 findings of a kind and counts them all', () => {
+    const owners = Object.fromEntries(Array.from({ length: 150 }, (_, i) => [`natflow/eip/gone/${i}`, `172.18.${Math.floor(i / 200)}.${i % 200}`]));
+    const { findings } = auditObservation(observe({ subnets: [{ name: SUBNET, state: ipam(owners) }] }));
+    expect(summarize(findings)).toMatchObject({ counts: { 'orphaned-allocation': 150 }, omitted: 50 });
+    expect(summarize(findings).findings).toHaveLength(100);
+  });
+
+  it('counters that differ between the two looks (the bridge copying them under churn) are no finding; the same wrong ones are', () => {
+    const counters = (found: string): Finding => ({ kind: 'subnet-counters', resource: 'Subnet ext status', expected: '', found, repairText: '' });
+    expect(persistent([counters('v4usingIPs 3')], [counters('v4usingIPs 4')])).toEqual([]);
+    expect(persistent([counters('v4usingIPs 3')], [counters('v4usingIPs 3')])).toHaveLength(1);
   });
 
   it('only what both looks found is reported', () => {

@@ -3,7 +3,7 @@
 // in the Web UI. It looks twice, `graceMs` apart, and reports only what both looks found: a
 // resource being created or deleted between them is a change under way, not a leak.
 import * as wf from '@temporalio/workflow';
-import { auditObservation, countByKind, persistent, type AuditReport, type Finding, type Observation } from '../domain/audit.js';
+import { auditObservation, persistent, ruleAddress, summarize, type AuditReport, type Finding, type Observation } from '../domain/audit.js';
 import type { AuditInput } from '../domain/workflow-api.js';
 import { auditControl, gatewayAgent } from './activity-proxies.js';
 
@@ -48,10 +48,15 @@ async function observe(): Promise<Observation> {
 
 type RepairRecord = NonNullable<AuditReport['repairs']>[number];
 
-/** Every finding's repair; the agent's own (untagged rules, conntrack) go to the gateway's agent, one batch a gateway. */
+/**
+ * Every finding's repair, in turn. What no workflow holds (untagged rules, conntrack entries) goes
+ * to the gateway's agent, the untagged rules of a gateway in one batch, each after asking again
+ * whether an EIP holds that address now (an address released between the looks may be taken again).
+ */
 async function repairAll(findings: Finding[]): Promise<RepairRecord[]> {
   const records: RepairRecord[] = [];
   const restored = new Set<string>();
+  const foreign = new Map<string, Finding[]>();
   for (const f of findings) {
     const repair = f.repair;
     const finding = `${f.kind} ${f.resource}`;
@@ -60,14 +65,14 @@ async function repairAll(findings: Finding[]): Promise<RepairRecord[]> {
       continue;
     }
     try {
-      if ('removeForeignRules' in repair) {
-        const { gateway, rules } = repair.removeForeignRules;
-        const removed = await gatewayAgent(gateway).removeUntaggedRules(rules);
-        records.push({ finding, result: removed > 0 ? 'applied' : 'skipped', detail: removed > 0 ? 'deleted' : 'no longer there' });
-      } else if ('flushConntrack' in repair) {
+      if ('removeForeignRules' in repair) foreign.set(repair.removeForeignRules.gateway, [...(foreign.get(repair.removeForeignRules.gateway) ?? []), f]);
+      else if ('flushConntrack' in repair) {
         const { gateway, address } = repair.flushConntrack;
-        const flushed = await gatewayAgent(gateway).flushConntrack([{ eip: address }]);
-        records.push({ finding, result: 'applied', detail: `${flushed} entr${flushed === 1 ? 'y' : 'ies'} flushed` });
+        if ((await auditControl.addressInUse({ gateway, address })).held) records.push({ finding, result: 'skipped', detail: `an EIP holds ${address} now` });
+        else {
+          const flushed = await gatewayAgent(gateway).flushConntrack([{ eip: address }]);
+          records.push({ finding, result: 'applied', detail: `${flushed} entr${flushed === 1 ? 'y' : 'ies'} flushed` });
+        }
       } else if ('restoreGateway' in repair && restored.has(repair.restoreGateway.gateway)) {
         records.push({ finding, result: 'applied', detail: 'with the restore asked for above' });
       } else {
@@ -78,11 +83,27 @@ async function repairAll(findings: Finding[]): Promise<RepairRecord[]> {
       records.push({ finding, result: 'failed', detail: (err as Error).message });
     }
   }
+  for (const [gateway, found] of foreign) {
+    const rules: { chain: string; spec: string[] }[] = [];
+    for (const f of found) {
+      const [rule] = 'removeForeignRules' in f.repair! ? f.repair.removeForeignRules.rules : [];
+      const address = rule && ruleAddress(rule.spec);
+      const use = address ? await auditControl.addressInUse({ gateway, address }) : { held: false, forwarded: false };
+      if (use.held && !use.forwarded) records.push({ finding: `${f.kind} ${f.resource}`, result: 'skipped', detail: `an EIP holds ${address} now and natflow does not forward it yet` });
+      else if (rule) rules.push(rule);
+    }
+    try {
+      const removed = rules.length > 0 ? await gatewayAgent(gateway).removeUntaggedRules(rules) : 0;
+      records.push({ finding: `foreign-rule gateway ${gateway}`, result: 'applied', detail: `${removed} of ${rules.length} untagged rule(s) deleted (the others were gone already)` });
+    } catch (err) {
+      records.push({ finding: `foreign-rule gateway ${gateway}`, result: 'failed', detail: (err as Error).message });
+    }
+  }
   return records;
 }
 
 function done(startedAt: string, found: Pick<AuditReport, 'findings' | 'unchecked'>, repairs?: RepairRecord[]): AuditReport {
   const { findings, unchecked } = found;
   wf.setCurrentDetails(findings.length === 0 ? (unchecked.length === 0 ? 'clean' : `clean where checked; ${unchecked.length} not checked`) : `${findings.length} finding(s)`);
-  return { startedAt, finishedAt: new Date().toISOString(), findings, unchecked, counts: countByKind(findings), ...(repairs && { repairs }) };
+  return { startedAt, finishedAt: new Date().toISOString(), ...summarize(findings), unchecked, ...(repairs && { repairs }) };
 }

@@ -43,6 +43,8 @@ import { backoff } from './resource-status.js';
 /** New runs take this lifecycle; runs of the last release replay theirs, then hand over (see the end of this file). */
 const LIFECYCLE_PATCH = 'gateway-lifecycle';
 const HANDOVER_PATCH = 'gateway-lifecycle-handover';
+/** The audit's restoreGateway signal is acted on. */
+const RESTORE_PATCH = 'restore-gateway';
 
 /** An agent session runs this long, then the next one starts: about six events an hour while idle. */
 const SESSION_MS = 60 * 60_000;
@@ -236,7 +238,8 @@ class Gateway {
           session = this.startSession(info.instanceId);
         }
         if (this.pending() && !(await this.apply(info.instanceId, false))) return;
-        if (this.restoreRequested) {
+        // A signal an older worker recorded without acting on it is left alone on replay (patch).
+        if (this.restoreRequested && wf.patched(RESTORE_PATCH)) {
           // While rebuilding it only adds what is missing: removing what nobody re-asserted waits for the window's end.
           this.restoreRequested = false;
           if (!(await this.apply(info.instanceId, true))) return;

@@ -29,6 +29,8 @@ const EIP_GONE_RECHECK_MS = 1000;
  * in a row, they would wake each other for ever (936 EIP history events in 15 s, two rules).
  */
 const REFUSAL_BACKOFF_PATCH = 'refusal-backoff';
+/** The longest such pause: a conflict resolved meanwhile is taken up within minutes. */
+const REFUSAL_BACKOFF_MAX_MS = 5 * 60_000;
 /** Refusals the gateway gives while it is not there or not ready: the rule keeps its claim and waits for it. */
 const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFound];
 
@@ -325,7 +327,7 @@ class NatRuleResource {
     if (eipWorkflowId) await this.watch(eipWorkflowId, until);
     await this.waitFor(() => this.specChanged || this.eipChanged, RECHECK_MAX_MS);
     if (this.specChanged) this.refusalsInARow = 0;
-    else if (until.until === 'changed' && wf.patched(REFUSAL_BACKOFF_PATCH)) await this.waitFor(() => this.specChanged, backoff(this.refusalsInARow++, 1000, RECHECK_MAX_MS));
+    else if (until.until === 'changed' && wf.patched(REFUSAL_BACKOFF_PATCH)) await this.waitFor(() => this.specChanged, backoff(this.refusalsInARow++, 1000, REFUSAL_BACKOFF_MAX_MS));
   }
 
   /** Asks the EIP to signal `eipChanged` once `until` holds (at once if it does already). */

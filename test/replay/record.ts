@@ -212,11 +212,19 @@ const scenarios: Record<string, Scenario> = {
     return [...rules.map((r) => ({ workflowType: 'dnatWorkflow', workflowId: r.workflowId })), { workflowType: 'eipWorkflow', workflowId: e.workflowId }];
   },
   'audit-fix': async (s) => {
-    // An allocation whose EIP is gone: found by both looks, released by --fix, audited again.
+    // An allocation whose EIP is gone, and an EIP's address taken off its gateway by hand: found by
+    // both looks, released and restored (the gateway's restoreGateway) by --fix, audited again.
     await s.env.client.workflow.getHandle(workflowIds.ipam(DEFAULT_EXTERNAL_SUBNET)).executeUpdate(allocateUpdate, { args: [{ owner: 'natflow/eip/gone/0', requested: '172.18.0.99' }] });
+    await eip(s, 'eip-drift');
+    const { ip } = await resourceStatus(s.resources, 'eip', 'eip-drift');
+    await runCommand('ip', ['addr', 'del', `${ip}/24`, 'dev', 'net1'], { netns: s.gateways.get(GW)!.topology.gatewayNs });
     const report = await runAudit(s.resources, { fix: true, graceMs: 1000 });
-    if (report.repairs?.[0]?.result !== 'applied') throw new Error(`expected the allocation released: ${JSON.stringify(report)}`);
-    return [{ workflowType: 'auditWorkflow', workflowId: report.workflowId }];
+    if (report.findings.length > 0 || report.repairs?.some((r) => r.result !== 'applied')) throw new Error(`expected both repaired: ${JSON.stringify(report)}`);
+    await deleteResource(s.resources, 'eip', 'eip-drift');
+    return [
+      { workflowType: 'auditWorkflow', workflowId: report.workflowId },
+      { workflowType: 'gatewayWorkflow', workflowId: workflowIds.gateway(GW) },
+    ];
   },
   'ipam-continue-as-new': async (s) => {
     const subnet = { name: 'rec-ipam', cidrBlock: '172.30.0.0/24', gateway: '172.30.0.1', excludeIps: [] };

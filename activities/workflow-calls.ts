@@ -209,9 +209,14 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       if (!found) return null;
       const ready = found.phase === 'Ready';
       if (!ready && watch) {
-        await client.workflow.getHandle(found.workflowId).signal(watchEipSignal, watch).catch((err) => {
-          if (!(err instanceof WorkflowNotFoundError)) throw err; // gone since: the rule looks again when woken or on its re-check
-        });
+        try {
+          await client.workflow.getHandle(found.workflowId).signal(watchEipSignal, watch);
+        } catch (err) {
+          // Ended since visibility listed it: for the rule it does not exist (it looks again soon), never
+          // a not-ready EIP that will not wake it (the rule would wait for its hour-long re-check).
+          if (err instanceof WorkflowNotFoundError) return null;
+          throw err;
+        }
       }
       return { workflowId: found.workflowId, ready, reason: found.phase || 'Pending' };
     },

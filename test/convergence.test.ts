@@ -6,7 +6,7 @@ import { Reason } from '../domain/errors.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { createResource, deleteResource, resourceStatus } from '../starter/resources.js';
 import { startStack, type Stack } from './support/stack.js';
-import { resourcePhase } from './support/workflows.js';
+import { eventually, resourcePhase } from './support/workflows.js';
 
 const GW = 't-converge';
 
@@ -100,6 +100,24 @@ describe('convergence by wake-ups (end to end)', () => {
     expect((await eipHistory()) - before).toBeLessThan(60);
     for (const name of ['dnat-out-a', 'dnat-out-b']) await deleteResource(r(), 'dnat', name);
     await deleteResource(r(), 'eip', 'eip-refusals');
+  });
+
+  it('a rule that began to wait for an EIP during its delete learns within seconds that it is gone', async () => {
+    // The EIP's delete waits for its user; meanwhile a second rule names it and waits for it.
+    await createResource(r(), 'eip', 'eip-doomed', { natGwDp: GW });
+    await resourcePhase(r(), 'eip', 'eip-doomed', 'Ready');
+    await createResource(r(), 'fip', 'fip-user', { eip: 'eip-doomed', internalIp: '10.0.1.10' });
+    await resourcePhase(r(), 'fip', 'fip-user', 'Ready');
+    await deleteResource(r(), 'eip', 'eip-doomed', false);
+    await resourcePhase(r(), 'eip', 'eip-doomed', 'Deleting');
+    await createResource(r(), 'fip', 'fip-late', { eip: 'eip-doomed', internalIp: '10.0.1.11' });
+    const waiting = await resourcePhase(r(), 'fip', 'fip-late', 'WaitingForEip');
+    expect(waiting.conditions.find((c) => c.type === 'Ready')?.reason).toBe(Reason.EipNotReady);
+    await deleteResource(r(), 'fip', 'fip-user'); // the EIP's delete goes on and ends
+    // Not the hour-long re-check: the EIP wakes who watched it during its delete once it is gone.
+    const gone = await eventually(() => resourceStatus(r(), 'fip', 'fip-late'), (s) => s.conditions.find((c) => c.type === 'Ready')?.reason === Reason.EipNotFound, 15_000, 'the rule sees its EIP gone');
+    expect(gone.phase).toBe('WaitingForEip');
+    await deleteResource(r(), 'fip', 'fip-late');
   });
 
   it('an invalid rule is refused before it claims anything, and its message names it', async () => {

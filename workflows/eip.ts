@@ -20,6 +20,13 @@ import { patches, type Patched } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER, waitForGatewayToRemove } from './resource-status.js';
 
+/**
+ * A deleting EIP's wake-ups reach its watchers: those sent from a handler (an unclaim), which runs in
+ * the cancelled root scope where a signal is cancelled before it is sent, and those of rules that
+ * began to watch during the delete, woken once it is gone.
+ */
+const DELETING_WAKE_UPS = 'deleting-wake-ups';
+
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const eip = new Eip(input);
   await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), input.carried);
@@ -72,6 +79,9 @@ class Eip {
       }
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
+      // Rules that began to watch during the delete: told once it is gone, so they look again and
+      // find it gone, rather than wait for their hour-long re-check (patched: older runs did not).
+      if (this.watchers.size > 0 && wf.patched(DELETING_WAKE_UPS)) this.notifyWatchers();
       await this.deliverWakeUps();
       await this.k8s.release();
     });
@@ -406,9 +416,8 @@ class Eip {
 
   private wake(watcher: string): void {
     this.watchers.delete(watcher);
-    const sent: Promise<void> = wf
-      .getExternalWorkflowHandle(watcher)
-      .signal(eipChangedSignal)
+    const signal = () => wf.getExternalWorkflowHandle(watcher).signal(eipChangedSignal);
+    const sent: Promise<void> = (this.deleting && wf.patched(DELETING_WAKE_UPS) ? wf.CancellationScope.nonCancellable(signal) : signal())
       .catch(() => undefined)
       .finally(() => this.wakeUpsInFlight.delete(sent));
     this.wakeUpsInFlight.add(sent);

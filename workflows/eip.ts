@@ -30,6 +30,8 @@ const DELETING_WAKE_UPS = 'deleting-wake-ups';
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const eip = new Eip(input);
   await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), input.carried);
+  // Its object was gone before it began (a delete raced the create): a rule may have started to watch it meanwhile.
+  await eip.wakeWatchersAtEnd();
 }
 
 class Eip {
@@ -79,10 +81,7 @@ class Eip {
       }
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
-      // Rules that began to watch during the delete: told once it is gone, so they look again and
-      // find it gone, rather than wait for their hour-long re-check (patched: older runs did not).
-      if (this.watchers.size > 0 && wf.patched(DELETING_WAKE_UPS)) this.notifyWatchers();
-      await this.deliverWakeUps();
+      await this.wakeWatchersAtEnd();
       await this.k8s.release();
     });
   }
@@ -427,6 +426,16 @@ class Eip {
    * The server drops a signal whose sender has closed by the time it is sent: a run that ends
    * (continued as new, or deleted) first sees its wake-ups delivered, or their waiters sleep on.
    */
+  /**
+   * The run ends: rules still watching (they began during the delete, or while it ran only to find
+   * its object gone) are told, so that they look again and find it gone rather than wait for their
+   * hour-long re-check (patched: older runs did not).
+   */
+  async wakeWatchersAtEnd(): Promise<void> {
+    if (this.watchers.size > 0 && wf.patched(DELETING_WAKE_UPS)) this.notifyWatchers();
+    await this.deliverWakeUps();
+  }
+
   private async deliverWakeUps(): Promise<void> {
     if (this.wakeUpsInFlight.size > 0 && this.patched('eip-wake-ups-delivered')) await Promise.all(this.wakeUpsInFlight);
   }

@@ -60,7 +60,7 @@ describe('EIP workflow (mocked activities)', () => {
       // phase's workflow task (its steps are local activities) or come just before it.
       expect(writes.map((w) => w.NatflowPhase).filter(Boolean)).toEqual(['Ready', 'Deleted']);
       expect(writes.length).toBeLessThanOrEqual(3);
-      expect(Object.assign({}, ...writes.slice(0, -1))).toMatchObject({ TemporalChangeVersion: 'local-calls', NatflowGateway: 'gw1', NatflowPhase: 'Ready' });
+      expect(Object.assign({}, ...writes.slice(0, -1))).toMatchObject({ TemporalChangeVersion: 'remote-status', NatflowGateway: 'gw1', NatflowPhase: 'Ready' });
     });
   });
 

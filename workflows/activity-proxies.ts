@@ -46,8 +46,11 @@ export const localKube = proxyLocalActivities<KubeActivities>({ ...KUBE_OPTIONS,
 export interface CallProxies {
   calls: ActivityInterfaceFor<WorkflowCallActivities> | LocalActivityInterfaceFor<WorkflowCallActivities>;
   kube: ActivityInterfaceFor<KubeActivities> | LocalActivityInterfaceFor<KubeActivities>;
+  /** What status writes go through: remote since 'remote-status' (workflows/patches.ts says why). */
+  status: ActivityInterfaceFor<KubeActivities> | LocalActivityInterfaceFor<KubeActivities>;
 }
-export const callProxies = (local: boolean): CallProxies => (local ? { calls: localCalls, kube: localKube } : { calls, kube });
+export const callProxies = (local: boolean, remoteStatus = false): CallProxies =>
+  local ? { calls: localCalls, kube: localKube, status: remoteStatus ? kube : localKube } : { calls, kube, status: kube };
 export const eipCalls = calls;
 
 /** Wake-ups are a shortcut (waiters also re-check on a timer): a few tries, then move on. */

@@ -29,9 +29,16 @@ const DELETING_WAKE_UPS = 'deleting-wake-ups';
 
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const eip = new Eip(input);
-  await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), input.carried);
-  // Its object was gone before it began (a delete raced the create): a rule may have started to watch it meanwhile.
-  await eip.wakeWatchersAtEnd();
+  let ended: unknown;
+  try {
+    await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), input.carried);
+  } catch (err) {
+    ended = err;
+  }
+  // However the run ends (its delete's cleanup, its object gone before it began, a delete before it
+  // adopted anything), rules still watching it are told; a continued run carries them instead.
+  if (!(ended instanceof wf.ContinueAsNew)) await wf.CancellationScope.nonCancellable(() => eip.wakeWatchersAtEnd());
+  if (ended) throw ended;
 }
 
 class Eip {
@@ -81,7 +88,7 @@ class Eip {
       }
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
-      await this.wakeWatchersAtEnd();
+      await this.deliverWakeUps();
       await this.k8s.release();
     });
   }
@@ -121,8 +128,8 @@ class Eip {
 
   constructor(private readonly input: EipInput) {
     const carried = input.carried;
-    const { lean, local, patched } = patches();
-    const proxies = callProxies(local);
+    const { lean, local, remoteStatus, patched } = patches();
+    const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.patched = patched;
     this.legacy = !patched('eip-long-life');
@@ -139,7 +146,7 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
-    this.k8s = kubeSync('eip', input.resource, proxies.kube);
+    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status);
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
     this.setPhase = this.reporter.setPhase;
 
@@ -427,9 +434,9 @@ class Eip {
    * (continued as new, or deleted) first sees its wake-ups delivered, or their waiters sleep on.
    */
   /**
-   * The run ends: rules still watching (they began during the delete, or while it ran only to find
-   * its object gone) are told, so that they look again and find it gone rather than wait for their
-   * hour-long re-check (patched: older runs did not).
+   * The run ends: rules still watching (they began during the delete, or before a delete that came
+   * before anything was adopted) are told, so that they look again and find it gone rather than wait
+   * for their hour-long re-check (patched: older runs did not).
    */
   async wakeWatchersAtEnd(): Promise<void> {
     if (this.watchers.size > 0 && wf.patched(DELETING_WAKE_UPS)) this.notifyWatchers();

@@ -14,8 +14,8 @@ export interface KubeSync {
   release(): Promise<void>;
 }
 
-/** `kube`: the proxy its calls go through (a resource workflow's are local since 'local-calls'). */
-export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube): KubeSync {
+/** `kube`: the proxy its calls go through (a resource workflow's are local since 'local-calls'); `status`: the one status writes go through. */
+export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
   if (!resource.fromKube) return { adopt: async () => 'adopted', publish: () => undefined, release: async () => undefined };
 
@@ -28,7 +28,7 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
     for (;;) {
       await wf.condition(() => version > published);
       const sending = version;
-      await kube.kubePublishStatus.executeWithOptions({ summary: `status of ${kind} ${resource.name}` }, [{ ...ref, status: latest! }]);
+      await status.kubePublishStatus.executeWithOptions({ summary: `status of ${kind} ${resource.name}` }, [{ ...ref, status: latest! }]);
       published = sending;
     }
   });

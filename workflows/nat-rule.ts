@@ -118,8 +118,8 @@ class NatRuleResource {
 
   constructor(input: NatInput) {
     const carried = input.carried;
-    const { lean, local, patched } = patches();
-    const proxies = callProxies(local);
+    const { lean, local, remoteStatus, patched } = patches();
+    const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.lean = lean;
     this.patched = patched;
@@ -135,7 +135,7 @@ class NatRuleResource {
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
     this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
-    this.k8s = kubeSync(this.kind, input.resource, proxies.kube);
+    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status);
     this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 
     wf.setHandler(statusQuery, () => this.status);

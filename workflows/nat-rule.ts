@@ -29,6 +29,8 @@ const EIP_GONE_RECHECK_MS = 1000;
  * in a row, they would wake each other for ever (936 EIP history events in 15 s, two rules).
  */
 const REFUSAL_BACKOFF_PATCH = 'refusal-backoff';
+/** A watch that could not be sent (its EIP has ended) wakes the rule at once. */
+const WATCHED_EIP_GONE = 'watched-eip-gone';
 /** The longest such pause: a conflict resolved meanwhile is taken up within minutes. */
 const REFUSAL_BACKOFF_MAX_MS = 5 * 60_000;
 /** Refusals the gateway gives while it is not there or not ready: the rule keeps its claim and waits for it. */
@@ -330,10 +332,16 @@ class NatRuleResource {
     else if (until.until === 'changed' && wf.patched(REFUSAL_BACKOFF_PATCH)) await this.waitFor(() => this.specChanged, backoff(this.refusalsInARow++, 1000, REFUSAL_BACKOFF_MAX_MS));
   }
 
-  /** Asks the EIP to signal `eipChanged` once `until` holds (at once if it does already). */
+  /** Asks the EIP to signal `eipChanged` once `until` holds (at once if it does already); an EIP that has ended since counts as changed. */
   private async watch(eipWorkflowId: string, until: WatchUntil): Promise<void> {
     if (this.legacy) return;
-    await wf.getExternalWorkflowHandle(eipWorkflowId).signal(watchEipSignal, { watcher: this.owner, ...until }).catch(() => undefined);
+    await wf
+      .getExternalWorkflowHandle(eipWorkflowId)
+      .signal(watchEipSignal, { watcher: this.owner, ...until })
+      .catch(() => {
+        // Nobody would wake us: look again now (and find it gone) rather than at the hour-long re-check (patched: older runs did not).
+        if (wf.patched(WATCHED_EIP_GONE)) this.eipChanged = true;
+      });
   }
 
   private async continueAsNew(): Promise<never> {

@@ -101,6 +101,8 @@ class NatRuleResource {
   private eipChanged = false;
   /** Gateway refusals in a row, since the last Ready or spec change: the pause before the next try. */
   private refusalsInARow = 0;
+  /** Refusal waits in a row whose EIP could not be asked to wake the rule: the re-check's backoff. */
+  private unwatched = 0;
   private gatewayChanged = false;
   private shownEip: string;
   private deleting: boolean;
@@ -326,22 +328,27 @@ class NatRuleResource {
       return;
     }
     this.eipChanged = false;
-    if (eipWorkflowId) await this.watch(eipWorkflowId, until);
-    await this.waitFor(() => this.specChanged || this.eipChanged, RECHECK_MAX_MS);
+    const watching = !eipWorkflowId || (await this.watch(eipWorkflowId, until));
+    await this.waitFor(() => this.specChanged || this.eipChanged, watching ? RECHECK_MAX_MS : backoff(this.unwatched++, 1000, RECHECK_MAX_MS));
+    if (watching) this.unwatched = 0;
     if (this.specChanged) this.refusalsInARow = 0;
     else if (until.until === 'changed' && wf.patched(REFUSAL_BACKOFF_PATCH)) await this.waitFor(() => this.specChanged, backoff(this.refusalsInARow++, 1000, REFUSAL_BACKOFF_MAX_MS));
   }
 
-  /** Asks the EIP to signal `eipChanged` once `until` holds (at once if it does already); an EIP that has ended since counts as changed. */
-  private async watch(eipWorkflowId: string, until: WatchUntil): Promise<void> {
-    if (this.legacy) return;
-    await wf
+  /**
+   * Asks the EIP to signal `eipChanged` once `until` holds (at once if it does already). False when
+   * it could not be asked (it has ended since the rule looked): nobody would wake the rule, so it
+   * looks again soon (backing off) rather than at its hour-long re-check (patched: older runs did not).
+   */
+  private async watch(eipWorkflowId: string, until: WatchUntil): Promise<boolean> {
+    if (this.legacy) return true;
+    return wf
       .getExternalWorkflowHandle(eipWorkflowId)
       .signal(watchEipSignal, { watcher: this.owner, ...until })
-      .catch(() => {
-        // Nobody would wake us: look again now (and find it gone) rather than at the hour-long re-check (patched: older runs did not).
-        if (wf.patched(WATCHED_EIP_GONE)) this.eipChanged = true;
-      });
+      .then(
+        () => true,
+        () => !wf.patched(WATCHED_EIP_GONE),
+      );
   }
 
   private async continueAsNew(): Promise<never> {

@@ -35,8 +35,8 @@ export async function eipWorkflow(input: EipInput): Promise<void> {
   } catch (err) {
     ended = err;
   }
-  // However the run ends (its delete's cleanup, its object gone before it began, a delete before it
-  // adopted anything), rules still watching it are told; a continued run carries them instead.
+  // However else the run ends (its object gone before it began, a delete before it adopted anything),
+  // rules still watching it are told, as its cleanup tells them; a continued run carries them instead.
   if (!(ended instanceof wf.ContinueAsNew)) await wf.CancellationScope.nonCancellable(() => eip.wakeWatchersAtEnd());
   if (ended) throw ended;
 }
@@ -88,7 +88,7 @@ class Eip {
       }
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
-      await this.deliverWakeUps();
+      await this.wakeWatchersAtEnd(); // before the object goes: once it is gone, the run ends at once
       await this.k8s.release();
     });
   }

@@ -75,6 +75,19 @@ describe('NAT rule workflow (mocked activities)', () => {
     });
   });
 
+  it('a rule whose EIP is on its way out looks again within seconds (a wake-up from its last moments may be lost), not in an hour', async () => {
+    const fake = control({ eipForRule: { answer: async () => ({ workflowId: 'natflow/eip/e1/u', ready: false, reason: 'Deleted' }) } });
+    await withFip(fake, async (h) => {
+      const waiting = await workflowPhase(h, 'WaitingForEip');
+      expect(waiting.conditions[0]).toMatchObject({ reason: Reason.EipNotReady, message: 'EIP e1 is not ready: Deleted' });
+      fake.script('eipForRule', { answer: missingEip }); // it is gone now, and nothing tells the rule
+      const gone = await workflowPhase(h, 'WaitingForEip', 5_000);
+      expect(await eventually(() => statusOf(h), (s) => s.conditions[0]?.reason === Reason.EipNotFound, 5_000, 'EipNotFound')).toBeTruthy();
+      expect(gone.phase).toBe('WaitingForEip');
+      await deleteAndWait(h);
+    });
+  });
+
   it('a claim that finds its EIP gone looks the EIP up by name again, instead of failing', async () => {
     const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP natflow/eip/e1/u does not exist any more', Reason.EipNotFound), failures: 1 } });
     await withFip(fake, async (h) => {

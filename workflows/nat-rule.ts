@@ -31,6 +31,9 @@ const EIP_GONE_RECHECK_MS = 1000;
 const REFUSAL_BACKOFF_PATCH = 'refusal-backoff';
 /** A watch that could not be sent (its EIP has ended) wakes the rule at once. */
 const WATCHED_EIP_GONE = 'watched-eip-gone';
+/** A rule whose EIP is Deleting or Deleted re-checks with a backoff from 1 s, not in an hour. */
+const LEAVING_EIP_RECHECK = 'leaving-eip-recheck';
+const LEAVING_EIP = new Set(['Deleting', 'Deleted']);
 /** The longest such pause: a conflict resolved meanwhile is taken up within minutes. */
 const REFUSAL_BACKOFF_MAX_MS = 5 * 60_000;
 /** Refusals the gateway gives while it is not there or not ready: the rule keeps its claim and waits for it. */
@@ -186,7 +189,9 @@ class NatRuleResource {
       if (eip?.ready) return eip;
       this.setPhase('WaitingForEip', { status: 'False', reason: eip ? Reason.EipNotReady : Reason.EipNotFound, message: eip ? `EIP ${eipName} is not ready: ${eip.reason}` : `EIP ${eipName} does not exist` });
       if (eip && !this.lean) await this.watch(eip.workflowId, { until: 'ready' });
-      const recheck = this.legacy ? backoff(attempt, 500, 30_000) : eip && this.patched('watched-eip-long-wait') ? RECHECK_MAX_MS : backoff(attempt, 1000, RECHECK_MAX_MS);
+      // An EIP on its way out may end right after taking the watch (its wake-up then lost): look again soon.
+      const leaving = !this.legacy && eip !== null && LEAVING_EIP.has(eip.reason) && wf.patched(LEAVING_EIP_RECHECK);
+      const recheck = this.legacy ? backoff(attempt, 500, 30_000) : !leaving && eip && this.patched('watched-eip-long-wait') ? RECHECK_MAX_MS : backoff(attempt, 1000, RECHECK_MAX_MS);
       await this.waitFor(() => this.specChanged || this.eipChanged, recheck);
       // Woken by the EIP we watch: it says it is ready, and the claim decides (no second lookup).
       if (this.lean && eip && this.eipChanged && !this.specChanged) return { ...eip, ready: true };

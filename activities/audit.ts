@@ -1,6 +1,7 @@
 // The audit's control side: what natflow's workflows hold (every running resource, every gateway's
 // and IPAM's state) and, with Kubernetes, the objects; and the repairs that go through a workflow
 // or the API. Each repair checks again, just before it acts, that it is still needed and safe.
+import { Context } from '@temporalio/activity';
 import { CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { KubeObjectView, LiveResource, Observation, Repair } from '../domain/audit.js';
@@ -74,7 +75,7 @@ export function createAuditActivities(client: Client, kubeConfig?: KubeConfig, t
     return { objects, subnets };
   }
 
-  return {
+  const activities: AuditActivities = {
     async observeControl() {
       const resources: LiveResource[] = [];
       for (const kind of RESOURCE_KINDS) {
@@ -159,4 +160,9 @@ export function createAuditActivities(client: Client, kubeConfig?: KubeConfig, t
       return { result: 'skipped', detail: `not a repair this worker knows: ${JSON.stringify(repair)}` };
     },
   };
+  // Each activity's client calls run under its attempt's cancellation signal: a call still retrying
+  // when the worker stops ends with it, rather than retry on a connection closed meanwhile.
+  return Object.fromEntries(
+    Object.entries(activities).map(([name, fn]) => [name, (...args: unknown[]) => client.withAbortSignal(Context.current().cancellationSignal, () => (fn as (...a: unknown[]) => Promise<unknown>)(...args))]),
+  ) as unknown as AuditActivities;
 }

@@ -61,26 +61,8 @@ async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>
   }
 }
 
-/**
- * An activity's result, unless this worker shuts down first: the attempt then ends at once (the
- * workflows that would answer its updates and queries run on this worker, and stop too), and its
- * retry on the next worker sends the same idempotent call again. Any other cancellation still
- * waits for the answer: a workflow's cleanup must not race a call in flight.
- *
- * A local activity hears nothing of a shutdown from its context, and its worker waits for it
- * (its workflow task holds the worker until it ends), so `stopped` tells it: the attempt fails
- * with a retry delay above the local retry threshold, which ends the workflow task on a server
- * timer, and the next worker makes the call again.
- */
-function untilWorkerShutdown<T>(context: Context, call: Promise<T>, stopped?: AbortSignal): Promise<T> {
-  const shutdown = new Promise<never>((_, reject) => {
-    context.cancelled.catch((err: unknown) => (err as Error)?.message === 'WORKER_SHUTDOWN' && reject(err));
-    const stop = () => reject(ApplicationFailure.create({ message: 'the control worker is stopping: the next one makes this call again', type: Reason.WorkerStopping, nextRetryDelay: '10s' }));
-    if (stopped?.aborted) stop();
-    else stopped?.addEventListener('abort', stop, { once: true });
-  });
-  return Promise.race([call, shutdown]);
-}
+/** A local attempt's end when its worker stops: a retry delay above the local retry threshold ends its workflow task on a server timer, and the next worker makes the call again. */
+const workerStopping = () => ApplicationFailure.create({ message: 'the control worker is stopping: the next one makes this call again', type: Reason.WorkerStopping, nextRetryDelay: '10s' });
 
 /** When each running activity attempt started here (its start-to-close timeout runs from its start). */
 const attemptStarts = new WeakMap<Context, number>();
@@ -103,14 +85,19 @@ function fence(): Fence | undefined {
 }
 
 /**
- * Every activity: its attempt's start noted (for its fence), and it ends at once when this worker
- * shuts down. A local attempt (`local`: its worker's client and stop signal) runs under a stop
- * signal of its own, aborted with the worker's: its requests to the server are aborted with it
- * (none may outlive the worker and its connection), and the listeners put on it (ours, and one per
- * request that the client never takes off) go with the attempt. The worker's signal, which lives
- * for months, holds one listener per attempt under way.
+ * Every activity: its attempt's start noted (for its fence), and it ends at once when its worker
+ * shuts down. The workflows that would answer its updates and queries run on this worker and stop
+ * too; its retry on the next worker sends the same idempotent call again. Any other cancellation
+ * still waits for the answer: a workflow's cleanup must not race a call in flight.
+ *
+ * The attempt's requests run under a signal of its own, aborted with it, so that none outlives the
+ * worker and its connection (a request left retrying after its connection closed throws where
+ * nothing catches it). A remote attempt hears of the shutdown as a WORKER_SHUTDOWN cancellation; a
+ * local one hears nothing from its context, and its worker waits for it (its workflow task holds
+ * the worker), so `stopping`, aborted when that worker starts to stop, tells it. The attempt's
+ * listener on `stopping`, a signal that lives for months, goes with the attempt.
  */
-function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>, local?: { client: Client; stopping: AbortSignal }): (...args: A) => Promise<R> {
+function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>, client: Client, stopping?: AbortSignal): (...args: A) => Promise<R> {
   return (...args) => {
     let context: Context;
     try {
@@ -119,13 +106,15 @@ function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>
       return activity(...args); // called outside an activity (a script or a test)
     }
     attemptStarts.set(context, Date.now());
-    if (!context.info.isLocal || !local) return untilWorkerShutdown(context, activity(...args));
     const attempt = new AbortController();
-    const abort = () => attempt.abort();
-    if (local.stopping.aborted) abort();
-    else local.stopping.addEventListener('abort', abort, { once: true });
-    const call = local.client.withAbortSignal(attempt.signal, () => activity(...args));
-    return untilWorkerShutdown(context, call, attempt.signal).finally(() => local.stopping.removeEventListener('abort', abort));
+    const stopped = new Promise<never>((_, reject) => attempt.signal.addEventListener('abort', () => reject(attempt.signal.reason), { once: true }));
+    context.cancelled.catch((err: unknown) => (err as Error)?.message === 'WORKER_SHUTDOWN' && attempt.abort(err));
+    const stop = () => attempt.abort(workerStopping());
+    const local = context.info.isLocal ? stopping : undefined;
+    if (local?.aborted) stop();
+    else local?.addEventListener('abort', stop, { once: true });
+    const call = client.withAbortSignal(attempt.signal, () => activity(...args));
+    return Promise.race([call, stopped]).finally(() => local?.removeEventListener('abort', stop));
   };
 }
 
@@ -283,6 +272,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
-  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, stopping && { client, stopping })])) as unknown as WorkflowCallActivities;
+  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities;
 }
 

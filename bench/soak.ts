@@ -17,7 +17,8 @@ import { parseArgs } from 'node:util';
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
-import { applyObjects, freePort, loadKubeConfig, readManifests } from '../temporal-dev/kube/apiserver.js';
+import { applyObjects, loadKubeConfig, readManifests } from '../temporal-dev/kube/apiserver.js';
+import { reservePort } from '../temporal-dev/ports.js';
 import { repoRoot } from '../temporal-dev/provision.js';
 import { connectTemporal, temporalTarget, type TemporalConnections } from '../worker/connection.js';
 import { runAudit, type AuditOutcome } from './soak/audit.js';
@@ -76,8 +77,8 @@ console.log(`natflow chaos soak: seed ${SEED} (replay: ${replay})`);
 // --- the stack, and its teardown on every path ------------------------------------------------
 
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'natflow-soak-'));
-const temporal = new TemporalServer({ port: await freePort(), uiPort: await freePort(), dbFile: path.join(scratch, 'temporal.sqlite') });
-const kube = new KubeServer({ dataDir: path.join(scratch, 'kube'), port: await freePort() });
+const temporal = new TemporalServer({ port: await reservePort(), uiPort: await reservePort(), dbFile: path.join(scratch, 'temporal.sqlite') });
+const kube = new KubeServer({ dataDir: path.join(scratch, 'kube'), port: await reservePort() });
 const children = new Map<ProcessName, Supervised>();
 let client: TemporalConnections['client'] | undefined;
 let closeClient: (() => Promise<void>) | undefined;

@@ -10,7 +10,8 @@ import { ensureKubeBinaries, examplesDir, kubeovnObjects, shortNameOf, startKube
 import { startStack, type Stack } from './support/stack.js';
 import { conntrackEntries, Listener, send } from './support/traffic.js';
 import { eventually } from './support/workflows.js';
-import { freePort, readManifests } from '../temporal-dev/kube/apiserver.js';
+import { readManifests } from '../temporal-dev/kube/apiserver.js';
+import { reservePort } from '../temporal-dev/ports.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -29,7 +30,7 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
     await ensureKubeBinaries();
     // A data dir and port of our own, so that the apiserver can be restarted on the same state.
     kubeDir = await mkdtemp(path.join(tmpdir(), 'natflow-bridge-kube-'));
-    kubePort = await freePort();
+    kubePort = await reservePort();
     kube = await startKube({ dataDir: kubeDir, port: kubePort });
     stack = await startStack(DEFAULT_EXTERNAL_SUBNET, { kubeConfig: kube.kc, registerSubnet: false });
     lab = await stack.addGateway('gw1', { register: false });

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { KubeBridge } from '../starter/bridge.js';
 import { startDevServer, type DevServer } from '../temporal-dev/dev-server.js';
-import { freePort } from '../temporal-dev/kube/apiserver.js';
+import { reservePort } from '../temporal-dev/ports.js';
 import { applyExampleNetwork, ensureKubeBinaries, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
 import { startStack, type Stack } from './support/stack.js';
 
@@ -25,7 +25,7 @@ describe('Temporal outage', () => {
   beforeAll(async () => {
     await ensureKubeBinaries();
     dir = await mkdtemp(path.join(tmpdir(), 'natflow-outage-'));
-    ports = { port: await freePort(), uiPort: await freePort() };
+    ports = { port: await reservePort(), uiPort: await reservePort() };
     temporal = await startDevServer({ ...ports, dbFile: path.join(dir, 'temporal.sqlite') });
     kube = await startKube();
     stack = await startStack(DEFAULT_EXTERNAL_SUBNET, { kubeConfig: kube.kc, registerSubnet: false, temporalAddress: temporal.address });

@@ -14,7 +14,7 @@ import { KubeBridge } from '../starter/bridge.js';
 import { subnetState } from '../starter/resources.js';
 import { statusQuery } from '../domain/workflow-api.js';
 import { startDevServer, type DevServer } from '../temporal-dev/dev-server.js';
-import { freePort } from '../temporal-dev/kube/apiserver.js';
+import { reservePort } from '../temporal-dev/ports.js';
 import { applyExampleNetwork, ensureKubeBinaries, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
 import { startStack, type Stack } from './support/stack.js';
 import { eventually } from './support/workflows.js';
@@ -48,7 +48,7 @@ describe('a life of months, compressed', () => {
   beforeAll(async () => {
     await ensureKubeBinaries();
     dir = await mkdtemp(path.join(tmpdir(), 'natflow-months-'));
-    temporal = await startDevServer({ port: await freePort(), uiPort: await freePort(), dbFile: path.join(dir, 'temporal.sqlite'), dynamicConfig: SERVER_LIMITS });
+    temporal = await startDevServer({ port: await reservePort(), uiPort: await reservePort(), dbFile: path.join(dir, 'temporal.sqlite'), dynamicConfig: SERVER_LIMITS });
     kube = await startKube();
     stack = await startStack(DEFAULT_EXTERNAL_SUBNET, { kubeConfig: kube.kc, registerSubnet: false, temporalAddress: temporal.address });
     await stack.addGateway(GW, { register: false });

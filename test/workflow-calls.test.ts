@@ -4,6 +4,8 @@
 import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { MockActivityEnvironment } from '@temporalio/testing';
+import { Client, Connection, defaultGrpcRetryOptions, makeGrpcRetryInterceptor } from '@temporalio/client';
+import { InterceptingCall, ListenerBuilder, RequesterBuilder, type Interceptor } from '@grpc/grpc-js';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import type { Allocation } from '../domain/ipam.js';
 import { workflowIds } from '../domain/names.js';
@@ -26,7 +28,24 @@ describe('workflow-call activities', () => {
     });
   });
 
-  it('a worker shutting down ends a call waiting for its workflow at once; a cancellation of the call does not', async () => {
+  /** A client whose requests in flight are counted (with the SDK's retries, as every client has them). */
+  async function countingClient(): Promise<{ client: Client; inFlight: () => number; close: () => Promise<void> }> {
+    let inFlight = 0;
+    const count: Interceptor = (options, next) =>
+      new InterceptingCall(
+        next(options),
+        new RequesterBuilder()
+          .withStart((metadata, _listener, start) => {
+            inFlight++;
+            start(metadata, new ListenerBuilder().withOnReceiveStatus((status, done) => (inFlight--, done(status))).build());
+          })
+          .build(),
+      );
+    const connection = await Connection.connect({ address: env().address, interceptors: [makeGrpcRetryInterceptor(defaultGrpcRetryOptions()), count] });
+    return { client: new Client({ connection }), inFlight: () => inFlight, close: () => connection.close() };
+  }
+
+  it('a worker shutting down ends a call waiting for its workflow at once, with its requests; a cancellation of the call does not', async () => {
     // An IPAM workflow nobody runs (its worker is gone): an update to it is never answered.
     const subnet = { name: 'ext-unserved', cidrBlock: '172.22.0.0/24', gateway: '172.22.0.1', excludeIps: [] };
     const handle = await env().client.workflow.start(ipamWorkflow, { taskQueue: uniqueQueue('nobody'), workflowId: workflowIds.ipam(subnet.name), args: [{ subnet }] });
@@ -40,11 +59,21 @@ describe('workflow-call activities', () => {
       cancelled.cancel('CANCELLED');
       expect(await settledWithin(waiting, 2000)).toBe('pending'); // a cleanup waits for what is in flight
 
-      const shuttingDown = new MockActivityEnvironment({ startToCloseTimeoutMs: 60_000 });
-      const cut = shuttingDown.run(calls.allocateAddress, { subnet: subnet.name, owner: 'natflow/eip/b/u1' });
-      await new Promise((r) => setTimeout(r, 500));
-      shuttingDown.cancel('WORKER_SHUTDOWN');
-      expect(await settledWithin(cut, 2000)).toBe('rejected: WORKER_SHUTDOWN');
+      // Its requests end with it: none may outlive the worker's connection (one retrying after the
+      // connection closed throws where nothing catches it).
+      const counted = await countingClient();
+      try {
+        const shuttingDown = new MockActivityEnvironment({ startToCloseTimeoutMs: 60_000 });
+        const cut = shuttingDown.run(createWorkflowCallActivities(counted.client).allocateAddress, { subnet: subnet.name, owner: 'natflow/eip/b/u1' });
+        await new Promise((r) => setTimeout(r, 500));
+        expect(counted.inFlight()).toBe(1); // the update, waiting for its answer
+        shuttingDown.cancel('WORKER_SHUTDOWN');
+        expect(await settledWithin(cut, 2000)).toBe('rejected: WORKER_SHUTDOWN');
+        await new Promise((r) => setTimeout(r, 200));
+        expect(counted.inFlight()).toBe(0);
+      } finally {
+        await counted.close();
+      }
       waiting.catch(() => undefined);
     } finally {
       await handle.terminate();

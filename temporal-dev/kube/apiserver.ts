@@ -20,7 +20,6 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import https from 'node:https';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -37,6 +36,7 @@ import {
 import { repoRoot } from '../provision.js';
 import { isMainModule, stopOnSignal } from '../../worker/process.js';
 import { terminate, tiedToParent } from '../child-process.js';
+import { reservePort } from '../ports.js';
 
 const execFileP = promisify(execFile);
 
@@ -230,20 +230,6 @@ async function ensureCredentials(pki: string): Promise<Credentials> {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/** A free TCP port on 127.0.0.1 (the kernel picks it; there is a short window before use). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, HOST, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
 interface Proc {
   name: string;
   child: ChildProcess;
@@ -340,12 +326,12 @@ async function waitFor(proc: Proc, what: string, timeoutMs: number, probe: () =>
 }
 
 async function startEtcd(bin: string, dataDir: string): Promise<{ proc: Proc; url: string }> {
-  // Ports are picked free and then handed over, so another process may take one in between:
-  // try again on an early exit.
+  // The ports are reserved among natflow's processes, but something else may still take one before
+  // etcd binds it: try again on an early exit.
   let lastError: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const clientPort = await freePort();
-    const peerPort = await freePort();
+    const clientPort = await reservePort();
+    const peerPort = await reservePort();
     const url = `http://${HOST}:${clientPort}`;
     const peer = `http://${HOST}:${peerPort}`;
     const proc = await startProc(
@@ -429,7 +415,7 @@ export async function startKubeApiserver(opts: KubeApiserverOptions = {}): Promi
     const etcd = await startEtcd(binaries.etcd, dataDir);
     procs.push(etcd.proc);
 
-    const port = opts.port ?? (await freePort());
+    const port = opts.port ?? (await reservePort());
     const server = `https://${HOST}:${port}`;
     const apiserver = await startProc(
       'kube-apiserver',

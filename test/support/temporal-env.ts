@@ -6,6 +6,7 @@
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll } from 'vitest';
 import { findOrProvisionTemporalCli } from '../../temporal-dev/provision.js';
+import { reservePort } from '../../temporal-dev/ports.js';
 import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../../domain/search-attributes.js';
 import { payloadCodecPlugin } from '../../worker/payload-codec.js';
 
@@ -16,6 +17,7 @@ export async function createTestEnv(): Promise<TestWorkflowEnvironment> {
       executable: { type: 'existing-path', path: await findOrProvisionTemporalCli() },
       searchAttributes: NATFLOW_SEARCH_ATTRIBUTE_KEYS,
       ip: '127.0.0.1',
+      port: await reservePort(), // the SDK's own pick is a free port that another test's server may take first
       // Tests assert behaviour; the server's own errors (e.g. updates aborted by continue-as-new, which the client retries) are noise here.
       log: { format: 'pretty', level: 'never' },
     },

@@ -35,8 +35,10 @@ export interface Stack {
 /** A throwaway test server, or connections to a server someone else runs (and may restart). */
 async function temporalFor(address?: string): Promise<{ env: Stack['env']; closeEnv: () => Promise<void> }> {
   if (!address) {
-    const env = await createTestEnv();
-    return { env, closeEnv: () => env.teardown() };
+    // The workers' and the tests' client is natflow's own (its close waits out the client's retries), on the test server.
+    const server = await createTestEnv();
+    const temporal = await connectTemporal(temporalTarget({ address: server.address }));
+    return { env: temporal, closeEnv: () => temporal.close().finally(() => server.teardown()) };
   }
   const temporal = await connectTemporal(temporalTarget({ address }));
   return { env: temporal, closeEnv: temporal.close };

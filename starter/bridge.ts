@@ -17,6 +17,7 @@ import type { NatSpec } from '../domain/nat-resources.js';
 import { DEFAULT_EXTERNAL_SUBNET, sameSubnetSpec, type SubnetSpec } from '../domain/subnet.js';
 import { gatewaySpecSignal, gatewayStateQuery, ipamUsageQuery, specChangedSignal, subnetSpecSignal } from '../domain/workflow-api.js';
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
+import { loadKubeConfig } from '../worker/kube-config.js';
 import { isMainModule } from '../worker/process.js';
 import { findRunning, type ResourceRecord } from './find-resources.js';
 import { ensureGateway, ensureSubnet, resourceStart, type HistoryLimitOverrides, type Resources } from './resources.js';
@@ -417,9 +418,7 @@ async function main(): Promise<void> {
     console.log('usage: bridge [--kubeconfig FILE] [--address host:port] [--namespace default]\nWatches kubeovn.io resources and drives natflow workflows.');
     return;
   }
-  const kubeConfig = new KubeConfig();
-  if (values.kubeconfig) kubeConfig.loadFromFile(values.kubeconfig);
-  else kubeConfig.loadFromDefault();
+  const kubeConfig = loadKubeConfig(values.kubeconfig);
   const temporal = await connectTemporal(temporalTarget({ address: values.address, namespace: values.namespace }), { worker: false });
   const bridge = new KubeBridge({ kubeConfig, client: temporal.client });
   await bridge.start();

@@ -17,7 +17,8 @@ import { createControlWorker } from '../worker/control.js';
 import { ensureGateway, ensureSubnet, webUiLink } from './resources.js';
 import { KubeBridge } from './bridge.js';
 import { AUDIT_SCHEDULE_ID, ensureAuditSchedule } from './audit.js';
-import { installCrds, loadKubeConfig, startKubeApiserver } from '../temporal-dev/kube/apiserver.js';
+import { installCrds, startKubeApiserver } from '../temporal-dev/kube/apiserver.js';
+import { loadKubeConfig } from '../worker/kube-config.js';
 import { repoRoot } from '../temporal-dev/provision.js';
 import path from 'node:path';
 

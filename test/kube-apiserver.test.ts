@@ -11,11 +11,13 @@ import { promisify } from 'node:util';
 import {
   ApiException,
   AuthorizationV1Api,
+  CustomObjectsApi,
   loadAllYaml,
   type KubernetesObject,
 } from '@kubernetes/client-node';
 import { beforeAll, describe, expect, test } from 'vitest';
 import { applyObjects, readManifests } from '../temporal-dev/kube/apiserver.js';
+import { loadKubeConfig } from '../worker/kube-config.js';
 import { repoRoot } from '../temporal-dev/provision.js';
 import { mergePatch } from '../activities/kube.js';
 import { crd, KUBEOVN_API_VERSION, KUBEOVN_GROUP } from '../domain/kube.js';
@@ -57,6 +59,15 @@ describe('kube-apiserver with natflow CRDs', () => {
     }
     throw new Error(`${body.kind} ${body.metadata?.name} was accepted`);
   }
+
+  test("natflow's KubeConfig keeps one connection for a run of requests (the client alone opens one per request)", async () => {
+    const port = new URL(env().kube.server).port;
+    const established = async () => (await execFileP('ss', ['-Htn', 'state', 'established', `dst 127.0.0.1:${port}`])).stdout.trim().split('\n').filter(Boolean).length;
+    const before = await established();
+    const api = loadKubeConfig(env().kubeconfigPath).makeApiClient(CustomObjectsApi);
+    for (let i = 0; i < 20; i++) await api.listClusterCustomObject(crd('eip'));
+    expect((await established()) - before).toBe(1);
+  });
 
   test('serves the six kinds as Kube-OVN does: names, short names, cluster scope, status subresource', async () => {
     const { stdout } = await execFileP(env().binaries.kubectl, ['--kubeconfig', env().kubeconfigPath, 'get', '--raw', `/apis/${KUBEOVN_API_VERSION}`], {
@@ -250,6 +261,9 @@ describe('kube-apiserver with natflow CRDs', () => {
       });
       return review.status?.allowed === true;
     };
+    // The authorizer learns of a new binding from its own watch: wait until it has (the first grant), then check them all.
+    const first = KUBEOVN_KIND_LIST[0]!.plural;
+    for (const deadline = Date.now() + 10_000; !(await can('get', first)) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 100));
     for (const { plural } of KUBEOVN_KIND_LIST) {
       for (const verb of ['get', 'list', 'watch']) expect(await can(verb, plural), `${verb} ${plural}`).toBe(true);
       for (const verb of ['patch', 'update']) {

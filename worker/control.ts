@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import type { KubeConfig } from '@kubernetes/client-node';
+import { loadKubeConfig } from './kube-config.js';
 import { createAuditActivities } from '../activities/audit.js';
 import { createKubeActivities } from '../activities/kube.js';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
@@ -101,7 +102,6 @@ export async function runControlWorker(target: TemporalTarget = temporalTarget()
 if (isMainModule(import.meta.url)) {
   // `--kubeconfig`: the cluster of the bridge's objects (finalizers and status are written there).
   const { values } = (await import('node:util')).parseArgs({ options: { address: { type: 'string' }, namespace: { type: 'string' }, kubeconfig: { type: 'string' } } });
-  const kubeConfig = values.kubeconfig ? new (await import('@kubernetes/client-node')).KubeConfig() : undefined;
-  kubeConfig?.loadFromFile(values.kubeconfig!);
+  const kubeConfig = values.kubeconfig ? loadKubeConfig(values.kubeconfig) : undefined;
   await runControlWorker(temporalTarget({ address: values.address, namespace: values.namespace }), kubeConfig);
 }

@@ -4,7 +4,7 @@
 import { ApiException, CustomObjectsApi, type KubernetesObject } from '@kubernetes/client-node';
 import { mergePatch } from '../../activities/kube.js';
 import { crd, KUBEOVN_API_VERSION, KUBEOVN_KINDS, type KubeKind } from '../../domain/kube.js';
-import { loadKubeConfig } from '../../temporal-dev/kube/apiserver.js';
+import { loadKubeConfig } from '../../worker/kube-config.js';
 
 export type KubeObject = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, any> };
 export type Spec = Record<string, string>;

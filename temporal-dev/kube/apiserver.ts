@@ -37,6 +37,7 @@ import { repoRoot } from '../provision.js';
 import { isMainModule, stopOnSignal } from '../../worker/process.js';
 import { terminate, tiedToParent } from '../child-process.js';
 import { reservePort } from '../ports.js';
+import { loadKubeConfig } from '../../worker/kube-config.js';
 
 const execFileP = promisify(execFile);
 
@@ -473,13 +474,6 @@ export async function startKubeApiserver(opts: KubeApiserverOptions = {}): Promi
 
 // ---------------------------------------------------------------------------------------------
 // CRDs
-
-/** A KubeConfig loaded from a file. */
-export function loadKubeConfig(kubeconfigPath: string): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromFile(kubeconfigPath);
-  return kc;
-}
 
 /** Every object in the YAML files of `dir` (sorted by file name), documents in file order. */
 export async function readManifests(dir: string): Promise<KubernetesObject[]> {

@@ -10,7 +10,6 @@ import {
   applyObjects,
   ensureKubeBinaries,
   installCrds,
-  loadKubeConfig,
   readManifests,
   startKubeApiserver,
   type KubeApiserver,
@@ -18,6 +17,7 @@ import {
   type KubeBinaries,
 } from '../../temporal-dev/kube/apiserver.js';
 import { repoRoot } from '../../temporal-dev/provision.js';
+import { loadKubeConfig } from '../../worker/kube-config.js';
 import { eventually } from './workflows.js';
 
 /** The kinds natflow serves as a list; each one's key in KUBEOVN_KINDS is its kubectl short name. */

@@ -7,7 +7,7 @@ import { eipChangedSignal, specChangedSignal, type WorkflowCallActivities } from
 import { Reason } from '../domain/errors.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, statusOf, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, statusOf, uniqueQueue, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: EIP e1 (172.18.0.9 on gw1) is ready and free, every rule applies. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -86,6 +86,21 @@ describe('NAT rule workflow (mocked activities)', () => {
       expect(gone.phase).toBe('WaitingForEip');
       await deleteAndWait(h);
     });
+  });
+
+  it('a claim an EIP refuses as not ready (it may be leaving) looks the EIP up again within seconds, not when the EIP wakes it', async () => {
+    // The EIP takes watches and never answers them, as one that ends right after taking a watch.
+    const silentEip = await env().client.workflow.start('silentEip', { taskQueue: uniqueQueue('nobody'), workflowId: 'natflow/eip/e1/u' });
+    try {
+      const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleting)', Reason.EipNotReady), failures: 1 } });
+      await withFip(fake, async (h) => {
+        await workflowPhase(h, 'Ready', 10_000);
+        expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'eipForRule', 'claimEip', 'setGatewayRule']);
+        await deleteAndWait(h);
+      });
+    } finally {
+      await silentEip.terminate();
+    }
   });
 
   it('a claim that finds its EIP gone looks the EIP up by name again, instead of failing', async () => {

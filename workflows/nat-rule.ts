@@ -33,6 +33,8 @@ const REFUSAL_BACKOFF_PATCH = 'refusal-backoff';
 const WATCHED_EIP_GONE = 'watched-eip-gone';
 /** A rule whose EIP is Deleting or Deleted re-checks with a backoff from 1 s, not in an hour. */
 const LEAVING_EIP_RECHECK = 'leaving-eip-recheck';
+/** A claim refused because the EIP is not ready goes back to the lookup (after a pause), not to a watch. */
+const NOT_READY_CLAIM_LOOKUP = 'not-ready-claim-lookup';
 const LEAVING_EIP = new Set(['Deleting', 'Deleted']);
 /** The longest such pause: a conflict resolved meanwhile is taken up within minutes. */
 const REFUSAL_BACKOFF_MAX_MS = 5 * 60_000;
@@ -104,6 +106,8 @@ class NatRuleResource {
   private eipChanged = false;
   /** Gateway refusals in a row, since the last Ready or spec change: the pause before the next try. */
   private refusalsInARow = 0;
+  /** Claims in a row refused because the EIP was not ready: the pause before the next lookup. */
+  private notReadyClaims = 0;
   /** Refusal waits in a row whose EIP could not be asked to wake the rule: the re-check's backoff. */
   private unwatched = 0;
   private gatewayChanged = false;
@@ -208,6 +212,7 @@ class NatRuleResource {
       this.status.v4ip = target.address;
       this.status.natGwDp = target.gateway;
       this.reporter.attributes({ gateway: target.gateway });
+      this.notReadyClaims = 0;
       return target;
     } catch (err) {
       // A delete decides by the scope, not by the error: whatever the call's outcome, it may hold.
@@ -218,6 +223,13 @@ class NatRuleResource {
       if (this.lean && refusal(err, '').reason === Reason.EipNotFound) {
         this.setPhase('WaitingForEip', { status: 'False', reason: Reason.EipNotFound, message: `EIP ${this.input.spec.eip} is gone` });
         await this.waitFor(() => this.specChanged || this.eipChanged, EIP_GONE_RECHECK_MS);
+        return null;
+      }
+      // Not ready since the lookup: it may be on its way out, and end right after taking a watch
+      // (its wake-up lost). The lookup sees that (and re-checks soon) or watches an EIP that stays.
+      if (!this.legacy && refusal(err, '').reason === Reason.EipNotReady && wf.patched(NOT_READY_CLAIM_LOOKUP)) {
+        this.setPhase('WaitingForEip', refusal(err, 'Error'));
+        await this.waitFor(() => this.specChanged, backoff(this.notReadyClaims++, 1000, RECHECK_MAX_MS));
         return null;
       }
       this.setPhase('Failed', refusal(err, 'Error'));

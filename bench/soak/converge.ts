@@ -53,18 +53,22 @@ export async function evaluate(opts: { api: KubeApi; driver: Driver; gateway: st
       return { ready: true, reasons: new Set() };
     }
     const eip = eips.get(String(o.spec?.eip ?? ''));
-    if (m.refusedWith === Reason.InvalidSpec) return isReady(eip) && !isDeleting(eip) ? only(Reason.InvalidSpec) : only(Reason.InvalidSpec, Reason.EipNotFound, Reason.EipNotReady);
+    /** What the other live rules on the EIP may refuse this one for (the claim comes before the gateway checks the rule). */
+    const conflicts = (on: KubeObject) => {
+      const others = liveRulesOn(on.metadata!.name!).filter((r) => r.o !== o);
+      const reasons = new Set<string>();
+      if (others.length > 0 && (m.kind === 'fip' || others.some((r) => r.kind === 'fip'))) reasons.add(Reason.EipInUse);
+      const port = (x: KubeObject) => `${String(x.spec?.protocol ?? '').toLowerCase()}/${Number(x.spec?.externalPort)}`;
+      if (m.kind === 'dnat' && others.some((r) => r.kind === 'dnat' && port(r.o) === port(o))) reasons.add(Reason.DuplicateDnat);
+      return reasons;
+    };
+    if (m.refusedWith === Reason.InvalidSpec) return isReady(eip) && !isDeleting(eip) ? only(Reason.InvalidSpec, ...conflicts(eip!)) : only(Reason.InvalidSpec, Reason.EipNotFound, Reason.EipNotReady);
     if (m.refusedWith) return only(m.refusedWith);
     if (!eip) return only(Reason.EipNotFound);
     // A Ready rule keeps its EIP held while it is deleted; a rule that came after waits.
     if (isDeleting(eip)) return { ready: true, reasons: new Set([Reason.EipNotReady, Reason.EipNotFound]) };
     if (!isReady(eip)) return only(Reason.EipNotReady);
-    const others = liveRulesOn(eip.metadata!.name!).filter((r) => r.o !== o);
-    const reasons = new Set<string>();
-    if (others.length > 0 && (m.kind === 'fip' || others.some((r) => r.kind === 'fip'))) reasons.add(Reason.EipInUse);
-    const port = (x: KubeObject) => `${String(x.spec?.protocol ?? '').toLowerCase()}/${Number(x.spec?.externalPort)}`;
-    if (m.kind === 'dnat' && others.some((r) => r.kind === 'dnat' && port(r.o) === port(o))) reasons.add(Reason.DuplicateDnat);
-    return { ready: true, reasons };
+    return { ready: true, reasons: conflicts(eip) };
   };
 
   const modelled = new Set<string>();

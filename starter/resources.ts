@@ -96,6 +96,16 @@ const workflowOf = { eip: eipWorkflow, fip: fipWorkflow, dnat: dnatWorkflow, sna
  * search attributes it has from its first moment, so it can be found by name at once. One that
  * comes from Kubernetes is marked (memo), so that the bridge may collect it once its object is gone.
  */
+/**
+ * A resource workflow's task timeout. Its local activities (the calls to IPAM and the gateway) run
+ * inside its workflow task, which the SDK heartbeats at 80 % of this; with the default 10 s, a
+ * burst's batched calls taking 8 s were heartbeated, and a local activity across a heartbeated task
+ * with a signal in the next one replays out of order (README, "Known SDK issue": the 5,000-operation
+ * soak left an EIP failing every task on it). 20 s leaves them 16 s; a task lost with its worker is
+ * given to another 20 s after it started rather than 10.
+ */
+export const RESOURCE_WORKFLOW_TASK_TIMEOUT = '20s';
+
 export function resourceStart(kind: ResourceKind, resource: ResourceRef, spec: EipSpec | NatSpec, taskQueue = CONTROL_TASK_QUEUE, limits?: HistoryLimitOverrides) {
   const eip = kind === 'eip' ? (spec as Partial<EipSpec>) : undefined;
   return {
@@ -103,6 +113,7 @@ export function resourceStart(kind: ResourceKind, resource: ResourceRef, spec: E
     options: {
       taskQueue,
       workflowId: workflowIds.resource(kind, resource),
+      workflowTaskTimeout: RESOURCE_WORKFLOW_TASK_TIMEOUT,
       args: [{ ...(kind === 'eip' ? { resource, spec } : { kind, resource, spec }), ...(limits && { limits }) } as never] as [never],
       ...(resource.fromKube && { memo: FROM_KUBERNETES_MEMO }),
       typedSearchAttributes: searchAttributes({ kind, name: resource.name, phase: 'Pending', ...(eip ? { gateway: String(eip.natGwDp ?? ''), subnet: String(eip.externalSubnet || DEFAULT_EXTERNAL_SUBNET) } : { eip: String((spec as Partial<NatSpec>)?.eip ?? '') }) }),

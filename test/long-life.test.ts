@@ -14,6 +14,7 @@ import { eipWorkflow } from '../workflows/eip.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
 import { fipWorkflow } from '../workflows/nat-rule.js';
 import { FakeCalls } from './support/fake-calls.js';
+import { RESOURCE_WORKFLOW_TASK_TIMEOUT } from '../starter/resources.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, uid, untilPhase, withWorkflow } from './support/workflows.js';
 import type { EipStatus } from '../domain/eip.js';
@@ -58,7 +59,7 @@ describe('a life of months (mocked activities)', () => {
 
   function withEip<R>(fake: FakeCalls<Activities>, input: Partial<EipInput> & { spec?: EipSpec }, body: (h: WorkflowHandleWithFirstExecutionRunId<typeof eipWorkflow>) => Promise<R>) {
     const resource = { name: 'eip1', uid: uid(), generation: 1, ...input.resource };
-    return withWorkflow(env, fake.activities(), eipWorkflow, { workflowId: workflowIds.resource('eip', resource), args: [{ spec: { natGwDp: 'gw1' }, ...input, resource }] }, body);
+    return withWorkflow(env, fake.activities(), eipWorkflow, { workflowId: workflowIds.resource('eip', resource), workflowTaskTimeout: RESOURCE_WORKFLOW_TASK_TIMEOUT, args: [{ spec: { natGwDp: 'gw1' }, ...input, resource }] }, body);
   }
   function withFip<R>(fake: FakeCalls<Activities>, input: Partial<NatInput<'fip'>>, body: (h: WorkflowHandleWithFirstExecutionRunId<typeof fipWorkflow>) => Promise<R>) {
     const resource = { name: 'fip1', uid: uid(), generation: 1, ...input.resource };
@@ -75,6 +76,8 @@ describe('a life of months (mocked activities)', () => {
       await continued(h);
       const status = await eipStatus(h);
       expect(status).toMatchObject({ phase: 'Ready', ip: '172.18.0.5', nat: 'dnat' });
+      // The continued run keeps the resource workflows' task timeout (its local activities' room).
+      expect(Number((await h.describe()).raw.executionConfig?.defaultWorkflowTaskTimeout?.seconds)).toBe(20);
       // The claims came along: a FIP is still refused, and a further DNAT is not.
       await expect(h.executeUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f/u', kind: 'fip', name: 'f' }] })).rejects.toThrow();
       await h.executeUpdate(claimEipUpdate, { args: [claim('natflow/dnat/d4/u4')] });

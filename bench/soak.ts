@@ -48,7 +48,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   console.log(`usage: npm run soak -- [--ops N] [--kills K] [--restarts R] [--seed S] [--no-audit] [--gateway gwsoak]
-  [--converge-timeout SECONDS] [--probes PER_KIND] [--op-pause-ms MAX] [--keep (keep the temp dir: logs, databases)]`);
+  [--converge-timeout SECONDS] [--probes PER_KIND] [--op-pause-ms MAX] [--keep (keep the temp dir: logs, databases; a failed run always keeps it)]`);
   process.exit(0);
 }
 const num = (name: keyof typeof values, min: number) => {
@@ -85,6 +85,8 @@ let client: TemporalConnections['client'] | undefined;
 let closeClient: (() => Promise<void>) | undefined;
 let labIsUp = false;
 
+/** 0 once the soak passed: a failed run keeps its temp dir (logs, databases) to be looked into. */
+let exitCode = 1;
 let tearingDown: Promise<void> | undefined;
 function teardown(): Promise<void> {
   tearingDown ??= (async () => {
@@ -95,7 +97,7 @@ function teardown(): Promise<void> {
       ['take the lab down', () => (labIsUp ? labDown(GATEWAY) : Promise.resolve())],
       ['stop kube-apiserver', () => kube.stop()],
       ['stop the Temporal server', () => temporal.stop()],
-      ['remove the temp dir', () => (values.keep ? Promise.resolve(log(`kept ${scratch}`)) : rm(scratch, { recursive: true, force: true }))],
+      ['remove the temp dir', () => (values.keep || exitCode !== 0 ? Promise.resolve(log(`kept ${scratch}`)) : rm(scratch, { recursive: true, force: true }))],
     ];
     for (const [what, step] of steps) await step().catch((err: unknown) => console.error(`[soak] teardown: ${what} failed: ${(err as Error).message ?? err}`));
   })();
@@ -127,7 +129,6 @@ interface Result {
   runtimeS: number;
 }
 
-let exitCode = 1;
 try {
   exitCode = await soak();
 } catch (err) {

@@ -24,6 +24,11 @@ describe('kube bridge, level-triggered (real kube-apiserver)', () => {
   let bridge: KubeBridge;
   const newBridge = () => new KubeBridge({ kubeConfig: kube.kc, client: stack.env.client, taskQueue: stack.resources.taskQueue, resyncMs: RESYNC_MS, log: () => undefined });
   const client = (): Client => stack.env.client;
+  /** What the bridge was doing (events, a resync) has ended: a count of signals taken now is not raced by it. */
+  const bridgeIdle = async () => {
+    const work = (bridge as unknown as { inFlight: Set<Promise<unknown>> }).inFlight;
+    while (work.size > 0) await Promise.allSettled([...work]);
+  };
   const { get, create, patchSpec, del, ready, gone } = kubeovnObjects(() => kube.custom);
   const workflowOf = async (kind: KubeKind, name: string) => {
     const { uid } = (await get(kind, name)).metadata!;
@@ -91,6 +96,7 @@ describe('kube bridge, level-triggered (real kube-apiserver)', () => {
 
     // A resync whose list was taken before that change (it raced the event) sends nothing.
     const specSignals = async () => (await historyOf(gateway)).filter((e) => e.name === 'gatewaySpecChanged').length;
+    await bridgeIdle();
     const before = await specSignals();
     await (bridge as unknown as { driveGateway(obj: unknown): Promise<void> }).driveGateway(listedBefore);
     expect(await specSignals()).toBe(before);
@@ -148,6 +154,7 @@ describe('kube bridge, level-triggered (real kube-apiserver)', () => {
     await subnets.stop();
     subnets.get('vpc1-subnet1')!.spec.cidrBlock = '10.0.1.0/24';
     const specSignals = async () => (await historyOf(gateway)).filter((e) => e.name === 'gatewaySpecChanged').length;
+    await bridgeIdle();
     const before = await specSignals();
     await b.driveGateway(await get('vpc-nat-gw', 'gw1')); // as a status event of gw1 does
     expect((await gateway.query(gatewayStateQuery)).spec.internalCidr).toBe('10.0.0.0/23');

@@ -45,6 +45,8 @@ const LIFECYCLE_PATCH = 'gateway-lifecycle';
 const HANDOVER_PATCH = 'gateway-lifecycle-handover';
 /** The audit's restoreGateway signal is acted on. */
 const RESTORE_PATCH = 'restore-gateway';
+/** A gateway adopting its VpcNatGateway writes status there only once the finalizer is on. */
+const ADOPT_BEFORE_STATUS = 'adopt-before-status';
 
 /** An agent session runs this long, then the next one starts: about six events an hour while idle. */
 const SESSION_MS = 60 * 60_000;
@@ -546,9 +548,13 @@ class Gateway {
   private async adoptLater(kube: { uid: string; generation: number }): Promise<void> {
     this.kube = kube;
     this.state.kubeUid = kube.uid;
-    this.k8s = kubeSync('vpc-nat-gw', { name: this.name, ...kube, fromKube: true });
+    const sync = kubeSync('vpc-nat-gw', { name: this.name, ...kube, fromKube: true });
+    // Status goes to the object only once its finalizer is on: a Ready object without it could be
+    // deleted with nothing holding it (patched: older runs published from the start).
+    if (!wf.patched(ADOPT_BEFORE_STATUS)) this.k8s = sync;
     wf.upsertMemo(FROM_KUBERNETES_MEMO);
-    const adoption = await this.k8s.adopt();
+    const adoption = await sync.adopt();
+    this.k8s = sync;
     if (adoption === 'deleting') this.delete(); // deleted meanwhile: the cleanup runs, then lets it go
     this.show(true);
   }

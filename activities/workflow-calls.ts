@@ -36,6 +36,8 @@ const isTransient = (err: unknown) => {
   return code === grpcStatus.RESOURCE_EXHAUSTED || code === grpcStatus.UNAVAILABLE;
 };
 const TRANSIENT_TRIES = 100;
+/** The server's message for an update it admitted that no worker processed. */
+const UNPROCESSED_UPDATE = /wasn't processed by worker/;
 
 /**
  * Sends an update. Its own failure (typed by the domain reason) is re-raised as non-retryable;
@@ -43,19 +45,23 @@ const TRANSIENT_TRIES = 100;
  * than failing the attempt (and being retried much later by the activity's retry policy). Every
  * update natflow sends is idempotent, so sending one again is always safe.
  */
-async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>): Promise<T> {
+export async function viaUpdate<T>(fn: () => Promise<T>, notFound: () => T | Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) return notFound();
       // A refusal comes as the update's failure, or (one request of a batch) as the batcher's own.
-      const refusal = err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure ? err.cause : err instanceof ApplicationFailure ? err : undefined;
+      const failure = err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure ? err.cause : err instanceof ApplicationFailure ? err : undefined;
+      // The server's own failure of an update it admitted and no worker processed (its workflow task
+      // was lost) is no refusal: sent again (the 5,000-operation soak failed an EIP workflow on it).
+      const unprocessed = failure !== undefined && UNPROCESSED_UPDATE.test(failure.message);
+      const refusal = unprocessed ? undefined : failure;
       const draining = refusal?.type === Reason.Draining;
       // A stale attempt is the attempt's problem, not the request's: the next attempt has a new deadline.
       if (refusal?.type === Reason.StaleRequest) throw ApplicationFailure.retryable(refusal.message, Reason.StaleRequest);
       if (refusal && !draining) throw ApplicationFailure.nonRetryable(refusal.message, refusal.type ?? Reason.InvalidSpec);
-      if ((!isTransient(err) && !draining) || attempt >= TRANSIENT_TRIES) throw err;
+      if ((!isTransient(err) && !draining && !unprocessed) || attempt >= TRANSIENT_TRIES) throw err;
       await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 80 * Math.min(attempt, 10)));
     }
   }

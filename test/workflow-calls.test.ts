@@ -4,9 +4,11 @@
 import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { Client, Connection, defaultGrpcRetryOptions, makeGrpcRetryInterceptor } from '@temporalio/client';
+import { Client, Connection, defaultGrpcRetryOptions, makeGrpcRetryInterceptor, WorkflowUpdateFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { Reason } from '../domain/errors.js';
 import { InterceptingCall, ListenerBuilder, RequesterBuilder, type Interceptor } from '@grpc/grpc-js';
-import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
+import { createWorkflowCallActivities, viaUpdate } from '../activities/workflow-calls.js';
 import type { Allocation } from '../domain/ipam.js';
 import { workflowIds } from '../domain/names.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
@@ -15,6 +17,15 @@ import { uniqueQueue, withWorkflow } from './support/workflows.js';
 
 describe('workflow-call activities', () => {
   const env = useTestEnv();
+
+  it("an update the server failed because no worker processed it is sent again; a workflow's refusal is not", async () => {
+    const unprocessed = new WorkflowUpdateFailedError('Workflow Update failed', ApplicationFailure.create({ message: "Workflow Update is rejected because it wasn't processed by worker. Probably, Workflow Update is not supported by the worker." }));
+    let sent = 0;
+    expect(await viaUpdate(async () => (++sent === 1 ? Promise.reject(unprocessed) : 'allocated'), () => 'gone')).toBe('allocated');
+    expect(sent).toBe(2);
+    const refused = new WorkflowUpdateFailedError('Workflow Update failed', ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleting)', Reason.EipNotReady));
+    await expect(viaUpdate(() => Promise.reject(refused), () => 'gone')).rejects.toMatchObject({ type: Reason.EipNotReady, nonRetryable: true });
+  });
 
   it('an attempt that waited in the queue longer than its timeout still allocates: its fence counts from its start', async () => {
     const subnet = { name: 'ext-queued', cidrBlock: '172.21.0.0/24', gateway: '172.21.0.1', excludeIps: [] };

@@ -11,7 +11,7 @@ interface DispatcherFactory {
 }
 
 /** `kc`, made to reuse one dispatcher (and its kept-alive connections) per cluster and user. */
-export function reuseConnections(kc: KubeConfig): KubeConfig {
+function reuseConnections(kc: KubeConfig): KubeConfig {
   // A private method of the client's (the one place it makes the Agent); checked, so that an
   // upgrade that renames it fails loudly here instead of quietly reconnecting per request.
   const factory = kc as unknown as DispatcherFactory;

@@ -78,6 +78,13 @@ async function temporalAnswers(address: string, namespace?: string, timeoutMs = 
   }
 }
 
+/**
+ * The server's side of natflow's choices: an activity a workflow task schedules on its own queue
+ * goes back to that worker in the task's completion (eager dispatch; the SDK asks for it), not
+ * through a poll: the resource workflows' calls are remote activities.
+ */
+const SERVER_DEFAULTS = { 'system.enableActivityEagerExecution': true };
+
 export async function startDevServer(opts: DevServerOptions = {}): Promise<DevServer> {
   const port = opts.port ?? 7233;
   const uiPort = opts.uiPort ?? 8233;
@@ -117,7 +124,8 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
     ...SQLITE_PRAGMAS.flatMap((pragma) => ['--sqlite-pragma', pragma]),
   ];
   for (const key of NATFLOW_SEARCH_ATTRIBUTE_KEYS) args.push('--search-attribute', `${key.name}=Keyword`);
-  for (const [key, value] of Object.entries(opts.dynamicConfig ?? {})) args.push('--dynamic-config-value', `${key}=${JSON.stringify(value)}`);
+  const dynamicConfig = { ...SERVER_DEFAULTS, ...opts.dynamicConfig };
+  for (const [key, value] of Object.entries(dynamicConfig)) args.push('--dynamic-config-value', `${key}=${JSON.stringify(value)}`);
 
   // It stops with this process even on kill -9 (a SIGTERM, so SQLite closes cleanly). Its own
   // process group: a terminal's Ctrl-C reaches only us, and we stop it last (the workers shutting

@@ -60,7 +60,7 @@ describe('EIP workflow (mocked activities)', () => {
       // phase's workflow task (its steps are local activities) or come just before it.
       expect(writes.map((w) => w.NatflowPhase).filter(Boolean)).toEqual(['Ready', 'Deleted']);
       expect(writes.length).toBeLessThanOrEqual(3);
-      expect(Object.assign({}, ...writes.slice(0, -1))).toMatchObject({ TemporalChangeVersion: 'remote-status', NatflowGateway: 'gw1', NatflowPhase: 'Ready' });
+      expect(Object.assign({}, ...writes.slice(0, -1))).toMatchObject({ TemporalChangeVersion: 'remote-calls', NatflowGateway: 'gw1', NatflowPhase: 'Ready' });
     });
   });
 
@@ -119,6 +119,19 @@ describe('EIP workflow (mocked activities)', () => {
       await deleteAndWait(h);
       expect(fake.events.indexOf('unbindAddress:start')).toBeGreaterThan(fake.events.indexOf('bindAddress:end'));
       expect(fake.events.indexOf('releaseAddress:start')).toBeGreaterThan(fake.events.indexOf('unbindAddress:end'));
+    });
+  });
+
+  it('calls through activity tasks, not local activities (README, "Known SDK issue")', async () => {
+    const fake = control();
+    await withEip(fake, spec, async (h) => {
+      await workflowPhase(h, 'Ready');
+      await startedOnceReady(fake, 4);
+      await deleteAndWait(h);
+      const calls = (await historyOf(h)).filter((e) => e.type === 'activityTaskScheduled' || e.type === 'localActivity');
+      expect(calls.map((e) => `${e.type}:${e.name}`)).toEqual(
+        ['gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters', 'unbindAddress', 'releaseAddress'].map((name) => `activityTaskScheduled:${name}`),
+      );
     });
   });
 

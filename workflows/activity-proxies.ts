@@ -23,25 +23,21 @@ const KUBE_OPTIONS = {
 export const kube = proxyActivities<KubeActivities>(KUBE_OPTIONS);
 
 /**
- * The same calls as local activities, for the resource workflows (from the 'local-calls' patch
- * on): the control worker runs them inside the workflow task and records each result as a
- * marker, so there is no activity task to schedule, dispatch and complete, and steps in a row
- * share one workflow task — a resource's creation takes two or three workflow tasks instead of
- * eight. A workflow task holds its worker slot while its local activities run, so the entity
- * workflows these calls wait on (IPAM, gateway) run on a queue and worker of their own
- * (worker/control.ts). A retry that would back off for longer than a few seconds waits on a
- * server timer instead, which ends the workflow task: a call that keeps failing must not keep a
- * task open (and heartbeating into history) for minutes.
+ * The same calls as local activities, for the resource workflows' runs from the 'local-calls'
+ * patch to 'remote-calls' (workflows/patches.ts says why they ended): the control worker ran them
+ * inside the workflow task, a marker each. Their histories still replay through these. A retry
+ * that would back off for longer than a few seconds waits on a server timer instead, which ends
+ * the workflow task: a call that keeps failing must not keep a task open for minutes.
  */
 const LOCAL = { localRetryThreshold: '4s' } as const;
 export const localCalls = proxyLocalActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, ...LOCAL });
 export const localKube = proxyLocalActivities<KubeActivities>({ ...KUBE_OPTIONS, ...LOCAL });
 
 /**
- * What a resource workflow calls through: remote activities in the runs of older releases, local
- * ones since. A NAT rule's calls to its EIP (claim, unclaim) stay remote: the EIP workflow answers
- * on the same queue, and rules waiting for it in local activities would hold the slots it needs
- * to answer (a burst of 1,000 deletes deadlocked on it until their attempts timed out).
+ * What a resource workflow calls through: remote activities, except in the runs of the release
+ * that made them local. A NAT rule's calls to its EIP (claim, unclaim) stayed remote even then:
+ * the EIP workflow answers on the same queue, and rules waiting for it in local activities would
+ * hold the slots it needs to answer (a burst of 1,000 deletes deadlocked on it).
  */
 export interface CallProxies {
   calls: ActivityInterfaceFor<WorkflowCallActivities> | LocalActivityInterfaceFor<WorkflowCallActivities>;

@@ -123,15 +123,17 @@ class Eip {
   /** Remote activities in the runs of older releases, local ones since 'local-calls'. */
   private readonly calls: CallProxies['calls'];
   private readonly patched: Patched;
+  private readonly patchedSinceLean: Patched;
   private readonly reporter: ReturnType<typeof phaseReporter<EipStatus>>;
   private readonly setPhase: ReturnType<typeof phaseReporter<EipStatus>>['setPhase'];
 
   constructor(private readonly input: EipInput) {
     const carried = input.carried;
-    const { lean, local, remoteStatus, patched } = patches();
+    const { lean, local, remoteStatus, patched, patchedSinceLean } = patches();
     const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.patched = patched;
+    this.patchedSinceLean = patchedSinceLean;
     this.legacy = !patched('eip-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.waitFor = this.budget.waiter(() => this.continueAsNew());
@@ -423,26 +425,26 @@ class Eip {
   private wake(watcher: string): void {
     this.watchers.delete(watcher);
     const signal = () => wf.getExternalWorkflowHandle(watcher).signal(eipChangedSignal);
-    const sent: Promise<void> = (this.deleting && wf.patched(DELETING_WAKE_UPS) ? wf.CancellationScope.nonCancellable(signal) : signal())
+    const sent: Promise<void> = (this.deleting && this.patchedSinceLean(DELETING_WAKE_UPS) ? wf.CancellationScope.nonCancellable(signal) : signal())
       .catch(() => undefined)
       .finally(() => this.wakeUpsInFlight.delete(sent));
     this.wakeUpsInFlight.add(sent);
   }
 
   /**
-   * The server drops a signal whose sender has closed by the time it is sent: a run that ends
-   * (continued as new, or deleted) first sees its wake-ups delivered, or their waiters sleep on.
-   */
-  /**
    * The run ends: rules still watching (they began during the delete, or before a delete that came
    * before anything was adopted) are told, so that they look again and find it gone rather than wait
    * for their hour-long re-check (patched: older runs did not).
    */
   async wakeWatchersAtEnd(): Promise<void> {
-    if (this.watchers.size > 0 && wf.patched(DELETING_WAKE_UPS)) this.notifyWatchers();
+    if (this.watchers.size > 0 && this.patchedSinceLean(DELETING_WAKE_UPS)) this.notifyWatchers();
     await this.deliverWakeUps();
   }
 
+  /**
+   * The server drops a signal whose sender has closed by the time it is sent: a run that ends
+   * (continued as new, or deleted) first sees its wake-ups delivered, or their waiters sleep on.
+   */
   private async deliverWakeUps(): Promise<void> {
     if (this.wakeUpsInFlight.size > 0 && this.patched('eip-wake-ups-delivered')) await Promise.all(this.wakeUpsInFlight);
   }

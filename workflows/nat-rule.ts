@@ -125,15 +125,17 @@ class NatRuleResource {
   private readonly calls: CallProxies['calls'];
   private readonly lean: boolean;
   private readonly patched: Patched;
+  private readonly patchedSinceLean: Patched;
   private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
   constructor(input: NatInput) {
     const carried = input.carried;
-    const { lean, local, remoteStatus, patched } = patches();
+    const { lean, local, remoteStatus, patched, patchedSinceLean } = patches();
     const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.lean = lean;
     this.patched = patched;
+    this.patchedSinceLean = patchedSinceLean;
     this.legacy = !patched('nat-rule-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.waitFor = this.budget.waiter(() => this.continueAsNew());
@@ -194,7 +196,7 @@ class NatRuleResource {
       this.setPhase('WaitingForEip', { status: 'False', reason: eip ? Reason.EipNotReady : Reason.EipNotFound, message: eip ? `EIP ${eipName} is not ready: ${eip.reason}` : `EIP ${eipName} does not exist` });
       if (eip && !this.lean) await this.watch(eip.workflowId, { until: 'ready' });
       // An EIP on its way out may end right after taking the watch (its wake-up then lost): look again soon.
-      const leaving = !this.legacy && eip !== null && LEAVING_EIP.has(eip.reason) && wf.patched(LEAVING_EIP_RECHECK);
+      const leaving = !this.legacy && eip !== null && LEAVING_EIP.has(eip.reason) && this.patchedSinceLean(LEAVING_EIP_RECHECK);
       const recheck = this.legacy ? backoff(attempt, 500, 30_000) : !leaving && eip && this.patched('watched-eip-long-wait') ? RECHECK_MAX_MS : backoff(attempt, 1000, RECHECK_MAX_MS);
       await this.waitFor(() => this.specChanged || this.eipChanged, recheck);
       // Woken by the EIP we watch: it says it is ready, and the claim decides (no second lookup).
@@ -227,7 +229,7 @@ class NatRuleResource {
       }
       // Not ready since the lookup: it may be on its way out, and end right after taking a watch
       // (its wake-up lost). The lookup sees that (and re-checks soon) or watches an EIP that stays.
-      if (!this.legacy && refusal(err, '').reason === Reason.EipNotReady && wf.patched(NOT_READY_CLAIM_LOOKUP)) {
+      if (!this.legacy && refusal(err, '').reason === Reason.EipNotReady && this.patchedSinceLean(NOT_READY_CLAIM_LOOKUP)) {
         this.setPhase('WaitingForEip', refusal(err, 'Error'));
         await this.waitFor(() => this.specChanged, backoff(this.notReadyClaims++, 1000, RECHECK_MAX_MS));
         return null;
@@ -349,7 +351,7 @@ class NatRuleResource {
     await this.waitFor(() => this.specChanged || this.eipChanged, watching ? RECHECK_MAX_MS : backoff(this.unwatched++, 1000, RECHECK_MAX_MS));
     if (watching) this.unwatched = 0;
     if (this.specChanged) this.refusalsInARow = 0;
-    else if (until.until === 'changed' && wf.patched(REFUSAL_BACKOFF_PATCH)) await this.waitFor(() => this.specChanged, backoff(this.refusalsInARow++, 1000, REFUSAL_BACKOFF_MAX_MS));
+    else if (until.until === 'changed' && this.patchedSinceLean(REFUSAL_BACKOFF_PATCH)) await this.waitFor(() => this.specChanged, backoff(this.refusalsInARow++, 1000, REFUSAL_BACKOFF_MAX_MS));
   }
 
   /**
@@ -364,7 +366,7 @@ class NatRuleResource {
       .signal(watchEipSignal, { watcher: this.owner, ...until })
       .then(
         () => true,
-        () => !wf.patched(WATCHED_EIP_GONE),
+        () => !this.patchedSinceLean(WATCHED_EIP_GONE),
       );
   }
 

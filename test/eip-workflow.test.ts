@@ -5,7 +5,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
-import { gatewayChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { gatewayChangedSignal, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, historyOf, isCallOf, visibilityWrites, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
@@ -132,6 +132,17 @@ describe('EIP workflow (mocked activities)', () => {
       expect(calls.map((e) => `${e.type}:${e.name}`)).toEqual(
         ['gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters', 'unbindAddress', 'releaseAddress'].map((name) => `activityTaskScheduled:${name}`),
       );
+    });
+  });
+
+  it('a delete during the bind wakes the rules that began to watch the EIP meanwhile', async () => {
+    const fake = control({ bindAddress: { delayMs: 2000 } });
+    await withEip(fake, spec, async (h) => {
+      await eventually(async () => fake.started(), (n) => n.includes('bindAddress'), 20_000);
+      await h.signal(watchEipSignal, { watcher: 'natflow/dnat/d1/u1', until: 'ready' });
+      await deleteAndWait(h);
+      const signals = (await historyOf(h)).filter((e) => e.type === 'signalExternalWorkflowExecutionInitiated');
+      expect(signals).toHaveLength(1);
     });
   });
 

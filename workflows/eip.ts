@@ -26,6 +26,13 @@ import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILE
  * began to watch during the delete, woken once it is gone.
  */
 const DELETING_WAKE_UPS = 'deleting-wake-ups';
+/**
+ * ...and so do those sent between the delete's arrival and its cleanup: a call that completes after
+ * the delete arrived (a remote activity waits for its own cancellation) lets the lifecycle go on
+ * to Ready, whose wake-ups were cancelled before they were sent, and their watchers forgotten
+ * (the 5,000-operation soak: a DNAT waited an hour on an EIP deleted during its bind).
+ */
+const WAKE_UPS_AFTER_DELETE_REQUEST = 'wake-ups-after-delete-request';
 
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const eip = new Eip(input);
@@ -425,7 +432,9 @@ class Eip {
   private wake(watcher: string): void {
     this.watchers.delete(watcher);
     const signal = () => wf.getExternalWorkflowHandle(watcher).signal(eipChangedSignal);
-    const sent: Promise<void> = (this.deleting && this.patchedSinceLean(DELETING_WAKE_UPS) ? wf.CancellationScope.nonCancellable(signal) : signal())
+    const shielded =
+      (this.deleting && this.patchedSinceLean(DELETING_WAKE_UPS)) || (wf.CancellationScope.current().consideredCancelled && this.patchedSinceLean(WAKE_UPS_AFTER_DELETE_REQUEST));
+    const sent: Promise<void> = (shielded ? wf.CancellationScope.nonCancellable(signal) : signal())
       .catch(() => undefined)
       .finally(() => this.wakeUpsInFlight.delete(sent));
     this.wakeUpsInFlight.add(sent);

@@ -65,8 +65,9 @@ export async function evaluate(opts: { api: KubeApi; driver: Driver; gateway: st
     if (m.refusedWith === Reason.InvalidSpec) return isReady(eip) && !isDeleting(eip) ? only(Reason.InvalidSpec, ...conflicts(eip!)) : only(Reason.InvalidSpec, Reason.EipNotFound, Reason.EipNotReady);
     if (m.refusedWith) return only(m.refusedWith);
     if (!eip) return only(Reason.EipNotFound);
-    // A Ready rule keeps its EIP held while it is deleted; a rule that came after waits.
-    if (isDeleting(eip)) return { ready: true, reasons: new Set([Reason.EipNotReady, Reason.EipNotFound]) };
+    // A Ready rule keeps its EIP held while it is deleted; a rule that came after waits, or stays
+    // refused for the rule that holds it (still true: the claim is what it waits for).
+    if (isDeleting(eip)) return { ready: true, reasons: new Set([Reason.EipNotReady, Reason.EipNotFound, ...conflicts(eip)]) };
     if (!isReady(eip)) return only(Reason.EipNotReady);
     return { ready: true, reasons: conflicts(eip) };
   };

@@ -97,12 +97,12 @@ const workflowOf = { eip: eipWorkflow, fip: fipWorkflow, dnat: dnatWorkflow, sna
  * comes from Kubernetes is marked (memo), so that the bridge may collect it once its object is gone.
  */
 /**
- * A resource workflow's task timeout. Its local activities (the calls to IPAM and the gateway) run
- * inside its workflow task, which the SDK heartbeats at 80 % of this; with the default 10 s, a
- * burst's batched calls taking 8 s were heartbeated, and a local activity across a heartbeated task
- * with a signal in the next one replays out of order (README, "Known SDK issue": the 5,000-operation
- * soak left an EIP failing every task on it). 20 s leaves them 16 s; a task lost with its worker is
- * given to another 20 s after it started rather than 10.
+ * A resource workflow's task timeout. 20 s, not the default 10 s, for the runs of the release whose
+ * calls were local activities: those ran inside the workflow task, which the SDK heartbeats at
+ * 80 % of this, and a heartbeated task with a signal in the next one can replay out of order
+ * (README, "Known SDK issue"). Runs since 'remote-calls' have no local activities; they keep it
+ * (continued runs carry it anyway): a task lost with its worker is given to another after 20 s
+ * rather than 10, and a task slower than 10 s on a saturated worker is not timed out and redone.
  */
 export const RESOURCE_WORKFLOW_TASK_TIMEOUT = '20s';
 

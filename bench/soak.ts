@@ -193,6 +193,7 @@ async function soak(): Promise<number> {
     if ((i + 1) % 50 === 0 || i + 1 === OPS) log(`${i + 1}/${OPS} operations; ${driver.live().length} live objects; ${driver.failures.length} failures`);
     await sleep(rng.int(0, OP_PAUSE_MS));
   }
+  faults.fire(OPS); // the last kill, after the last operation
   await Promise.all(faults.done);
   await driver.finish();
   const lastOpAt = Date.now();

@@ -10,7 +10,11 @@ export type Fault =
   | { at: number; kind: 'kill'; target: ProcessName; pauseMs: number }
   | { at: number; kind: 'restart'; target: ServerName; downMs: number; hard: boolean };
 
-/** Faults fall between 5% and 85% of the operations, so that the last ones have operations around them. */
+/**
+ * Faults fall between 5% and 85% of the operations, so that they have operations around them;
+ * but the last kill comes after the last operation, when the operations have left the most in
+ * flight, so that the convergence is timed from a fault with nothing after it.
+ */
 export function planFaults(rng: Rng, ops: number, kills: number, restarts: number): Fault[] {
   const at = () => rng.int(Math.floor(ops * 0.05), Math.max(0, Math.floor(ops * 0.85) - 1));
   const faults: Fault[] = [];
@@ -20,6 +24,9 @@ export function planFaults(rng: Rng, ops: number, kills: number, restarts: numbe
   for (const target of ['temporal', 'kube-apiserver'] as const) {
     for (let i = 0; i < restarts; i++) faults.push({ at: at(), kind: 'restart', target, downMs: rng.int(500, 4000), hard: rng.chance(0.5) });
   }
+  faults.sort((a, b) => a.at - b.at);
+  const lastKill = [...faults].reverse().find((f) => f.kind === 'kill');
+  if (lastKill) lastKill.at = ops;
   return faults.sort((a, b) => a.at - b.at);
 }
 

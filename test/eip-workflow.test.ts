@@ -1,14 +1,20 @@
 // Workflow unit tier: the EIP workflow's ordering and every cancellation path, on a real dev
 // server with the control activities replaced by a scripted fake that records each call.
 import { describe, expect, it } from 'vitest';
+import { fileURLToPath } from 'node:url';
 import { ApplicationFailure } from '@temporalio/common';
+import { bundleWorkflowCode, Worker } from '@temporalio/worker';
+import { resourceStart } from '../starter/resources.js';
+import { workflowBundleOptions } from '../worker/control.js';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
 import { gatewayChangedSignal, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, historyOf, isCallOf, visibilityWrites, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, historyOf, isCallOf, uid, uniqueQueue, visibilityWrites, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
+
+const quietBundler = { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } as never;
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -145,6 +151,32 @@ describe('EIP workflow (mocked activities)', () => {
       expect(signals).toHaveLength(1);
     });
   });
+
+  it('a rule that begins to watch while the run\'s last wake-ups are on their way is woken before the run ends', async () => {
+    // The soak: a FIP's watch arrived with the answer to the last wake-up of an EIP being deleted,
+    // and the run ended without waking it (the FIP then waited an hour). Here every wake-up takes
+    // 2 s to leave; a watcher comes during the cleanup's wake-ups, another during the run's last.
+    const bundle = await bundleWorkflowCode({ ...workflowBundleOptions, workflowInterceptorModules: [fileURLToPath(new URL('./support/slow-wake-ups.ts', import.meta.url))], logger: quietBundler });
+    const fake = control({ gatewayReadiness: { answer: missingGateway } });
+    const { workflow, options } = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1 }, spec, uniqueQueue('eip-late-watchers'));
+    const worker = await Worker.create({ connection: env().nativeConnection, taskQueue: options.taskQueue, workflowBundle: bundle, activities: fake.activities() });
+    await worker.runUntil(async () => {
+      const h = Object.assign(await env().client.workflow.start(workflow, options), { kind: 'eip' as const });
+      await workflowPhase(h, 'WaitingForGateway');
+      const watch = (n: number) => h.signal(watchEipSignal, { watcher: `natflow/fip/w${n}/u${n}`, until: 'ready' });
+      const wakeUpsOnTheirWay = (count: number) =>
+        eventually(async () => (await historyOf(h)).filter((e, i, all) => e.type === 'timerStarted' && i > all.findIndex((x) => x.type === 'workflowExecutionCancelRequested')).length, (n) => n >= count, 10_000, `${count} wake-ups on their way`);
+      await watch(1);
+      await h.cancel();
+      await wakeUpsOnTheirWay(1); // the cleanup's
+      await watch(2);
+      await wakeUpsOnTheirWay(2); // the run's last, at its end
+      await watch(3);
+      await h.result().catch(() => undefined);
+      const woken = (await historyOf(h)).filter((e) => e.type === 'signalExternalWorkflowExecutionInitiated');
+      expect(woken).toHaveLength(3);
+    });
+  }, 60_000);
 
   it('a failed gateway add releases the address before waiting again, then recovers', async () => {
     const fake = control({ bindAddress: { failure: ApplicationFailure.nonRetryable('agent did not answer', Reason.GatewayNotReady), failures: 1 } });

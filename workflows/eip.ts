@@ -33,6 +33,11 @@ const DELETING_WAKE_UPS = 'deleting-wake-ups';
  * (the 5,000-operation soak: a DNAT waited an hour on an EIP deleted during its bind).
  */
 const WAKE_UPS_AFTER_DELETE_REQUEST = 'wake-ups-after-delete-request';
+/**
+ * ...and so do rules that began to watch while the run's last wake-ups were on their way (the soak:
+ * a FIP's watch arrived with the answer to the last wake-up of an EIP deleted before it began).
+ */
+const LATE_WATCHERS_WOKEN = 'late-watchers-woken';
 
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const eip = new Eip(input);
@@ -433,7 +438,7 @@ class Eip {
     this.watchers.delete(watcher);
     const signal = () => wf.getExternalWorkflowHandle(watcher).signal(eipChangedSignal);
     const shielded =
-      (this.deleting && this.patchedSinceLean(DELETING_WAKE_UPS)) || (wf.CancellationScope.current().consideredCancelled && this.patchedSinceLean(WAKE_UPS_AFTER_DELETE_REQUEST));
+      (this.deleting && this.patchedSinceLean(DELETING_WAKE_UPS)) || (wf.CancellationScope.current().consideredCancelled && wf.patched(WAKE_UPS_AFTER_DELETE_REQUEST));
     const sent: Promise<void> = (shielded ? wf.CancellationScope.nonCancellable(signal) : signal())
       .catch(() => undefined)
       .finally(() => this.wakeUpsInFlight.delete(sent));
@@ -448,6 +453,10 @@ class Eip {
   async wakeWatchersAtEnd(): Promise<void> {
     if (this.watchers.size > 0 && this.patchedSinceLean(DELETING_WAKE_UPS)) this.notifyWatchers();
     await this.deliverWakeUps();
+    while (this.watchers.size > 0 && wf.patched(LATE_WATCHERS_WOKEN)) {
+      this.notifyWatchers();
+      await this.deliverWakeUps();
+    }
   }
 
   /**

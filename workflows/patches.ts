@@ -37,7 +37,7 @@ export interface RunPatches {
   remoteStatus: boolean;
   /** A patch from before 'lean-history'. */
   patched: Patched;
-  /** A patch from after it, which runs of the last release ask for where its behaviour starts (docs/changing-workflows.md). */
+  /** A patch from after it and before 'remote-calls', which older runs ask for where its behaviour starts (docs/changing-workflows.md). */
   patchedSinceLean: Patched;
 }
 

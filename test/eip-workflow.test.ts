@@ -208,4 +208,14 @@ describe('EIP workflow (mocked activities)', () => {
       expect(fake.started()).not.toContain('bindAddress');
     });
   });
+
+  it('an address asked for and held by another EIP (on its way out) is asked for again within seconds, not minutes', async () => {
+    const fake = control({ allocateAddress: { failure: ApplicationFailure.nonRetryable('172.18.0.9 is already allocated in subnet ext', Reason.AddressTaken), failures: 1 } });
+    await withEip(fake, { natGwDp: 'gw1', v4ip: '172.18.0.9' }, async (h) => {
+      await workflowPhase(h, 'Failed');
+      await workflowPhase(h, 'Ready', 20_000); // the first retry comes 10 s after the refusal
+      expect(fake.started().filter((n) => n === 'allocateAddress')).toHaveLength(2);
+      await deleteAndWait(h);
+    });
+  }, 40_000);
 });

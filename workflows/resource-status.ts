@@ -84,5 +84,6 @@ export async function waitForGatewayToRemove(
 
 /** A refusal (an allocation, a legacy rule's spec) is tried again this often, or at once on a spec change. */
 export const RETRY_FAILED_AFTER = '5m';
+export const RETRY_FAILED_MAX_MS = 5 * 60_000;
 /** A resource's waits are woken by what it waits on (its gateway, its EIP); this is only the fallback. */
 export const RECHECK_MAX_MS = 60 * 60_000;

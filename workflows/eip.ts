@@ -134,7 +134,7 @@ class Eip {
   /** Their wake-ups, sent and not yet delivered. */
   private readonly wakeUpsInFlight = new Set<Promise<void>>();
   readonly k8s;
-  /** Remote activities in the runs of older releases, local ones since 'local-calls'. */
+  /** Remote activities; local ones in the runs from 'local-calls' to 'remote-calls' (workflows/patches.ts). */
   private readonly calls: CallProxies['calls'];
   private readonly patched: Patched;
   private readonly patchedSinceLean: Patched;

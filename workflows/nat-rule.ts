@@ -121,7 +121,7 @@ class NatRuleResource {
   private applied: { gateway: string } | null;
   private serving: NatCarried['serving'];
   readonly k8s;
-  /** Remote activities in the runs of older releases, local ones since 'local-calls'. */
+  /** Remote activities; local ones in the runs from 'local-calls' to 'remote-calls' (workflows/patches.ts). */
   private readonly calls: CallProxies['calls'];
   private readonly lean: boolean;
   private readonly patched: Patched;

@@ -3,18 +3,13 @@
 import { describe, expect, it } from 'vitest';
 import { fileURLToPath } from 'node:url';
 import { ApplicationFailure } from '@temporalio/common';
-import { bundleWorkflowCode, Worker } from '@temporalio/worker';
-import { resourceStart } from '../starter/resources.js';
-import { workflowBundleOptions } from '../worker/control.js';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
 import { gatewayChangedSignal, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, historyOf, isCallOf, uid, uniqueQueue, visibilityWrites, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
-
-const quietBundler = { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } as never;
+import { deleteAndWait, eventually, historyOf, isCallOf, visibilityWrites, withResource, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -156,12 +151,9 @@ describe('EIP workflow (mocked activities)', () => {
     // The soak: a FIP's watch arrived with the answer to the last wake-up of an EIP being deleted,
     // and the run ended without waking it (the FIP then waited an hour). Here every wake-up takes
     // 2 s to leave; a watcher comes during the cleanup's wake-ups, another during the run's last.
-    const bundle = await bundleWorkflowCode({ ...workflowBundleOptions, workflowInterceptorModules: [fileURLToPath(new URL('./support/slow-wake-ups.ts', import.meta.url))], logger: quietBundler });
+    const slowWakeUps = workflowBundleWithInterceptors([fileURLToPath(new URL('./support/slow-wake-ups.ts', import.meta.url))]);
     const fake = control({ gatewayReadiness: { answer: missingGateway } });
-    const { workflow, options } = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1 }, spec, uniqueQueue('eip-late-watchers'));
-    const worker = await Worker.create({ connection: env().nativeConnection, taskQueue: options.taskQueue, workflowBundle: bundle, activities: fake.activities() });
-    await worker.runUntil(async () => {
-      const h = Object.assign(await env().client.workflow.start(workflow, options), { kind: 'eip' as const });
+    await withResource(env(), fake.activities(), 'eip', spec, async (h) => {
       await workflowPhase(h, 'WaitingForGateway');
       const watch = (n: number) => h.signal(watchEipSignal, { watcher: `natflow/fip/w${n}/u${n}`, until: 'ready' });
       const wakeUpsOnTheirWay = (count: number) =>
@@ -175,7 +167,7 @@ describe('EIP workflow (mocked activities)', () => {
       await h.result().catch(() => undefined);
       const woken = (await historyOf(h)).filter((e) => e.type === 'signalExternalWorkflowExecutionInitiated');
       expect(woken).toHaveLength(3);
-    });
+    }, slowWakeUps);
   }, 60_000);
 
   it('a failed gateway add releases the address before waiting again, then recovers', async () => {

@@ -76,7 +76,7 @@ describe('a life of months (mocked activities)', () => {
       await continued(h);
       const status = await eipStatus(h);
       expect(status).toMatchObject({ phase: 'Ready', ip: '172.18.0.5', nat: 'dnat' });
-      // The continued run keeps the resource workflows' task timeout (its local activities' room).
+      // The continued run keeps the resource workflows' task timeout (starter/resources.ts says why).
       expect(Number((await h.describe()).raw.executionConfig?.defaultWorkflowTaskTimeout?.seconds)).toBe(20);
       // The claims came along: a FIP is still refused, and a further DNAT is not.
       await expect(h.executeUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f/u', kind: 'fip', name: 'f' }] })).rejects.toThrow();

@@ -18,7 +18,7 @@ import { checkFence, checkSpec, isRefusal, refusal } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
-import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER, RETRY_FAILED_MAX_MS, waitForGatewayToRemove } from './resource-status.js';
+import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 
 /**
  * A deleting EIP's wake-ups reach its watchers: those sent from a handler (an unclaim), which runs in
@@ -116,7 +116,7 @@ class Eip {
   private spec: EipSpec;
   private generation: number;
   private specChanged = false;
-  /** Refused allocations in a row: the next try waits longer (up to RETRY_FAILED_MAX_MS). */
+  /** Refused allocations in a row: the next try waits longer (up to RETRY_FAILED_AFTER_MS). */
   private allocationRefusals = 0;
   private gatewayChanged = false;
   private deleting: boolean;
@@ -219,7 +219,7 @@ class Eip {
       this.setPhase('Failed', refusal(err, 'AllocationFailed'));
       // Level-triggered: the subnet may appear or the address be freed; an address asked for is
       // often held by an EIP on its way out (deleted a moment ago), so look again soon, then seldom.
-      await this.waitFor(() => this.specChanged, this.legacy ? RETRY_FAILED_AFTER : backoff(this.allocationRefusals++, 10_000, RETRY_FAILED_MAX_MS));
+      await this.waitFor(() => this.specChanged, this.legacy ? RETRY_FAILED_AFTER_MS : backoff(this.allocationRefusals++, 10_000, RETRY_FAILED_AFTER_MS));
       return null;
     }
   }

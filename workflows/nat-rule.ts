@@ -17,7 +17,7 @@ import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
-import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER, waitForGatewayToRemove } from './resource-status.js';
+import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 
 /** Legacy runs: a gateway that was not ready is tried again this often. */
 const RETRY_GATEWAY_AFTER = '10s';
@@ -343,7 +343,7 @@ class NatRuleResource {
     if (this.legacy) {
       const reason = this.status.conditions.find((c) => c.type === 'Ready')?.reason ?? '';
       const specProblem = ([Reason.InvalidSpec, Reason.DuplicateDnat, Reason.EipInUse] as string[]).includes(reason);
-      await wf.condition(() => this.specChanged, specProblem ? RETRY_FAILED_AFTER : RETRY_GATEWAY_AFTER);
+      await wf.condition(() => this.specChanged, specProblem ? RETRY_FAILED_AFTER_MS : RETRY_GATEWAY_AFTER);
       return;
     }
     this.eipChanged = false;

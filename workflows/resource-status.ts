@@ -82,8 +82,7 @@ export async function waitForGatewayToRemove(
   await waitFor(woken, backoff(attempt, 2000, REMOVAL_RECHECK_MAX_MS));
 }
 
-/** A refusal (an allocation, a legacy rule's spec) is tried again this often, or at once on a spec change. */
-export const RETRY_FAILED_AFTER = '5m';
-export const RETRY_FAILED_MAX_MS = 5 * 60_000;
+/** A refusal (an allocation, a legacy rule's spec) is tried again this often (at most), or at once on a spec change. */
+export const RETRY_FAILED_AFTER_MS = 5 * 60_000;
 /** A resource's waits are woken by what it waits on (its gateway, its EIP); this is only the fallback. */
 export const RECHECK_MAX_MS = 60 * 60_000;

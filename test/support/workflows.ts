@@ -13,12 +13,16 @@ import { resourceStart, resourceStatus, type Resources } from '../../starter/res
 import { workflowBundleOptions } from '../../worker/control.js';
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
+const quietBundler = { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } as never;
 
 /** One webpack bundle per test process, shared by every worker it creates. */
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundle ??= bundleWorkflowCode({ ...workflowBundleOptions, logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } as never });
+  bundle ??= bundleWorkflowCode({ ...workflowBundleOptions, logger: quietBundler });
   return bundle;
 }
+
+/** A bundle of its own with these workflow interceptor modules (files), for the test that needs it. */
+export const workflowBundleWithInterceptors = (modules: string[]) => bundleWorkflowCode({ ...workflowBundleOptions, workflowInterceptorModules: modules, logger: quietBundler });
 
 export const uniqueQueue = (prefix: string) => `${prefix}-${randomUUID().slice(0, 8)}`;
 export const uid = () => randomUUID();
@@ -59,9 +63,10 @@ export async function withWorkflow<W extends Workflow, R>(
   workflow: W,
   start: Omit<WorkflowStartOptions<W>, 'taskQueue'>,
   body: (handle: WorkflowHandleWithFirstExecutionRunId<W>) => Promise<R>,
+  bundle = workflowBundle(),
 ): Promise<R> {
   const taskQueue = uniqueQueue(workflow.name || 'workflow');
-  const worker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities });
+  const worker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: await bundle, activities });
   return worker.runUntil(async () => body(await env.client.workflow.start(workflow, { ...start, taskQueue } as WorkflowStartOptions<W>)));
 }
 
@@ -82,9 +87,10 @@ export function withResource<K extends ResourceKind, R>(
   kind: K,
   spec: K extends 'eip' ? EipSpec : NatSpecs[Exclude<K, 'eip'>],
   body: (handle: ResourceHandle<K>) => Promise<R>,
+  bundle?: Promise<WorkflowBundleWithSourceMap>,
 ): Promise<R> {
   const { workflow, options } = resourceStart(kind, { name: `${kind}1`, uid: uid(), generation: 1 }, spec);
-  return withWorkflow(env, activities, workflow, options, (handle) => body(Object.assign(handle, { kind })));
+  return withWorkflow(env, activities, workflow, options, (handle) => body(Object.assign(handle, { kind })), bundle);
 }
 
 /** The `status` query of a resource workflow, typed by its kind. */

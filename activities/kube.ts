@@ -5,6 +5,7 @@
 import { ApiException, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { crd, FINALIZER, type KubeRef } from '../domain/kube.js';
 import type { KubeActivities } from '../domain/workflow-api.js';
+import { withHeartbeats } from './heartbeats.js';
 
 interface KubeObject {
   metadata?: { uid?: string; resourceVersion?: string; finalizers?: string[]; deletionTimestamp?: string };
@@ -35,7 +36,7 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
     await api.patchClusterCustomObject({ ...coords(ref), body }, mergePatch);
   }
 
-  return {
+  return withHeartbeats<KubeActivities>({
     // The first step of every lifecycle: a delete can never outrun cleanup.
     async kubeAdopt(ref) {
       const obj = await current(ref);
@@ -66,5 +67,5 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
         if (!isStatus(err, 404)) throw err;
       }
     },
-  };
+  });
 }

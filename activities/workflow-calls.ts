@@ -24,6 +24,7 @@ import {
   type WorkflowCallActivities,
 } from '../domain/workflow-api.js';
 import { attributeOf, findOneRunning, findRunning, phaseOf } from '../starter/find-resources.js';
+import { withHeartbeats } from './heartbeats.js';
 import { UpdateBatcher, type BatchLimits } from './update-batches.js';
 
 /**
@@ -278,6 +279,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
-  return Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities;
+  return withHeartbeats(Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities);
 }
 

@@ -65,6 +65,8 @@ const CONVERGE_MS = num('converge-timeout', 1) * 1000;
 const PROBES = num('probes', 0);
 const OP_PAUSE_MS = num('op-pause-ms', 0);
 const SUBNET = DEFAULT_EXTERNAL_SUBNET;
+/** The issue's bar for convergence after the last fault (reported beside the verdict, which is about correctness). */
+const CONVERGENCE_BAR_S = 60;
 /** How long an audit that could not check everything (exit 2, no findings) is asked again. */
 const AUDIT_RETRY_MS = 90_000;
 
@@ -297,7 +299,7 @@ function printReport(r: Result, events: string[], apiRefusals: number, apiRetrie
     `kills:        ${list(Object.fromEntries(Object.entries(r.faults).filter(([k]) => k.startsWith('kill ')).map(([k, n]) => [k.slice(5), n])))} (SIGKILL, each started again after a pause)`,
     `restarts:     ${list(Object.fromEntries(Object.entries(r.faults).filter(([k]) => k.startsWith('restart ')).map(([k, n]) => [k.slice(8), n])))} (same state, same port); ${apiRetries} API calls retried meanwhile`,
     `own exits:    ${Object.entries(r.unexpectedExits).map(([k, v]) => `${k} ${v.length}${v.length ? ` (${v.join(', ')})` : ''}`).join(', ')}`,
-    `convergence:  ${r.converged ? `converged ${r.convergedAfterLastFaultS} s after the last fault (${r.convergedAfterLastOpS} s after the last operation)` : `NOT converged (${r.problems.length} problems)`}`,
+    `convergence:  ${r.converged ? `converged ${r.convergedAfterLastFaultS} s after the last fault (${r.convergedAfterLastOpS} s after the last operation); the bar of ${CONVERGENCE_BAR_S} s ${r.convergedAfterLastFaultS! <= CONVERGENCE_BAR_S ? 'met' : 'MISSED'}` : `NOT converged (${r.problems.length} problems)`}`,
     r.stats ? `objects:      ${r.stats.live} live (${r.stats.ready} Ready, ${r.stats.refused} with the expected non-Ready condition: ${list(r.stats.reasons)}), ${r.stats.deletedGone} deleted and gone, ${r.stats.held} deleted EIPs held by their Ready users; gateway: ${r.stats.gatewayRules} rule owners, ${r.stats.gatewayAddresses} addresses` : 'objects:      (not read)',
     `workflows:    ${r.badlyEnded.length} failed, terminated or timed out`,
     `probes:       ${r.probes.passed}/${r.probes.total} answered by the right VM`,

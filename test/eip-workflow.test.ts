@@ -2,7 +2,7 @@
 // server with the control activities replaced by a scripted fake that records each call.
 import { describe, expect, it } from 'vitest';
 import { fileURLToPath } from 'node:url';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, decodeTimeoutType } from '@temporalio/common';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
@@ -208,6 +208,35 @@ describe('EIP workflow (mocked activities)', () => {
       await workflowPhase(h, 'Ready', 20_000); // the first retry comes 10 s after the refusal
       expect(fake.started().filter((n) => n === 'allocateAddress')).toHaveLength(2);
       await deleteAndWait(h);
+    });
+  }, 40_000);
+
+  it('a call whose worker died is made again after its heartbeat timeout; the calls that carry a fence are timed by start-to-close alone', async () => {
+    // The first unbind hangs without a heartbeat, as an attempt does whose worker was SIGKILLed.
+    let release!: () => void;
+    const dead = new Promise<void>((resolve) => (release = resolve));
+    let unbinds = 0;
+    const fake = control({ unbindAddress: { answer: async () => (++unbinds === 1 ? dead.then(() => ({ applied: true })) : { applied: true }) } });
+    await withEip(fake, spec, async (h) => {
+      await workflowPhase(h, 'Ready');
+      await startedOnceReady(fake, 4);
+      await deleteAndWait(h);
+      release();
+      const { events } = await h.fetchHistory();
+      // A retried attempt leaves no event of its own: the last attempt's start says how the one before it ended.
+      const retried = (events ?? []).flatMap((e) => {
+        const started = e.activityTaskStartedEventAttributes;
+        return started && (started.attempt ?? 1) > 1 ? [{ attempt: started.attempt, timeout: decodeTimeoutType(started.lastFailure?.timeoutFailureInfo?.timeoutType) }] : [];
+      });
+      expect(retried).toEqual([{ attempt: 2, timeout: 'HEARTBEAT' }]);
+      const scheduled = Object.fromEntries(
+        (events ?? []).flatMap((e) => {
+          const a = e.activityTaskScheduledEventAttributes;
+          return a ? [[a.activityType?.name, { heartbeat: Number(a.heartbeatTimeout?.seconds ?? 0), startToClose: Number(a.startToCloseTimeout?.seconds ?? 0) }]] : [];
+        }),
+      );
+      expect(scheduled.unbindAddress).toEqual({ heartbeat: 10, startToClose: 60 });
+      for (const fenced of ['allocateAddress', 'bindAddress']) expect(scheduled[fenced]).toEqual({ heartbeat: 0, startToClose: 20 });
     });
   }, 40_000);
 });

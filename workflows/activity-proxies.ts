@@ -9,18 +9,38 @@ import type { AuditActivities, GatewayAgentActivities, KubeActivities, WorkflowC
  * to finish: its cleanup must never race an allocation, claim or apply still going on.
  */
 const CALL_OPTIONS = {
-  startToCloseTimeout: '60s',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
 } as const;
-export const calls = proxyActivities<WorkflowCallActivities>(CALL_OPTIONS);
+
+/**
+ * How soon an attempt lost with its worker (a SIGKILL, a node gone) is made again. The chaos
+ * soak's convergence after a last kill was bound by it: a minute, when it was the start-to-close
+ * timeout. The control worker's activities heartbeat while they run (activities/heartbeats.ts).
+ */
+const LIVENESS = { heartbeatTimeout: '10s' } as const;
+
+/**
+ * The calls that take something (an address, a claim, a binding, a rule) carry their attempt's
+ * fence (activities/workflow-calls.ts), a deadline the attempt must know when it sends: so they
+ * are not timed by heartbeats, which move with beats the server may not have received, but by a
+ * start-to-close timeout short enough to be the liveness check. In a burst of 1,000 creates none
+ * took that long; one that does (a bind whose gateway's agent died mid-apply) is made again.
+ */
+const FENCED_CALLS = new Set<string>(['allocateAddress', 'claimEip', 'bindAddress', 'setGatewayRule'] satisfies (keyof WorkflowCallActivities)[]);
+const fencedCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, startToCloseTimeout: '20s' });
+/** The others give back, look or wake: a burst of 1,000 deletes kept rule removals waiting longer than 20 s. */
+const otherCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, ...LIVENESS, startToCloseTimeout: '60s' });
+export const calls: ActivityInterfaceFor<WorkflowCallActivities> = new Proxy(otherCalls, {
+  get: (_, name: string) => (FENCED_CALLS.has(name) ? fencedCalls : otherCalls)[name as keyof WorkflowCallActivities],
+});
 
 /** Finalizers and status: idempotent, retried until the apiserver answers. */
 const KUBE_OPTIONS = {
   startToCloseTimeout: '30s',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 } as const;
-export const kube = proxyActivities<KubeActivities>(KUBE_OPTIONS);
+export const kube = proxyActivities<KubeActivities>({ ...KUBE_OPTIONS, ...LIVENESS });
 
 /**
  * The same calls as local activities, for the resource workflows' runs from the 'local-calls'
@@ -30,7 +50,7 @@ export const kube = proxyActivities<KubeActivities>(KUBE_OPTIONS);
  * the workflow task: a call that keeps failing must not keep a task open for minutes.
  */
 const LOCAL = { localRetryThreshold: '4s' } as const;
-export const localCalls = proxyLocalActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, ...LOCAL });
+export const localCalls = proxyLocalActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, startToCloseTimeout: '60s', ...LOCAL });
 export const localKube = proxyLocalActivities<KubeActivities>({ ...KUBE_OPTIONS, ...LOCAL });
 
 /**
@@ -52,6 +72,7 @@ export const eipCalls = calls;
 /** Wake-ups are a shortcut (waiters also re-check on a timer): a few tries, then move on. */
 export const wakeUps = proxyActivities<Pick<WorkflowCallActivities, 'notifyGatewayWaiters'>>({
   startToCloseTimeout: '30s',
+  ...LIVENESS,
   retry: { maximumAttempts: 3 },
 });
 

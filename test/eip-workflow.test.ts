@@ -6,10 +6,12 @@ import { ApplicationFailure, decodeTimeoutType } from '@temporalio/common';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
-import { gatewayChangedSignal, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { claimEipUpdate, gatewayChangedSignal, unclaimEipUpdate, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, historyOf, isCallOf, visibilityWrites, withResource, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { Worker } from '@temporalio/worker';
+import { resourceStart } from '../starter/resources.js';
+import { deleteAndWait, eventually, historyOf, isCallOf, uid, uniqueQueue, visibilityWrites, withResource, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -168,6 +170,36 @@ describe('EIP workflow (mocked activities)', () => {
       const woken = (await historyOf(h)).filter((e) => e.type === 'signalExternalWorkflowExecutionInitiated');
       expect(woken).toHaveLength(3);
     }, slowWakeUps);
+  }, 60_000);
+
+  it('a rule refused because another held the EIP is woken when that one lets go just as the EIP is deleted (one workflow task)', async () => {
+    // The soak: FIP f3025, refused EipInUse by EIP e2960 (an SNAT held it), waited an hour: the
+    // SNAT's unclaim and the EIP's delete reached one workflow task, and the unclaim's wake-up was
+    // cancelled by the delete before it was sent. Here both wait for a worker, then come together.
+    const fake = control();
+    const taskQueue = uniqueQueue('eip-one-task');
+    const worker = async () => Worker.create({ connection: env().nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities: fake.activities() });
+    const { workflow, options } = resourceStart('eip', { name: 'e1', uid: uid(), generation: 1 }, spec);
+    const h = Object.assign(await env().client.workflow.start(workflow, { ...options, taskQueue }), { kind: 'eip' as const });
+    const holder = 'natflow/snat/s1/u1';
+    const refused = 'natflow/fip/f1/u1';
+    const first = await worker();
+    await first.runUntil(async () => {
+      await workflowPhase(h, 'Ready');
+      await h.executeUpdate(claimEipUpdate, { args: [{ owner: holder, kind: 'snat', name: 's1' }] });
+      await h.signal(watchEipSignal, { watcher: refused, until: 'claimable', kind: 'fip' });
+      const watchTaken = (events: Awaited<ReturnType<typeof historyOf>>) => events.slice(events.findIndex((e) => e.name === 'watchEip')).some((e) => e.type === 'workflowTaskCompleted');
+      await eventually(() => historyOf(h), (events) => events.some((e) => e.name === 'watchEip') && watchTaken(events), 10_000, 'the watch taken');
+    });
+    // No worker now: the unclaim and the delete both wait for the next one's first workflow task.
+    const unclaimed = h.executeUpdate(unclaimEipUpdate, { args: [{ owner: holder }] });
+    await h.cancel();
+    await (await worker()).runUntil(async () => {
+      await unclaimed;
+      await h.result().catch(() => undefined);
+    });
+    const woken = (await h.fetchHistory()).events?.flatMap((e) => e.signalExternalWorkflowExecutionInitiatedEventAttributes?.workflowExecution?.workflowId ?? []) ?? [];
+    expect(woken).toContain(refused);
   }, 60_000);
 
   it('a failed gateway add releases the address before waiting again, then recovers', async () => {

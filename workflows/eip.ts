@@ -38,6 +38,12 @@ const WAKE_UPS_AFTER_DELETE_REQUEST = 'wake-ups-after-delete-request';
  * a FIP's watch arrived with the answer to the last wake-up of an EIP deleted before it began).
  */
 const LATE_WATCHERS_WOKEN = 'late-watchers-woken';
+/**
+ * ...and every wake-up is sent, whatever is cancelled after it was decided: a delete that reaches
+ * the workflow task of an unclaim, just after it, cancelled the unclaim's wake-ups before they were
+ * sent (the soak: FIP f3025, refused because an SNAT held EIP e2960, waited an hour after both went).
+ */
+const WAKE_UPS_SHIELDED = 'wake-ups-shielded';
 
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const eip = new Eip(input);
@@ -442,7 +448,9 @@ class Eip {
     this.watchers.delete(watcher);
     const signal = () => wf.getExternalWorkflowHandle(watcher).signal(eipChangedSignal);
     const shielded =
-      (this.deleting && this.patchedSinceLean(DELETING_WAKE_UPS)) || (wf.CancellationScope.current().consideredCancelled && wf.patched(WAKE_UPS_AFTER_DELETE_REQUEST));
+      (this.deleting && this.patchedSinceLean(DELETING_WAKE_UPS)) ||
+      (wf.CancellationScope.current().consideredCancelled && wf.patched(WAKE_UPS_AFTER_DELETE_REQUEST)) ||
+      wf.patched(WAKE_UPS_SHIELDED);
     const sent: Promise<void> = (shielded ? wf.CancellationScope.nonCancellable(signal) : signal())
       .catch(() => undefined)
       .finally(() => this.wakeUpsInFlight.delete(sent));

@@ -19,6 +19,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { NatflowError } from '../domain/errors.js';
 import { natChainLayout, ownerOf, type ConntrackTarget, type NatRule, type RenderContext } from '../domain/nat-rules.js';
 import {
+  conntrackDestinations,
   conntrackFilters,
   GENERATION_CHAIN,
   gatewayLayout,
@@ -59,6 +60,8 @@ export interface NatActivitiesConfig {
 export const DEFAULT_REMEMBER_FOR_MS = 60_000;
 /** natConntrack lists the table only up to this many entries (~30 MB of text); beyond, it says so (null). */
 export const MAX_CONNTRACK_LISTED = 100_000;
+/** Filters a flush runs without listing the table first: a listing costs two processes. */
+const LIST_FIRST_ABOVE = 2;
 
 export interface NatChange {
   add: NatRule[];
@@ -163,9 +166,24 @@ export function createNatActivities(cfg: NatActivitiesConfig = {}): NatActivitie
     }
   }
 
+  /** The destinations in the conntrack table (see conntrackDestinations), or null when it is too big to list. */
+  async function listedDestinations(): Promise<Set<string> | null> {
+    const total = Number((await run('conntrack', ['-C'])).stdout.trim());
+    if (!(total <= MAX_CONNTRACK_LISTED)) return null;
+    return conntrackDestinations((await run('conntrack', ['-L'], undefined, [1])).stdout);
+  }
+
+  /**
+   * Deletes the removed rules' entries: a `conntrack -D` per filter (~16 ms each: a burst of 1,000
+   * FIP deletes spent half a minute on them), so past a few filters the table is listed first (two
+   * processes) and only the EIPs that appear in it are flushed. The rules are gone by now, so no
+   * entry for them can appear after the listing.
+   */
   async function flush(targets: ConntrackTarget[]): Promise<number> {
+    const listed = targets.flatMap(conntrackFilters).length > LIST_FIRST_ABOVE ? await listedDestinations() : null;
     let deleted = 0;
     for (const target of targets) {
+      if (listed && !listed.has(target.eip)) continue;
       for (const filter of conntrackFilters(target)) {
         // Exit code 1 with "0 flow entries have been deleted" is "nothing matched", not a failure.
         const { code, stderr } = await run('conntrack', ['-D', ...filter], undefined, [1]);

@@ -467,6 +467,16 @@ export function natAddresses(listing: string): string[] {
 }
 
 /**
+ * Every address a `conntrack -L` entry has as its original or its reply destination: the two sides
+ * that `conntrack -D` filters name an EIP on (`-d`, `-q`). An EIP not among them has nothing to flush.
+ */
+export function conntrackDestinations(listing: string): Set<string> {
+  const found = new Set<string>();
+  for (const line of listing.split('\n')) for (const [, address] of line.matchAll(/\bdst=(\S+)/g)) found.add(address!);
+  return found;
+}
+
+/**
  * The `conntrack -D` filters for one target:
  * - SNAT (internalCidr): outbound only, `-q <eip> -s <cidr>` (replies come back to the EIP, the
  *   connection started in the CIDR). Never `-d <eip>`: a DNAT rule may share the EIP.

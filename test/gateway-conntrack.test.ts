@@ -58,7 +58,8 @@ describe('applyNatRules with flushConntrack (fake gateway)', () => {
   it('a full restore removes the rules nobody claims and then flushes their entries, leaving the kept rule\'s', async () => {
     expect(await nat.applyNatRules({ add: [snat], removeOwners: [], replaceAll: true, flushConntrack: true })).toEqual({ added: 0, removed: 4, flushed: 8 });
     // Read, restore, then the flushes: never a flush before its rule is gone.
-    expect(fake.commands.map((c) => c.cmd)).toEqual(['iptables-save', 'iptables-restore', 'conntrack', 'conntrack', 'conntrack', 'conntrack']);
+    // Four filters: the table is listed first, then each EIP found in it is flushed.
+    expect(fake.commands.map((c) => (c.cmd === 'conntrack' ? `conntrack ${c.args[0]}` : c.cmd))).toEqual(['iptables-save', 'iptables-restore', 'conntrack -C', 'conntrack -L', ...Array(4).fill('conntrack -D')]);
     expect([...fake.conntrack.keys()]).toEqual(filters(snat));
   });
 
@@ -68,6 +69,13 @@ describe('applyNatRules with flushConntrack (fake gateway)', () => {
     const moved: NatRule = { ...fip, internalIp: '10.0.1.20' };
     expect(await nat.applyNatRules({ add: [moved], removeOwners: [fip.owner], flushConntrack: true })).toEqual({ added: 2, removed: 2, flushed: 4 });
     expect(filters(fip).map((f) => fake.conntrack.has(f))).toEqual([false, false]);
+  });
+
+  it('a flush of many rules lists the table once and runs no `conntrack -D` for EIPs without entries', async () => {
+    for (const f of [...filters(fip), ...filters(dnat)]) fake.conntrack.delete(f);
+    expect(await nat.applyNatRules({ add: [], removeOwners: [fip.owner, dnat.owner, snatAll.owner], flushConntrack: true })).toEqual({ added: 0, removed: 4, flushed: 2 }); // a FIP is two rules
+    expect(fake.commands.filter((c) => c.cmd === 'conntrack').map((c) => c.args.join(' '))).toEqual(['-C', '-L', ...filters(snatAll).map((f) => `-D ${f}`)]);
+    expect([...fake.conntrack.keys()]).toEqual(filters(snat));
   });
 
   it('without flushConntrack nothing is flushed; an unchanged restore flushes nothing; a bad flag is refused before anything runs', async () => {

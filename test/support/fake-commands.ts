@@ -85,6 +85,8 @@ export class FakeCommands implements CommandRunner {
     if (cmd === 'iptables-save' && options === '-t nat') return { stdout: this.save(), stderr: '', code: 0 };
     const flags = options.replace(/(^| )-w \d+/, '').trim(); // waiting for the xtables lock: nothing to model
     if (cmd === 'iptables-restore' && (flags === '' || flags === '--noflush')) return this.restore(input, flags === '--noflush');
+    if (cmd === 'conntrack' && options === '-C') return { stdout: `${[...this.conntrack.values()].reduce((a, b) => a + b, 0)}\n`, stderr: '', code: 0 };
+    if (cmd === 'conntrack' && options === '-L') return { stdout: this.conntrackListing(), stderr: '', code: 0 };
     if (cmd === 'conntrack' && args[0] === '-D') {
       const filter = args.slice(1).join(' ');
       const count = this.conntrack.get(filter) ?? 0;
@@ -92,6 +94,16 @@ export class FakeCommands implements CommandRunner {
       return { stdout: '', stderr: `conntrack v1.4.7 (conntrack-tools): ${count} flow entries have been deleted.\n`, code: count > 0 ? 0 : 1 };
     }
     throw new Error(`the fake gateway does not model \`${cmd} ${options}\``);
+  }
+
+  /** `conntrack -L`: for each entry, a connection that its filter (`-d <eip> ...` or `-q <eip> ...`) matches on that side. */
+  private conntrackListing(): string {
+    const remote = '198.51.100.1';
+    return [...this.conntrack].flatMap(([filter, count]) => {
+      const [flag, eip] = filter.split(' ');
+      const line = flag === '-d' ? `tcp 6 100 ESTABLISHED src=${remote} dst=${eip} sport=40000 dport=80 src=10.0.1.10 dst=${remote} sport=80 dport=40000 mark=0 use=1` : `tcp 6 100 ESTABLISHED src=10.0.1.10 dst=${remote} sport=40000 dport=80 src=${remote} dst=${eip} sport=80 dport=40000 mark=0 use=1`;
+      return Array.from({ length: count }, () => `${line}\n`);
+    }).join('');
   }
 
   private restore(input: string, noflush: boolean): RunResult {

@@ -31,9 +31,10 @@ const FENCED_CALLS = new Set<string>(['allocateAddress', 'claimEip', 'bindAddres
 const fencedCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, startToCloseTimeout: '20s' });
 /**
  * The others give back, look or wake. Their heartbeats tell a lost attempt; the start-to-close
- * timeout bounds a live one. In a burst of 1,000 deletes, rule removals wait for their gateway for
- * more than this minute, time out and are sent again; with 5 minutes instead the burst took twice
- * as long (316 s against 158 s; why a removal sent again is answered sooner is not understood yet).
+ * timeout bounds a live one. A minute: when the agent still ran a conntrack process per removed
+ * filter, rule removals in a burst of 1,000 deletes waited longer than that for their gateway and
+ * were sent again, and with 5 minutes the burst took twice as long (316 s against 158 s; not
+ * understood). Since the agent lists the table first, none timed out (93 s).
  */
 const otherCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, ...LIVENESS, startToCloseTimeout: '60s' });
 export const calls: ActivityInterfaceFor<WorkflowCallActivities> = new Proxy(otherCalls, {

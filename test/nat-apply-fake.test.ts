@@ -161,7 +161,10 @@ describe('NAT activities on a fake gateway', () => {
     // A filter of another rule on the same EIP is never used: these entries stay.
     fake.conntrack.set('-q 172.18.0.12', 7);
     expect(await nat.flushConntrack([fip, dnat, snat].map(conntrackTarget))).toBe(10);
+    // Four filters: the table is listed first (every EIP here has entries, so each filter runs).
     expect(fake.commands.map((c) => `${c.netns} ${c.cmd} ${c.args.join(' ')}`)).toEqual([
+      `${GW} conntrack -C`,
+      `${GW} conntrack -L`,
       `${GW} conntrack -D -d 172.18.0.10`,
       `${GW} conntrack -D -q 172.18.0.10 -s 10.0.1.10`,
       `${GW} conntrack -D -d 172.18.0.12 -p udp --dport 5353`,

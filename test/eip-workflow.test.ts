@@ -188,8 +188,11 @@ describe('EIP workflow (mocked activities)', () => {
       await workflowPhase(h, 'Ready');
       await h.executeUpdate(claimEipUpdate, { args: [{ owner: holder, kind: 'snat', name: 's1' }] });
       await h.signal(watchEipSignal, { watcher: refused, until: 'claimable', kind: 'fip' });
-      const watchTaken = (events: Awaited<ReturnType<typeof historyOf>>) => events.slice(events.findIndex((e) => e.name === 'watchEip')).some((e) => e.type === 'workflowTaskCompleted');
-      await eventually(() => historyOf(h), (events) => events.some((e) => e.name === 'watchEip') && watchTaken(events), 10_000, 'the watch taken');
+      const watchTaken = (events: Awaited<ReturnType<typeof historyOf>>) => {
+        const at = events.findIndex((e) => e.name === 'watchEip');
+        return at >= 0 && events.slice(at).some((e) => e.type === 'workflowTaskCompleted');
+      };
+      await eventually(() => historyOf(h), watchTaken, 10_000, 'the watch taken');
     });
     // No worker now: the unclaim and the delete both wait for the next one's first workflow task.
     const unclaimed = h.executeUpdate(unclaimEipUpdate, { args: [{ owner: holder }] });

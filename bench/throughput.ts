@@ -16,7 +16,8 @@
 // every FIP object's status says so, deleted when every object is gone (finalizers released).
 //
 // It starts its own dev server (SQLite in a temporary directory, as `npm start` runs it), a lab
-// gateway `gwb` with a /20 external subnet, the control worker and the agent in this process.
+// gateway `gwb` with a /19 external subnet, the control worker in this process and the gateway's
+// agent in a process of its own (as a gateway pod runs it).
 // The FIPs point at addresses of a /16 VPC that the lab does not route: no traffic is measured.
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -31,7 +32,7 @@ import { installCrds, startKubeApiserver } from '../temporal-dev/kube/apiserver.
 import { loadKubeConfig } from '../worker/kube-config.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
 import { startDevServer } from '../temporal-dev/dev-server.js';
-import { startGatewayAgent } from '../worker/agent.js';
+import { startAgentProcess } from '../temporal-dev/agent-process.js';
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
 import { reportRow } from './results.js';
@@ -81,8 +82,10 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15
 
 const count = async (client: Client, query: string) => (await client.workflow.count(query)).count;
 
-/** Peak RSS of this process (control worker + agent + bench client), sampled. */
+/** Peak RSS of this process (control worker + bench client), sampled. */
 let peakRss = 0;
+/** The agent's, read from the kernel before it stops. */
+let agentPeakRss = 0;
 setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 250).unref();
 
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'natflow-bench-'));
@@ -105,7 +108,7 @@ let latency: { fips: number; ready: number[]; clean: number[] } | null = null;
 try {
   await ensureSubnet(r, { name: SUBNET, cidrBlock: '172.30.0.0/19', gateway: '172.30.0.1', excludeIps: [] });
   await ensureGateway(r, { name: GATEWAY, externalSubnet: SUBNET, lanIp: topology.lanIp, internalCidr: '10.0.0.0/16' });
-  const agent = await startGatewayAgent({ gateway: GATEWAY, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcInterface: topology.vpcInterface }, nativeConnection, client);
+  const agent = startAgentProcess(server.address, GATEWAY, topology);
   await until('the gateway ready', async () => (await gatewayState(r, GATEWAY)).ready);
 
   for (const [round, n] of sizes.entries()) {
@@ -154,12 +157,13 @@ try {
     let floor = '-';
     if (!values['no-floor']) floor = seconds(await temporalFloor(client, nativeConnection, 2 * n, perWorkflow));
     rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), `${perWorkflow.activities} + ${perWorkflow.localActivities} local`, floor, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
-    const rss = `${Math.round(peakRss / 2 ** 20)} MiB`;
+    const rss = `control ${Math.round(peakRss / 2 ** 20)} MiB, agent ${Math.round((agent.peakRss() ?? 0) / 2 ** 20)} MiB`;
     reportRow({ scenario: `EIP+FIP pairs to Ready (${apiPath ? 'API path: kube objects, bridge, status' : 'CLI path'})`, size: `${n} pairs`, result: `${seconds(ready)} s`, versus: floor === '-' ? undefined : `floor ${floor} s`, ratio: floor === '-' ? undefined : `${(ready / 1000 / Number(floor)).toFixed(2)}×`, rss });
     reportRow({ scenario: 'the same pairs deleted, nothing left', size: `${n} pairs`, result: `${seconds(deleted)} s`, versus: `create ${seconds(ready)} s`, ratio: `${(deleted / ready).toFixed(2)}×` });
     console.log(`[bench] ${n} pairs: Ready in ${seconds(ready)} s, deleted in ${seconds(deleted)} s`);
   }
   if (latencySeconds > 0) latency = await steadyLatency(latencySeconds, rate);
+  agentPeakRss = agent.peakRss() ?? 0;
   await agent.stop();
 } finally {
   await bridge?.stop();
@@ -174,7 +178,7 @@ try {
 
 if (rows.length > 0) console.log(`\nnatflow throughput, ${apiPath ? 'API path (kubectl-style creates through a kube-apiserver, the bridge, status written back)' : 'CLI path'} (${new Date().toISOString().slice(0, 10)}; ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; @temporalio ${(await import('@temporalio/worker/package.json', { with: { type: 'json' } })).default.version})`);
 if (rows.length > 0) {
-  console.log(`${inflight} creates in flight; dev server on SQLite (WAL); peak RSS of control worker + agent + bench: ${Math.round(peakRss / 2 ** 20)} MiB\n`);
+  console.log(`${inflight} creates in flight; dev server on SQLite (WAL); peak RSS of control worker + bench ${Math.round(peakRss / 2 ** 20)} MiB, of the agent ${Math.round(agentPeakRss / 2 ** 20)} MiB\n`);
   console.log(['pairs', 'created s', 'all Ready s', 'all deleted s', 'ms/pair', 'activities/wf', 'floor s', 'Ready/floor'].join('\t'));
   for (const row of rows) console.log(row.join('\t'));
 }

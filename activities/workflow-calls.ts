@@ -24,6 +24,7 @@ import {
   type WorkflowCallActivities,
 } from '../domain/workflow-api.js';
 import { attributeOf, findOneRunning, findRunning, phaseOf } from '../starter/find-resources.js';
+import { combinedCalls, type CombinedCalls } from './combined-calls.js';
 import { withHeartbeats } from './heartbeats.js';
 import { UpdateBatcher, type BatchLimits } from './update-batches.js';
 
@@ -152,7 +153,7 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
     return woken;
   };
 
-  const activities: WorkflowCallActivities = {
+  const activities: Omit<WorkflowCallActivities, keyof CombinedCalls> = {
     async allocateAddress(req) {
       return viaUpdate(
         () => ipam.request(workflowIds.ipam(req.subnet), { allocate: { owner: req.owner, requested: req.requested }, fence: fence() }) as Promise<Allocation>,
@@ -214,7 +215,7 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
           throw err;
         }
       }
-      return { workflowId: found.workflowId, ready, reason: found.phase || 'Pending' };
+      return { workflowId: found.workflowId, ready, reason: found.phase || 'Pending', ...(found.gateway ? { gateway: found.gateway } : {}) };
     },
 
     async claimEip(req) {
@@ -279,6 +280,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
-  return withHeartbeats(Object.fromEntries(Object.entries(activities).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities);
+  return withHeartbeats(Object.fromEntries(Object.entries({ ...activities, ...combinedCalls(activities) }).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities);
 }
 

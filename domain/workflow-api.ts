@@ -131,13 +131,35 @@ export interface EipForRule {
   ready: boolean;
   /** Its phase, when it is not ready. */
   reason: string;
+  /** Its gateway, as its visibility record names it (rules of the last release's lookups have none). */
+  gateway?: string;
 }
+
+/** A refusal carried in an answer rather than thrown: its reason (the failure type) and message. */
+export interface Refused {
+  reason: string;
+  message: string;
+}
+
+/**
+ * What `takeAddress` did: the address allocated and bound; nothing (the gateway is not ready);
+ * or the address allocated and its bind refused, which the caller gives back.
+ */
+export type TakenAddress = { bound: Allocation } | { gatewayNotReady: GatewayReadiness } | { allocated: Allocation; bindRefused: Refused };
+
+/** What `claimAndApply` did: the EIP claimed and the rule applied, or claimed and the rule not applied (refused, or the EIP is on another gateway than expected). */
+export type ClaimedAndApplied = { applied: ClaimedEip } | { claimed: ClaimedEip; notApplied: Refused };
 
 /**
  * Calls from one workflow to another, made as activities (a workflow cannot send an update):
  * the resource workflows' way to the IPAM, gateway and EIP workflows. Run by the control worker.
  */
 export interface WorkflowCallActivities {
+  /**
+   * An EIP's three steps in one call, in their order: is the gateway ready, allocate, bind. An
+   * allocation refused is thrown (nothing is held); a bind refused is answered.
+   */
+  takeAddress(req: { gateway: string; subnet: string; owner: string; requested?: string }): Promise<TakenAddress>;
   allocateAddress(req: { subnet: string; owner: string; requested?: string }): Promise<Allocation>;
   releaseAddress(req: { subnet: string; owner: string }): Promise<string | null>;
   gatewayReadiness(gateway: string): Promise<GatewayReadiness>;
@@ -146,6 +168,12 @@ export interface WorkflowCallActivities {
   /** `watch`: when the EIP exists but is not ready, it is asked at once to wake the rule once that holds. */
   eipForRule(eip: string, watch?: EipWatch): Promise<EipForRule | null>;
   claimEip(req: { eipWorkflowId: string } & EipClaim): Promise<ClaimedEip>;
+  /**
+   * A NAT rule's two steps in one call: claim the EIP, then set `rule` (its `eip` filled with the
+   * claimed address) on the claimed EIP's gateway, if that is `gateway`. A claim refused is thrown
+   * (nothing is held); a rule refused is answered, the claim kept.
+   */
+  claimAndApply(req: { eipWorkflowId: string; gateway: string; rule: NatRule } & EipClaim): Promise<ClaimedAndApplied>;
   unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void>;
   setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void>;
   removeGatewayRule(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;

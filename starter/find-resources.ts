@@ -11,6 +11,8 @@ export interface ResourceRecord<K extends string = ResourceKind> {
   workflowId: string;
   /** Its NatflowPhase search attribute ('' before it set one). */
   phase: string;
+  /** Its NatflowGateway search attribute, when it has one. */
+  gateway?: string;
   /** Started by the kube bridge (its memo says so). */
   fromKube: boolean;
 }
@@ -28,7 +30,8 @@ export async function findRunning<K extends ResourceKind | 'gateway' | 'subnet'>
   const found: ResourceRecord<K>[] = [];
   for await (const execution of r.client.workflow.list({ query: clauses.join(' AND ') })) {
     if (execution.status.name !== 'RUNNING') continue;
-    found.push({ kind, name: attributeOf(execution, 'NatflowName') ?? execution.workflowId.split('/')[2] ?? execution.workflowId, workflowId: execution.workflowId, phase: phaseOf(execution), fromKube: execution.memo?.source === FROM_KUBERNETES_MEMO.source });
+    const gateway = attributeOf(execution, 'NatflowGateway');
+    found.push({ kind, name: attributeOf(execution, 'NatflowName') ?? execution.workflowId.split('/')[2] ?? execution.workflowId, workflowId: execution.workflowId, phase: phaseOf(execution), ...(gateway ? { gateway } : {}), fromKube: execution.memo?.source === FROM_KUBERNETES_MEMO.source });
   }
   return found;
 }

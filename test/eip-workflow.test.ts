@@ -7,6 +7,7 @@ import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
 import { claimEipUpdate, gatewayChangedSignal, unclaimEipUpdate, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { Worker } from '@temporalio/worker';
@@ -26,7 +27,7 @@ const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
       notifyEipWaiters: async () => 0,
     },
     scripts,
-  );
+  ).alsoServe(combinedCalls);
 /**
  * The calls started, once there are `count`: an EIP shows Ready first and then wakes the rules
  * waiting for it, so that last call may start just after the status says Ready.
@@ -40,15 +41,15 @@ describe('EIP workflow (mocked activities)', () => {
   const withEip = (fake: FakeCalls<WorkflowCallActivities>, spec: EipSpec, body: (h: ResourceHandle<'eip'>) => Promise<void>) => withResource(env(), fake.activities(), 'eip', spec, body);
   const spec: EipSpec = { natGwDp: 'gw1' };
 
-  it('checks the gateway, then allocates, then binds, and reports ready with its address', async () => {
+  it('checks the gateway, then allocates, then binds (in one call), and reports ready with its address', async () => {
     const fake = control();
     await withEip(fake, spec, async (h) => {
       const status = await workflowPhase(h, 'Ready');
       expect(status.ip).toBe('172.18.0.5');
       expect(status.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Ready' });
-      expect(await startedOnceReady(fake, 4)).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
+      expect(await startedOnceReady(fake, 5)).toEqual(['takeAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
       await deleteAndWait(h);
-      expect(fake.started().slice(4)).toEqual(['unbindAddress', 'releaseAddress']);
+      expect(fake.started().slice(5)).toEqual(['unbindAddress', 'releaseAddress']);
     });
   });
 
@@ -56,14 +57,14 @@ describe('EIP workflow (mocked activities)', () => {
     const fake = control();
     await withEip(fake, spec, async (h) => {
       await workflowPhase(h, 'Ready');
-      await startedOnceReady(fake, 4);
+      await startedOnceReady(fake, 5);
       await deleteAndWait(h);
       const writes = await visibilityWrites(h);
       // The start's attributes came with the start; the patch marker's write may share the first
       // phase's workflow task (its steps are local activities) or come just before it.
       expect(writes.map((w) => w.NatflowPhase).filter(Boolean)).toEqual(['Ready', 'Deleted']);
       expect(writes.length).toBeLessThanOrEqual(3);
-      expect(Object.assign({}, ...writes.slice(0, -1))).toMatchObject({ TemporalChangeVersion: 'remote-calls', NatflowGateway: 'gw1', NatflowPhase: 'Ready' });
+      expect(Object.assign({}, ...writes.slice(0, -1))).toMatchObject({ TemporalChangeVersion: 'combined-calls', NatflowGateway: 'gw1', NatflowPhase: 'Ready' });
     });
   });
 
@@ -73,7 +74,7 @@ describe('EIP workflow (mocked activities)', () => {
       const status = await workflowPhase(h, 'WaitingForGateway');
       expect(status.conditions[0]).toMatchObject({ reason: Reason.GatewayNotFound, message: 'NAT gateway gw1 does not exist' });
       await deleteAndWait(h);
-      expect(new Set(fake.started())).toEqual(new Set(['gatewayReadiness']));
+      expect(new Set(fake.started())).toEqual(new Set(['takeAddress', 'gatewayReadiness']));
     });
   });
 
@@ -90,7 +91,7 @@ describe('EIP workflow (mocked activities)', () => {
       const history = await historyOf(h);
       const signaled = history.findIndex((e) => e.type === 'workflowExecutionSignaled' && e.name === gatewayChangedSignal.name);
       expect(signaled).toBeGreaterThan(-1);
-      const nextCheck = history.findIndex((e, i) => i > signaled && isCallOf(e, 'gatewayReadiness'));
+      const nextCheck = history.findIndex((e, i) => i > signaled && isCallOf(e, 'takeAddress')); // its first step is the check
       expect(nextCheck).toBeGreaterThan(signaled);
       const between = history.slice(signaled, nextCheck + 1).map((e) => e.type);
       expect(between, `from the signal to the next check: ${between.join(' → ')}`).not.toContain('timerFired');
@@ -129,11 +130,11 @@ describe('EIP workflow (mocked activities)', () => {
     const fake = control();
     await withEip(fake, spec, async (h) => {
       await workflowPhase(h, 'Ready');
-      await startedOnceReady(fake, 4);
+      await startedOnceReady(fake, 5);
       await deleteAndWait(h);
       const calls = (await historyOf(h)).filter((e) => e.type === 'activityTaskScheduled' || e.type === 'localActivity');
       expect(calls.map((e) => `${e.type}:${e.name}`)).toEqual(
-        ['gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters', 'unbindAddress', 'releaseAddress'].map((name) => `activityTaskScheduled:${name}`),
+        ['takeAddress', 'notifyEipWaiters', 'unbindAddress', 'releaseAddress'].map((name) => `activityTaskScheduled:${name}`),
       );
     });
   });
@@ -209,7 +210,8 @@ describe('EIP workflow (mocked activities)', () => {
     const fake = control({ bindAddress: { failure: ApplicationFailure.nonRetryable('agent did not answer', Reason.GatewayNotReady), failures: 1 } });
     await withEip(fake, spec, async (h) => {
       await workflowPhase(h, 'Ready', 30_000);
-      expect(await startedOnceReady(fake, 9)).toEqual(['gatewayReadiness', 'allocateAddress', 'bindAddress', 'unbindAddress', 'releaseAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
+      const take = ['takeAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress'];
+      expect(await startedOnceReady(fake, 11)).toEqual([...take, 'unbindAddress', 'releaseAddress', ...take, 'notifyEipWaiters']);
       await deleteAndWait(h);
     });
   });
@@ -254,7 +256,7 @@ describe('EIP workflow (mocked activities)', () => {
     const fake = control({ unbindAddress: { answer: async () => (++unbinds === 1 ? dead.then(() => ({ applied: true })) : { applied: true }) } });
     await withEip(fake, spec, async (h) => {
       await workflowPhase(h, 'Ready');
-      await startedOnceReady(fake, 4);
+      await startedOnceReady(fake, 5);
       await deleteAndWait(h);
       release();
       const { events } = await h.fetchHistory();
@@ -271,7 +273,7 @@ describe('EIP workflow (mocked activities)', () => {
         }),
       );
       expect(scheduled.unbindAddress).toEqual({ heartbeat: 10, startToClose: 60 });
-      for (const fenced of ['allocateAddress', 'bindAddress']) expect(scheduled[fenced]).toEqual({ heartbeat: 0, startToClose: 20 });
+      expect(scheduled.takeAddress).toEqual({ heartbeat: 0, startToClose: 30 }); // three fenced steps in one call
     });
   }, 40_000);
 });

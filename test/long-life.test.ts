@@ -13,7 +13,8 @@ import type { NatInput } from '../domain/nat-resources.js';
 import { eipWorkflow } from '../workflows/eip.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
 import { fipWorkflow } from '../workflows/nat-rule.js';
-import { FakeCalls } from './support/fake-calls.js';
+import { combinedCalls } from '../activities/combined-calls.js';
+import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { RESOURCE_WORKFLOW_TASK_TIMEOUT } from '../starter/resources.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, uid, untilPhase, withWorkflow } from './support/workflows.js';
@@ -32,7 +33,7 @@ const answers = (): Partial<Activities> => ({
   unbindAddress: async () => ({ applied: true }),
   notifyEipWaiters: async () => 0,
   releaseEverywhere: async () => undefined,
-  eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '' }),
+  eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '', gateway: 'gw1' }),
   claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
   unclaimEip: async () => undefined,
   setGatewayRule: async () => undefined,
@@ -42,6 +43,9 @@ const answers = (): Partial<Activities> => ({
   kubePublishStatus: async () => undefined,
   kubeRelease: async () => undefined,
 });
+
+/** The fake control plane, serving the combined calls too (built of its step calls, as the worker's are). */
+const fakeCalls = (scripts: CallScripts<Activities> = {}) => new FakeCalls<Activities>(answers(), scripts).alsoServe(combinedCalls);
 
 const eipStatus = (h: { query: (q: typeof statusQuery) => Promise<unknown> }) => h.query(statusQuery) as Promise<EipStatus>;
 const natStatus = (h: { query: (q: typeof statusQuery) => Promise<unknown> }) => h.query(statusQuery) as Promise<NatStatus>;
@@ -68,7 +72,7 @@ describe('a life of months (mocked activities)', () => {
   const continued = async (h: WorkflowHandleWithFirstExecutionRunId) => eventually(async () => (await h.describe()).runId, (runId) => runId !== h.firstExecutionRunId, 20_000, 'a continued run');
 
   it('an EIP continued as new while Ready keeps its address and claims and takes nothing again', async () => {
-    const fake = new FakeCalls<Activities>(answers());
+    const fake = fakeCalls();
     await withEip(fake, { limits: { updates: 3 } }, async (h) => {
       await untilPhase(() => eipStatus(h), 'Ready');
       const owners = ['natflow/dnat/d1/u1', 'natflow/dnat/d2/u2', 'natflow/dnat/d3/u3'];
@@ -89,7 +93,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('an EIP continued as new while waiting for its gateway still waits and holds nothing', async () => {
-    const fake = new FakeCalls<Activities>(answers(), { gatewayReadiness: { answer: async () => ({ exists: false, ready: false, reason: 'NAT gateway gw1 does not exist' }) } });
+    const fake = fakeCalls({ gatewayReadiness: { answer: async () => ({ exists: false, ready: false, reason: 'NAT gateway gw1 does not exist' }) } });
     await withEip(fake, { limits: { signals: 2 } }, async (h) => {
       await untilPhase(() => eipStatus(h), 'WaitingForGateway');
       for (let i = 0; i < 2; i++) await h.signal(gatewayChangedSignal);
@@ -104,7 +108,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('an EIP continued as new while its delete waits for its users still waits, then releases', async () => {
-    const fake = new FakeCalls<Activities>(answers());
+    const fake = fakeCalls();
     await withEip(fake, { limits: { signals: 2 } }, async (h) => {
       await untilPhase(() => eipStatus(h), 'Ready');
       await h.executeUpdate(claimEipUpdate, { args: [claim('natflow/dnat/d1/u1')] });
@@ -121,7 +125,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('a NAT rule continued as new while Ready keeps its claim and rule', async () => {
-    const fake = new FakeCalls<Activities>(answers());
+    const fake = fakeCalls();
     await withFip(fake, { limits: { signals: 2 } }, async (h) => {
       await untilPhase(() => natStatus(h), 'Ready');
       // Each gateway change re-asserts the rule (idempotent on the gateway), and spends the budget.
@@ -144,7 +148,7 @@ describe('a life of months (mocked activities)', () => {
   const refused = (reason: string) => ({ failure: ApplicationFailure.nonRetryable(`refused: ${reason}`, reason) });
 
   it('an EIP continued as new while Invalid stays Invalid and takes nothing until its spec is fixed', async () => {
-    const fake = new FakeCalls<Activities>(answers());
+    const fake = fakeCalls();
     await withEip(fake, { spec: { natGwDp: 'gw1', v4ip: 'not-an-ip' }, limits: { signals: 2 } }, async (h) => {
       await untilPhase(() => eipStatus(h), 'Invalid');
       await spend(h, 2);
@@ -157,7 +161,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('an EIP continued as new after a refused allocation holds nothing, and allocates once its spec changes', async () => {
-    const fake = new FakeCalls<Activities>(answers(), { allocateAddress: refused('AddressInUse') });
+    const fake = fakeCalls({ allocateAddress: refused('AddressInUse') });
     await withEip(fake, { spec: { natGwDp: 'gw1', v4ip: '172.18.0.7' }, limits: { signals: 2 } }, async (h) => {
       await untilPhase(() => eipStatus(h), 'Failed');
       await spend(h, 2);
@@ -175,7 +179,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('an EIP continued as new while its gateway is away keeps its address and claims, and binds it again when the gateway is back', async () => {
-    const fake = new FakeCalls<Activities>(answers());
+    const fake = fakeCalls();
     await withEip(fake, { limits: { signals: 3 } }, async (h) => {
       await untilPhase(() => eipStatus(h), 'Ready');
       await h.executeUpdate(claimEipUpdate, { args: [claim('natflow/dnat/d1/u1')] });
@@ -194,7 +198,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('a NAT rule continued as new while waiting for its EIP still waits, holding nothing, and is woken by it', async () => {
-    const fake = new FakeCalls<Activities>(answers(), { eipForRule: { answer: async () => null } });
+    const fake = fakeCalls({ eipForRule: { answer: async () => null } });
     await withFip(fake, { limits: { signals: 2 } }, async (h) => {
       await untilPhase(() => natStatus(h), 'WaitingForEip');
       await spend(h, 2);
@@ -208,7 +212,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('a NAT rule continued as new after its claim was refused holds nothing, and claims once the EIP changes', async () => {
-    const fake = new FakeCalls<Activities>(answers(), { claimEip: refused('EipInUse') });
+    const fake = fakeCalls({ claimEip: refused('EipInUse') });
     await withFip(fake, { limits: { signals: 2 } }, async (h) => {
       await eventually(() => natStatus(h), (s) => s.phase === 'Failed' && s.conditions.some((c) => c.reason === 'EipInUse'), 20_000, 'refused');
       await spend(h, 2);
@@ -222,7 +226,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('a NAT rule continued as new while its gateway is not ready keeps its claim and rule, and is applied when the gateway is back', async () => {
-    const fake = new FakeCalls<Activities>(answers(), { setGatewayRule: refused('GatewayNotReady') });
+    const fake = fakeCalls({ setGatewayRule: refused('GatewayNotReady') });
     await withFip(fake, { limits: { signals: 2 } }, async (h) => {
       await untilPhase(() => natStatus(h), 'WaitingForGateway');
       await spend(h, 2);
@@ -237,7 +241,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('a NAT rule continued as new while Invalid stays Invalid and claims nothing until its spec is fixed', async () => {
-    const fake = new FakeCalls<Activities>(answers());
+    const fake = fakeCalls();
     await withFip(fake, { spec: { eip: 'e1', internalIp: 'not-an-ip' }, limits: { signals: 2 } }, async (h) => {
       await untilPhase(() => natStatus(h), 'Invalid');
       await spend(h, 2);
@@ -252,7 +256,7 @@ describe('a life of months (mocked activities)', () => {
   it('a transient failure of the allocation in flight when the delete arrives: the address is still released', async () => {
     // The attempt allocates, then fails before answering; the delete lands meanwhile. What the
     // workflow sees is that attempt's failure, not a cancellation: it must still release.
-    const fake = new FakeCalls<Activities>(answers(), { allocateAddress: { delayMs: 1500, failure: ApplicationFailure.retryable('connection reset', 'Transient'), failures: 1 } });
+    const fake = fakeCalls({ allocateAddress: { delayMs: 1500, failure: ApplicationFailure.retryable('connection reset', 'Transient'), failures: 1 } });
     await withEip(fake, {}, async (h) => {
       await eventually(async () => fake.started(), (n) => n.includes('allocateAddress'), 20_000);
       await deleteAndWait(h);
@@ -261,7 +265,7 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('an EIP asked for another address while rules use it refuses (visibly), keeps serving, and moves once they are gone', async () => {
-    const fake = new FakeCalls<Activities>(answers());
+    const fake = fakeCalls();
     await withEip(fake, {}, async (h) => {
       await untilPhase(() => eipStatus(h), 'Ready');
       await h.executeUpdate(claimEipUpdate, { args: [claim('natflow/dnat/d1/u1')] });
@@ -289,14 +293,14 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('a run that only cleans up (its object already deleting) releases by owner everywhere, then lets the object go', async () => {
-    const fake = new FakeCalls<Activities>(answers());
+    const fake = fakeCalls();
     await withEip(fake, { resource: { name: 'eip1', uid: uid(), generation: 1, fromKube: true } }, async (h) => {
       await h.result();
       const started = fake.started().filter((n) => n !== 'kubePublishStatus');
       expect(started).toEqual(['kubeAdopt', 'releaseEverywhere', 'kubeRelease']);
       expect(fake.args.releaseEverywhere).toEqual([[{ owner: h.workflowId }]]);
     });
-    const rule = new FakeCalls<Activities>(answers());
+    const rule = fakeCalls();
     await withFip(rule, { resource: { name: 'fip1', uid: uid(), generation: 1, fromKube: true } }, async (h) => {
       await h.result();
       expect(rule.started().filter((n) => n !== 'kubePublishStatus')).toEqual(['kubeAdopt', 'removeGatewayRuleEverywhere', 'eipForRule', 'unclaimEip', 'kubeRelease']);

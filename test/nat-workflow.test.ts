@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { ApplicationFailure } from '@temporalio/common';
 import { eipChangedSignal, specChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { Reason } from '../domain/errors.js';
+import { combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, statusOf, uniqueQueue, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
@@ -13,14 +14,14 @@ import { deleteAndWait, eventually, statusOf, uniqueQueue, withResource, workflo
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
   new FakeCalls<WorkflowCallActivities>(
     {
-      eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '' }),
+      eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '', gateway: 'gw1' }),
       claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
       unclaimEip: async () => undefined,
       setGatewayRule: async () => undefined,
       removeGatewayRule: async () => ({ applied: true }),
     },
     scripts,
-  );
+  ).alsoServe(combinedCalls);
 const missingEip = async () => null;
 
 describe('NAT rule workflow (mocked activities)', () => {
@@ -34,9 +35,11 @@ describe('NAT rule workflow (mocked activities)', () => {
     await withFip(fake, async (h) => {
       const status = await workflowPhase(h, 'Ready');
       expect(status).toMatchObject({ v4ip: '172.18.0.9', natGwDp: 'gw1', internalIp: '10.0.1.10' });
-      expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule']);
+      // One call claims, then applies (each step as its own call inside it).
+      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule']);
+      expect(fake.args.setGatewayRule?.[0]?.[0]).toMatchObject({ gateway: 'gw1', rule: { eip: '172.18.0.9' } });
       await deleteAndWait(h);
-      expect(fake.started().slice(3)).toEqual(['removeGatewayRule', 'unclaimEip']);
+      expect(fake.started().slice(4)).toEqual(['removeGatewayRule', 'unclaimEip']);
     });
   });
 
@@ -95,7 +98,7 @@ describe('NAT rule workflow (mocked activities)', () => {
       const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleting)', Reason.EipNotReady), failures: 1 } });
       await withFip(fake, async (h) => {
         await workflowPhase(h, 'Ready', 10_000);
-        expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'eipForRule', 'claimEip', 'setGatewayRule']);
+        expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule']);
         await deleteAndWait(h);
       });
     } finally {
@@ -107,7 +110,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP natflow/eip/e1/u does not exist any more', Reason.EipNotFound), failures: 1 } });
     await withFip(fake, async (h) => {
       await workflowPhase(h, 'Ready', 10_000);
-      expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'eipForRule', 'claimEip', 'setGatewayRule']);
+      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule']);
       await deleteAndWait(h);
     });
   });
@@ -138,9 +141,21 @@ describe('NAT rule workflow (mocked activities)', () => {
     await withFip(fake, async (h) => {
       const status = await workflowPhase(h, 'Failed');
       expect(status.conditions[0]).toMatchObject({ reason: Reason.InvalidSpec, message: expect.stringContaining('outside the VPC subnet') });
-      expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule', 'removeGatewayRule', 'unclaimEip']);
+      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule', 'removeGatewayRule', 'unclaimEip']);
       await deleteAndWait(h);
     }, '192.168.7.7');
+  });
+
+  it('an EIP whose record names another gateway than the one it is on: claimed, then applied where it is', async () => {
+    const fake = control({ eipForRule: { answer: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '', gateway: 'gw-stale' }) } });
+    await withFip(fake, async (h) => {
+      const status = await workflowPhase(h, 'Ready');
+      expect(status.natGwDp).toBe('gw1');
+      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule']);
+      expect(fake.args.setGatewayRule?.map(([req]) => req.gateway)).toEqual(['gw1']);
+      await deleteAndWait(h);
+      expect(fake.args.removeGatewayRule?.map(([req]) => req.gateway)).toEqual(['gw1']);
+    });
   });
 
   it('a spec change on the same EIP replaces the rule in place', async () => {
@@ -151,7 +166,7 @@ describe('NAT rule workflow (mocked activities)', () => {
       const status = await eventually(() => statusOf(h), (s) => s.ready && s.internalIp === '10.0.1.11', 20_000);
       expect(status.observedGeneration).toBe(2);
       expect(fake.args.setGatewayRule?.map(([req]) => req.rule)).toMatchObject([{ internalIp: '10.0.1.10' }, { internalIp: '10.0.1.11' }]);
-      expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule', 'setGatewayRule']);
+      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule', 'setGatewayRule']);
       await deleteAndWait(h);
     });
   });

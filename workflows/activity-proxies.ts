@@ -29,6 +29,9 @@ const LIVENESS = { heartbeatTimeout: '10s' } as const;
  */
 const FENCED_CALLS = new Set<string>(['allocateAddress', 'claimEip', 'bindAddress', 'setGatewayRule'] satisfies (keyof WorkflowCallActivities)[]);
 const fencedCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, startToCloseTimeout: '20s' });
+/** Two or three fenced steps in one call (takeAddress, claimAndApply), under one fence: the time of their steps together. */
+const COMBINED_CALLS = new Set<string>(['takeAddress', 'claimAndApply'] satisfies (keyof WorkflowCallActivities)[]);
+const combinedCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, startToCloseTimeout: '30s' });
 /**
  * The others give back, look or wake. Their heartbeats tell a lost attempt; the start-to-close
  * timeout bounds a live one. A minute: when the agent still ran a conntrack process per removed
@@ -38,7 +41,7 @@ const fencedCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, s
  */
 const otherCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, ...LIVENESS, startToCloseTimeout: '60s' });
 export const calls: ActivityInterfaceFor<WorkflowCallActivities> = new Proxy(otherCalls, {
-  get: (_, name: string) => (FENCED_CALLS.has(name) ? fencedCalls : otherCalls)[name as keyof WorkflowCallActivities],
+  get: (_, name: string) => (COMBINED_CALLS.has(name) ? combinedCalls : FENCED_CALLS.has(name) ? fencedCalls : otherCalls)[name as keyof WorkflowCallActivities],
 });
 
 /** Finalizers and status: idempotent, retried until the apiserver answers. */

@@ -12,9 +12,10 @@ import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
-import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence } from '../domain/workflow-api.js';
+import type { GatewayReadiness } from '../domain/gateway.js';
+import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence, type TakenAddress } from '../domain/workflow-api.js';
 import { callProxies, type CallProxies } from './activity-proxies.js';
-import { checkFence, checkSpec, isRefusal, refusal } from './failures.js';
+import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
@@ -79,10 +80,8 @@ class Eip {
       const { natGwDp: gateway, externalSubnet: subnet } = spec.value;
       this.status.natGwDp = gateway;
       this.reporter.attributes({ gateway, subnet });
-      if (!(await this.waitForGateway(gateway))) continue;
-      const allocation = await this.allocate(subnet, spec.value.v4ip);
+      const allocation = this.combined ? await this.takeAtOnce(gateway, subnet, spec.value.v4ip) : await this.takeStepByStep(gateway, subnet, spec.value.v4ip);
       if (!allocation) continue;
-      if (!(await this.bind(gateway, allocation))) continue;
       await this.serve(gateway, allocation);
       await this.releaseAll();
     }
@@ -144,16 +143,21 @@ class Eip {
   private readonly calls: CallProxies['calls'];
   private readonly patched: Patched;
   private readonly patchedSinceLean: Patched;
+  private readonly patchedSinceRemote: Patched;
+  /** Takes its address in one call where it can (workflows/patches.ts, 'combined-calls'). */
+  private readonly combined: boolean;
   private readonly reporter: ReturnType<typeof phaseReporter<EipStatus>>;
   private readonly setPhase: ReturnType<typeof phaseReporter<EipStatus>>['setPhase'];
 
   constructor(private readonly input: EipInput) {
     const carried = input.carried;
-    const { lean, local, remoteStatus, patched, patchedSinceLean } = patches();
+    const { lean, local, remoteStatus, patched, patchedSinceLean, patchedSinceRemote, combined } = patches();
     const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.patched = patched;
     this.patchedSinceLean = patchedSinceLean;
+    this.patchedSinceRemote = patchedSinceRemote;
+    this.combined = combined;
     this.legacy = !patched('eip-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.waitFor = this.budget.waiter(() => this.continueAsNew());
@@ -188,13 +192,62 @@ class Eip {
 
   // --- the steps ---------------------------------------------------------------------------
 
+  /**
+   * The three steps in one call (gateway ready? allocate, bind): the address bound, or null (nothing
+   * held) after showing why it could not be and waiting, as the steps one by one do.
+   */
+  private async takeAtOnce(gateway: string, subnet: string, requested: string | undefined): Promise<Allocation | null> {
+    for (let attempt = 0; ; attempt++) {
+      this.gatewayChanged = false;
+      this.held = { subnet };
+      this.bound = { gateway };
+      let taken: TakenAddress;
+      try {
+        taken = await this.calls.takeAddress.executeWithOptions({ summary: `take ${requested || 'an address'} from ${subnet} onto ${gateway}` }, [{ gateway, subnet, owner: this.owner, requested }]);
+      } catch (err) {
+        if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
+        await this.allocationFailed(err); // the one step that throws
+        return null;
+      }
+      if ('bound' in taken) {
+        this.allocationRefusals = 0;
+        this.status.ip = taken.bound.address;
+        return taken.bound;
+      }
+      if ('allocated' in taken) {
+        this.status.ip = taken.allocated.address;
+        await this.releaseAll(); // nothing stays held while we wait for the gateway again
+        this.setPhase('WaitingForGateway', { status: 'False', reason: taken.bindRefused.reason, message: taken.bindRefused.message });
+      } else {
+        this.nothingHeld();
+        this.setPhase('WaitingForGateway', gatewayWait(taken.gatewayNotReady));
+      }
+      await this.waitFor(() => this.gatewayChanged || this.specChanged, backoff(attempt, 1000, RECHECK_MAX_MS));
+      if (this.specChanged) return null;
+    }
+  }
+
+  /** Gateway ready → allocate → bind, a call each: the address bound, or null (nothing held) after showing why and waiting. */
+  private async takeStepByStep(gateway: string, subnet: string, requested: string | undefined): Promise<Allocation | null> {
+    if (!(await this.waitForGateway(gateway))) return null;
+    const allocation = await this.allocate(subnet, requested);
+    if (!allocation) return null;
+    return (await this.bind(gateway, allocation)) ? allocation : null;
+  }
+
+  /** Nothing is held: the call that would have taken it was refused before it took anything. */
+  private nothingHeld(): void {
+    this.held = null;
+    this.bound = null;
+  }
+
   /** Waits until the gateway's agent is ready; false when the spec changed meanwhile. */
   private async waitForGateway(gateway: string): Promise<boolean> {
     for (let attempt = 0; ; attempt++) {
       this.gatewayChanged = false;
       const readiness = await this.calls.gatewayReadiness.executeWithOptions({ summary: `is ${gateway} ready?` }, [gateway]);
       if (readiness.ready) return true;
-      this.setPhase('WaitingForGateway', { status: 'False', reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason });
+      this.setPhase('WaitingForGateway', gatewayWait(readiness));
       // A gateway that becomes ready (or appears) wakes us; the timer is the fallback.
       if (!this.legacy) {
         await this.waitFor(() => this.gatewayChanged || this.specChanged, backoff(attempt, 1000, RECHECK_MAX_MS));
@@ -220,14 +273,19 @@ class Eip {
     } catch (err) {
       // A delete decides by the scope, not by the error: whatever the call's outcome, it may hold.
       if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
-      if (isRefusal(err) || this.legacy) this.held = null; // refused by the IPAM: nothing is held
-      else await this.releaseAll();
-      this.setPhase('Failed', refusal(err, 'AllocationFailed'));
-      // Level-triggered: the subnet may appear or the address be freed; an address asked for is
-      // often held by an EIP on its way out (deleted a moment ago), so look again soon, then seldom.
-      await this.waitFor(() => this.specChanged, this.legacy ? RETRY_FAILED_AFTER_MS : backoff(this.allocationRefusals++, 10_000, RETRY_FAILED_AFTER_MS));
+      await this.allocationFailed(err);
       return null;
     }
+  }
+
+  /** Shows why an allocation failed and waits: a refusal holds nothing, anything else gives back what it may have taken. */
+  private async allocationFailed(err: unknown): Promise<void> {
+    if (isRefusal(err) || this.legacy) this.nothingHeld(); // refused by the IPAM: nothing is held
+    else await this.releaseAll();
+    this.setPhase('Failed', refusal(err, 'AllocationFailed'));
+    // Level-triggered: the subnet may appear or the address be freed; an address asked for is
+    // often held by an EIP on its way out (deleted a moment ago), so look again soon, then seldom.
+    await this.waitFor(() => this.specChanged, this.legacy ? RETRY_FAILED_AFTER_MS : backoff(this.allocationRefusals++, 10_000, RETRY_FAILED_AFTER_MS));
   }
 
   /** Puts the address on the gateway; false (after releasing it) when the gateway refused. */
@@ -449,8 +507,8 @@ class Eip {
     const signal = () => wf.getExternalWorkflowHandle(watcher).signal(eipChangedSignal);
     const shielded =
       (this.deleting && this.patchedSinceLean(DELETING_WAKE_UPS)) ||
-      (wf.CancellationScope.current().consideredCancelled && wf.patched(WAKE_UPS_AFTER_DELETE_REQUEST)) ||
-      wf.patched(WAKE_UPS_SHIELDED);
+      (wf.CancellationScope.current().consideredCancelled && this.patchedSinceRemote(WAKE_UPS_AFTER_DELETE_REQUEST)) ||
+      this.patchedSinceRemote(WAKE_UPS_SHIELDED);
     const sent: Promise<void> = (shielded ? wf.CancellationScope.nonCancellable(signal) : signal())
       .catch(() => undefined)
       .finally(() => this.wakeUpsInFlight.delete(sent));
@@ -465,7 +523,7 @@ class Eip {
   async wakeWatchersAtEnd(): Promise<void> {
     if (this.watchers.size > 0 && this.patchedSinceLean(DELETING_WAKE_UPS)) this.notifyWatchers();
     await this.deliverWakeUps();
-    while (this.watchers.size > 0 && wf.patched(LATE_WATCHERS_WOKEN)) {
+    while (this.watchers.size > 0 && this.patchedSinceRemote(LATE_WATCHERS_WOKEN)) {
       this.notifyWatchers();
       await this.deliverWakeUps();
     }
@@ -488,4 +546,9 @@ class Eip {
     this.status.nat = [...new Set([...this.claims.values()].map((c) => c.kind))].sort().join(',');
     this.k8s.publish({ ...this.status });
   }
+}
+
+/** WaitingForGateway's condition for a gateway that is not ready (or does not exist). */
+function gatewayWait(readiness: GatewayReadiness): ReadyCondition {
+  return { status: 'False', reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason };
 }

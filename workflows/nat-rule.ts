@@ -11,7 +11,7 @@ import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule, type EipWatch, type WatchUntil } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type WatchUntil } from '../domain/workflow-api.js';
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
@@ -40,6 +40,8 @@ const LEAVING_EIP = new Set(['Deleting', 'Deleted']);
 const REFUSAL_BACKOFF_MAX_MS = 5 * 60_000;
 /** Refusals the gateway gives while it is not there or not ready: the rule keeps its claim and waits for it. */
 const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFound];
+
+type Serving = NonNullable<NatCarried['serving']>;
 
 export const fipWorkflow = (input: NatInput<'fip'>) => natRuleWorkflow(input);
 export const dnatWorkflow = (input: NatInput<'dnat'>) => natRuleWorkflow(input);
@@ -71,10 +73,8 @@ class NatRuleResource {
       this.showEip(eipName.value);
       const eip = await this.waitForEip(eipName.value);
       if (!eip) continue;
-      const target = await this.claim(eip);
-      if (!target) continue;
-      const serving = { eipName: eipName.value, eipWorkflowId: eip.workflowId, address: target.address, gateway: target.gateway };
-      if (!(await this.applySpec(serving))) continue;
+      const serving = this.combined && eip.gateway ? await this.claimAndApply(eipName.value, eip, eip.gateway) : await this.claimThenApply(eipName.value, eip);
+      if (!serving) continue;
       await this.serve(serving);
       await this.releaseAll();
     }
@@ -126,16 +126,19 @@ class NatRuleResource {
   private readonly lean: boolean;
   private readonly patched: Patched;
   private readonly patchedSinceLean: Patched;
+  /** Claims and applies in one call where it can (workflows/patches.ts, 'combined-calls'). */
+  private readonly combined: boolean;
   private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
   constructor(input: NatInput) {
     const carried = input.carried;
-    const { lean, local, remoteStatus, patched, patchedSinceLean } = patches();
+    const { lean, local, remoteStatus, patched, patchedSinceLean, combined } = patches();
     const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.lean = lean;
     this.patched = patched;
     this.patchedSinceLean = patchedSinceLean;
+    this.combined = combined;
     this.legacy = !patched('nat-rule-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.waitFor = this.budget.waiter(() => this.continueAsNew());
@@ -205,47 +208,98 @@ class NatRuleResource {
     return null;
   }
 
+  /**
+   * Claim and apply in one call, on the gateway the EIP's record names: Ready, or null after a
+   * refusal and its wait, as the steps one by one do. A rule not applied keeps its claim and goes
+   * on as a claimed rule whose apply was refused does (applySpec).
+   */
+  private async claimAndApply(eipName: string, eip: EipForRule, gateway: string): Promise<Serving | null> {
+    const rule = checkSpec(() => natRuleFor(this.input, '')); // the claim gives its EIP's address
+    if (!rule.ok) return this.claimThenApply(eipName, eip);
+    this.setPhase('Claiming', { status: 'False', reason: 'Claiming', message: `claiming EIP ${this.input.spec.eip} and applying on ${gateway}` }, { passing: true });
+    this.claimed = { eipWorkflowId: eip.workflowId };
+    this.applied = { gateway };
+    let taken: ClaimedAndApplied;
+    try {
+      taken = await this.calls.claimAndApply.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name} and apply on ${gateway}` }, [
+        { eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name, gateway, rule: rule.value },
+      ]);
+    } catch (err) {
+      if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
+      await this.claimRefused(err, eip); // the one step that throws
+      return null;
+    }
+    const target = 'applied' in taken ? taken.applied : taken.claimed;
+    this.tookEip(target);
+    const serving = { eipName, eipWorkflowId: eip.workflowId, address: target.address, gateway: target.gateway };
+    if ('applied' in taken) {
+      this.showReady(serving);
+      return serving;
+    }
+    // Refused by the gateway, or the EIP is on another gateway than its record said (then applied there next).
+    const refused = target.gateway === gateway ? { status: 'False' as const, reason: taken.notApplied.reason, message: taken.notApplied.message } : undefined;
+    return (await this.applySpec(serving, refused)) ? serving : null;
+  }
+
+  /** Claim, then apply, a call each: Ready, or null after a refusal and its wait. */
+  private async claimThenApply(eipName: string, eip: EipForRule): Promise<Serving | null> {
+    const target = await this.claim(eip);
+    if (!target) return null;
+    const serving = { eipName, eipWorkflowId: eip.workflowId, address: target.address, gateway: target.gateway };
+    return (await this.applySpec(serving)) ? serving : null;
+  }
+
   /** The EIP's address and gateway once claimed; null (nothing held) after a refusal and its wait. */
   private async claim(eip: EipForRule): Promise<ClaimedEip | null> {
     this.setPhase('Claiming', { status: 'False', reason: 'Claiming', message: `claiming EIP ${this.input.spec.eip}` }, { passing: true });
     this.claimed = { eipWorkflowId: eip.workflowId };
     try {
       const target = await eipCalls.claimEip.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name}` }, [{ eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name }]);
-      this.status.v4ip = target.address;
-      this.status.natGwDp = target.gateway;
-      this.reporter.attributes({ gateway: target.gateway });
-      this.notReadyClaims = 0;
+      this.tookEip(target);
       return target;
     } catch (err) {
       // A delete decides by the scope, not by the error: whatever the call's outcome, it may hold.
       if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
-      this.claimed = null; // refused (an unlimited retry only ends in a refusal): nothing is held
-      // An EIP gone since it was found: look for it again by name (a new one of that name wakes
-      // us), after a moment in which visibility learns that it ended.
-      if (this.lean && refusal(err, '').reason === Reason.EipNotFound) {
-        this.setPhase('WaitingForEip', { status: 'False', reason: Reason.EipNotFound, message: `EIP ${this.input.spec.eip} is gone` });
-        await this.waitFor(() => this.specChanged || this.eipChanged, EIP_GONE_RECHECK_MS);
-        return null;
-      }
-      // Not ready since the lookup: it may be on its way out, and end right after taking a watch
-      // (its wake-up lost). The lookup sees that (and re-checks soon) or watches an EIP that stays.
-      if (!this.legacy && refusal(err, '').reason === Reason.EipNotReady && this.patchedSinceLean(NOT_READY_CLAIM_LOOKUP)) {
-        this.setPhase('WaitingForEip', refusal(err, 'Error'));
-        await this.waitFor(() => this.specChanged, backoff(this.notReadyClaims++, 1000, RECHECK_MAX_MS));
-        return null;
-      }
-      this.setPhase('Failed', refusal(err, 'Error'));
-      await this.waitAfterRefusal(eip.workflowId, { until: 'claimable', kind: this.kind });
+      await this.claimRefused(err, eip);
       return null;
     }
+  }
+
+  /** A refused claim (an unlimited retry only ends in a refusal) holds nothing: shows why, and waits for what may change it. */
+  private async claimRefused(err: unknown, eip: EipForRule): Promise<void> {
+    this.claimed = null;
+    this.applied = null; // set by a combined call, which applies only once its claim is taken
+    // An EIP gone since it was found: look for it again by name (a new one of that name wakes
+    // us), after a moment in which visibility learns that it ended.
+    if (this.lean && refusal(err, '').reason === Reason.EipNotFound) {
+      this.setPhase('WaitingForEip', { status: 'False', reason: Reason.EipNotFound, message: `EIP ${this.input.spec.eip} is gone` });
+      await this.waitFor(() => this.specChanged || this.eipChanged, EIP_GONE_RECHECK_MS);
+      return;
+    }
+    // Not ready since the lookup: it may be on its way out, and end right after taking a watch
+    // (its wake-up lost). The lookup sees that (and re-checks soon) or watches an EIP that stays.
+    if (!this.legacy && refusal(err, '').reason === Reason.EipNotReady && this.patchedSinceLean(NOT_READY_CLAIM_LOOKUP)) {
+      this.setPhase('WaitingForEip', refusal(err, 'Error'));
+      await this.waitFor(() => this.specChanged, backoff(this.notReadyClaims++, 1000, RECHECK_MAX_MS));
+      return;
+    }
+    this.setPhase('Failed', refusal(err, 'Error'));
+    await this.waitAfterRefusal(eip.workflowId, { until: 'claimable', kind: this.kind });
+  }
+
+  private tookEip(target: ClaimedEip): void {
+    this.status.v4ip = target.address;
+    this.status.natGwDp = target.gateway;
+    this.reporter.attributes({ gateway: target.gateway });
+    this.notReadyClaims = 0;
   }
 
   /**
    * Applies the current spec's rule and shows Ready; false when it was invalid or refused
    * (everything given back, after a wait). A gateway that is not ready keeps the claim: the rule
-   * is recorded there and waits for it.
+   * is recorded there and waits for it. `refusedAlready`: the gateway's answer to a combined call.
    */
-  private async applySpec(serving: NonNullable<NatCarried['serving']>): Promise<boolean> {
+  private async applySpec(serving: Serving, refusedAlready?: ReadyCondition): Promise<boolean> {
     const rule = checkSpec(() => natRuleFor(this.input, serving.address));
     if (!rule.ok) {
       await this.releaseAll();
@@ -254,9 +308,8 @@ class NatRuleResource {
       await this.waitFor(() => this.specChanged);
       return false;
     }
-    for (;;) {
-      const refused = await this.apply(serving.gateway, rule.value);
-      if (!refused) break;
+    let refused = refusedAlready ?? (await this.apply(serving.gateway, rule.value));
+    while (refused) {
       if (this.legacy || !GATEWAY_REFUSALS.includes(refused.reason)) {
         await this.releaseAll();
         this.setPhase('Failed', refused);
@@ -267,10 +320,15 @@ class NatRuleResource {
       this.gatewayChanged = false;
       await this.waitFor(() => this.specChanged || this.gatewayChanged, RECHECK_MAX_MS);
       if (this.specChanged) return true; // serve() takes the change
+      refused = await this.apply(serving.gateway, rule.value);
     }
+    this.showReady(serving);
+    return true;
+  }
+
+  private showReady(serving: Serving): void {
     this.refusalsInARow = 0;
     this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `applied on ${serving.gateway}` });
-    return true;
   }
 
   /** Sends the rule to the gateway; the refusal when it did not take it. */
@@ -292,7 +350,7 @@ class NatRuleResource {
    * mapping and flushes its conntrack entries); another EIP starts over. A gateway that changed
    * (not ready, new, ready again) gets the rule again, and the status follows.
    */
-  private async serve(serving: NonNullable<NatCarried['serving']>): Promise<void> {
+  private async serve(serving: Serving): Promise<void> {
     this.serving = serving;
     for (;;) {
       await this.waitFor(() => this.specChanged || (!this.legacy && this.gatewayChanged));

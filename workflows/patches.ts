@@ -5,8 +5,9 @@
 // started since 'lean-history' took every patch named in this code at its start, so it asks for
 // none of them again; older histories ask for each where they always did. 'local-calls' is the
 // next such base: a run that takes it takes 'lean-history' too, without asking for it;
-// 'remote-status' the next: it takes 'local-calls' (and so 'lean-history'); and 'remote-calls' the
-// newest: it takes 'lean-history' and every patch after it, but calls through remote activities.
+// 'remote-status' the next: it takes 'local-calls' (and so 'lean-history'); 'remote-calls' the
+// next: it takes 'lean-history' and every patch after it, but calls through remote activities; and
+// 'combined-calls' the newest: it takes 'remote-calls' and every patch after it.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';
@@ -27,6 +28,12 @@ export const REMOTE_STATUS = 'remote-status';
  * and e2304). A stuck EIP is worth more than the throughput local calls won.
  */
 export const REMOTE_CALLS = 'remote-calls';
+/**
+ * A new EIP takes its address (gateway ready? allocate, bind) and a NAT rule its EIP and gateway
+ * (claim, set the rule) in one call each, the steps one by one only when one of them is refused.
+ * It takes 'remote-calls' and every patch named since, without asking.
+ */
+export const COMBINED_CALLS = 'combined-calls';
 
 /** Whether this run takes the patch `id`; call `patches()` in the workflow's first task, before any other patch. */
 export type Patched = (id: string) => boolean;
@@ -39,12 +46,19 @@ export interface RunPatches {
   patched: Patched;
   /** A patch from after it and before 'remote-calls', which older runs ask for where its behaviour starts (docs/changing-workflows.md). */
   patchedSinceLean: Patched;
+  /** A patch from after 'remote-calls' and before 'combined-calls', asked the same way. */
+  patchedSinceRemote: Patched;
+  /** The run takes its steps in combined calls where it can ('combined-calls'). */
+  combined: boolean;
 }
 
 export function patches(): RunPatches {
-  if (wf.patched(REMOTE_CALLS)) return { lean: true, local: false, remoteStatus: true, patched: () => true, patchedSinceLean: () => true };
+  const all = () => true;
+  if (wf.patched(COMBINED_CALLS)) return { lean: true, local: false, remoteStatus: true, patched: all, patchedSinceLean: all, patchedSinceRemote: all, combined: true };
+  const asked: Patched = (id) => wf.patched(id);
+  if (wf.patched(REMOTE_CALLS)) return { lean: true, local: false, remoteStatus: true, patched: all, patchedSinceLean: all, patchedSinceRemote: asked, combined: false };
   const remoteStatus = wf.patched(REMOTE_STATUS);
   const local = remoteStatus || wf.patched(LOCAL_CALLS);
   const lean = local || wf.patched(LEAN_HISTORY);
-  return { lean, local, remoteStatus, patched: (id) => lean || wf.patched(id), patchedSinceLean: (id) => wf.patched(id) };
+  return { lean, local, remoteStatus, patched: (id) => lean || wf.patched(id), patchedSinceLean: asked, patchedSinceRemote: asked, combined: false };
 }

@@ -37,6 +37,15 @@ export class FakeCalls<A extends { [K in keyof A]: AsyncFn }> {
     return this;
   }
 
+  /**
+   * Also serves the calls `build` makes out of the served ones (e.g. `combinedCalls`): each is
+   * recorded as a call, and so is every served call it makes, with its script.
+   */
+  alsoServe(build: (served: A) => Partial<A>): this {
+    Object.assign(this.answers, build(this.activities() as A));
+    return this;
+  }
+
   /** The names of the calls started so far, in order. */
   started(): string[] {
     return this.events.filter((e) => e.endsWith(':start')).map((e) => e.slice(0, -':start'.length));

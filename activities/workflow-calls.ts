@@ -274,9 +274,10 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
     // Asked by the EIP's name alone, so that the name's index answers (see findRunning); rules
     // started before NatflowEip existed are not found, and find their EIP on their own re-check.
     // (An EIP of the earliest release names none: every waiting rule is woken, and checks.)
-    async notifyEipWaiters(eip) {
+    async notifyEipWaiters(eip, woken = []) {
       if (eip === undefined) return wake('NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip" AND ExecutionStatus = "Running"', eipChangedSignal);
-      const waiting = (execution: WorkflowExecutionInfo) => ['fip', 'dnat', 'snat'].includes(attributeOf(execution, 'NatflowKind') ?? '') && phaseOf(execution) === 'WaitingForEip';
+      const skip = new Set(woken);
+      const waiting = (execution: WorkflowExecutionInfo) => !skip.has(execution.workflowId) && ['fip', 'dnat', 'snat'].includes(attributeOf(execution, 'NatflowKind') ?? '') && phaseOf(execution) === 'WaitingForEip';
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };

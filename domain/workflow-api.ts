@@ -185,8 +185,8 @@ export interface WorkflowCallActivities {
   notifyGatewayWaiters(gateway: string): Promise<number>;
   /** The EIPs (running workflows) that name this gateway, as `eip <name>`. */
   gatewayUsers(gateway: string): Promise<string[]>;
-  /** Wakes the NAT rules waiting for EIP `eip` (without a name: for any EIP); returns how many. */
-  notifyEipWaiters(eip?: string): Promise<number>;
+  /** Wakes the NAT rules waiting for EIP `eip` (without a name: for any EIP), but those in `woken` (the EIP's watchers, woken by it already); returns how many. */
+  notifyEipWaiters(eip?: string, woken?: string[]): Promise<number>;
 }
 
 /** Kubernetes writes for resources that come from the cluster. Run by the control worker. */

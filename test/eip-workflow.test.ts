@@ -139,6 +139,20 @@ describe('EIP workflow (mocked activities)', () => {
     });
   });
 
+  it('the rules watching it are woken by the EIP once Ready, and not a second time by the wake-up of rules found by name', async () => {
+    const fake = control({ bindAddress: { delayMs: 2000 } });
+    await withEip(fake, spec, async (h) => {
+      await eventually(async () => fake.started(), (n) => n.includes('bindAddress'), 20_000);
+      await h.signal(watchEipSignal, { watcher: 'natflow/fip/f1/u1', until: 'ready' });
+      await workflowPhase(h, 'Ready');
+      await startedOnceReady(fake, 5);
+      const woken = (await historyOf(h)).filter((e) => e.type === 'signalExternalWorkflowExecutionInitiated');
+      expect(woken).toHaveLength(1);
+      expect(fake.args.notifyEipWaiters).toEqual([['eip1', ['natflow/fip/f1/u1']]]);
+      await deleteAndWait(h);
+    });
+  });
+
   it('a delete during the bind wakes the rules that began to watch the EIP meanwhile', async () => {
     const fake = control({ bindAddress: { delayMs: 2000 } });
     await withEip(fake, spec, async (h) => {

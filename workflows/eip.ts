@@ -46,6 +46,9 @@ const LATE_WATCHERS_WOKEN = 'late-watchers-woken';
  */
 const WAKE_UPS_SHIELDED = 'wake-ups-shielded';
 
+/** Watchers listed to `notifyEipWaiters` as woken already, at most (the list is its input: a payload). */
+const MAX_WOKEN_LISTED = 1_000;
+
 export async function eipWorkflow(input: EipInput): Promise<void> {
   const eip = new Eip(input);
   let ended: unknown;
@@ -308,10 +311,12 @@ class Eip {
    */
   private async serve(gateway: string, allocation: Allocation): Promise<void> {
     this.serving = { allocation, gateway, spec: this.spec };
+    // Its watchers are woken by the EIP itself (setReady): the rules found by name need not be twice.
+    const woken = this.watchers.size <= MAX_WOKEN_LISTED ? [...this.watchers] : [];
     this.setReady(gateway, allocation.address);
     // Added after the first release: rules created before their EIP no longer wait for their
     // next re-check (up to 30 s) but start at once. Patched, so older histories still replay.
-    if (this.patched('wake-rules-on-eip-ready')) await this.calls.notifyEipWaiters.executeWithOptions({ summary: `wake NAT rules waiting for EIP ${this.name}` }, [this.name]);
+    if (this.patched('wake-rules-on-eip-ready')) await this.calls.notifyEipWaiters.executeWithOptions({ summary: `wake NAT rules waiting for EIP ${this.name}` }, [this.name, woken]);
     await this.keepServing();
   }
 

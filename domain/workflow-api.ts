@@ -142,13 +142,18 @@ export interface Refused {
 }
 
 /**
- * What `takeAddress` did: the address allocated and bound; nothing (the gateway is not ready);
- * or the address allocated and its bind refused, which the caller gives back.
+ * What `takeAddress` did: the address allocated and bound, or the step that was refused. `mayHold`:
+ * something may be held (the bind was refused after the allocation, or an earlier attempt of the
+ * call, which timed out, may have taken what this one was refused), so the caller gives it back.
  */
-export type TakenAddress = { bound: Allocation } | { gatewayNotReady: GatewayReadiness } | { allocated: Allocation; bindRefused: Refused };
+export type TakenAddress = { bound: Allocation } | { refused: Refused; step: 'gateway' | 'allocate' | 'bind'; mayHold: boolean };
 
-/** What `claimAndApply` did: the EIP claimed and the rule applied, or claimed and the rule not applied (refused, or the EIP is on another gateway than expected). */
-export type ClaimedAndApplied = { applied: ClaimedEip } | { claimed: ClaimedEip; notApplied: Refused };
+/**
+ * What `claimAndApply` did: the EIP claimed and the rule applied; claimed and the rule not applied
+ * (refused, or the EIP is on another gateway than expected); or the claim refused (`mayHold` as in
+ * `TakenAddress`: an earlier attempt may have claimed and applied).
+ */
+export type ClaimedAndApplied = { applied: ClaimedEip } | { claimed: ClaimedEip; notApplied: Refused } | { claimRefused: Refused; mayHold: boolean };
 
 /**
  * Calls from one workflow to another, made as activities (a workflow cannot send an update):
@@ -156,10 +161,11 @@ export type ClaimedAndApplied = { applied: ClaimedEip } | { claimed: ClaimedEip;
  */
 export interface WorkflowCallActivities {
   /**
-   * An EIP's three steps in one call, in their order: is the gateway ready, allocate, bind. An
-   * allocation refused is thrown (nothing is held); a bind refused is answered.
+   * An EIP's three steps in one call, in their order: is the gateway ready, allocate, bind; a refusal
+   * is answered, never thrown. Once bound, the
+   * rules waiting for EIP `wake.eip` by name are woken (`notifyEipWaiters`), but those in `wake.woken`.
    */
-  takeAddress(req: { gateway: string; subnet: string; owner: string; requested?: string }): Promise<TakenAddress>;
+  takeAddress(req: { gateway: string; subnet: string; owner: string; requested?: string; wake?: { eip: string; woken: string[] } }): Promise<TakenAddress>;
   allocateAddress(req: { subnet: string; owner: string; requested?: string }): Promise<Allocation>;
   releaseAddress(req: { subnet: string; owner: string }): Promise<string | null>;
   gatewayReadiness(gateway: string): Promise<GatewayReadiness>;
@@ -170,8 +176,8 @@ export interface WorkflowCallActivities {
   claimEip(req: { eipWorkflowId: string } & EipClaim): Promise<ClaimedEip>;
   /**
    * A NAT rule's two steps in one call: claim the EIP, then set `rule` (its `eip` filled with the
-   * claimed address) on the claimed EIP's gateway, if that is `gateway`. A claim refused is thrown
-   * (nothing is held); a rule refused is answered, the claim kept.
+   * claimed address) on the claimed EIP's gateway, if that is `gateway`. A refusal is answered,
+   * never thrown; a rule refused keeps the claim.
    */
   claimAndApply(req: { eipWorkflowId: string; gateway: string; rule: NatRule } & EipClaim): Promise<ClaimedAndApplied>;
   unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void>;

@@ -6,7 +6,7 @@ import { ApplicationFailure, decodeTimeoutType } from '@temporalio/common';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
-import { claimEipUpdate, gatewayChangedSignal, unclaimEipUpdate, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, unclaimEipUpdate, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
@@ -134,16 +134,18 @@ describe('EIP workflow (mocked activities)', () => {
       await deleteAndWait(h);
       const calls = (await historyOf(h)).filter((e) => e.type === 'activityTaskScheduled' || e.type === 'localActivity');
       expect(calls.map((e) => `${e.type}:${e.name}`)).toEqual(
-        ['takeAddress', 'notifyEipWaiters', 'unbindAddress', 'releaseAddress'].map((name) => `activityTaskScheduled:${name}`),
+        ['takeAddress', 'unbindAddress', 'releaseAddress'].map((name) => `activityTaskScheduled:${name}`), // takeAddress wakes the rules waiting by name
       );
     });
   });
 
   it('the rules watching it are woken by the EIP once Ready, and not a second time by the wake-up of rules found by name', async () => {
-    const fake = control({ bindAddress: { delayMs: 2000 } });
-    await withEip(fake, spec, async (h) => {
-      await eventually(async () => fake.started(), (n) => n.includes('bindAddress'), 20_000);
+    const fake = control();
+    // Invalid first, so that the watch comes before it takes its address.
+    await withEip(fake, { natGwDp: 'gw1', v4ip: '172.18.0.300' }, async (h) => {
+      await workflowPhase(h, 'Invalid');
       await h.signal(watchEipSignal, { watcher: 'natflow/fip/f1/u1', until: 'ready' });
+      await h.signal(specChangedSignal, { spec, generation: 2 });
       await workflowPhase(h, 'Ready');
       await startedOnceReady(fake, 5);
       const woken = (await historyOf(h)).filter((e) => e.type === 'signalExternalWorkflowExecutionInitiated');
@@ -226,6 +228,21 @@ describe('EIP workflow (mocked activities)', () => {
       await workflowPhase(h, 'Ready', 30_000);
       const take = ['takeAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress'];
       expect(await startedOnceReady(fake, 11)).toEqual([...take, 'unbindAddress', 'releaseAddress', ...take, 'notifyEipWaiters']);
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a take whose first attempt allocated and failed, and whose retry finds the gateway not ready, gives back what the first took', async () => {
+    let checks = 0;
+    const fake = control({
+      gatewayReadiness: { answer: async () => (++checks === 1 ? { exists: true, ready: true, reason: '' } : { exists: true, ready: false, reason: 'agent restarting' }) },
+      bindAddress: { failure: ApplicationFailure.retryable('connection reset', 'Transient'), failures: 1 },
+    });
+    await withEip(fake, spec, async (h) => {
+      await workflowPhase(h, 'WaitingForGateway', 20_000);
+      await eventually(async () => fake.started(), (s) => s.includes('releaseAddress'), 20_000, 'the address released');
+      expect(fake.started().slice(0, 6)).toEqual(['takeAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress', 'takeAddress', 'gatewayReadiness']);
+      expect(fake.started().slice(6, 8)).toEqual(['unbindAddress', 'releaseAddress']);
       await deleteAndWait(h);
     });
   });

@@ -158,6 +158,20 @@ describe('NAT rule workflow (mocked activities)', () => {
     });
   });
 
+  it('a claim-and-apply whose first attempt claimed and failed, and whose retry is refused the claim, gives back what the first took', async () => {
+    let claims = 0;
+    const fake = control({
+      claimEip: { answer: async () => (++claims === 1 ? { address: '172.18.0.9', gateway: 'gw1' } : Promise.reject(ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleting)', Reason.EipNotReady))) },
+      setGatewayRule: { failure: ApplicationFailure.retryable('connection reset', 'Transient'), failures: 1 },
+    });
+    await withFip(fake, async (h) => {
+      await eventually(async () => fake.started(), (s) => s.includes('unclaimEip'), 20_000, 'the claim given back');
+      expect(fake.started().slice(0, 7)).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule', 'claimAndApply', 'claimEip', 'removeGatewayRule']);
+      expect(fake.started()[7]).toBe('unclaimEip');
+      await deleteAndWait(h);
+    });
+  });
+
   it('a spec change on the same EIP replaces the rule in place', async () => {
     const fake = control();
     await withFip(fake, async (h) => {

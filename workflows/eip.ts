@@ -12,8 +12,7 @@ import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
-import type { GatewayReadiness } from '../domain/gateway.js';
-import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence, type TakenAddress } from '../domain/workflow-api.js';
+import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence} from '../domain/workflow-api.js';
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
@@ -204,27 +203,22 @@ class Eip {
       this.gatewayChanged = false;
       this.held = { subnet };
       this.bound = { gateway };
-      let taken: TakenAddress;
-      try {
-        taken = await this.calls.takeAddress.executeWithOptions({ summary: `take ${requested || 'an address'} from ${subnet} onto ${gateway}` }, [{ gateway, subnet, owner: this.owner, requested }]);
-      } catch (err) {
-        if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
-        await this.allocationFailed(err); // the one step that throws
-        return null;
-      }
+      const wake = { eip: this.name, woken: this.wokenByItself() };
+      // Unlimited retries: it ends in an answer, or in the delete's cancellation (thrown on).
+      const taken = await this.calls.takeAddress.executeWithOptions({ summary: `take ${requested || 'an address'} from ${subnet} onto ${gateway}` }, [{ gateway, subnet, owner: this.owner, requested, wake }]);
       if ('bound' in taken) {
         this.allocationRefusals = 0;
         this.status.ip = taken.bound.address;
         return taken.bound;
       }
-      if ('allocated' in taken) {
-        this.status.ip = taken.allocated.address;
-        await this.releaseAll(); // nothing stays held while we wait for the gateway again
-        this.setPhase('WaitingForGateway', { status: 'False', reason: taken.bindRefused.reason, message: taken.bindRefused.message });
-      } else {
-        this.nothingHeld();
-        this.setPhase('WaitingForGateway', gatewayWait(taken.gatewayNotReady));
+      if (taken.mayHold) await this.releaseAll(); // nothing stays held while we wait
+      else this.nothingHeld();
+      const why = { status: 'False' as const, ...taken.refused };
+      if (taken.step === 'allocate') {
+        await this.allocationFailed(why);
+        return null;
       }
+      this.setPhase('WaitingForGateway', why);
       await this.waitFor(() => this.gatewayChanged || this.specChanged, backoff(attempt, 1000, RECHECK_MAX_MS));
       if (this.specChanged) return null;
     }
@@ -250,7 +244,7 @@ class Eip {
       this.gatewayChanged = false;
       const readiness = await this.calls.gatewayReadiness.executeWithOptions({ summary: `is ${gateway} ready?` }, [gateway]);
       if (readiness.ready) return true;
-      this.setPhase('WaitingForGateway', gatewayWait(readiness));
+      this.setPhase('WaitingForGateway', { status: 'False', reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason });
       // A gateway that becomes ready (or appears) wakes us; the timer is the fallback.
       if (!this.legacy) {
         await this.waitFor(() => this.gatewayChanged || this.specChanged, backoff(attempt, 1000, RECHECK_MAX_MS));
@@ -276,16 +270,16 @@ class Eip {
     } catch (err) {
       // A delete decides by the scope, not by the error: whatever the call's outcome, it may hold.
       if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
-      await this.allocationFailed(err);
+      if (isRefusal(err) || this.legacy) this.held = null; // refused by the IPAM: nothing is held
+      else await this.releaseAll();
+      await this.allocationFailed(refusal(err, 'AllocationFailed'));
       return null;
     }
   }
 
-  /** Shows why an allocation failed and waits: a refusal holds nothing, anything else gives back what it may have taken. */
-  private async allocationFailed(err: unknown): Promise<void> {
-    if (isRefusal(err) || this.legacy) this.nothingHeld(); // refused by the IPAM: nothing is held
-    else await this.releaseAll();
-    this.setPhase('Failed', refusal(err, 'AllocationFailed'));
+  /** Shows why an allocation failed (nothing is held) and waits before the next try. */
+  private async allocationFailed(why: ReadyCondition): Promise<void> {
+    this.setPhase('Failed', why);
     // Level-triggered: the subnet may appear or the address be freed; an address asked for is
     // often held by an EIP on its way out (deleted a moment ago), so look again soon, then seldom.
     await this.waitFor(() => this.specChanged, this.legacy ? RETRY_FAILED_AFTER_MS : backoff(this.allocationRefusals++, 10_000, RETRY_FAILED_AFTER_MS));
@@ -311,12 +305,12 @@ class Eip {
    */
   private async serve(gateway: string, allocation: Allocation): Promise<void> {
     this.serving = { allocation, gateway, spec: this.spec };
-    // Its watchers are woken by the EIP itself (setReady): the rules found by name need not be twice.
-    const woken = this.watchers.size <= MAX_WOKEN_LISTED ? [...this.watchers] : [];
+    const woken = this.wokenByItself();
     this.setReady(gateway, allocation.address);
     // Added after the first release: rules created before their EIP no longer wait for their
     // next re-check (up to 30 s) but start at once. Patched, so older histories still replay.
-    if (this.patched('wake-rules-on-eip-ready')) await this.calls.notifyEipWaiters.executeWithOptions({ summary: `wake NAT rules waiting for EIP ${this.name}` }, [this.name, woken]);
+    // A combined run's takeAddress woke them already.
+    if (this.patched('wake-rules-on-eip-ready') && !this.combined) await this.calls.notifyEipWaiters.executeWithOptions({ summary: `wake NAT rules waiting for EIP ${this.name}` }, [this.name, woken]);
     await this.keepServing();
   }
 
@@ -371,6 +365,11 @@ class Eip {
 
   private sendBind(gateway: string, allocation: Allocation): Promise<void> {
     return this.calls.bindAddress.executeWithOptions({ summary: `add ${allocation.address}/${allocation.prefixLength} on ${gateway}` }, [{ gateway, owner: this.owner, address: allocation.address, prefixLength: allocation.prefixLength }]);
+  }
+
+  /** Its watchers, which it wakes itself once Ready: the wake-up of rules found by name skips them (a list at most MAX_WOKEN_LISTED long). */
+  private wokenByItself(): string[] {
+    return this.watchers.size <= MAX_WOKEN_LISTED ? [...this.watchers] : [];
   }
 
   private setReady(gateway: string, address: string): void {
@@ -551,9 +550,4 @@ class Eip {
     this.status.nat = [...new Set([...this.claims.values()].map((c) => c.kind))].sort().join(',');
     this.k8s.publish({ ...this.status });
   }
-}
-
-/** WaitingForGateway's condition for a gateway that is not ready (or does not exist). */
-function gatewayWait(readiness: GatewayReadiness): ReadyCondition {
-  return { status: 'False', reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason };
 }

@@ -11,7 +11,7 @@ import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type WatchUntil } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule, type EipWatch, type WatchUntil } from '../domain/workflow-api.js';
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
@@ -219,14 +219,13 @@ class NatRuleResource {
     this.setPhase('Claiming', { status: 'False', reason: 'Claiming', message: `claiming EIP ${this.input.spec.eip} and applying on ${gateway}` }, { passing: true });
     this.claimed = { eipWorkflowId: eip.workflowId };
     this.applied = { gateway };
-    let taken: ClaimedAndApplied;
-    try {
-      taken = await this.calls.claimAndApply.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name} and apply on ${gateway}` }, [
-        { eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name, gateway, rule: rule.value },
-      ]);
-    } catch (err) {
-      if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
-      await this.claimRefused(err, eip); // the one step that throws
+    // Unlimited retries: it ends in an answer, or in the delete's cancellation (thrown on).
+    const taken = await this.calls.claimAndApply.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name} and apply on ${gateway}` }, [
+      { eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name, gateway, rule: rule.value },
+    ]);
+    if ('claimRefused' in taken) {
+      if (taken.mayHold) await this.releaseAll(); // an earlier attempt may have claimed and applied
+      await this.claimRefused({ status: 'False', ...taken.claimRefused }, eip);
       return null;
     }
     const target = 'applied' in taken ? taken.applied : taken.claimed;
@@ -260,30 +259,30 @@ class NatRuleResource {
     } catch (err) {
       // A delete decides by the scope, not by the error: whatever the call's outcome, it may hold.
       if (wf.isCancellation(err) || wf.CancellationScope.current().consideredCancelled) throw err;
-      await this.claimRefused(err, eip);
+      await this.claimRefused(refusal(err, 'Error'), eip);
       return null;
     }
   }
 
   /** A refused claim (an unlimited retry only ends in a refusal) holds nothing: shows why, and waits for what may change it. */
-  private async claimRefused(err: unknown, eip: EipForRule): Promise<void> {
+  private async claimRefused(why: ReadyCondition, eip: EipForRule): Promise<void> {
     this.claimed = null;
     this.applied = null; // set by a combined call, which applies only once its claim is taken
     // An EIP gone since it was found: look for it again by name (a new one of that name wakes
     // us), after a moment in which visibility learns that it ended.
-    if (this.lean && refusal(err, '').reason === Reason.EipNotFound) {
+    if (this.lean && why.reason === Reason.EipNotFound) {
       this.setPhase('WaitingForEip', { status: 'False', reason: Reason.EipNotFound, message: `EIP ${this.input.spec.eip} is gone` });
       await this.waitFor(() => this.specChanged || this.eipChanged, EIP_GONE_RECHECK_MS);
       return;
     }
     // Not ready since the lookup: it may be on its way out, and end right after taking a watch
     // (its wake-up lost). The lookup sees that (and re-checks soon) or watches an EIP that stays.
-    if (!this.legacy && refusal(err, '').reason === Reason.EipNotReady && this.patchedSinceLean(NOT_READY_CLAIM_LOOKUP)) {
-      this.setPhase('WaitingForEip', refusal(err, 'Error'));
+    if (!this.legacy && why.reason === Reason.EipNotReady && this.patchedSinceLean(NOT_READY_CLAIM_LOOKUP)) {
+      this.setPhase('WaitingForEip', why);
       await this.waitFor(() => this.specChanged, backoff(this.notReadyClaims++, 1000, RECHECK_MAX_MS));
       return;
     }
-    this.setPhase('Failed', refusal(err, 'Error'));
+    this.setPhase('Failed', why);
     await this.waitAfterRefusal(eip.workflowId, { until: 'claimable', kind: this.kind });
   }
 

@@ -62,6 +62,8 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
       const finalizers = obj?.metadata?.finalizers ?? [];
       if (!obj || !finalizers.includes(FINALIZER)) return;
       try {
+        // Without ours, the object goes at once unless another finalizer keeps it: only then is its status read again.
+        if (ref.status && finalizers.some((f) => f !== FINALIZER)) await api.patchClusterCustomObjectStatus({ ...coords(ref), body: { status: ref.status } }, mergePatch);
         await setFinalizers(ref, obj, finalizers.filter((f) => f !== FINALIZER));
       } catch (err) {
         if (!isStatus(err, 404)) throw err;

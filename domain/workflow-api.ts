@@ -200,8 +200,8 @@ export interface KubeActivities {
   /** Is the object there and not being deleted? Then the finalizer goes on, before anything else. */
   kubeAdopt(ref: KubeRef): Promise<{ exists: boolean; deleting: boolean }>;
   kubePublishStatus(ref: KubeRef & { status: Record<string, unknown> }): Promise<void>;
-  /** Removes the finalizer: the last step of every cleanup. */
-  kubeRelease(ref: KubeRef): Promise<void>;
+  /** Removes the finalizer: the last step of every cleanup. `status`, the last one not written yet, is written first if another finalizer keeps the object. */
+  kubeRelease(ref: KubeRef & { status?: Record<string, unknown> }): Promise<void>;
 }
 
 /** The audit's control side. Run by the control worker. */

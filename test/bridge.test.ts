@@ -2,7 +2,8 @@
 // server, the control worker (writing finalizers and status), the lab gateway gw1 with its agent,
 // and real traffic. Objects are written through the API, as `kubectl apply` would.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FINALIZER, type KubeKind } from '../domain/kube.js';
+import { crd, FINALIZER, type KubeKind } from '../domain/kube.js';
+import { mergePatch } from '../activities/kube.js';
 import type { LabTopology } from '../domain/lab.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
 import { KubeBridge } from '../starter/bridge.js';
@@ -111,6 +112,18 @@ describe('kube watcher bridge (real kube-apiserver)', () => {
     await gone('eip', 'eip-nowhere');
     await bridge.resync();
     expect((await get('subnet', DEFAULT_EXTERNAL_SUBNET)).status).toMatchObject({ v4usingIPs: usage!.v4usingIPs, v4usingIPrange: usage!.v4usingIPrange });
+  });
+
+  it('an object another finalizer keeps gets its last status (Deleted) with the release of natflow\'s finalizer', async () => {
+    await create('eip', 'eip-kept', { natGwDp: 'no-such-gw' }); // no gateway needed: its finalizer is on, and its delete runs the same cleanup
+    const held = await eventually(() => get('eip', 'eip-kept'), (o) => condition(o)?.reason === 'GatewayNotFound', 60_000, 'adopted and waiting');
+    const keep = 'example.com/keep';
+    await kube.custom.patchClusterCustomObject({ ...crd('eip'), name: 'eip-kept', body: { metadata: { finalizers: [...(held.metadata?.finalizers ?? []), keep] } } }, mergePatch);
+    await del('eip', 'eip-kept');
+    const kept = await eventually(() => get('eip', 'eip-kept'), (o) => JSON.stringify(o.metadata?.finalizers) === JSON.stringify([keep]), 60_000, 'only the other finalizer left');
+    expect(kept.status).toMatchObject({ phase: 'Deleted', ready: false, ip: '' });
+    await kube.custom.patchClusterCustomObject({ ...crd('eip'), name: 'eip-kept', body: { metadata: { finalizers: [] } } }, mergePatch);
+    await gone('eip', 'eip-kept');
   });
 
   it('a resource deleted while the bridge is down is still cleaned up, and disappears', async () => {

@@ -299,6 +299,9 @@ describe('a life of months (mocked activities)', () => {
       const started = fake.started().filter((n) => n !== 'kubePublishStatus');
       expect(started).toEqual(['kubeAdopt', 'releaseEverywhere', 'kubeRelease']);
       expect(fake.args.releaseEverywhere).toEqual([[{ owner: h.workflowId }]]);
+      // The last status goes with the release (written only if another finalizer keeps the object), not as a write of its own.
+      expect(fake.args.kubeRelease?.[0]?.[0]).toMatchObject({ status: { phase: 'Deleted' } });
+      expect(fake.args.kubePublishStatus?.map(([ref]) => ref.status.phase)).not.toContain('Deleted');
     });
     const rule = fakeCalls();
     await withFip(rule, { resource: { name: 'fip1', uid: uid(), generation: 1, fromKube: true } }, async (h) => {

@@ -14,21 +14,32 @@ export interface KubeSync {
   release(): Promise<void>;
 }
 
-/** `kube`: the proxy its calls go through (a resource workflow's are local since 'local-calls'); `status`: the one status writes go through. */
-export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube): KubeSync {
+/**
+ * `kube`: the proxy its calls go through (a resource workflow's are local since 'local-calls');
+ * `status`: the one status writes go through. `finalStatusWithRelease` (runs since 'combined-calls'):
+ * the status not yet written when the finalizer comes off goes with the release, which writes it
+ * only if another finalizer keeps the object (else it is gone the moment ours is off): one call less.
+ */
+export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, finalStatusWithRelease = false): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
   if (!resource.fromKube) return { adopt: async () => 'adopted', publish: () => undefined, release: async () => undefined };
 
   let latest: Record<string, unknown> | null = null;
   let version = 0;
   let published = 0;
+  /** A status write is in flight. */
+  let writing = false;
+  /** The release has begun: what is left to write goes with it. */
+  let releasing = false;
   // One publisher, outside cancellation, always sending the newest status: a burst of phase
   // changes costs one write, and the final status still goes out while cleanup runs.
   void wf.CancellationScope.nonCancellable(async () => {
     for (;;) {
-      await wf.condition(() => version > published);
+      await wf.condition(() => version > published && !releasing);
       const sending = version;
+      writing = true;
       await status.kubePublishStatus.executeWithOptions({ summary: `status of ${kind} ${resource.name}` }, [{ ...ref, status: latest! }]);
+      writing = false;
       published = sending;
     }
   });
@@ -42,8 +53,16 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       version++;
     },
     async release() {
-      await wf.condition(() => published === version); // the last status lands before the object may go
-      await kube.kubeRelease.executeWithOptions({ summary: `remove finalizer of ${kind} ${resource.name}` }, [ref]);
+      if (!finalStatusWithRelease) {
+        await wf.condition(() => published === version); // the last status lands before the object may go
+        await kube.kubeRelease.executeWithOptions({ summary: `remove finalizer of ${kind} ${resource.name}` }, [ref]);
+        return;
+      }
+      releasing = true;
+      await wf.condition(() => !writing); // a write in flight lands before the object may go
+      const unwritten = version > published ? { status: latest! } : {};
+      await kube.kubeRelease.executeWithOptions({ summary: `remove finalizer of ${kind} ${resource.name}` }, [{ ...ref, ...unwritten }]);
+      published = version;
     },
   };
 }

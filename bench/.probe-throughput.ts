@@ -1,0 +1,289 @@
+// Throughput through the CLI path: N EIP+FIP pairs created on one gateway (through
+// starter/resources.ts, `--inflight` creates at a time) until all are Ready, then deleted until
+// nothing is left (no running workflow, no rule or address on the gateway, no allocation), for
+// each N; beside it the Temporal floor: as many trivial workflows running as many no-op
+// activities as natflow's workflows ran, on the same server and worker settings.
+//
+//   npm run bench:throughput -- --pairs 50,200,1000
+//
+// Latency (`--latency SECONDS`, `--rate R`): on a pool of ready EIPs, a steady R FIP creates and R
+// FIP deletes a second (each FIP deleted 3 s after its create) for that long; create → Ready (the
+// server's time of the FIP's Ready write) and delete → clean (the time its workflow closed, its
+// rules and conntrack entries gone from the gateway) per FIP, p50 and p99. `--pairs 0` skips the bursts.
+//
+// API path (`--path api`): the same pairs as IptablesEIP and IptablesFIPRule objects created
+// through a kube-apiserver (the bridge starts the workflows, status is written back), Ready when
+// every FIP object's status says so, deleted when every object is gone (finalizers released).
+//
+// It starts its own dev server (SQLite in a temporary directory, as `npm start` runs it), a lab
+// gateway `gwb` with a /19 external subnet, the control worker in this process and the gateway's
+// agent in a process of its own (as a gateway pod runs it).
+// The FIPs point at addresses of a /16 VPC that the lab does not route: no traffic is measured.
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import type { Client } from '@temporalio/client';
+import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
+import { CustomObjectsApi } from '@kubernetes/client-node';
+import { crd, KUBEOVN_API_VERSION, KUBEOVN_KINDS } from '../domain/kube.js';
+import { KubeBridge } from '../starter/bridge.js';
+import { installCrds, startKubeApiserver } from '../temporal-dev/kube/apiserver.js';
+import { loadKubeConfig } from '../worker/kube-config.js';
+import { labDown, labUp } from '../temporal-dev/lab.js';
+import { startDevServer } from '../temporal-dev/dev-server.js';
+import { startAgentProcess } from '../temporal-dev/agent-process.js';
+import { connectTemporal, temporalTarget } from '../worker/connection.js';
+import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
+import { reportRow } from './results.js';
+import { createResource, ensureGateway, ensureSubnet, findRunning, gatewayState, subnetState } from '../starter/resources.js';
+
+const { values } = parseArgs({
+  options: {
+    pairs: { type: 'string', default: '50,200,1000' },
+    inflight: { type: 'string', default: '50' },
+    'no-floor': { type: 'boolean' },
+    latency: { type: 'string', default: '0' },
+    rate: { type: 'string', default: '20' },
+    path: { type: 'string', default: 'cli' },
+  },
+});
+const apiPath = values.path === 'api';
+if (!['cli', 'api'].includes(values.path!)) throw new Error('--path: cli or api');
+const sizes = values.pairs === '0' ? [] : values.pairs!.split(',').map(Number);
+const inflight = Number(values.inflight);
+const [latencySeconds, rate] = [Number(values.latency), Number(values.rate)];
+if (sizes.some((n) => !(n > 0 && n <= 8000)) || !(inflight > 0)) throw new Error('--pairs: sizes from 1 to 8000 (a /19), or 0; --inflight: a positive number');
+if (!(latencySeconds >= 0) || !(rate > 0 && rate <= 100)) throw new Error('--latency: seconds (0: none); --rate: FIP creates (and deletes) a second, up to 100');
+
+Runtime.install({ logger: new DefaultLogger('ERROR'), shutdownSignals: [] });
+const GATEWAY = 'gwb';
+const SUBNET = 'bench-ext';
+const seconds = (ms: number) => (ms / 1000).toFixed(1);
+/** How often the bench counts: each count walks every running workflow's visibility record. */
+const POLL_MS = 500;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Runs `task` on every item, `limit` at a time. */
+async function pool<T>(items: T[], limit: number, task: (item: T) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) await task(items[next++]!);
+  }));
+}
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15 * 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(POLL_MS);
+  }
+}
+
+const count = async (client: Client, query: string) => (await client.workflow.count(query)).count;
+
+/** Peak RSS of this process (control worker + bench client), sampled. */
+let peakRss = 0;
+/** The agent's, read from the kernel before it stops. */
+let agentPeakRss = 0;
+setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 250).unref();
+
+const scratch = await mkdtemp(path.join(os.tmpdir(), 'natflow-bench-'));
+const server = await startDevServer({ port: 17433, uiPort: 18433, dbFile: path.join(scratch, 'temporal.sqlite') });
+const topology = await labUp(GATEWAY);
+const temporal = await connectTemporal(temporalTarget({ address: server.address }));
+const { client, nativeConnection } = temporal;
+// The API path's cluster: a kube-apiserver with the CRDs, and the bridge.
+const kube = apiPath ? await startKubeApiserver({ dataDir: path.join(scratch, 'kube') }) : undefined;
+if (kube) await installCrds(kube.kubeconfigPath);
+const kubeConfig = kube ? loadKubeConfig(kube.kubeconfigPath) : undefined;
+const objects = kubeConfig?.makeApiClient(CustomObjectsApi);
+const control = await createControlWorker({ connection: nativeConnection, client, kubeConfig });
+const controlRun = control.run();
+const bridge = kubeConfig ? new KubeBridge({ kubeConfig, client, log: () => undefined }) : undefined;
+await bridge?.start();
+const r = { client };
+const rows: string[][] = [];
+let latency: { fips: number; ready: number[]; clean: number[] } | null = null;
+try {
+  await ensureSubnet(r, { name: SUBNET, cidrBlock: '172.30.0.0/19', gateway: '172.30.0.1', excludeIps: [] });
+  await ensureGateway(r, { name: GATEWAY, externalSubnet: SUBNET, lanIp: topology.lanIp, internalCidr: '10.0.0.0/16' });
+  const agent = startAgentProcess(server.address, GATEWAY, topology);
+  await until('the gateway ready', async () => (await gatewayState(r, GATEWAY)).ready);
+
+  for (const [round, n] of sizes.entries()) {
+    const pairs = Array.from({ length: n }, (_, i) => ({ eip: `b${round}-e${i}`, fip: `b${round}-f${i}`, internalIp: `10.0.${16 + Math.floor(i / 250)}.${1 + (i % 250)}` }));
+    const created: string[] = [];
+    const t0 = Date.now();
+    await pool(pairs, inflight, async (p) => {
+      if (objects) {
+        await objects.createClusterCustomObject({ ...crd('eip'), body: kubeObject('eip', p.eip, { natGwDp: GATEWAY, externalSubnet: SUBNET }) });
+        await objects.createClusterCustomObject({ ...crd('fip'), body: kubeObject('fip', p.fip, { eip: p.eip, internalIp: p.internalIp }) });
+        return;
+      }
+      created.push((await createResource(r, 'eip', p.eip, { natGwDp: GATEWAY, externalSubnet: SUBNET })).workflowId);
+      created.push((await createResource(r, 'fip', p.fip, { eip: p.eip, internalIp: p.internalIp })).workflowId);
+    });
+    const started = Date.now() - t0;
+    if (objects) await until(`${n} FIP objects ready`, async () => (await listObjects('fip')).filter((o) => o.status?.ready === true).length >= n);
+    else await until(`${n} FIPs Ready`, async () => (await count(client, 'NatflowKind = "fip" AND NatflowPhase = "Ready" AND ExecutionStatus = "Running"')) >= n);
+    const ready = Date.now() - t0;
+    if (objects) for await (const w of client.workflow.list({ query: 'NatflowKind IN ("eip", "fip") AND ExecutionStatus = "Running"' })) created.push(w.workflowId);
+    // What a pair cost: activities and local activities per resource workflow (from a sample), for the floor.
+    const sample = ['eip', 'fip'].flatMap((kind) => created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 10));
+    let activities = 0;
+    let localActivities = 0;
+    for (const id of sample) {
+      const events = (await client.workflow.getHandle(id).fetchHistory()).events ?? [];
+      activities += events.filter((e) => e.activityTaskScheduledEventAttributes).length;
+      localActivities += events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
+    }
+    const perWorkflow = { activities: Math.round(activities / sample.length), localActivities: Math.round(localActivities / sample.length) };
+
+    const t1 = Date.now();
+    if (objects) {
+      await pool(pairs.flatMap((p) => [['fip', p.fip], ['eip', p.eip]] as const), inflight, ([kind, name]) => objects.deleteClusterCustomObject({ ...crd(kind), name }));
+      await until('every object gone', async () => (await listObjects('eip')).length + (await listObjects('fip')).length === 0);
+    } else await pool(created, inflight, (id) => client.workflow.getHandle(id).cancel());
+    // Counted first: the state queries are large and cost the gateway and IPAM workflow tasks.
+    await until('every workflow ended', async () => (await count(client, 'NatflowKind IN ("eip", "fip") AND ExecutionStatus = "Running"')) === 0);
+    await until('nothing left on the gateway and in IPAM', async () => {
+      const gw = await gatewayState(r, GATEWAY);
+      const ipam = await subnetState(r, SUBNET);
+      return Object.keys(gw.rules).length === 0 && Object.keys(gw.eips).length === 0 && Object.keys(ipam.allocations).length === 0;
+    });
+    const deleted = Date.now() - t1;
+    {
+      const rows: string[] = [];
+      const ms = (e: any) => Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6) - t1;
+      for (const id of sample) {
+        const events = (await client.workflow.getHandle(id).fetchHistory()).events ?? [];
+        const cancelAt = events.find((e) => e.workflowExecutionCancelRequestedEventAttributes);
+        const acts = events.filter((e) => e.activityTaskScheduledEventAttributes && cancelAt && Number(e.eventId) > Number(cancelAt.eventId)).map((e) => `${e.activityTaskScheduledEventAttributes!.activityType!.name}@${(ms(e) / 1000).toFixed(1)}`);
+        rows.push(`${id.split('/').slice(1, 3).join('/')}: cancel ${cancelAt ? (ms(cancelAt) / 1000).toFixed(1) : '-'} s; ${acts.join(' ')}; closed ${(ms(events[events.length - 1]) / 1000).toFixed(1)} s`);
+      }
+      console.log(rows.join('\n'));
+    }
+
+    let floor = '-';
+    if (!values['no-floor']) floor = seconds(await temporalFloor(client, nativeConnection, 2 * n, perWorkflow));
+    rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), `${perWorkflow.activities} + ${perWorkflow.localActivities} local`, floor, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
+    const rss = `control ${Math.round(peakRss / 2 ** 20)} MiB, agent ${Math.round((agent.peakRss() ?? 0) / 2 ** 20)} MiB`;
+    reportRow({ scenario: `EIP+FIP pairs to Ready (${apiPath ? 'API path: kube objects, bridge, status' : 'CLI path'})`, size: `${n} pairs`, result: `${seconds(ready)} s`, versus: floor === '-' ? undefined : `floor ${floor} s`, ratio: floor === '-' ? undefined : `${(ready / 1000 / Number(floor)).toFixed(2)}×`, rss });
+    reportRow({ scenario: 'the same pairs deleted, nothing left', size: `${n} pairs`, result: `${seconds(deleted)} s`, versus: `create ${seconds(ready)} s`, ratio: `${(deleted / ready).toFixed(2)}×` });
+    console.log(`[bench] ${n} pairs: Ready in ${seconds(ready)} s, deleted in ${seconds(deleted)} s`);
+  }
+  if (latencySeconds > 0) latency = await steadyLatency(latencySeconds, rate);
+  agentPeakRss = agent.peakRss() ?? 0;
+  await agent.stop();
+} finally {
+  await bridge?.stop();
+  control.shutdown();
+  await controlRun.catch(() => undefined);
+  await temporal.close();
+  await labDown(GATEWAY);
+  await kube?.stop();
+  await server.stop();
+  await rm(scratch, { recursive: true, force: true });
+}
+
+if (rows.length > 0) console.log(`\nnatflow throughput, ${apiPath ? 'API path (kubectl-style creates through a kube-apiserver, the bridge, status written back)' : 'CLI path'} (${new Date().toISOString().slice(0, 10)}; ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; @temporalio ${(await import('@temporalio/worker/package.json', { with: { type: 'json' } })).default.version})`);
+if (rows.length > 0) {
+  console.log(`${inflight} creates in flight; dev server on SQLite (WAL); peak RSS of control worker + bench ${Math.round(peakRss / 2 ** 20)} MiB, of the agent ${Math.round(agentPeakRss / 2 ** 20)} MiB\n`);
+  console.log(['pairs', 'created s', 'all Ready s', 'all deleted s', 'ms/pair', 'activities/wf', 'floor s', 'Ready/floor'].join('\t'));
+  for (const row of rows) console.log(row.join('\t'));
+}
+
+if (latency) {
+  const q = (values: number[], p: number) => (values.length === 0 ? NaN : [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil(p * values.length) - 1)]!);
+  const ms = (v: number) => `${Math.round(v)} ms`;
+  console.log(`\nlatency: ${rate} FIP creates/s and ${rate} deletes/s for ${latencySeconds} s (${latency.fips} FIPs)`);
+  console.log(['', 'p50', 'p99', 'max', 'measured'].join('\t'));
+  for (const [what, values] of [['create → Ready', latency.ready], ['delete → clean', latency.clean]] as const) {
+    console.log([what, ms(q(values, 0.5)), ms(q(values, 0.99)), ms(Math.max(...values)), String(values.length)].join('\t'));
+    reportRow({ scenario: `FIP ${what}, ${rate}/s created and deleted`, size: `${latencySeconds} s, ${values.length} FIPs`, result: `max ${ms(Math.max(...values))}`, p50: ms(q(values, 0.5)), p99: ms(q(values, 0.99)) });
+  }
+}
+
+function kubeObject(kind: 'eip' | 'fip', name: string, spec: Record<string, string>) {
+  return { apiVersion: KUBEOVN_API_VERSION, kind: KUBEOVN_KINDS[kind].kind, metadata: { name }, spec };
+}
+
+async function listObjects(kind: 'eip' | 'fip'): Promise<{ status?: { ready?: boolean } }[]> {
+  return ((await objects!.listClusterCustomObject(crd(kind))) as { items: { status?: { ready?: boolean } }[] }).items;
+}
+
+/**
+ * A steady churn of FIPs on a pool of ready EIPs: every 1/rate s one FIP is created, and the one
+ * created 3 s earlier deleted. Times come from the server afterwards (the Ready write's event time,
+ * the close time), so measuring takes nothing from the run.
+ */
+async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips: number; ready: number[]; clean: number[] }> {
+  const lagTicks = 3 * perSecond;
+  const poolSize = 10 * perSecond; // an EIP's last FIP was deleted ~7 s before the next one claims it
+  const eips = Array.from({ length: poolSize }, (_, i) => `l-e${i}`);
+  await pool(eips, inflight, (name) => createResource(r, 'eip', name, { natGwDp: GATEWAY, externalSubnet: SUBNET }));
+  await until(`${poolSize} EIPs Ready`, async () => (await count(client, 'NatflowKind = "eip" AND NatflowPhase = "Ready" AND ExecutionStatus = "Running"')) >= poolSize);
+  const fips: { workflowId: string; createdAt: number; deletedAt?: number }[] = [];
+  const work: Promise<unknown>[] = [];
+  const ticks = seconds * perSecond;
+  const t0 = Date.now();
+  for (let k = 0; k < ticks + lagTicks; k++) {
+    await sleep(Math.max(0, t0 + (k * 1000) / perSecond - Date.now()));
+    if (k < ticks) {
+      const createdAt = Date.now();
+      const slot = fips.length;
+      fips.push({ workflowId: '', createdAt });
+      work.push(createResource(r, 'fip', `l-f${k}`, { eip: eips[k % poolSize]!, internalIp: `10.0.${16 + Math.floor(k / 250) % 200}.${1 + (k % 250)}` }).then((c) => (fips[slot]!.workflowId = c.workflowId)));
+    }
+    const old = fips[k - lagTicks];
+    if (old) {
+      work.push(
+        (async () => {
+          while (!old.workflowId) await sleep(10);
+          old.deletedAt = Date.now();
+          await client.workflow.getHandle(old.workflowId).cancel();
+        })(),
+      );
+    }
+  }
+  await Promise.all(work);
+  await until('every FIP closed', async () => (await count(client, 'NatflowKind = "fip" AND ExecutionStatus = "Running"')) === 0);
+  const ready: number[] = [];
+  const clean: number[] = [];
+  for (const f of fips) {
+    const handle = client.workflow.getHandle(f.workflowId);
+    const events = (await handle.fetchHistory()).events ?? [];
+    const readyEvent = events.find((e) => {
+      const phase = e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields?.NatflowPhase?.data;
+      return phase && Buffer.from(phase).toString().includes('"Ready"');
+    });
+    if (readyEvent?.eventTime?.seconds != null) ready.push(Number(readyEvent.eventTime.seconds) * 1000 + Math.round((readyEvent.eventTime.nanos ?? 0) / 1e6) - f.createdAt);
+    const closed = (await handle.describe()).closeTime;
+    if (closed && f.deletedAt) clean.push(closed.getTime() - f.deletedAt);
+  }
+  for (const name of eips) await client.workflow.getHandle((await findRunning(r, 'eip', { name }))[0]!.workflowId).cancel();
+  await until('every EIP closed', async () => (await count(client, 'NatflowKind = "eip" AND ExecutionStatus = "Running"')) === 0);
+  return { fips: fips.length, ready, clean };
+}
+
+/** The floor: `workflows` trivial workflows of as many no-op (local) activities each as natflow's ran, `inflight` starts at a time, until all completed. */
+async function temporalFloor(client: Client, connection: typeof nativeConnection, workflows: number, perWorkflow: { activities: number; localActivities: number }): Promise<number> {
+  const taskQueue = 'bench-floor';
+  const worker = await Worker.create({
+    connection,
+    taskQueue,
+    workflowsPath: new URL('./floor-workflow.ts', import.meta.url).pathname,
+    activities: { noop: async () => undefined },
+    ...RESOURCE_TUNING, // the resource workflows' own worker settings
+  });
+  return worker.runUntil(async () => {
+    const t0 = Date.now();
+    const handles: { result(): Promise<unknown> }[] = [];
+    await pool(Array.from({ length: workflows }, (_, i) => i), inflight, async (i) => {
+      handles.push(await client.workflow.start('floorWorkflow', { taskQueue, workflowId: `bench-floor-${t0}-${i}`, args: [perWorkflow.activities, perWorkflow.localActivities] }));
+    });
+    await Promise.all(handles.map((h) => h.result()));
+    return Date.now() - t0;
+  });
+}

@@ -172,6 +172,16 @@ describe('NAT rule workflow (mocked activities)', () => {
     });
   });
 
+  it('a rule refused by a gateway not ready yet looks again within seconds, even if the gateway\'s wake-up never reaches it', async () => {
+    const fake = control({ setGatewayRule: { failure: ApplicationFailure.nonRetryable('gateway gw1 is not ready: restoring its desired state', Reason.GatewayNotReady), failures: 1 } });
+    await withFip(fake, async (h) => {
+      await workflowPhase(h, 'WaitingForGateway');
+      await workflowPhase(h, 'Ready', 10_000); // no gatewayChanged signal is sent
+      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule', 'setGatewayRule']);
+      await deleteAndWait(h);
+    });
+  });
+
   it('a spec change on the same EIP replaces the rule in place', async () => {
     const fake = control();
     await withFip(fake, async (h) => {

@@ -12,7 +12,7 @@ import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
-import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence} from '../domain/workflow-api.js';
+import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence } from '../domain/workflow-api.js';
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';

@@ -30,8 +30,8 @@ export const REMOTE_STATUS = 'remote-status';
 export const REMOTE_CALLS = 'remote-calls';
 /**
  * A new EIP takes its address (gateway ready? allocate, bind) and a NAT rule its EIP and gateway
- * (claim, set the rule) in one call each, the steps one by one only when one of them is refused.
- * It takes 'remote-calls' and every patch named since, without asking.
+ * (claim, set the rule) in one call each; a rule whose EIP's record names no gateway still takes
+ * them one by one. It takes 'remote-calls' and every patch named since, without asking.
  */
 export const COMBINED_CALLS = 'combined-calls';
 

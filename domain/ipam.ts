@@ -66,9 +66,16 @@ export class Ipam {
   private waiting: { pending: PendingSpec; parsed: ParsedSubnet | null } | null = null;
   private readonly byOwner = new Map<string, number>();
   private readonly byAddress = new Map<number, string>();
+  /**
+   * No address below it is free to hand out: the first-free search starts there, so that a burst
+   * of allocations is not quadratic in the subnet's use. Back to the start when the spec in force
+   * or the waiting one changes; lowered by a release.
+   */
+  private freeFrom: number;
 
   constructor(spec: SubnetSpec, allocations: Allocations = {}, carried: { generation?: number; pendingSpec?: PendingSpec } = {}) {
     this.subnet = parseSubnet(spec);
+    this.freeFrom = this.subnet.cidr.first;
     this.generation = carried.generation ?? 0;
     for (const [owner, address] of Object.entries(allocations)) this.hold(owner, parseIPv4(address));
     if (carried.pendingSpec) this.propose(carried.pendingSpec.spec, carried.pendingSpec.generation);
@@ -96,6 +103,7 @@ export class Ipam {
    */
   propose(spec: SubnetSpec, generation: number): void {
     if (generation <= this.generation) return;
+    this.freeFrom = this.subnet.cidr.first; // what may be handed out changes with the waiting spec
     let parsed: ParsedSubnet;
     try {
       parsed = parseSubnet(spec);
@@ -107,6 +115,7 @@ export class Ipam {
     const stranded = [...this.byAddress].filter(([address]) => !isAssignable(parsed, address));
     if (stranded.length === 0) {
       this.subnet = parsed;
+      this.freeFrom = parsed.cidr.first;
       this.generation = generation;
       this.waiting = null;
       return;
@@ -135,6 +144,7 @@ export class Ipam {
     if (address === undefined) return null;
     this.byOwner.delete(owner);
     this.byAddress.delete(address);
+    this.freeFrom = Math.min(this.freeFrom, address);
     if (this.waiting?.parsed && !isAssignable(this.waiting.parsed, address)) this.propose(this.waiting.pending.spec, this.waiting.pending.generation);
     return formatIPv4(address);
   }
@@ -210,8 +220,8 @@ export class Ipam {
   }
 
   private firstFree(): number {
-    for (let a = this.subnet.cidr.first; a <= this.subnet.cidr.last; a++) {
-      if (!isReserved(this.subnet, a) && !this.byAddress.has(a) && this.fitsWaiting(a)) return a;
+    for (let a = this.freeFrom; a <= this.subnet.cidr.last; a++) {
+      if (!isReserved(this.subnet, a) && !this.byAddress.has(a) && this.fitsWaiting(a)) return (this.freeFrom = a);
     }
     throw new NatflowError(Reason.SubnetExhausted, `subnet ${this.spec.name} has no free address left`);
   }

@@ -1,4 +1,5 @@
 // The allocator's rules, without a server: what an operator reads in the Subnet status.
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Ipam } from '../domain/ipam.js';
 import { NatflowError, Reason } from '../domain/errors.js';
@@ -104,5 +105,39 @@ describe('IPAM allocator', () => {
       expect(ipam.summary()).toMatchObject({ observedGeneration: 5 });
       expect(ipam.summary().pendingSpec).toBeUndefined();
     });
+  });
+
+  it('hands out the first free address after any sequence of allocations, releases and specs (its search starts past what is known taken)', () => {
+    const specs = [subnet, { ...subnet, cidrBlock: '172.18.0.0/25' }, { ...subnet, excludeIps: ['172.18.0.2..172.18.0.9'] }, { ...subnet, cidrBlock: '172.18.0.0/26' }, { name: 'ext', cidrBlock: '172.18.0.64/26', gateway: '172.18.0.65', excludeIps: [] }];
+    const step = fc.oneof(
+      fc.record({ allocate: fc.integer({ min: 0, max: 40 }), requested: fc.option(fc.integer({ min: 0, max: 140 }), { nil: undefined }) }),
+      fc.record({ release: fc.integer({ min: 0, max: 40 }) }),
+      fc.record({ propose: fc.integer({ min: 0, max: specs.length - 1 }) }),
+    );
+    fc.assert(
+      fc.property(fc.array(step, { maxLength: 120, size: 'max' }), (steps) => {
+        const ipam = new Ipam(subnet);
+        let generation = 1;
+        for (const s of steps) {
+          if ('release' in s) ipam.release(`o${s.release}`);
+          else if ('propose' in s) ipam.propose(specs[s.propose]!, ++generation);
+          else {
+            const owner = `o${s.allocate}`;
+            const request = s.requested === undefined ? { owner } : { owner, requested: `172.18.0.${s.requested}` };
+            // The reference: an allocator fresh from the same allocations searches from the subnet's start.
+            const fresh = new Ipam(ipam.spec, ipam.allocations(), ipam.carried());
+            const outcome = (i: Ipam) => {
+              try {
+                return i.allocate(request).address;
+              } catch (err) {
+                return (err as NatflowError).reason;
+              }
+            };
+            expect(outcome(ipam)).toBe(outcome(fresh));
+          }
+        }
+      }),
+      { numRuns: 500 },
+    );
   });
 });

@@ -12,6 +12,7 @@ import { HandlerUnfinishedPolicy } from '@temporalio/common';
 import { NatflowError, Reason } from '../domain/errors.js';
 import { FROM_KUBERNETES_MEMO } from '../domain/kube.js';
 import { checkRuleOnGateway, GATEWAY_IN_USE, type AgentInfo, type AgentSessionEnd, type EipAddress, type GatewayCarried, type GatewayInput, type GatewaySpec, type GatewayState } from '../domain/gateway.js';
+import { GatewayDesired, holdingAfter, sameAddress, sameRule, type GatewayHolding } from '../domain/gateway-desired.js';
 import { cidrContains, parseCidr, parseIPv4 } from '../domain/ip.js';
 import { gatewayTaskQueue } from '../domain/names.js';
 import { conntrackTarget, dnatConflict, ruleDiff, validateNatRule, type NatRule } from '../domain/nat-rules.js';
@@ -107,8 +108,10 @@ class Gateway {
   private readonly sessions;
   /** A run without carried state: its gateway may carry more than it knows. */
   private readonly fresh: boolean;
+  /** The desired addresses and rules (the state's own records), and what changed in them since the last apply. */
+  private readonly desired: GatewayDesired;
   /** What agent `appliedBy` has, as far as this workflow applied it; null: it needs a restore. */
-  private applied: { eips: Record<string, EipAddress>; rules: Record<string, NatRule> } = { eips: {}, rules: {} };
+  private applied: GatewayHolding = { eips: {}, rules: {} };
   private appliedBy: string | null;
   /** Rule owners to remove by tag with the next apply, whatever this incarnation knows of them. */
   private readonly removals: Set<string>;
@@ -147,6 +150,7 @@ class Gateway {
       observedGeneration: this.generation,
       ...(input.kube && { kubeUid: input.kube.uid }),
     };
+    this.desired = new GatewayDesired(this.state);
     this.appliedBy = carried?.appliedBy ?? null;
     if (this.appliedBy) this.applied = { eips: { ...this.state.eips }, rules: { ...this.state.rules } };
     this.removals = new Set(carried?.removals);
@@ -282,26 +286,22 @@ class Gateway {
    */
   private async apply(instanceId: string, restore: boolean): Promise<boolean> {
     const generation = this.desiredGeneration;
-    const desired = { eips: { ...this.state.eips }, rules: { ...this.state.rules } };
+    const change = this.desired.takeChange(restore ? null : this.applied);
     const removals = [...this.removals];
     const addressRemovals = [...this.addressRemovals];
-    const from = restore ? { eips: {}, rules: {} } : this.applied;
     const exact = restore && !this.state.rebuilding;
     try {
-      if (exact) await this.agent.reconcileEipAddresses.executeWithOptions({ summary: `restore the EIP addresses of ${this.name}` }, [Object.values(desired.eips)]);
+      if (exact) await this.agent.reconcileEipAddresses.executeWithOptions({ summary: `restore the EIP addresses of ${this.name}` }, [Object.values(change.holding.eips)]);
       else {
-        const change = addressChange(from.eips, desired.eips);
-        const kept = new Set(Object.values(desired.eips).map((a) => a.address));
-        change.remove = [...new Set([...change.remove, ...addressRemovals.filter((address) => !kept.has(address))])];
-        if (change.add.length + change.remove.length > 0) await this.agent.changeEipAddresses.executeWithOptions({ summary: `change EIP addresses on ${this.name}` }, [change]);
+        const remove = [...new Set([...change.eips.remove, ...addressRemovals.filter((address) => !this.desired.desires(address))])];
+        if (change.eips.add.length + remove.length > 0) await this.agent.changeEipAddresses.executeWithOptions({ summary: `change EIP addresses on ${this.name}` }, [{ add: change.eips.add, remove }]);
       }
-      const diff = ruleDiff(from.rules, desired.rules);
-      const removeOwners = [...new Set([...diff.removeOwners, ...removals])];
-      if (exact || diff.add.length + removeOwners.length > 0) {
+      const removeOwners = [...new Set([...change.rules.removeOwners, ...removals])];
+      if (exact || change.rules.add.length + removeOwners.length > 0) {
         const summary = exact ? `restore the NAT rules of ${this.name}` : `change NAT rules on ${this.name}`;
-        await this.agent.applyNatRules.executeWithOptions({ summary }, [{ add: diff.add, removeOwners, ...(exact && { replaceAll: true }), flushConntrack: true }]);
+        await this.agent.applyNatRules.executeWithOptions({ summary }, [{ add: change.rules.add, removeOwners, ...(exact && { replaceAll: true }), flushConntrack: true }]);
       }
-      this.applied = desired;
+      this.applied = holdingAfter(restore ? null : this.applied, change);
       this.appliedBy = instanceId;
       this.appliedGeneration = generation;
       for (const owner of removals) this.removals.delete(owner);
@@ -333,8 +333,7 @@ class Gateway {
 
   /** Addresses and rules off the gateway (conntrack entries too), then nothing is desired any more; best effort when the agent is gone. */
   private async takeAllOff(): Promise<void> {
-    this.state.eips = {};
-    this.state.rules = {};
+    this.desired.clear();
     this.state.rebuilding = false;
     this.show();
     for (let attempt = 1; ; attempt++) {
@@ -450,8 +449,8 @@ class Gateway {
     checkFence(fence);
     parseIPv4(address, 'EIP address');
     if (!Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 32) throw new Error(`bad prefix length ${prefixLength}`);
-    const holder = Object.entries(this.state.eips).find(([o, e]) => o !== owner && e.address === address);
-    if (holder) throw new Error(`${address} is already bound on ${this.name} by ${holder[0]}`);
+    const holder = this.desired.holderOtherThan(address, owner);
+    if (holder) throw new Error(`${address} is already bound on ${this.name} by ${holder}`);
     if (!this.eipApplied(owner, { address, prefixLength }) && (!this.state.ready || this.state.deleting)) throw this.notReady();
   }
 
@@ -480,7 +479,7 @@ class Gateway {
     const applied = await this.change();
     if (!applied) {
       const unbound = requests.filter((r, i) => 'bind' in r && pending[i] && sameAddress(this.state.eips[r.bind.owner], r.bind));
-      for (const r of unbound) delete this.state.eips[(r as { bind: { owner: string } }).bind.owner];
+      for (const r of unbound) this.desired.unbind((r as { bind: { owner: string } }).bind.owner);
       if (unbound.length > 0) await this.change();
     }
     const notReady = { refused: { type: Reason.GatewayNotReady, message: this.notReady().message } };
@@ -500,7 +499,7 @@ class Gateway {
       const eip = { address, prefixLength };
       this.checkBind(request.bind, request.fence);
       if (this.eipApplied(owner, eip)) return null;
-      this.state.eips[owner] = eip;
+      this.desired.bind(owner, eip);
     } else if ('unbind' in request) {
       const { owner } = request.unbind;
       this.userLeft = true;
@@ -508,17 +507,17 @@ class Gateway {
       if (!held) return { applied: true };
       // When the agent is down the removal is still recorded: the next restore is without the address.
       this.addressRemovals.add(held.address);
-      delete this.state.eips[owner];
+      this.desired.unbind(owner);
     } else if ('setRule' in request) {
       this.checkRule(request.setRule, request.fence);
       const { rule } = namedRule(request.setRule);
       if (this.ruleApplied(rule)) return null;
-      this.state.rules[rule.owner] = rule;
+      this.desired.setRule(rule);
     } else {
       // By tag, always, until an apply has taken it off: a new incarnation does not know every rule
       // its gateway carries, and its restores only add. The agent flushes the removed rules' conntrack entries.
       this.removals.add(request.removeRule.owner);
-      delete this.state.rules[request.removeRule.owner];
+      this.desired.removeRule(request.removeRule.owner);
     }
     return PENDING;
   }
@@ -569,22 +568,6 @@ class Gateway {
 function namedRule(rule: NatRule): { name?: string; rule: NatRule } {
   const { name, ...bare } = rule as NamedNatRule;
   return { name, rule: validateNatRule(bare) };
-}
-
-const sameAddress = (a: EipAddress | undefined, b: EipAddress) => a?.address === b.address && a.prefixLength === b.prefixLength;
-const sameRule = (a: NatRule | undefined, b: NatRule) => a !== undefined && JSON.stringify(a) === JSON.stringify(b);
-
-/** The address change from `from` to `to`: what is new or moved, and the addresses nobody holds any more. */
-function addressChange(from: Record<string, EipAddress>, to: Record<string, EipAddress>): { add: EipAddress[]; remove: string[] } {
-  const kept = new Set(Object.values(to).map((a) => a.address));
-  return {
-    add: Object.entries(to)
-      .filter(([owner, a]) => !sameAddress(from[owner], a))
-      .map(([, a]) => a),
-    remove: Object.entries(from)
-      .filter(([owner, a]) => to[owner]?.address !== a.address && !kept.has(a.address))
-      .map(([, a]) => a.address),
-  };
 }
 
 /** The failure behind an activity's: a heartbeat timeout, the agent's error. */

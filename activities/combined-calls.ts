@@ -3,14 +3,25 @@
 // run in the same order, under the attempt's one fence (each sends it), and each is idempotent,
 // so a retry of the whole chain is safe; a refusal is an answer that says whether something may
 // still be held. The workflow tests chain their fakes of the steps here too.
+//
+// A NAT rule's first call also finds its EIP, and its claim waits a moment for an EIP that is
+// taking its address (the rule created right after its EIP, as `kubectl apply` of both does): no
+// lookup call, watch, wake-up signal and workflow tasks of each side to wait for it.
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { Reason } from '../domain/errors.js';
 import type { Allocation } from '../domain/ipam.js';
-import type { ClaimedEip, Refused, WorkflowCallActivities } from '../domain/workflow-api.js';
+import type { ClaimedAndApplied, ClaimedEip, ClaimWait, Refused, WorkflowCallActivities } from '../domain/workflow-api.js';
+import type { EipClaim } from '../domain/nat-resources.js';
+import type { NatRule } from '../domain/nat-rules.js';
 
-export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply'>;
-type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'notifyEipWaiters' | 'claimEip' | 'setGatewayRule'>;
+export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply' | 'findClaimAndApply'>;
+type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule'>;
+
+/** How long a rule's first claim waits for an EIP taking its address: well within the call's start-to-close timeout. */
+export const CLAIM_WAIT_MS = 10_000;
+/** Claim refusals that send a rule's first call back to the lookup (and its watch). */
+const NOT_THERE_YET: string[] = [Reason.EipNotReady, Reason.EipNotFound];
 
 /** A refusal (a non-retryable failure, typed by its reason) as an answer; anything else is thrown on. */
 function refusedAs(err: unknown): Refused {
@@ -28,6 +39,23 @@ function retried(): boolean {
 }
 
 export function combinedCalls(steps: Steps): CombinedCalls {
+  /** Claim, then set the rule on the claimed EIP's gateway; not applied when that is not `gateway` (when one is expected). */
+  async function claimAndApply({ gateway, rule, wait, ...claim }: { eipWorkflowId: string; gateway?: string; rule: NatRule; wait?: ClaimWait } & EipClaim): Promise<ClaimedAndApplied> {
+    let target: ClaimedEip;
+    try {
+      target = await steps.claimEip({ ...claim, ...(wait && { wait }) });
+    } catch (err) {
+      return { claimRefused: refusedAs(err), mayHold: retried() };
+    }
+    if (gateway !== undefined && target.gateway !== gateway) return { claimed: target, notApplied: { reason: Reason.GatewayNotFound, message: `EIP ${claim.eipWorkflowId} is on ${target.gateway}, not on ${gateway}` } };
+    try {
+      await steps.setGatewayRule({ gateway: target.gateway, rule: { ...rule, eip: target.address } });
+      return { applied: target };
+    } catch (err) {
+      return { claimed: target, notApplied: refusedAs(err) };
+    }
+  }
+
   return {
     async takeAddress({ gateway, subnet, owner, requested, wake }) {
       const readiness = await steps.gatewayReadiness(gateway);
@@ -48,20 +76,15 @@ export function combinedCalls(steps: Steps): CombinedCalls {
       return { bound: allocation };
     },
 
-    async claimAndApply({ gateway, rule, ...claim }) {
-      let target: ClaimedEip;
-      try {
-        target = await steps.claimEip(claim);
-      } catch (err) {
-        return { claimRefused: refusedAs(err), mayHold: retried() };
-      }
-      if (target.gateway !== gateway) return { claimed: target, notApplied: { reason: Reason.GatewayNotFound, message: `EIP ${claim.eipWorkflowId} is on ${target.gateway}, not on ${gateway}` } };
-      try {
-        await steps.setGatewayRule({ gateway, rule: { ...rule, eip: target.address } });
-        return { applied: target };
-      } catch (err) {
-        return { claimed: target, notApplied: refusedAs(err) };
-      }
+    claimAndApply,
+
+    async findClaimAndApply({ eip: eipName, watch, ...claim }) {
+      const found = await steps.eipForRule(eipName);
+      if (!found) return { eip: null, mayHold: retried() };
+      const taken = await claimAndApply({ eipWorkflowId: found.workflowId, ...claim, wait: { forMs: CLAIM_WAIT_MS } });
+      if (!('claimRefused' in taken && NOT_THERE_YET.includes(taken.claimRefused.reason) && !taken.mayHold)) return { eip: found, taken };
+      // Not ready in time (or gone meanwhile): what a lookup says now, the EIP asked to wake the rule.
+      return { eip: await steps.eipForRule(eipName, watch), mayHold: retried() };
     },
   };
 }

@@ -220,7 +220,7 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
 
     async claimEip(req) {
       return viaUpdate(
-        () => client.workflow.getHandle(req.eipWorkflowId).executeUpdate(claimEipUpdate, { args: [{ owner: req.owner, kind: req.kind, name: req.name }, fence()] }),
+        () => client.workflow.getHandle(req.eipWorkflowId).executeUpdate(claimEipUpdate, { args: req.wait ? [{ owner: req.owner, kind: req.kind, name: req.name }, fence(), req.wait] : [{ owner: req.owner, kind: req.kind, name: req.name }, fence()] }),
         () => fail(Reason.EipNotFound, `EIP ${req.eipWorkflowId} does not exist any more`),
       );
     },

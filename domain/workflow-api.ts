@@ -53,8 +53,15 @@ export interface ClaimedEip {
   address: string;
   gateway: string;
 }
-/** A NAT rule takes (a share of) the EIP; refused unless Ready and compatible with its other users. */
-export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim, Fence?]>('claim');
+/**
+ * How long a claim may wait for an EIP that is taking its address as it arrives (the rule created
+ * just after its EIP): answered once the EIP is Ready, or refused as not ready if that takes longer.
+ */
+export interface ClaimWait {
+  forMs: number;
+}
+/** A NAT rule takes (a share of) the EIP; refused unless Ready (or soon: `ClaimWait`) and compatible with its other users. */
+export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim, Fence?, ClaimWait?]>('claim');
 export const unclaimEipUpdate = defineUpdate<void, [{ owner: string }]>('unclaim');
 /** The NAT rules holding a claim on this EIP now (a rule holds its claim while its rule is on the gateway). */
 export const eipClaimsQuery = defineQuery<EipClaim[]>('claims');
@@ -156,6 +163,13 @@ export type TakenAddress = { bound: Allocation } | { refused: Refused; step: 'ga
 export type ClaimedAndApplied = { applied: ClaimedEip } | { claimed: ClaimedEip; notApplied: Refused } | { claimRefused: Refused; mayHold: boolean };
 
 /**
+ * What `findClaimAndApply` did: the EIP found and `claimAndApply`'s answer; or only what a lookup
+ * answers (null: no such EIP; not ready, and asked to wake the rule), with `mayHold` when an
+ * earlier attempt of the call may have claimed and applied.
+ */
+export type FoundClaimedAndApplied = { eip: EipForRule; taken: ClaimedAndApplied } | { eip: EipForRule | null; mayHold: boolean };
+
+/**
  * Calls from one workflow to another, made as activities (a workflow cannot send an update):
  * the resource workflows' way to the IPAM, gateway and EIP workflows. Run by the control worker.
  */
@@ -173,13 +187,19 @@ export interface WorkflowCallActivities {
   unbindAddress(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;
   /** `watch`: when the EIP exists but is not ready, it is asked at once to wake the rule once that holds. */
   eipForRule(eip: string, watch?: EipWatch): Promise<EipForRule | null>;
-  claimEip(req: { eipWorkflowId: string } & EipClaim): Promise<ClaimedEip>;
+  claimEip(req: { eipWorkflowId: string; wait?: ClaimWait } & EipClaim): Promise<ClaimedEip>;
   /**
    * A NAT rule's two steps in one call: claim the EIP, then set `rule` (its `eip` filled with the
    * claimed address) on the claimed EIP's gateway, if that is `gateway`. A refusal is answered,
    * never thrown; a rule refused keeps the claim.
    */
   claimAndApply(req: { eipWorkflowId: string; gateway: string; rule: NatRule } & EipClaim): Promise<ClaimedAndApplied>;
+  /**
+   * A NAT rule's first call: find EIP `eip` by name, claim it (waiting a moment for one that is
+   * taking its address), set `rule` on its gateway. Not found, or not ready in time: the lookup's
+   * answer, with the EIP asked to wake `watch.watcher` once it is ready.
+   */
+  findClaimAndApply(req: { eip: string; watch: EipWatch; rule: NatRule } & EipClaim): Promise<FoundClaimedAndApplied>;
   unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void>;
   setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void>;
   removeGatewayRule(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;

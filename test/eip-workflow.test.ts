@@ -6,7 +6,7 @@ import { ApplicationFailure, decodeTimeoutType } from '@temporalio/common';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
-import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, unclaimEipUpdate, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
@@ -64,7 +64,7 @@ describe('EIP workflow (mocked activities)', () => {
       // phase's workflow task (its steps are local activities) or come just before it.
       expect(writes.map((w) => w.NatflowPhase).filter(Boolean)).toEqual(['Ready', 'Deleted']);
       expect(writes.length).toBeLessThanOrEqual(3);
-      expect(Object.assign({}, ...writes.slice(0, -1))).toMatchObject({ TemporalChangeVersion: 'combined-calls', NatflowGateway: 'gw1', NatflowPhase: 'Ready' });
+      expect(Object.assign({}, ...writes.slice(0, -1))).toMatchObject({ TemporalChangeVersion: 'find-claim-apply', NatflowGateway: 'gw1', NatflowPhase: 'Ready' });
     });
   });
 
@@ -151,6 +151,29 @@ describe('EIP workflow (mocked activities)', () => {
       const woken = (await historyOf(h)).filter((e) => e.type === 'signalExternalWorkflowExecutionInitiated');
       expect(woken).toHaveLength(1);
       expect(fake.args.notifyEipWaiters).toEqual([['eip1', ['natflow/fip/f1/u1']]]);
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a claim that may wait, sent while the EIP takes its address, is answered once it is Ready; sent while its take is refused, it is refused as not ready', async () => {
+    const fake = control({ bindAddress: { delayMs: 1500 } });
+    await withEip(fake, spec, async (h) => {
+      await eventually(async () => fake.started(), (names) => names.includes('bindAddress'), 10_000, 'the bind under way');
+      const claim = { owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1' };
+      // Without a wait it is refused as it always was; with one it is let in, and answered once Ready.
+      await expect(h.executeUpdate(claimEipUpdate, { args: [claim] })).rejects.toMatchObject({ cause: { message: expect.stringMatching(/not ready/) } });
+      expect(await h.executeUpdate(claimEipUpdate, { args: [claim, undefined, { forMs: 10_000 }] })).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
+      expect((await h.query(statusQuery)).phase).toBe('Ready');
+      await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: claim.owner }] });
+      await deleteAndWait(h);
+    });
+    const refusing = control({ gatewayReadiness: { answer: missingGateway, delayMs: 1500 } });
+    await withEip(refusing, spec, async (h) => {
+      await eventually(async () => refusing.started(), (names) => names.includes('gatewayReadiness'), 10_000, 'the take under way');
+      const waited = Date.now();
+      await expect(h.executeUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f2/u2', kind: 'fip', name: 'f2' }, undefined, { forMs: 120_000 }] })).rejects.toMatchObject({ cause: { message: expect.stringMatching(/not ready/) } });
+      expect(Date.now() - waited).toBeLessThan(60_000); // refused when the take is, not at the end of its wait
+      expect((await h.query(statusQuery)).phase).toBe('WaitingForGateway');
       await deleteAndWait(h);
     });
   });

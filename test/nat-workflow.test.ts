@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { ApplicationFailure } from '@temporalio/common';
 import { eipChangedSignal, specChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { Reason } from '../domain/errors.js';
-import { combinedCalls } from '../activities/combined-calls.js';
+import { CLAIM_WAIT_MS, combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, statusOf, uniqueQueue, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
@@ -19,6 +19,7 @@ const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
       unclaimEip: async () => undefined,
       setGatewayRule: async () => undefined,
       removeGatewayRule: async () => ({ applied: true }),
+      removeGatewayRuleEverywhere: async () => undefined,
     },
     scripts,
   ).alsoServe(combinedCalls);
@@ -35,8 +36,9 @@ describe('NAT rule workflow (mocked activities)', () => {
     await withFip(fake, async (h) => {
       const status = await workflowPhase(h, 'Ready');
       expect(status).toMatchObject({ v4ip: '172.18.0.9', natGwDp: 'gw1', internalIp: '10.0.1.10' });
-      // One call claims, then applies (each step as its own call inside it).
-      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule']);
+      // One call finds the EIP, claims it (a claim that may wait for an EIP taking its address), then applies.
+      expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule']);
+      expect(fake.args.claimEip?.[0]?.[0]).toMatchObject({ eipWorkflowId: 'natflow/eip/e1/u', owner: h.workflowId, wait: { forMs: CLAIM_WAIT_MS } });
       expect(fake.args.setGatewayRule?.[0]?.[0]).toMatchObject({ gateway: 'gw1', rule: { eip: '172.18.0.9' } });
       await deleteAndWait(h);
       expect(fake.started().slice(4)).toEqual(['removeGatewayRule', 'unclaimEip']);
@@ -49,7 +51,7 @@ describe('NAT rule workflow (mocked activities)', () => {
       const status = await workflowPhase(h, 'WaitingForEip');
       expect(status.conditions[0]).toMatchObject({ reason: Reason.EipNotFound, message: 'EIP e1 does not exist' });
       await deleteAndWait(h);
-      expect(new Set(fake.started())).toEqual(new Set(['eipForRule']));
+      expect(new Set(fake.started())).toEqual(new Set(['findClaimAndApply', 'eipForRule']));
     });
   });
 
@@ -65,21 +67,27 @@ describe('NAT rule workflow (mocked activities)', () => {
     });
   });
 
-  it('a rule whose EIP is not ready has the lookup ask the EIP to wake it, and once woken claims without looking again', async () => {
-    const fake = control({ eipForRule: { answer: async () => ({ workflowId: 'natflow/eip/e1/u', ready: false, reason: 'Allocating' }) } });
+  it('a rule whose EIP is not ready (its claim waited in vain) has the lookup ask the EIP to wake it, and once woken claims without looking again', async () => {
+    const fake = control({
+      eipForRule: { answer: async () => ({ workflowId: 'natflow/eip/e1/u', ready: false, reason: 'WaitingForGateway' }) },
+      claimEip: { failure: ApplicationFailure.nonRetryable('EIP e1 is not ready (WaitingForGateway)', Reason.EipNotReady), failures: 1 },
+    });
     await withFip(fake, async (h) => {
       const waiting = await workflowPhase(h, 'WaitingForEip');
-      expect(waiting.conditions[0]).toMatchObject({ reason: Reason.EipNotReady, message: 'EIP e1 is not ready: Allocating' });
-      expect(fake.args.eipForRule).toEqual([['e1', { watcher: h.workflowId, until: 'ready' }]]);
+      expect(waiting.conditions[0]).toMatchObject({ reason: Reason.EipNotReady, message: 'EIP e1 is not ready: WaitingForGateway' });
+      expect(fake.args.eipForRule).toEqual([['e1'], ['e1', { watcher: h.workflowId, until: 'ready' }]]);
       await h.signal(eipChangedSignal);
       await workflowPhase(h, 'Ready');
-      expect(fake.started()).toEqual(['eipForRule', 'claimEip', 'setGatewayRule']);
+      expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'eipForRule', 'claimEip', 'setGatewayRule']);
       await deleteAndWait(h);
     });
   });
 
   it('a rule whose EIP is on its way out looks again within seconds (a wake-up from its last moments may be lost), not in an hour', async () => {
-    const fake = control({ eipForRule: { answer: async () => ({ workflowId: 'natflow/eip/e1/u', ready: false, reason: 'Deleted' }) } });
+    const fake = control({
+      eipForRule: { answer: async () => ({ workflowId: 'natflow/eip/e1/u', ready: false, reason: 'Deleted' }) },
+      claimEip: { failure: ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleted)', Reason.EipNotReady) },
+    });
     await withFip(fake, async (h) => {
       const waiting = await workflowPhase(h, 'WaitingForEip');
       expect(waiting.conditions[0]).toMatchObject({ reason: Reason.EipNotReady, message: 'EIP e1 is not ready: Deleted' });
@@ -95,10 +103,11 @@ describe('NAT rule workflow (mocked activities)', () => {
     // The EIP takes watches and never answers them, as one that ends right after taking a watch.
     const silentEip = await env().client.workflow.start('silentEip', { taskQueue: uniqueQueue('nobody'), workflowId: 'natflow/eip/e1/u' });
     try {
-      const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleting)', Reason.EipNotReady), failures: 1 } });
+      // Refused twice: in the first call (which looks again at once), then in the claim that follows.
+      const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleting)', Reason.EipNotReady), failures: 2 } });
       await withFip(fake, async (h) => {
         await workflowPhase(h, 'Ready', 10_000);
-        expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule']);
+        expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'eipForRule', 'claimAndApply', 'claimEip', 'findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule']);
         await deleteAndWait(h);
       });
     } finally {
@@ -107,10 +116,10 @@ describe('NAT rule workflow (mocked activities)', () => {
   });
 
   it('a claim that finds its EIP gone looks the EIP up by name again, instead of failing', async () => {
-    const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP natflow/eip/e1/u does not exist any more', Reason.EipNotFound), failures: 1 } });
+    const fake = control({ claimEip: { failure: ApplicationFailure.nonRetryable('EIP natflow/eip/e1/u does not exist any more', Reason.EipNotFound), failures: 2 } });
     await withFip(fake, async (h) => {
       await workflowPhase(h, 'Ready', 10_000);
-      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule']);
+      expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'eipForRule', 'claimAndApply', 'claimEip', 'findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule']);
       await deleteAndWait(h);
     });
   });
@@ -141,7 +150,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     await withFip(fake, async (h) => {
       const status = await workflowPhase(h, 'Failed');
       expect(status.conditions[0]).toMatchObject({ reason: Reason.InvalidSpec, message: expect.stringContaining('outside the VPC subnet') });
-      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule', 'removeGatewayRule', 'unclaimEip']);
+      expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'removeGatewayRule', 'unclaimEip']);
       await deleteAndWait(h);
     }, '192.168.7.7');
   });
@@ -151,14 +160,14 @@ describe('NAT rule workflow (mocked activities)', () => {
     await withFip(fake, async (h) => {
       const status = await workflowPhase(h, 'Ready');
       expect(status.natGwDp).toBe('gw1');
-      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule']);
+      expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule']);
       expect(fake.args.setGatewayRule?.map(([req]) => req.gateway)).toEqual(['gw1']);
       await deleteAndWait(h);
       expect(fake.args.removeGatewayRule?.map(([req]) => req.gateway)).toEqual(['gw1']);
     });
   });
 
-  it('a claim-and-apply whose first attempt claimed and failed, and whose retry is refused the claim, gives back what the first took', async () => {
+  it('a first call whose first attempt claimed and failed, and whose retry is refused the claim, gives back what the first took (where it may be)', async () => {
     let claims = 0;
     const fake = control({
       claimEip: { answer: async () => (++claims === 1 ? { address: '172.18.0.9', gateway: 'gw1' } : Promise.reject(ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleting)', Reason.EipNotReady))) },
@@ -166,8 +175,23 @@ describe('NAT rule workflow (mocked activities)', () => {
     });
     await withFip(fake, async (h) => {
       await eventually(async () => fake.started(), (s) => s.includes('unclaimEip'), 20_000, 'the claim given back');
-      expect(fake.started().slice(0, 7)).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule', 'claimAndApply', 'claimEip', 'removeGatewayRule']);
-      expect(fake.started()[7]).toBe('unclaimEip');
+      expect(fake.started().slice(0, 10)).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'findClaimAndApply', 'eipForRule', 'claimEip', 'removeGatewayRuleEverywhere', 'eipForRule', 'unclaimEip']);
+      expect(fake.args.unclaimEip?.[0]?.[0]).toEqual({ eipWorkflowId: 'natflow/eip/e1/u', owner: h.workflowId });
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a first call whose first attempt claimed and failed, and whose retry finds the EIP gone, takes its rule off every gateway before it waits', async () => {
+    let lookups = 0;
+    const fake = control({
+      eipForRule: { answer: async () => (++lookups === 1 ? { workflowId: 'natflow/eip/e1/u', ready: true, reason: '', gateway: 'gw1' } : null) },
+      setGatewayRule: { failure: ApplicationFailure.retryable('connection reset', 'Transient'), failures: 1 },
+    });
+    await withFip(fake, async (h) => {
+      const waiting = await workflowPhase(h, 'WaitingForEip', 20_000);
+      expect(waiting.conditions[0]).toMatchObject({ reason: Reason.EipNotFound });
+      expect(fake.started().slice(0, 8)).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'findClaimAndApply', 'eipForRule', 'removeGatewayRuleEverywhere', 'eipForRule']);
+      expect(fake.args.removeGatewayRuleEverywhere?.[0]?.[0]).toEqual({ owner: h.workflowId.split('/')[3] });
       await deleteAndWait(h);
     });
   });
@@ -177,7 +201,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     await withFip(fake, async (h) => {
       await workflowPhase(h, 'WaitingForGateway');
       await workflowPhase(h, 'Ready', 10_000); // no gatewayChanged signal is sent
-      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule', 'setGatewayRule']);
+      expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'setGatewayRule']);
       await deleteAndWait(h);
     });
   });
@@ -190,7 +214,7 @@ describe('NAT rule workflow (mocked activities)', () => {
       const status = await eventually(() => statusOf(h), (s) => s.ready && s.internalIp === '10.0.1.11', 20_000);
       expect(status.observedGeneration).toBe(2);
       expect(fake.args.setGatewayRule?.map(([req]) => req.rule)).toMatchObject([{ internalIp: '10.0.1.10' }, { internalIp: '10.0.1.11' }]);
-      expect(fake.started()).toEqual(['eipForRule', 'claimAndApply', 'claimEip', 'setGatewayRule', 'setGatewayRule']);
+      expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'setGatewayRule']);
       await deleteAndWait(h);
     });
   });

@@ -12,7 +12,7 @@ import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
-import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type EipWatch, type Fence } from '../domain/workflow-api.js';
+import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type ClaimWait, type EipWatch, type Fence } from '../domain/workflow-api.js';
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
@@ -129,6 +129,8 @@ class Eip {
   private deleting: boolean;
   /** The lifecycle ran in this run (a run that only cleans up never does). */
   private started = false;
+  /** Its takeAddress call is under way (claims that may wait for it wait). */
+  private taking = false;
   private readonly status: EipStatus;
   // What may be held right now: set before the call that takes it, cleared after the call that gives it back.
   private held: { subnet: string } | null;
@@ -180,7 +182,7 @@ class Eip {
 
     wf.setHandler(statusQuery, () => this.status);
     wf.setHandler(eipClaimsQuery, () => [...this.claims.values()]);
-    wf.setHandler(claimEipUpdate, (claim: EipClaim) => this.claim(claim), { validator: (claim: EipClaim, fence?: Fence) => this.checkClaim(claim, fence) });
+    wf.setHandler(claimEipUpdate, (claim: EipClaim, _fence?: Fence, wait?: ClaimWait) => this.claim(claim, wait), { validator: (claim: EipClaim, fence?: Fence, wait?: ClaimWait) => this.checkClaim(claim, fence, wait) });
     wf.setHandler(unclaimEipUpdate, ({ owner }) => this.unclaim(owner));
     wf.setHandler(gatewayChangedSignal, () => {
       this.budget.countSignal();
@@ -205,7 +207,10 @@ class Eip {
       this.bound = { gateway };
       const wake = { eip: this.name, woken: this.wokenByItself() };
       // Unlimited retries: it ends in an answer, or in the delete's cancellation (thrown on).
-      const taken = await this.calls.takeAddress.executeWithOptions({ summary: `take ${requested || 'an address'} from ${subnet} onto ${gateway}` }, [{ gateway, subnet, owner: this.owner, requested, wake }]);
+      this.taking = true;
+      const taken = await this.calls.takeAddress
+        .executeWithOptions({ summary: `take ${requested || 'an address'} from ${subnet} onto ${gateway}` }, [{ gateway, subnet, owner: this.owner, requested, wake }])
+        .finally(() => (this.taking = false)); // once bound, Ready is shown before a waiting claim looks again
       if ('bound' in taken) {
         this.allocationRefusals = 0;
         this.status.ip = taken.bound.address;
@@ -418,10 +423,15 @@ class Eip {
 
   // --- handlers ----------------------------------------------------------------------------
 
-  private checkClaim(claim: EipClaim, fence: Fence | undefined): void {
+  private checkClaim(claim: EipClaim, fence: Fence | undefined, wait: ClaimWait | undefined): void {
     checkFence(fence);
     const refused = this.claimRefusal(claim.kind, claim.owner);
-    if (refused) throw refused;
+    if (refused && !(wait && this.readySoon())) throw refused;
+  }
+
+  /** Taking its address right now: a claim that may wait is let in, and answered once that is done. */
+  private readySoon(): boolean {
+    return this.taking && !this.deleting;
   }
 
   /** Why a claim of `kind` by `owner` would be refused now, or null if it would be taken. */
@@ -432,8 +442,13 @@ class Eip {
     return conflict ? wf.ApplicationFailure.nonRetryable(`EIP ${this.name}: ${conflict}`, Reason.EipInUse) : null;
   }
 
-  private claim(claim: EipClaim) {
+  private async claim(claim: EipClaim, wait: ClaimWait | undefined) {
     this.budget.countUpdate();
+    if (wait && this.claimRefusal(claim.kind, claim.owner)) {
+      await wf.condition(() => !this.readySoon() || !this.claimRefusal(claim.kind, claim.owner), wait.forMs);
+      const refused = this.claimRefusal(claim.kind, claim.owner);
+      if (refused) throw refused;
+    }
     this.claims.set(claim.owner, claim);
     this.watchers.delete(claim.owner);
     this.showUsers();

@@ -11,7 +11,7 @@ import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedEip, type EipForRule, type EipWatch, type WatchUntil } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type FoundClaimedAndApplied, type WatchUntil } from '../domain/workflow-api.js';
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
@@ -71,9 +71,10 @@ class NatRuleResource {
         continue;
       }
       this.showEip(eipName.value);
-      const eip = await this.waitForEip(eipName.value);
-      if (!eip) continue;
-      const serving = this.combined && eip.gateway ? await this.claimAndApply(eipName.value, eip, eip.gateway) : await this.claimThenApply(eipName.value, eip);
+      const found = await this.waitForEip(eipName.value);
+      if (!found) continue;
+      const { eip, taken } = found;
+      const serving = taken ? await this.tookOrRefused(eipName.value, eip, taken) : this.combined && eip.gateway ? await this.claimAndApply(eipName.value, eip, eip.gateway) : await this.claimThenApply(eipName.value, eip);
       if (!serving) continue;
       await this.serve(serving);
       await this.releaseAll();
@@ -128,17 +129,22 @@ class NatRuleResource {
   private readonly patchedSinceLean: Patched;
   /** Claims and applies in one call where it can (workflows/patches.ts, 'combined-calls'). */
   private readonly combined: boolean;
+  /** Its first call finds the EIP, claims it and applies ('find-claim-apply'). */
+  private readonly findFirst: boolean;
+  /** A call under way (or one retried) may have claimed an EIP and set the rule where this run does not know: given back by identity. */
+  private holdsUnknown = false;
   private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
   constructor(input: NatInput) {
     const carried = input.carried;
-    const { lean, local, remoteStatus, patched, patchedSinceLean, combined } = patches();
+    const { lean, local, remoteStatus, patched, patchedSinceLean, combined, findFirst } = patches();
     const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.lean = lean;
     this.patched = patched;
     this.patchedSinceLean = patchedSinceLean;
     this.combined = combined;
+    this.findFirst = findFirst;
     this.legacy = !patched('nat-rule-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.waitFor = this.budget.waiter(() => this.continueAsNew());
@@ -188,14 +194,16 @@ class NatRuleResource {
    * answers at once if it is ready by then), a new one wakes the rules naming it. The timer is
    * the fallback, short only while the EIP is not found (a name that visibility does not list yet).
    */
-  private async waitForEip(eipName: string): Promise<EipForRule | null> {
+  private async waitForEip(eipName: string): Promise<{ eip: EipForRule; taken?: ClaimedAndApplied } | null> {
     for (let attempt = 0; !this.specChanged; attempt++) {
       this.eipChanged = false;
       // A lean run's lookup asks the EIP to wake us (one workflow task less than a signal of ours).
       const watch: EipWatch | undefined = this.lean ? { watcher: this.owner, until: 'ready' } : undefined;
       const args: [string, EipWatch?] = watch ? [eipName, watch] : [eipName];
-      const eip = await this.calls.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, args);
-      if (eip?.ready) return eip;
+      const first = attempt === 0 && watch && this.findFirst ? await this.findClaimAndApply(eipName, watch) : null;
+      if (first && 'taken' in first) return first;
+      const eip = first ? first.eip : await this.calls.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, args);
+      if (eip?.ready) return { eip };
       this.setPhase('WaitingForEip', { status: 'False', reason: eip ? Reason.EipNotReady : Reason.EipNotFound, message: eip ? `EIP ${eipName} is not ready: ${eip.reason}` : `EIP ${eipName} does not exist` });
       if (eip && !this.lean) await this.watch(eip.workflowId, { until: 'ready' });
       // An EIP on its way out may end right after taking the watch (its wake-up then lost): look again soon.
@@ -203,9 +211,34 @@ class NatRuleResource {
       const recheck = this.legacy ? backoff(attempt, 500, 30_000) : !leaving && eip && this.patched('watched-eip-long-wait') ? RECHECK_MAX_MS : backoff(attempt, 1000, RECHECK_MAX_MS);
       await this.waitFor(() => this.specChanged || this.eipChanged, recheck);
       // Woken by the EIP we watch: it says it is ready, and the claim decides (no second lookup).
-      if (this.lean && eip && this.eipChanged && !this.specChanged) return { ...eip, ready: true };
+      if (this.lean && eip && this.eipChanged && !this.specChanged) return { eip: { ...eip, ready: true } };
     }
     return null;
+  }
+
+  /**
+   * Finds the EIP, claims it and applies, in one call: what it took, or the lookup's answer (then
+   * nothing is held: what an earlier attempt of the call may hold is given back first).
+   */
+  private async findClaimAndApply(eipName: string, watch: EipWatch): Promise<FoundClaimedAndApplied | null> {
+    const rule = checkSpec(() => natRuleFor(this.input, '')); // the claim gives its EIP's address
+    if (!rule.ok) return null; // the steps one by one show why
+    // It shows the phase it had (Pending, or WaitingForEip in a continued run) until it knows more.
+    this.holdsUnknown = true;
+    const found = await this.calls.findClaimAndApply.executeWithOptions({ summary: `find EIP ${eipName}, claim it for ${this.kind} ${this.name} and apply` }, [
+      { eip: eipName, watch, owner: this.owner, kind: this.kind, name: this.name, rule: rule.value },
+    ]);
+    if (!('taken' in found)) {
+      if (found.mayHold) await this.releaseAll();
+      this.holdsUnknown = false;
+      return found;
+    }
+    const { taken } = found;
+    this.claimed = { eipWorkflowId: found.eip.workflowId };
+    if (!('claimRefused' in taken)) this.applied = { gateway: ('applied' in taken ? taken.applied : taken.claimed).gateway };
+    // A refused claim may hold only what an earlier attempt took, where this run does not know.
+    this.holdsUnknown = 'claimRefused' in taken && taken.mayHold;
+    return found;
   }
 
   /**
@@ -223,6 +256,15 @@ class NatRuleResource {
     const taken = await this.calls.claimAndApply.executeWithOptions({ summary: `claim EIP ${this.input.spec.eip} for ${this.kind} ${this.name} and apply on ${gateway}` }, [
       { eipWorkflowId: eip.workflowId, owner: this.owner, kind: this.kind, name: this.name, gateway, rule: rule.value },
     ]);
+    return this.tookOrRefused(eipName, eip, taken, gateway);
+  }
+
+  /**
+   * What a combined claim and apply answered: Ready, or null after a refusal and its wait. A rule
+   * not applied keeps its claim and goes on as a claimed rule whose apply was refused does (applySpec).
+   * `gateway`: where the rule was to go, if the call was told (else, wherever its EIP is).
+   */
+  private async tookOrRefused(eipName: string, eip: EipForRule, taken: ClaimedAndApplied, gateway?: string): Promise<Serving | null> {
     if ('claimRefused' in taken) {
       if (taken.mayHold) await this.releaseAll(); // an earlier attempt may have claimed and applied
       await this.claimRefused({ status: 'False', ...taken.claimRefused }, eip);
@@ -236,7 +278,7 @@ class NatRuleResource {
       return serving;
     }
     // Refused by the gateway, or the EIP is on another gateway than its record said (then applied there next).
-    const refused = target.gateway === gateway ? { status: 'False' as const, reason: taken.notApplied.reason, message: taken.notApplied.message } : undefined;
+    const refused = gateway === undefined || target.gateway === gateway ? { status: 'False' as const, reason: taken.notApplied.reason, message: taken.notApplied.message } : undefined;
     return (await this.applySpec(serving, refused)) ? serving : null;
   }
 
@@ -366,6 +408,10 @@ class NatRuleResource {
 
   /** Gives back whatever may be held: the rule first, then the claim. */
   private async releaseAll(): Promise<void> {
+    if (this.holdsUnknown) {
+      await this.releaseByIdentity();
+      this.holdsUnknown = false;
+    }
     if (this.applied) {
       const { gateway } = this.applied;
       await removeUntilApplied(
@@ -393,7 +439,7 @@ class NatRuleResource {
     await this.calls.removeGatewayRuleEverywhere.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules everywhere` }, [{ owner: this.input.resource.uid }]);
     const eipName = checkSpec(() => natEipName(this.input));
     const eip = eipName.ok ? await this.calls.eipForRule.executeWithOptions({ summary: `find EIP ${eipName.value}` }, [eipName.value]) : null;
-    if (eip) this.claimed = { eipWorkflowId: eip.workflowId };
+    if (eip) this.claimed ??= { eipWorkflowId: eip.workflowId };
   }
 
   // --- waiting and continuing as new -------------------------------------------------------

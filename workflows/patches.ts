@@ -6,8 +6,9 @@
 // none of them again; older histories ask for each where they always did. 'local-calls' is the
 // next such base: a run that takes it takes 'lean-history' too, without asking for it;
 // 'remote-status' the next: it takes 'local-calls' (and so 'lean-history'); 'remote-calls' the
-// next: it takes 'lean-history' and every patch after it, but calls through remote activities; and
-// 'combined-calls' the newest: it takes 'remote-calls' and every patch after it.
+// next: it takes 'lean-history' and every patch after it, but calls through remote activities;
+// 'combined-calls' the next: it takes 'remote-calls' and every patch after it; and
+// 'find-claim-apply' the newest: it takes 'combined-calls'.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';
@@ -34,6 +35,11 @@ export const REMOTE_CALLS = 'remote-calls';
  * them one by one. It takes 'remote-calls' and every patch named since, without asking.
  */
 export const COMBINED_CALLS = 'combined-calls';
+/**
+ * A NAT rule's first call finds its EIP, claims it (the claim waits a moment for an EIP taking its
+ * address) and applies (activities/combined-calls.ts). It takes 'combined-calls'.
+ */
+export const FIND_CLAIM_APPLY = 'find-claim-apply';
 
 /** Whether this run takes the patch `id`; call `patches()` in the workflow's first task, before any other patch. */
 export type Patched = (id: string) => boolean;
@@ -50,15 +56,19 @@ export interface RunPatches {
   patchedSinceRemote: Patched;
   /** The run takes its steps in combined calls where it can ('combined-calls'). */
   combined: boolean;
+  /** A rule's first call finds, claims and applies ('find-claim-apply'). */
+  findFirst: boolean;
 }
 
 export function patches(): RunPatches {
   const all = () => true;
-  if (wf.patched(COMBINED_CALLS)) return { lean: true, local: false, remoteStatus: true, patched: all, patchedSinceLean: all, patchedSinceRemote: all, combined: true };
+  const combined = { lean: true, local: false, remoteStatus: true, patched: all, patchedSinceLean: all, patchedSinceRemote: all, combined: true };
+  if (wf.patched(FIND_CLAIM_APPLY)) return { ...combined, findFirst: true };
+  if (wf.patched(COMBINED_CALLS)) return { ...combined, findFirst: false };
   const asked: Patched = (id) => wf.patched(id);
-  if (wf.patched(REMOTE_CALLS)) return { lean: true, local: false, remoteStatus: true, patched: all, patchedSinceLean: all, patchedSinceRemote: asked, combined: false };
+  if (wf.patched(REMOTE_CALLS)) return { lean: true, local: false, remoteStatus: true, patched: all, patchedSinceLean: all, patchedSinceRemote: asked, combined: false, findFirst: false };
   const remoteStatus = wf.patched(REMOTE_STATUS);
   const local = remoteStatus || wf.patched(LOCAL_CALLS);
   const lean = local || wf.patched(LEAN_HISTORY);
-  return { lean, local, remoteStatus, patched: (id) => lean || wf.patched(id), patchedSinceLean: asked, patchedSinceRemote: asked, combined: false };
+  return { lean, local, remoteStatus, patched: (id) => lean || wf.patched(id), patchedSinceLean: asked, patchedSinceRemote: asked, combined: false, findFirst: false };
 }

@@ -97,6 +97,19 @@ const scenarios: Record<string, Scenario> = {
       { workflowType: 'eipWorkflow', workflowId: e.workflowId },
     ];
   },
+  'fip-right-after-eip': async (s) => {
+    // Created together, as `kubectl apply` of both does: the rule's first call finds the EIP while
+    // it takes its address, and its claim waits in the EIP until the EIP is Ready.
+    const e = await createResource(s.resources, 'eip', 'eip-together', { natGwDp: GW });
+    const rule = await createResource(s.resources, 'fip', 'fip-together', { eip: 'eip-together', internalIp: '10.0.1.10' });
+    await settle(s, 'fip', 'fip-together', 'Ready');
+    await deleteResource(s.resources, 'fip', 'fip-together');
+    await deleteResource(s.resources, 'eip', 'eip-together');
+    return [
+      { workflowType: 'fipWorkflow', workflowId: rule.workflowId },
+      { workflowType: 'eipWorkflow', workflowId: e.workflowId },
+    ];
+  },
   'fip-woken-by-eip': async (s) => {
     // The rule finds its EIP not ready (its gateway's agent is down): the lookup asks the EIP to
     // wake it, and once woken it claims without looking the EIP up again.

@@ -48,8 +48,13 @@ const WAKE_UPS_SHIELDED = 'wake-ups-shielded';
 /** Watchers listed to `notifyEipWaiters` as woken already, at most (the list is its input: a payload). */
 const MAX_WOKEN_LISTED = 1_000;
 
-export async function eipWorkflow(input: EipInput): Promise<void> {
-  const eip = new Eip(input);
+/** An EIP started since the V2 types: the newest base, no patch asked (workflows/patches.ts). */
+export const eipWorkflowV2 = (input: EipInput) => eipLifecycle(input, true);
+/** An EIP started before: it replays and goes on as the patches its history recorded say. */
+export const eipWorkflow = (input: EipInput) => eipLifecycle(input, false);
+
+async function eipLifecycle(input: EipInput, newest: boolean): Promise<void> {
+  const eip = new Eip(input, newest);
   let ended: unknown;
   try {
     await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), input.carried);
@@ -153,9 +158,12 @@ class Eip {
   private readonly reporter: ReturnType<typeof phaseReporter<EipStatus>>;
   private readonly setPhase: ReturnType<typeof phaseReporter<EipStatus>>['setPhase'];
 
-  constructor(private readonly input: EipInput) {
+  constructor(
+    private readonly input: EipInput,
+    newest: boolean,
+  ) {
     const carried = input.carried;
-    const { lean, local, remoteStatus, patched, patchedSinceLean, patchedSinceRemote, combined } = patches();
+    const { lean, local, remoteStatus, patched, patchedSinceLean, patchedSinceRemote, combined } = patches(newest);
     const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.patched = patched;

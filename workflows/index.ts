@@ -1,6 +1,6 @@
 // Every workflow type the control worker runs (the bundle's entry point).
-export { eipWorkflow } from './eip.js';
+export { eipWorkflow, eipWorkflowV2 } from './eip.js';
 export { gatewayWorkflow } from './gateway.js';
 export { ipamWorkflow } from './ipam.js';
-export { dnatWorkflow, fipWorkflow, snatWorkflow } from './nat-rule.js';
+export { dnatWorkflow, dnatWorkflowV2, fipWorkflow, fipWorkflowV2, snatWorkflow, snatWorkflowV2 } from './nat-rule.js';
 export { auditWorkflow } from './audit.js';

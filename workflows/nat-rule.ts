@@ -43,12 +43,17 @@ const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFou
 
 type Serving = NonNullable<NatCarried['serving']>;
 
-export const fipWorkflow = (input: NatInput<'fip'>) => natRuleWorkflow(input);
-export const dnatWorkflow = (input: NatInput<'dnat'>) => natRuleWorkflow(input);
-export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input);
+// Rules started since the V2 types take the newest base without asking; the others replay and go
+// on as the patches their histories recorded say (workflows/patches.ts).
+export const fipWorkflowV2 = (input: NatInput<'fip'>) => natRuleWorkflow(input, true);
+export const dnatWorkflowV2 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, true);
+export const snatWorkflowV2 = (input: NatInput<'snat'>) => natRuleWorkflow(input, true);
+export const fipWorkflow = (input: NatInput<'fip'>) => natRuleWorkflow(input, false);
+export const dnatWorkflow = (input: NatInput<'dnat'>) => natRuleWorkflow(input, false);
+export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input, false);
 
-async function natRuleWorkflow(input: NatInput): Promise<void> {
-  const rule = new NatRuleResource(input);
+async function natRuleWorkflow(input: NatInput, newest: boolean): Promise<void> {
+  const rule = new NatRuleResource(input, newest);
   // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
   await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), () => rule.cleanup(), input.carried);
 }
@@ -135,9 +140,9 @@ class NatRuleResource {
   private holdsUnknown = false;
   private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
-  constructor(input: NatInput) {
+  constructor(input: NatInput, newest: boolean) {
     const carried = input.carried;
-    const { lean, local, remoteStatus, patched, patchedSinceLean, combined, findFirst } = patches();
+    const { lean, local, remoteStatus, patched, patchedSinceLean, combined, findFirst } = patches(newest);
     const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.lean = lean;

@@ -9,6 +9,12 @@
 // next: it takes 'lean-history' and every patch after it, but calls through remote activities;
 // 'combined-calls' the next: it takes 'remote-calls' and every patch after it; and
 // 'find-claim-apply' the newest: it takes 'combined-calls'.
+//
+// Every new resource workflow is of a `…V2` type (workflows/index.ts): it starts on the newest base
+// without asking for it, so it records no patch marker at all. The marker's visibility write was
+// a tenth of a burst (1,000 EIP+FIP pairs Ready in 70.9 s with it, 61.5 s without). The types
+// without the suffix are the runs started before, which replay and continue as they did. A new
+// base from now on is a new type (`…V3`): a worker that does not know it never takes its tasks.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';
@@ -60,10 +66,11 @@ export interface RunPatches {
   findFirst: boolean;
 }
 
-export function patches(): RunPatches {
+/** `newest`: a run of a `…V2` type, which takes every patch named here without asking. */
+export function patches(newest: boolean): RunPatches {
   const all = () => true;
   const combined = { lean: true, local: false, remoteStatus: true, patched: all, patchedSinceLean: all, patchedSinceRemote: all, combined: true };
-  if (wf.patched(FIND_CLAIM_APPLY)) return { ...combined, findFirst: true };
+  if (newest || wf.patched(FIND_CLAIM_APPLY)) return { ...combined, findFirst: true };
   if (wf.patched(COMBINED_CALLS)) return { ...combined, findFirst: false };
   const asked: Patched = (id) => wf.patched(id);
   if (wf.patched(REMOTE_CALLS)) return { lean: true, local: false, remoteStatus: true, patched: all, patchedSinceLean: all, patchedSinceRemote: asked, combined: false, findFirst: false };

@@ -40,7 +40,7 @@ const ruleLifecycle = <K extends NatKind>(kind: K, spec: NatSpecs[K], changed: N
   await eventually(() => resourceStatus(s.resources, kind, `${kind}-1`), (st) => st.ready && st.observedGeneration === 2, 60_000, 'updated');
   await deleteResource(s.resources, kind, `${kind}-1`);
   await deleteResource(s.resources, 'eip', `eip-${kind}`);
-  return [{ workflowType: `${kind}Workflow`, workflowId: rule.workflowId }];
+  return [{ workflowType: `${kind}WorkflowV2`, workflowId: rule.workflowId }];
 };
 
 /** A rule deleted while it is being claimed or applied. */
@@ -50,20 +50,20 @@ const deleteMidApply = <K extends NatKind>(kind: K, spec: NatSpecs[K]): Scenario
   await eventually(() => resourceStatus(s.resources, kind, `${kind}-mid`), (st) => ['Claiming', 'Applying', 'Ready'].includes(st.phase), 60_000, 'applying');
   await deleteResource(s.resources, kind, `${kind}-mid`);
   await deleteResource(s.resources, 'eip', spec.eip);
-  return [{ workflowType: `${kind}Workflow`, workflowId: rule.workflowId }];
+  return [{ workflowType: `${kind}WorkflowV2`, workflowId: rule.workflowId }];
 };
 
 const scenarios: Record<string, Scenario> = {
   'eip-happy': async (s) => {
     const e = await eip(s, 'eip-happy');
     await deleteResource(s.resources, 'eip', 'eip-happy');
-    return [{ workflowType: 'eipWorkflow', workflowId: e.workflowId }];
+    return [{ workflowType: 'eipWorkflowV2', workflowId: e.workflowId }];
   },
   'eip-missing-gateway-deleted': async (s) => {
     const e = await createResource(s.resources, 'eip', 'eip-orphan', { natGwDp: 'no-such-gateway' });
     await settle(s, 'eip', 'eip-orphan', 'WaitingForGateway');
     await deleteResource(s.resources, 'eip', 'eip-orphan');
-    return [{ workflowType: 'eipWorkflow', workflowId: e.workflowId }];
+    return [{ workflowType: 'eipWorkflowV2', workflowId: e.workflowId }];
   },
   'eip-compensation': async (s) => {
     // The agent dies while the gateway still looks ready: the bind fails, the address is released,
@@ -75,7 +75,7 @@ const scenarios: Record<string, Scenario> = {
     await s.restartAgent(GW);
     await settle(s, 'eip', 'eip-comp', 'Ready');
     await deleteResource(s.resources, 'eip', 'eip-comp');
-    return [{ workflowType: 'eipWorkflow', workflowId: e.workflowId }];
+    return [{ workflowType: 'eipWorkflowV2', workflowId: e.workflowId }];
   },
   'fip-lifecycle': ruleLifecycle('fip', { eip: 'eip-fip', internalIp: '10.0.1.10' }, { eip: 'eip-fip', internalIp: '10.0.1.11' }),
   'dnat-lifecycle': ruleLifecycle(
@@ -93,8 +93,8 @@ const scenarios: Record<string, Scenario> = {
     await deleteResource(s.resources, 'fip', 'fip-early');
     await deleteResource(s.resources, 'eip', 'eip-late');
     return [
-      { workflowType: 'fipWorkflow', workflowId: rule.workflowId },
-      { workflowType: 'eipWorkflow', workflowId: e.workflowId },
+      { workflowType: 'fipWorkflowV2', workflowId: rule.workflowId },
+      { workflowType: 'eipWorkflowV2', workflowId: e.workflowId },
     ];
   },
   'fip-right-after-eip': async (s) => {
@@ -106,8 +106,8 @@ const scenarios: Record<string, Scenario> = {
     await deleteResource(s.resources, 'fip', 'fip-together');
     await deleteResource(s.resources, 'eip', 'eip-together');
     return [
-      { workflowType: 'fipWorkflow', workflowId: rule.workflowId },
-      { workflowType: 'eipWorkflow', workflowId: e.workflowId },
+      { workflowType: 'fipWorkflowV2', workflowId: rule.workflowId },
+      { workflowType: 'eipWorkflowV2', workflowId: e.workflowId },
     ];
   },
   'fip-woken-by-eip': async (s) => {
@@ -123,8 +123,8 @@ const scenarios: Record<string, Scenario> = {
     await deleteResource(s.resources, 'fip', 'fip-woken');
     await deleteResource(s.resources, 'eip', 'eip-woken');
     return [
-      { workflowType: 'fipWorkflow', workflowId: rule.workflowId },
-      { workflowType: 'eipWorkflow', workflowId: e.workflowId },
+      { workflowType: 'fipWorkflowV2', workflowId: rule.workflowId },
+      { workflowType: 'eipWorkflowV2', workflowId: e.workflowId },
     ];
   },
   'fip-waits-for-free-eip': async (s) => {
@@ -146,8 +146,8 @@ const scenarios: Record<string, Scenario> = {
     for await (const run of s.env.client.workflow.list({ query: `WorkflowId = "${e.workflowId}"` })) runs.push(run);
     const [first] = runs.sort((a, b) => a.startTime.getTime() - b.startTime.getTime());
     return [
-      { workflowType: 'fipWorkflow', workflowId: waiting.workflowId },
-      { workflowType: 'eipWorkflow', workflowId: e.workflowId, runId: first!.runId },
+      { workflowType: 'fipWorkflowV2', workflowId: waiting.workflowId },
+      { workflowType: 'eipWorkflowV2', workflowId: e.workflowId, runId: first!.runId },
     ];
   },
   'fip-delete-mid-apply': deleteMidApply('fip', { eip: 'eip-mid-fip', internalIp: '10.0.1.10' }),
@@ -170,8 +170,8 @@ const scenarios: Record<string, Scenario> = {
       }
       const idOf = (kind: ResourceKind, o: KubernetesObject) => workflowIds.resource(kind, { name: o.metadata!.name!, uid: o.metadata!.uid! });
       return [
-        { workflowType: 'eipWorkflow', workflowId: idOf('eip', eipObj) },
-        { workflowType: 'fipWorkflow', workflowId: idOf('fip', fipObj) },
+        { workflowType: 'eipWorkflowV2', workflowId: idOf('eip', eipObj) },
+        { workflowType: 'fipWorkflowV2', workflowId: idOf('fip', fipObj) },
       ];
     } finally {
       await bridge.stop();
@@ -208,8 +208,8 @@ const scenarios: Record<string, Scenario> = {
     for (const { workflowId } of [rule, lone]) await s.env.client.workflow.getHandle(workflowId).result().catch(() => undefined);
     await deleteResource(s.resources, 'eip', 'eip-down');
     return [
-      { workflowType: 'fipWorkflow', workflowId: rule.workflowId },
-      { workflowType: 'eipWorkflow', workflowId: lone.workflowId },
+      { workflowType: 'fipWorkflowV2', workflowId: rule.workflowId },
+      { workflowType: 'eipWorkflowV2', workflowId: lone.workflowId },
     ];
   },
   'dnats-refused-on-one-eip': async (s) => {
@@ -222,7 +222,7 @@ const scenarios: Record<string, Scenario> = {
     await new Promise((resolve) => setTimeout(resolve, 5_000));
     for (const port of ['81', '82']) await deleteResource(s.resources, 'dnat', `dnat-out-${port}`);
     await deleteResource(s.resources, 'eip', 'eip-refusals');
-    return [...rules.map((r) => ({ workflowType: 'dnatWorkflow', workflowId: r.workflowId })), { workflowType: 'eipWorkflow', workflowId: e.workflowId }];
+    return [...rules.map((r) => ({ workflowType: 'dnatWorkflowV2', workflowId: r.workflowId })), { workflowType: 'eipWorkflowV2', workflowId: e.workflowId }];
   },
   'audit-fix': async (s) => {
     // An allocation whose EIP is gone, and an EIP's address taken off its gateway by hand: found by

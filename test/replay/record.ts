@@ -3,11 +3,13 @@
 //   npm run record-histories [-- scenario ...]     (all scenarios when none is named)
 // Fixture names carry the code version, so older recordings stay: they are the open workflows
 // of earlier releases. Re-recording a scenario on the same commit replaces its own files.
+import { randomUUID } from 'node:crypto';
 import { runCommand } from '../../activities/exec.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../../domain/subnet.js';
 import { workflowIds, type ResourceKind } from '../../domain/names.js';
-import type { NatKind, NatSpecs } from '../../domain/nat-resources.js';
-import { createResource, deleteResource, resourceStatus, updateNatSpec } from '../../starter/resources.js';
+import type { NatKind, NatSpec, NatSpecs } from '../../domain/nat-resources.js';
+import type { EipSpec } from '../../domain/eip.js';
+import { createResource, deleteResource, resourceStart, resourceStatus, updateNatSpec } from '../../starter/resources.js';
 import { ipamWorkflow } from '../../workflows/ipam.js';
 import { createWorkflowCallActivities } from '../../activities/workflow-calls.js';
 import { startStack, type Stack } from '../support/stack.js';
@@ -108,6 +110,23 @@ const scenarios: Record<string, Scenario> = {
     return [
       { workflowType: 'fipWorkflowV2', workflowId: rule.workflowId },
       { workflowType: 'eipWorkflowV2', workflowId: e.workflowId },
+    ];
+  },
+  'types-before-v2': async (s) => {
+    // Runs of the types from before the V2 types, as an open one continues as new on this code: an
+    // EIP and a FIP created together; they ask for the patches of their base (find-claim-apply).
+    const start = async (kind: 'eip' | 'fip', name: string, spec: EipSpec | NatSpec) => {
+      const { options } = resourceStart(kind, { name, uid: randomUUID(), generation: 1 }, spec, s.resources.taskQueue);
+      return (await s.env.client.workflow.start(`${kind}Workflow`, options)).workflowId;
+    };
+    const e = await start('eip', 'eip-v1', { natGwDp: GW });
+    const rule = await start('fip', 'fip-v1', { eip: 'eip-v1', internalIp: '10.0.1.10' });
+    await settle(s, 'fip', 'fip-v1', 'Ready');
+    await deleteResource(s.resources, 'fip', 'fip-v1');
+    await deleteResource(s.resources, 'eip', 'eip-v1');
+    return [
+      { workflowType: 'fipWorkflow', workflowId: rule },
+      { workflowType: 'eipWorkflow', workflowId: e },
     ];
   },
   'fip-woken-by-eip': async (s) => {

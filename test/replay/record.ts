@@ -33,6 +33,16 @@ const eip = async (s: Stack, name: string, gateway = GW) => {
   return created;
 };
 
+/** Deletes a FIP, then its EIP: the runs to record are theirs (of the V2 types unless told). */
+async function deleteFipThenEip(s: Stack, fip: { name: string; workflowId: string }, eip: { name: string; workflowId: string }, types = { fip: 'fipWorkflowV2', eip: 'eipWorkflowV2' }) {
+  await deleteResource(s.resources, 'fip', fip.name);
+  await deleteResource(s.resources, 'eip', eip.name);
+  return [
+    { workflowType: types.fip, workflowId: fip.workflowId },
+    { workflowType: types.eip, workflowId: eip.workflowId },
+  ];
+}
+
 /** A NAT rule through create, a spec change and delete. */
 const ruleLifecycle = <K extends NatKind>(kind: K, spec: NatSpecs[K], changed: NatSpecs[K]): Scenario => async (s) => {
   await eip(s, `eip-${kind}`);
@@ -92,12 +102,7 @@ const scenarios: Record<string, Scenario> = {
     await settle(s, 'fip', 'fip-early', 'WaitingForEip');
     const e = await eip(s, 'eip-late');
     await settle(s, 'fip', 'fip-early', 'Ready');
-    await deleteResource(s.resources, 'fip', 'fip-early');
-    await deleteResource(s.resources, 'eip', 'eip-late');
-    return [
-      { workflowType: 'fipWorkflowV2', workflowId: rule.workflowId },
-      { workflowType: 'eipWorkflowV2', workflowId: e.workflowId },
-    ];
+    return deleteFipThenEip(s, rule, e);
   },
   'fip-right-after-eip': async (s) => {
     // Created together, as `kubectl apply` of both does: the rule's first call finds the EIP while
@@ -105,29 +110,19 @@ const scenarios: Record<string, Scenario> = {
     const e = await createResource(s.resources, 'eip', 'eip-together', { natGwDp: GW });
     const rule = await createResource(s.resources, 'fip', 'fip-together', { eip: 'eip-together', internalIp: '10.0.1.10' });
     await settle(s, 'fip', 'fip-together', 'Ready');
-    await deleteResource(s.resources, 'fip', 'fip-together');
-    await deleteResource(s.resources, 'eip', 'eip-together');
-    return [
-      { workflowType: 'fipWorkflowV2', workflowId: rule.workflowId },
-      { workflowType: 'eipWorkflowV2', workflowId: e.workflowId },
-    ];
+    return deleteFipThenEip(s, rule, e);
   },
   'types-before-v2': async (s) => {
     // Runs of the types from before the V2 types, as an open one continues as new on this code: an
     // EIP and a FIP created together; they ask for the patches of their base (find-claim-apply).
     const start = async (kind: 'eip' | 'fip', name: string, spec: EipSpec | NatSpec) => {
       const { options } = resourceStart(kind, { name, uid: randomUUID(), generation: 1 }, spec, s.resources.taskQueue);
-      return (await s.env.client.workflow.start(`${kind}Workflow`, options)).workflowId;
+      return { name, workflowId: (await s.env.client.workflow.start(`${kind}Workflow`, options)).workflowId };
     };
     const e = await start('eip', 'eip-v1', { natGwDp: GW });
     const rule = await start('fip', 'fip-v1', { eip: 'eip-v1', internalIp: '10.0.1.10' });
     await settle(s, 'fip', 'fip-v1', 'Ready');
-    await deleteResource(s.resources, 'fip', 'fip-v1');
-    await deleteResource(s.resources, 'eip', 'eip-v1');
-    return [
-      { workflowType: 'fipWorkflow', workflowId: rule },
-      { workflowType: 'eipWorkflow', workflowId: e },
-    ];
+    return deleteFipThenEip(s, rule, e, { fip: 'fipWorkflow', eip: 'eipWorkflow' });
   },
   'fip-woken-by-eip': async (s) => {
     // The rule finds its EIP not ready (its gateway's agent is down): the lookup asks the EIP to
@@ -139,12 +134,7 @@ const scenarios: Record<string, Scenario> = {
     await settle(s, 'fip', 'fip-woken', 'WaitingForEip');
     await s.restartAgent(GW);
     await settle(s, 'fip', 'fip-woken', 'Ready');
-    await deleteResource(s.resources, 'fip', 'fip-woken');
-    await deleteResource(s.resources, 'eip', 'eip-woken');
-    return [
-      { workflowType: 'fipWorkflowV2', workflowId: rule.workflowId },
-      { workflowType: 'eipWorkflowV2', workflowId: e.workflowId },
-    ];
+    return deleteFipThenEip(s, rule, e);
   },
   'fip-waits-for-free-eip': async (s) => {
     // A FIP refused because another FIP has the EIP waits (no retry loop) and takes the EIP once it

@@ -15,8 +15,8 @@ import type { ClaimedAndApplied, ClaimedEip, ClaimWait, Refused, WorkflowCallAct
 import type { EipClaim } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 
-export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply' | 'findClaimAndApply'>;
-type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule'>;
+export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'giveBackByIdentity'>;
+type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'>;
 
 /** How long a rule's first claim waits for an EIP taking its address: well within the call's start-to-close timeout. */
 export const CLAIM_WAIT_MS = 10_000;
@@ -85,6 +85,12 @@ export function combinedCalls(steps: Steps): CombinedCalls {
       if (!('claimRefused' in taken && NOT_THERE_YET.includes(taken.claimRefused.reason) && !taken.mayHold)) return { eip: found, taken };
       // Not ready in time (or gone meanwhile): what a lookup says now, the EIP asked to wake the rule.
       return { eip: await steps.eipForRule(eipName, watch), mayHold: retried() };
+    },
+
+    async giveBackByIdentity({ eip, owner, ruleOwner, eipWorkflowId }) {
+      await steps.removeGatewayRuleEverywhere({ owner: ruleOwner }); // the rule first, then the claim
+      const claimed = eipWorkflowId ?? (await steps.eipForRule(eip))?.workflowId;
+      if (claimed) await steps.unclaimEip({ eipWorkflowId: claimed, owner });
     },
   };
 }

@@ -200,6 +200,12 @@ export interface WorkflowCallActivities {
    * answer, with the EIP asked to wake `watch.watcher` once it is ready.
    */
   findClaimAndApply(req: { eip: string; watch: EipWatch; rule: NatRule } & EipClaim): Promise<FoundClaimedAndApplied>;
+  /**
+   * What a `findClaimAndApply` may have taken, given back in one call: the rule `ruleOwner` off
+   * every gateway by its tag, then the claim of `owner` on EIP `eipWorkflowId` (when known) or on
+   * the EIP named `eip`.
+   */
+  giveBackByIdentity(req: { eip: string; owner: string; ruleOwner: string; eipWorkflowId?: string }): Promise<void>;
   unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void>;
   setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void>;
   removeGatewayRule(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;

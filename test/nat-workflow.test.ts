@@ -175,7 +175,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     });
     await withFip(fake, async (h) => {
       await eventually(async () => fake.started(), (s) => s.includes('unclaimEip'), 20_000, 'the claim given back');
-      expect(fake.started().slice(0, 10)).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'findClaimAndApply', 'eipForRule', 'claimEip', 'removeGatewayRuleEverywhere', 'eipForRule', 'unclaimEip']);
+      expect(fake.started().slice(0, 10)).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'findClaimAndApply', 'eipForRule', 'claimEip', 'giveBackByIdentity', 'removeGatewayRuleEverywhere', 'unclaimEip']);
       expect(fake.args.unclaimEip?.[0]?.[0]).toEqual({ eipWorkflowId: 'natflow/eip/e1/u', owner: h.workflowId });
       await deleteAndWait(h);
     });
@@ -190,7 +190,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     await withFip(fake, async (h) => {
       const waiting = await workflowPhase(h, 'WaitingForEip', 20_000);
       expect(waiting.conditions[0]).toMatchObject({ reason: Reason.EipNotFound });
-      expect(fake.started().slice(0, 8)).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'findClaimAndApply', 'eipForRule', 'removeGatewayRuleEverywhere', 'eipForRule']);
+      expect(fake.started().slice(0, 9)).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'findClaimAndApply', 'eipForRule', 'giveBackByIdentity', 'removeGatewayRuleEverywhere', 'eipForRule']);
       expect(fake.args.removeGatewayRuleEverywhere?.[0]?.[0]).toEqual({ owner: h.workflowId.split('/')[3] });
       await deleteAndWait(h);
     });

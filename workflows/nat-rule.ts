@@ -136,8 +136,8 @@ class NatRuleResource {
   private readonly combined: boolean;
   /** Its first call finds the EIP, claims it and applies ('find-claim-apply'). */
   private readonly findFirst: boolean;
-  /** A call under way (or one retried) may have claimed an EIP and set the rule where this run does not know: given back by identity. */
-  private holdsUnknown = false;
+  /** A first call under way (or one retried) may have claimed EIP `eipName` and set the rule where this run does not know: given back by identity. */
+  private holdsUnknown: { eipName: string } | null = null;
   private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
   constructor(input: NatInput, newest: boolean) {
@@ -229,20 +229,20 @@ class NatRuleResource {
     const rule = checkSpec(() => natRuleFor(this.input, '')); // the claim gives its EIP's address
     if (!rule.ok) return null; // the steps one by one show why
     // It shows the phase it had (Pending, or WaitingForEip in a continued run) until it knows more.
-    this.holdsUnknown = true;
+    this.holdsUnknown = { eipName };
     const found = await this.calls.findClaimAndApply.executeWithOptions({ summary: `find EIP ${eipName}, claim it for ${this.kind} ${this.name} and apply` }, [
       { eip: eipName, watch, owner: this.owner, kind: this.kind, name: this.name, rule: rule.value },
     ]);
     if (!('taken' in found)) {
       if (found.mayHold) await this.releaseAll();
-      this.holdsUnknown = false;
+      this.holdsUnknown = null;
       return found;
     }
     const { taken } = found;
     this.claimed = { eipWorkflowId: found.eip.workflowId };
     if (!('claimRefused' in taken)) this.applied = { gateway: ('applied' in taken ? taken.applied : taken.claimed).gateway };
     // A refused claim may hold only what an earlier attempt took, where this run does not know.
-    this.holdsUnknown = 'claimRefused' in taken && taken.mayHold;
+    if (!('claimRefused' in taken && taken.mayHold)) this.holdsUnknown = null;
     return found;
   }
 
@@ -414,8 +414,14 @@ class NatRuleResource {
   /** Gives back whatever may be held: the rule first, then the claim. */
   private async releaseAll(): Promise<void> {
     if (this.holdsUnknown) {
-      await this.releaseByIdentity();
-      this.holdsUnknown = false;
+      const { eipName } = this.holdsUnknown;
+      const eipWorkflowId = this.claimed?.eipWorkflowId;
+      await this.calls.giveBackByIdentity.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules everywhere, give EIP ${eipName} back` }, [
+        { eip: eipName, owner: this.owner, ruleOwner: this.input.resource.uid, ...(eipWorkflowId && { eipWorkflowId }) },
+      ]);
+      this.holdsUnknown = null;
+      this.claimed = null;
+      this.applied = null;
     }
     if (this.applied) {
       const { gateway } = this.applied;
@@ -444,7 +450,7 @@ class NatRuleResource {
     await this.calls.removeGatewayRuleEverywhere.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules everywhere` }, [{ owner: this.input.resource.uid }]);
     const eipName = checkSpec(() => natEipName(this.input));
     const eip = eipName.ok ? await this.calls.eipForRule.executeWithOptions({ summary: `find EIP ${eipName.value}` }, [eipName.value]) : null;
-    if (eip) this.claimed ??= { eipWorkflowId: eip.workflowId };
+    if (eip) this.claimed = { eipWorkflowId: eip.workflowId };
   }
 
   // --- waiting and continuing as new -------------------------------------------------------

@@ -34,6 +34,13 @@ export const CONTROL_TASK_QUEUE = 'natflow-control';
  * a workflow-task slot) can never take the slots these workflows need to answer them.
  */
 export const entityTaskQueue = (controlQueue: string) => `${controlQueue}-entities`;
+/**
+ * The IPAM and gateway workflows' task timeout, set at start and carried by each continue-as-new.
+ * Not the default 10 s: a busy worker replays a gateway's run when it leaves its cache, and under a
+ * 5,000-pair burst one such replay took 7.4 s (one over 10 s failed every attempt, and the gateway
+ * wedged, before its batches cost what they change).
+ */
+export const ENTITY_WORKFLOW_TASK_TIMEOUT = '20s';
 
 export const workflowIds = {
   resource: (kind: ResourceKind, ref: Pick<ResourceRef, 'name' | 'uid'>) => `natflow/${kind}/${ref.name}/${ref.uid}`,

@@ -6,7 +6,7 @@ import { normalizeEipSpec, type EipSpec, type EipStatus } from '../domain/eip.js
 import type { GatewayInput, GatewaySpec, GatewayState } from '../domain/gateway.js';
 import type { HistoryLimits } from '../domain/history-limits.js';
 import type { IpamState } from '../domain/ipam.js';
-import { CONTROL_TASK_QUEUE, entityTaskQueue, validateName, workflowIds, type ResourceKind, type ResourceRef } from '../domain/names.js';
+import { CONTROL_TASK_QUEUE, ENTITY_WORKFLOW_TASK_TIMEOUT, entityTaskQueue, validateName, workflowIds, type ResourceKind, type ResourceRef } from '../domain/names.js';
 import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain/subnet.js';
@@ -37,6 +37,7 @@ export async function ensureSubnet(r: Resources, spec: SubnetSpec, generation?: 
   const handle = await r.client.workflow.start(ipamWorkflow, {
     taskQueue: entityTaskQueue(queue(r)),
     workflowId: workflowIds.ipam(spec.name),
+    workflowTaskTimeout: ENTITY_WORKFLOW_TASK_TIMEOUT,
     workflowIdConflictPolicy: 'USE_EXISTING',
     args: [{ subnet: spec, ...(generation !== undefined && { generation }), ...(r.historyLimits && { limits: r.historyLimits }) }],
     staticSummary: `IPAM of subnet ${spec.name} (${spec.cidrBlock})`,
@@ -54,6 +55,7 @@ export async function ensureGateway(r: Resources, spec: GatewaySpec, kube?: Gate
   const handle = await r.client.workflow.start(gatewayWorkflow, {
     taskQueue: entityTaskQueue(queue(r)),
     workflowId: workflowIds.gateway(spec.name),
+    workflowTaskTimeout: ENTITY_WORKFLOW_TASK_TIMEOUT,
     workflowIdConflictPolicy: 'USE_EXISTING',
     args: [{ spec, ...(kube && { kube }), ...(r.historyLimits && { limits: r.historyLimits }), ...(r.gatewayRebuildWindowMs !== undefined && { rebuildWindowMs: r.gatewayRebuildWindowMs }) }],
     ...(kube && { memo: FROM_KUBERNETES_MEMO }),

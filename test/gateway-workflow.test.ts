@@ -132,6 +132,9 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       expect(Object.keys(before.rules)).toHaveLength(3);
       const after = await ready(h);
       expect(after).toEqual(before);
+      // Started with the default task timeout, it continued with the entity workflows' own.
+      expect((await env.client.workflow.getHandle(h.workflowId, h.firstExecutionRunId).describe()).raw.executionConfig?.defaultWorkflowTaskTimeout?.seconds?.toString()).toBe('10');
+      expect((await h.describe()).raw.executionConfig?.defaultWorkflowTaskTimeout?.seconds?.toString()).toBe('20');
       // The same agent instance has it all: the new run applied nothing and removed nothing.
       expect(await eventually(() => agentCalls(h), (c) => c.includes('agentSession'), 15_000, 'a session with the agent')).toEqual(['agentInfo', 'agentSession']);
       expect(net.owners()).toEqual(['fip-0', 'fip-1', 'fip-2']);

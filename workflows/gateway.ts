@@ -14,7 +14,7 @@ import { FROM_KUBERNETES_MEMO } from '../domain/kube.js';
 import { checkRuleOnGateway, GATEWAY_IN_USE, type AgentInfo, type AgentSessionEnd, type EipAddress, type GatewayCarried, type GatewayInput, type GatewaySpec, type GatewayState } from '../domain/gateway.js';
 import { GatewayDesired, holdingAfter, sameAddress, sameRule, type GatewayHolding } from '../domain/gateway-desired.js';
 import { cidrContains, parseCidr, parseIPv4 } from '../domain/ip.js';
-import { gatewayTaskQueue } from '../domain/names.js';
+import { ENTITY_WORKFLOW_TASK_TIMEOUT, gatewayTaskQueue } from '../domain/names.js';
 import { conntrackTarget, dnatConflict, ruleDiff, validateNatRule, type NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition } from '../domain/status.js';
@@ -411,7 +411,8 @@ class Gateway {
     const { spec, eips, rules, ready, reason, agent, deleting, conditions = [] } = this.state;
     const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], addressRemovals: [...this.addressRemovals], rebuilding: this.state.rebuilding ?? false, deleting, conditions };
     const kube = this.kube && { ...this.kube, generation: this.generation };
-    return wf.continueAsNew<typeof gatewayWorkflow>({ spec, eips, rules, kube, carried, limits: this.input.limits, rebuildWindowMs: this.input.rebuildWindowMs });
+    const next = wf.makeContinueAsNewFunc<typeof gatewayWorkflow>({ workflowTaskTimeout: ENTITY_WORKFLOW_TASK_TIMEOUT });
+    return next({ spec, eips, rules, kube, carried, limits: this.input.limits, rebuildWindowMs: this.input.rebuildWindowMs });
   }
 
   // --- handlers ----------------------------------------------------------------------------

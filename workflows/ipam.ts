@@ -3,6 +3,7 @@
 // extra database, and every allocation is an event an operator can read in the Web UI.
 import * as wf from '@temporalio/workflow';
 import { Ipam, type AllocateRequest, type IpamInput } from '../domain/ipam.js';
+import { ENTITY_WORKFLOW_TASK_TIMEOUT } from '../domain/names.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import type { SubnetSpec } from '../domain/subnet.js';
 import { allocateUpdate, ipamRequestsUpdate, ipamStateQuery, ipamUsageQuery, releaseUpdate, subnetSpecSignal, type Fence, type IpamRequest, type SpecChange } from '../domain/workflow-api.js';
@@ -87,5 +88,5 @@ export async function ipamWorkflow(input: IpamInput): Promise<void> {
   // had not delivered yet is aborted as retryable by the continue-as-new, and its caller sends it
   // again to the next run (activities/workflow-calls.ts), so nothing needs draining here.
   await wf.condition(wf.allHandlersFinished);
-  await wf.continueAsNew<typeof ipamWorkflow>({ ...input, ...ipam.carried() });
+  await wf.makeContinueAsNewFunc<typeof ipamWorkflow>({ workflowTaskTimeout: ENTITY_WORKFLOW_TASK_TIMEOUT })({ ...input, ...ipam.carried() });
 }

@@ -36,14 +36,6 @@ export class GatewayDesired {
     for (const [owner, eip] of Object.entries(holding.eips)) this.hold(eip.address, owner);
   }
 
-  get eips(): Readonly<Record<string, EipAddress>> {
-    return this.holding.eips;
-  }
-
-  get rules(): Readonly<Record<string, NatRule>> {
-    return this.holding.rules;
-  }
-
   /** Whether some owner desires `address`. */
   desires(address: string): boolean {
     return this.holders.has(address);

@@ -12,8 +12,11 @@ interface KubeObject {
 }
 
 const isStatus = (err: unknown, code: number) => err instanceof ApiException && err.code === code;
-/** A JSON merge patch (RFC 7386): what every natflow write to Kubernetes sends. */
+/** A JSON merge patch (RFC 7386): how natflow writes finalizers (with a resourceVersion) and the bridge a Subnet's usage. */
 export const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+/** A JSON patch (RFC 6902): its `test` operations make a write conditional on what the object holds. */
+const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
+const sameUid = (ref: KubeRef) => ({ op: 'test', path: '/metadata/uid', value: ref.uid });
 
 export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
   const api = kubeConfig.makeApiClient(CustomObjectsApi);
@@ -26,6 +29,20 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
       return obj.metadata?.uid === ref.uid ? obj : null;
     } catch (err) {
       if (isStatus(err, 404)) return null;
+      throw err;
+    }
+  }
+
+  /**
+   * One request: a JSON patch whose first operation tests the uid, so that it writes this object and
+   * never a new one of the same name (refused, 422), without reading it first. A 422 is read again
+   * to tell a replaced object (fine) from a status the schema refuses (an error).
+   */
+  async function writeStatus(ref: KubeRef, status: Record<string, unknown>): Promise<void> {
+    try {
+      await api.patchClusterCustomObjectStatus({ ...coords(ref), body: [sameUid(ref), { op: 'add', path: '/status', value: status }] }, jsonPatch);
+    } catch (err) {
+      if (isStatus(err, 404) || (isStatus(err, 422) && !(await current(ref)))) return;
       throw err;
     }
   }
@@ -47,24 +64,29 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
       return { exists: true, deleting: false };
     },
 
-    /** Writes status (merge patch on the status subresource); an object that is gone is fine. */
+    /** Writes status (the whole of it) to this object: an object that is gone, or replaced by another of the same name, is fine. */
     async kubePublishStatus(ref) {
-      if (!(await current(ref))) return;
-      try {
-        await api.patchClusterCustomObjectStatus({ ...coords(ref), body: { status: ref.status } }, mergePatch);
-      } catch (err) {
-        if (!isStatus(err, 404)) throw err;
-      }
+      await writeStatus(ref, ref.status);
     },
 
     async kubeRelease(ref) {
+      // The usual case, ours the only finalizer: one request takes it off, and the object goes.
+      try {
+        await api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: [FINALIZER] }, { op: 'remove', path: '/metadata/finalizers' }] }, jsonPatch);
+        return;
+      } catch (err) {
+        if (isStatus(err, 404)) return;
+        if (!isStatus(err, 422)) throw err; // 422: a test failed (other finalizers, or none of ours, or another object)
+      }
       const obj = await current(ref);
       const finalizers = obj?.metadata?.finalizers ?? [];
       if (!obj || !finalizers.includes(FINALIZER)) return;
+      // Another finalizer keeps the object once ours is off: its status is still read, so it is written first.
+      if (ref.status) await writeStatus(ref, ref.status);
+      // Conditional on the finalizers read, not on the resourceVersion, which the status write moved on.
+      const others = finalizers.filter((f) => f !== FINALIZER);
       try {
-        // Without ours, the object goes at once unless another finalizer keeps it: only then is its status read again.
-        if (ref.status && finalizers.some((f) => f !== FINALIZER)) await api.patchClusterCustomObjectStatus({ ...coords(ref), body: { status: ref.status } }, mergePatch);
-        await setFinalizers(ref, obj, finalizers.filter((f) => f !== FINALIZER));
+        await api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: finalizers }, { op: 'replace', path: '/metadata/finalizers', value: others }] }, jsonPatch);
       } catch (err) {
         if (!isStatus(err, 404)) throw err;
       }

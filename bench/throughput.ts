@@ -25,8 +25,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
-import { CustomObjectsApi } from '@kubernetes/client-node';
-import { crd, KUBEOVN_API_VERSION, KUBEOVN_KINDS } from '../domain/kube.js';
+import { CustomObjectsApi, makeInformer, type Informer, type KubernetesObject, type ObjectCache } from '@kubernetes/client-node';
+import { crd, KUBEOVN_API_VERSION, KUBEOVN_GROUP, KUBEOVN_KINDS, KUBEOVN_VERSION } from '../domain/kube.js';
 import { KubeBridge } from '../starter/bridge.js';
 import { installCrds, startKubeApiserver } from '../temporal-dev/kube/apiserver.js';
 import { loadKubeConfig } from '../worker/kube-config.js';
@@ -102,6 +102,7 @@ const control = await createControlWorker({ connection: nativeConnection, client
 const controlRun = control.run();
 const bridge = kubeConfig ? new KubeBridge({ kubeConfig, client, log: () => undefined }) : undefined;
 await bridge?.start();
+const watched = objects ? { eip: await watchObjects('eip'), fip: await watchObjects('fip') } : undefined;
 const r = { client };
 const rows: string[][] = [];
 let latency: { fips: number; ready: number[]; clean: number[] } | null = null;
@@ -125,7 +126,7 @@ try {
       created.push((await createResource(r, 'fip', p.fip, { eip: p.eip, internalIp: p.internalIp })).workflowId);
     });
     const started = Date.now() - t0;
-    if (objects) await until(`${n} FIP objects ready`, async () => (await listObjects('fip')).filter((o) => o.status?.ready === true).length >= n);
+    if (objects) await until(`${n} FIP objects ready`, async () => readyIn(watched!.fip.list()) >= n && readyIn(await listObjects('fip')) >= n);
     else await until(`${n} FIPs Ready`, async () => (await count(client, 'NatflowKind = "fip" AND NatflowPhase = "Ready" AND ExecutionStatus = "Running"')) >= n);
     const ready = Date.now() - t0;
     if (objects) for await (const w of client.workflow.list({ query: 'NatflowKind IN ("eip", "fip") AND ExecutionStatus = "Running"' })) created.push(w.workflowId);
@@ -143,7 +144,7 @@ try {
     const t1 = Date.now();
     if (objects) {
       await pool(pairs.flatMap((p) => [['fip', p.fip], ['eip', p.eip]] as const), inflight, ([kind, name]) => objects.deleteClusterCustomObject({ ...crd(kind), name }));
-      await until('every object gone', async () => (await listObjects('eip')).length + (await listObjects('fip')).length === 0);
+      await until('every object gone', async () => watched!.eip.list().length + watched!.fip.list().length === 0 && (await listObjects('eip')).length + (await listObjects('fip')).length === 0);
     } else await pool(created, inflight, (id) => client.workflow.getHandle(id).cancel());
     // Counted first: the state queries are large and cost the gateway and IPAM workflow tasks.
     await until('every workflow ended', async () => (await count(client, 'NatflowKind IN ("eip", "fip") AND ExecutionStatus = "Running"')) === 0);
@@ -166,6 +167,7 @@ try {
   agentPeakRss = agent.peakRss() ?? 0;
   await agent.stop();
 } finally {
+  await Promise.all(Object.values(watched ?? {}).map((w) => w.stop()));
   await bridge?.stop();
   control.shutdown();
   await controlRun.catch(() => undefined);
@@ -198,8 +200,24 @@ function kubeObject(kind: 'eip' | 'fip', name: string, spec: Record<string, stri
   return { apiVersion: KUBEOVN_API_VERSION, kind: KUBEOVN_KINDS[kind].kind, metadata: { name }, spec };
 }
 
-async function listObjects(kind: 'eip' | 'fip'): Promise<{ status?: { ready?: boolean } }[]> {
-  return ((await objects!.listClusterCustomObject(crd(kind))) as { items: { status?: { ready?: boolean } }[] }).items;
+type Watched = KubernetesObject & { status?: { ready?: boolean } };
+
+async function listObjects(kind: 'eip' | 'fip'): Promise<Watched[]> {
+  return ((await objects!.listClusterCustomObject(crd(kind))) as { items: Watched[] }).items;
+}
+
+function readyIn(items: readonly Watched[]): number {
+  return items.filter((o) => o.status?.ready === true).length;
+}
+
+/**
+ * The kind's objects as a watch sees them, as `kubectl wait` follows them: a full list of thousands
+ * of objects twice a second would load the apiserver being measured. A list confirms the end once.
+ */
+async function watchObjects(kind: 'eip' | 'fip'): Promise<Informer<Watched> & ObjectCache<Watched>> {
+  const informer = makeInformer<Watched>(kubeConfig!, `/apis/${KUBEOVN_GROUP}/${KUBEOVN_VERSION}/${KUBEOVN_KINDS[kind].plural}`, () => objects!.listClusterCustomObject(crd(kind)) as never);
+  await informer.start();
+  return informer;
 }
 
 /**

@@ -36,6 +36,13 @@ const WATCHED: Watched[] = ['subnet', 'vpc-nat-gw', ...RESOURCE_KINDS];
 const LEAVING = new Set(['Deleting', 'Deleted']);
 /** Visibility is eventually consistent: a workflow sent something this recently is not sent it again for being missing from a list. */
 const VISIBILITY_GRACE_MS = 10_000;
+/**
+ * A workflow sent a cancel is not sent another until its status shows the cleanup, for this long:
+ * under a burst of deletes every status write and every resync would otherwise ask again, each a
+ * describe and a cancel request of thousands (a cancel, once accepted, is in its history anyway).
+ */
+const CANCEL = 'cancel';
+const CANCEL_GRACE_MS = 5 * 60_000;
 
 export interface BridgeOptions {
   kubeConfig: KubeConfig;
@@ -209,8 +216,11 @@ export class KubeBridge {
     const send = (graceMs?: number) =>
       this.sendOnce(workflowId, String(resource.generation), () => this.opts.client.workflow.signalWithStart(start.workflow, { ...start.options, signal: specChangedSignal, signalArgs: [{ spec, generation: resource.generation }] }), graceMs);
     if (meta.deletionTimestamp) {
-      if (LEAVING.has(running?.phase ?? String(obj.status?.phase ?? ''))) return; // already cleaning up
-      if (await this.cancel(workflowId)) return;
+      // Already cleaning up: its status says so (visibility may not: a lean run does not write the
+      // phases it passes through), or it was sent the cancel a moment ago. A cancel adds nothing.
+      if (LEAVING.has(running?.phase ?? '') || LEAVING.has(String(obj.status?.phase ?? ''))) return;
+      if (this.sentRecently(workflowId, CANCEL, CANCEL_GRACE_MS)) return;
+      if (await this.cancel(workflowId)) return void this.sent.set(workflowId, { what: CANCEL, at: Date.now() });
       // None runs but our finalizer is still on: a run started now finds the object deleting, only cleans up and lets it go.
       if (await this.stillHeld(kind, obj)) await send(VISIBILITY_GRACE_MS);
       return;
@@ -225,8 +235,7 @@ export class KubeBridge {
    * claimed before it is sent, so that an event and a resync racing each other send it once.
    */
   private async sendOnce(workflowId: string, what: string, send: () => Promise<unknown>, graceMs = Infinity): Promise<void> {
-    const last = this.sent.get(workflowId);
-    if (last?.what === what && Date.now() - last.at < graceMs) return;
+    if (this.sentRecently(workflowId, what, graceMs)) return;
     this.sent.set(workflowId, { what, at: Date.now() });
     try {
       await send();
@@ -234,6 +243,11 @@ export class KubeBridge {
       this.sent.delete(workflowId);
       throw err;
     }
+  }
+
+  private sentRecently(workflowId: string, what: string, graceMs: number): boolean {
+    const last = this.sent.get(workflowId);
+    return last?.what === what && Date.now() - last.at < graceMs;
   }
 
   /**
@@ -305,7 +319,9 @@ export class KubeBridge {
       return;
     }
     if (kind === 'subnet') return; // an IPAM with allocations must outlive a mistaken delete
-    // Normally the workflow held the object until its cleanup was done; this covers a forced removal.
+    // Normally the workflow held the object until its cleanup was done (its last status says it
+    // was cleaning up); this covers a forced removal.
+    if (LEAVING.has(String(obj.status?.phase ?? ''))) return;
     const meta = obj.metadata!;
     const workflowId = workflowIds.resource(kind, { name: meta.name!, uid: meta.uid! });
     this.sent.delete(workflowId);

@@ -3,7 +3,7 @@
 // lab gateway gw1 with its agent) with the examples applied before the bridge starts, and a
 // resync several times a second.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Client } from '@temporalio/client';
+import { Client } from '@temporalio/client';
 import { crd, FINALIZER, type KubeKind } from '../domain/kube.js';
 import { workflowIds } from '../domain/names.js';
 import { DEFAULT_EXTERNAL_SUBNET } from '../domain/subnet.js';
@@ -206,6 +206,26 @@ describe('kube bridge, level-triggered (real kube-apiserver)', () => {
     const lateEvent = { ...adopted, metadata: { ...adopted.metadata, deletionTimestamp: new Date() } };
     await (bridge as unknown as { driveGateway(obj: unknown): Promise<void> }).driveGateway(lateEvent);
     expect((await gateway.describe()).status.name).toBe('CANCELLED');
+  });
+
+  it("asks a deleting object's workflow for its cleanup once, however often an event or a resync that lags behind shows it not yet cleaning up", async () => {
+    await create('eip', 'eip-held', { natGwDp: 'gw1' });
+    await create('fip', 'fip-holding', { eip: 'eip-held', internalIp: '10.0.1.12' });
+    await ready('fip', 'fip-holding');
+    const asReady = await ready('eip', 'eip-held');
+    const held = await workflowOf('eip', 'eip-held');
+    await del('eip', 'eip-held'); // it waits for its FIP: the run goes on, cleaning up
+    await eventually(() => get('eip', 'eip-held'), (o) => o.status?.phase === 'Deleting', 30_000, 'the EIP waits for its user');
+    // A second bridge on a client that counts cancel requests, driven as stale events and resyncs
+    // would drive it: the object deleting, its status and visibility still showing it Ready.
+    let cancels = 0;
+    const counting = new Client({ connection: client().connection, namespace: client().options.namespace, interceptors: { workflow: [{ cancel: (input, next) => (cancels++, next(input)) }] } });
+    const lagging = new KubeBridge({ kubeConfig: kube.kc, client: counting, taskQueue: stack.resources.taskQueue, log: () => undefined }) as unknown as { driveResource(kind: string, obj: unknown, running?: unknown): Promise<void> };
+    const stale = { ...asReady, metadata: { ...asReady.metadata, deletionTimestamp: new Date().toISOString() } };
+    for (let i = 0; i < 5; i++) await lagging.driveResource('eip', stale, { kind: 'eip', name: 'eip-held', workflowId: held.workflowId, phase: 'Ready', fromKube: true });
+    expect(cancels).toBe(1);
+    await del('fip', 'fip-holding');
+    for (const [kind, name] of [['fip', 'fip-holding'], ['eip', 'eip-held']] as const) await gone(kind, name);
   });
 
   it('deleting the examples leaves nothing behind', async () => {

@@ -19,8 +19,8 @@ import { beforeAll, describe, expect, test } from 'vitest';
 import { applyObjects, readManifests } from '../temporal-dev/kube/apiserver.js';
 import { loadKubeConfig } from '../worker/kube-config.js';
 import { repoRoot } from '../temporal-dev/provision.js';
-import { mergePatch } from '../activities/kube.js';
-import { crd, KUBEOVN_API_VERSION, KUBEOVN_GROUP } from '../domain/kube.js';
+import { createKubeActivities, mergePatch } from '../activities/kube.js';
+import { crd, FINALIZER, KUBEOVN_API_VERSION, KUBEOVN_GROUP } from '../domain/kube.js';
 import { KUBEOVN_KIND_LIST, ensureKubeBinaries, shortNameOf, startKube, useKube } from './support/kube.js';
 
 const execFileP = promisify(execFile);
@@ -240,6 +240,47 @@ describe('kube-apiserver with natflow CRDs', () => {
     const subnet = (await env().custom.patchClusterCustomObjectStatus({ ...crd('subnet'), name: 'ovn-vpc-external-network', body: { status: usage } }, mergePatch)) as Obj;
     expect(subnet.status).toMatchObject(usage);
     expect(await kubectl('get', 'subnet', 'ovn-vpc-external-network', '--no-headers')).toMatch(/\s2\s+250\s/);
+  });
+
+  test("natflow's kube calls write only the object of their uid: status, finalizer on, finalizer off (kept when another holds it)", async () => {
+    const calls = createKubeActivities(loadKubeConfig(env().kubeconfigPath));
+    const get = async (name: string) => (await env().custom.getClusterCustomObject({ ...crd('fip'), name })) as Obj;
+    const make = async (name: string, finalizers?: string[]) =>
+      (await create({ apiVersion: KUBEOVN_API_VERSION, kind: 'IptablesFIPRule', metadata: { name, ...(finalizers && { finalizers }) }, spec: { eip: 'e', internalIp: '10.0.1.5' } })) as Obj;
+    const refOf = (o: Obj) => ({ kind: 'fip' as const, name: o.metadata!.name!, uid: o.metadata!.uid! });
+
+    const fip = refOf(await make('kc-fip'));
+    expect(await calls.kubeAdopt(fip)).toEqual({ exists: true, deleting: false });
+    expect((await get('kc-fip')).metadata!.finalizers).toEqual([FINALIZER]);
+    await calls.kubePublishStatus({ ...fip, status: { phase: 'Applying', ready: false, v4ip: '172.18.0.9' } });
+    await calls.kubePublishStatus({ ...fip, status: { phase: 'Ready', ready: true } });
+    expect((await get('kc-fip')).status).toEqual({ phase: 'Ready', ready: true }); // the whole status, as the workflow has it
+
+    // The same name, another object: nothing is written to it, and no call fails.
+    await env().custom.patchClusterCustomObject({ ...crd('fip'), name: 'kc-fip', body: { metadata: { finalizers: null } } }, mergePatch);
+    await env().custom.deleteClusterCustomObject({ ...crd('fip'), name: 'kc-fip' });
+    const other = await make('kc-fip', ['example.com/other']);
+    await calls.kubePublishStatus({ ...fip, status: { phase: 'Deleting', ready: false } });
+    await calls.kubeRelease({ ...fip, status: { phase: 'Deleted', ready: false } });
+    expect((await get('kc-fip')).status).toBeUndefined();
+    expect((await get('kc-fip')).metadata!.finalizers).toEqual(['example.com/other']);
+    // A status the schema refuses is an error, not taken for a replaced object.
+    await expect(calls.kubePublishStatus({ ...refOf(other), status: { ready: 'yes' } })).rejects.toThrow();
+
+    // Released while another finalizer keeps it: the final status is written, the other finalizer stays.
+    const held = refOf(other);
+    await calls.kubeAdopt(held);
+    await calls.kubeRelease({ ...held, status: { phase: 'Deleted', ready: false } });
+    expect(await get('kc-fip')).toMatchObject({ metadata: { finalizers: ['example.com/other'] }, status: { phase: 'Deleted' } });
+    // Ours alone: released, the object goes with it once deleted; a release of what is gone is fine.
+    await env().custom.patchClusterCustomObject({ ...crd('fip'), name: 'kc-fip', body: { metadata: { finalizers: [FINALIZER] } } }, mergePatch);
+    await env().custom.deleteClusterCustomObject({ ...crd('fip'), name: 'kc-fip' });
+    expect(await calls.kubeAdopt(held)).toEqual({ exists: true, deleting: true });
+    await calls.kubeRelease(held);
+    await expect(get('kc-fip')).rejects.toMatchObject({ code: 404 });
+    await calls.kubeRelease(held);
+    await calls.kubePublishStatus({ ...held, status: { phase: 'Deleted' } });
+    expect(await calls.kubeAdopt(held)).toEqual({ exists: false, deleting: false });
   });
 
   test('the RBAC lets the natflow service account read, write status and finalizers, and nothing else', async () => {

@@ -13,6 +13,7 @@ import { connectTemporal, temporalTarget, type TemporalConnections } from '../wo
 import { isMainModule } from '../worker/process.js';
 import {
   createResource,
+  refuseTakenName,
   deleteGateway,
   deleteResource,
   resourceStatus,
@@ -75,6 +76,7 @@ export function buildCli(out: (text: string) => void = console.log): { program: 
       .option('--wait', 'wait until it is ready or reports a problem')
       .action(async (name: string, o: Record<string, string> & { wait?: boolean }) => {
         const r = await resources();
+        await refuseTakenName(r, kind, name); // one of an object (its own uid) has the name too
         const created = await createResource(r, kind, name, specFrom(o));
         const status = o.wait ? await waitSettled(r, kind, name) : undefined;
         print({ ...created, ui: link(created.workflowId), ...(status && { status }) }, () =>

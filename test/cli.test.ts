@@ -6,6 +6,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { workflowIds } from '../domain/names.js';
 import { allocateUpdate } from '../domain/workflow-api.js';
 import { buildCli } from '../starter/cli.js';
+import { cliUid, createResource, deleteResource, findRunning } from '../starter/resources.js';
 import { createControlWorker, type ControlWorker } from '../worker/control.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { workflowBundle } from './support/workflows.js';
@@ -91,6 +92,26 @@ describe('natflow CLI', () => {
     await expect(natflow('dnat', 'create', 'd1', '--eip', 'e1', '--protocol', 'tcp')).rejects.toThrow(/required option '--external-port <port>' not specified/);
     await expect(natflow('subnet', 'create', 'bad-subnet', '--cidr', '172.21.0.0/24', '--gateway', '10.0.0.1')).rejects.toThrow(/gateway 10.0.0.1 is outside cidrBlock/);
     await expect(natflow('ui', 'route', 'x')).rejects.toThrow(/unknown kind "route"/);
+    expect(await natflow('eip', 'list')).toEqual([]);
+  });
+
+  it('a name is one resource at a time: of creates racing for it one starts, and it is free again once deleted', async () => {
+    const r = { client: env.client };
+    const spec = { natGwDp: 'no-gw', externalSubnet: 'ext-cli' };
+    // Its uid (its rules' owner on a gateway) is one per kind and name.
+    expect(new Set(['eip', 'fip', 'dnat', 'snat'].flatMap((kind) => ['a', 'b'].map((name) => cliUid(kind as 'eip', name)))).size).toBe(8);
+    const raced = await Promise.allSettled(Array.from({ length: 5 }, () => createResource(r, 'eip', 'e-raced', spec)));
+    expect(raced.filter((o) => o.status === 'fulfilled')).toHaveLength(1);
+    for (const o of raced) if (o.status === 'rejected') expect(String(o.reason)).toMatch(/eip e-raced already exists/);
+    expect((await findRunning(r, 'eip', { name: 'e-raced' })).length).toBe(1);
+    await deleteResource(r, 'eip', 'e-raced');
+    await createResource(r, 'eip', 'e-raced', spec);
+    await deleteResource(r, 'eip', 'e-raced');
+
+    // The command also refuses a name that a workflow of another uid (an object's) has.
+    await createResource(r, 'eip', 'e-object', spec, 'uid-of-an-object');
+    await expect(natflow('eip', 'create', 'e-object', '--gateway', 'no-gw', '--subnet', 'ext-cli')).rejects.toThrow(/eip e-object already exists/);
+    await deleteResource(r, 'eip', 'e-object');
     expect(await natflow('eip', 'list')).toEqual([]);
   });
 });

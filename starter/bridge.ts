@@ -236,19 +236,16 @@ export class KubeBridge {
   /**
    * Puts natflow's finalizer on an object that has none, as it was seen: true when this did it, and
    * the workflow it starts takes the object as adopted (a call and two workflow tasks fewer per
-   * object). An object changed since (409: a delete begun, say) or gone (404): false, and the
-   * workflow adopts it itself, checking first. Order holds either way: the finalizer is on before
-   * the workflow's first side effect.
+   * object). Anything else (the object changed since, 409: a delete begun, say; gone; the API not
+   * answering): false, and the workflow adopts it itself, checking first, retried as its calls
+   * are. Order holds either way: the finalizer is on before the workflow's first side effect.
    */
   private async adopt(kind: ResourceKind, obj: KubeOvnObject): Promise<boolean> {
     if ((obj.metadata!.finalizers ?? []).includes(FINALIZER)) return false;
-    try {
-      await addFinalizer(this.api, { kind, name: obj.metadata!.name!, uid: obj.metadata!.uid! }, obj);
-      return true;
-    } catch (err) {
-      if (err instanceof ApiException && (err.code === 409 || err.code === 404)) return false;
-      throw err;
-    }
+    return addFinalizer(this.api, { kind, name: obj.metadata!.name!, uid: obj.metadata!.uid! }, obj).then(
+      () => true,
+      () => false,
+    );
   }
 
   /**

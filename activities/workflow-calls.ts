@@ -27,7 +27,6 @@ import { attributeOf, findOneRunning, findRunning, phaseOf } from '../starter/fi
 import { combinedCalls, type CombinedCalls } from './combined-calls.js';
 import { withHeartbeats } from './heartbeats.js';
 import { UpdateBatcher, type BatchLimits } from './update-batches.js';
-import { visibilityLookups } from './visibility-batches.js';
 
 /**
  * Answers that mean "send it again": the server's limit on updates in flight per workflow (10 by
@@ -139,12 +138,10 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
   const release = (subnetWorkflowId: string, owner: string) => ipam.request(subnetWorkflowId, { release: { owner } }) as Promise<string | null>;
   const toGateway = <T>(gatewayWorkflowId: string, request: GatewayRequest) => gateways.request(gatewayWorkflowId, request) as Promise<T>;
 
-  const lookups = visibilityLookups(client);
-
-  /** Signals every running workflow of `executions` (listed by visibility) that `matches`. */
-  const wake = async (executions: AsyncIterable<WorkflowExecutionInfo> | Iterable<WorkflowExecutionInfo>, signal: SignalDefinition<[]>, matches: (execution: WorkflowExecutionInfo) => boolean = () => true): Promise<number> => {
+  /** Signals every running workflow the visibility query finds that `matches`. */
+  const wake = async (query: string, signal: SignalDefinition<[]>, matches: (execution: WorkflowExecutionInfo) => boolean = () => true): Promise<number> => {
     let woken = 0;
-    for await (const execution of executions) {
+    for await (const execution of client.workflow.list({ query })) {
       if (execution.status.name !== 'RUNNING' || !matches(execution)) continue;
       await client.workflow.getHandle(execution.workflowId).signal(signal).catch((err) => {
         if (!(err instanceof WorkflowNotFoundError)) throw err;
@@ -155,7 +152,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
     }
     return woken;
   };
-  const listed = (query: string) => client.workflow.list({ query });
 
   const activities: Omit<WorkflowCallActivities, keyof CombinedCalls> = {
     async allocateAddress(req) {
@@ -206,7 +202,7 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
     // workflow task, and the claim that follows is what decides. The watch is sent from here
     // rather than by the rule, which saves the rule a workflow task.
     async eipForRule(eip, watch) {
-      const found = await findOneRunning({ client }, 'eip', eip, (name) => lookups.running('eip', name));
+      const found = await findOneRunning({ client }, 'eip', eip);
       if (!found) return null;
       const ready = found.phase === 'Ready';
       if (!ready && watch) {
@@ -268,21 +264,21 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
     },
 
     async notifyGatewayWaiters(gateway) {
-      return wake(listed(`NatflowGateway = ${JSON.stringify(gateway)} AND NatflowKind IN ("eip", "fip", "dnat", "snat") AND ExecutionStatus = "Running"`), gatewayChangedSignal);
+      return wake(`NatflowGateway = ${JSON.stringify(gateway)} AND NatflowKind IN ("eip", "fip", "dnat", "snat") AND ExecutionStatus = "Running"`, gatewayChangedSignal);
     },
 
     async gatewayUsers(gateway) {
       return (await findRunning({ client }, 'eip', { gateway })).map((eip) => `eip ${eip.name}`);
     },
 
-    // Asked by the EIP's name alone (with other EIPs' in a burst: one query), so that the name's index answers (see findRunning); rules
+    // Asked by the EIP's name alone, so that the name's index answers (see findRunning); rules
     // started before NatflowEip existed are not found, and find their EIP on their own re-check.
     // (An EIP of the earliest release names none: every waiting rule is woken, and checks.)
     async notifyEipWaiters(eip, woken = []) {
-      if (eip === undefined) return wake(listed('NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip" AND ExecutionStatus = "Running"'), eipChangedSignal);
+      if (eip === undefined) return wake('NatflowKind IN ("fip", "dnat", "snat") AND NatflowPhase = "WaitingForEip" AND ExecutionStatus = "Running"', eipChangedSignal);
       const skip = new Set(woken);
       const waiting = (execution: WorkflowExecutionInfo) => !skip.has(execution.workflowId) && ['fip', 'dnat', 'snat'].includes(attributeOf(execution, 'NatflowKind') ?? '') && phaseOf(execution) === 'WaitingForEip';
-      return wake(await lookups.namingEip(eip), eipChangedSignal, waiting);
+      return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
   return withHeartbeats(Object.fromEntries(Object.entries({ ...activities, ...combinedCalls(activities) }).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities);

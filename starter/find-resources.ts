@@ -19,15 +19,13 @@ export interface ResourceRecord<K extends string = ResourceKind> {
 
 /**
  * Running workflows of a natflow kind (`eip` ... `snat`, `gateway`), found through their search
- * attributes. A lookup by name (or by several: one query) asks the server for every run of the
- * names and keeps the running ones here: the SQLite visibility store answers `ExecutionStatus = "Running"` from its status
+ * attributes. A lookup by name asks the server for every run of that name and keeps the running
+ * ones here: the SQLite visibility store answers `ExecutionStatus = "Running"` from its status
  * index, walking every running workflow (a lookup per resource would cost O(N²) in a burst),
  * while without it the name's own index answers, whatever the number of resources.
  */
-export async function findRunning<K extends ResourceKind | 'gateway' | 'subnet'>(r: { client: Client }, kind: K, filter: { name?: string; names?: string[]; gateway?: string } = {}): Promise<ResourceRecord<K>[]> {
-  const names = (filter.names ?? (filter.name ? [filter.name] : [])).map((name) => JSON.stringify(validateName(name, 'name')));
-  const byName = names.length === 1 ? `NatflowName = ${names[0]}` : `NatflowName IN (${names.join(', ')})`;
-  const clauses = names.length > 0 ? [byName, `NatflowKind = "${kind}"`] : [`NatflowKind = "${kind}"`, 'ExecutionStatus = "Running"'];
+export async function findRunning<K extends ResourceKind | 'gateway' | 'subnet'>(r: { client: Client }, kind: K, filter: { name?: string; gateway?: string } = {}): Promise<ResourceRecord<K>[]> {
+  const clauses = filter.name ? [`NatflowName = ${JSON.stringify(validateName(filter.name, 'name'))}`, `NatflowKind = "${kind}"`] : [`NatflowKind = "${kind}"`, 'ExecutionStatus = "Running"'];
   if (filter.gateway) clauses.push(`NatflowGateway = ${JSON.stringify(validateName(filter.gateway, 'gateway'))}`);
   const found: ResourceRecord<K>[] = [];
   for await (const execution of r.client.workflow.list({ query: clauses.join(' AND ') })) {
@@ -49,14 +47,11 @@ export function attributeOf(execution: Pick<WorkflowExecutionInfo, 'searchAttrib
 /** A just-started workflow may take a moment to become visible: look again for this long. */
 const VISIBILITY_GRACE_MS = 5_000;
 
-/**
- * The running workflow of the resource of that kind and name, or null once the grace period is
- * over. `lookup`: how a name is looked up (a batch of concurrent lookups, see NameLookups).
- */
-export async function findOneRunning(r: { client: Client }, kind: ResourceKind, name: string, lookup = (n: string) => findRunning(r, kind, { name: n })): Promise<ResourceRecord | null> {
+/** The running workflow of the resource of that kind and name, or null once the grace period is over. */
+export async function findOneRunning(r: { client: Client }, kind: ResourceKind, name: string): Promise<ResourceRecord | null> {
   const deadline = Date.now() + VISIBILITY_GRACE_MS;
   for (;;) {
-    const [found] = await lookup(name);
+    const [found] = await findRunning(r, kind, { name });
     if (found || Date.now() > deadline) return found ?? null;
     await new Promise((resolve) => setTimeout(resolve, 250));
   }

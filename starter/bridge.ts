@@ -36,12 +36,13 @@ const WATCHED: Watched[] = ['subnet', 'vpc-nat-gw', ...RESOURCE_KINDS];
 const LEAVING = new Set(['Deleting', 'Deleted']);
 /** Visibility is eventually consistent: a workflow sent something this recently is not sent it again for being missing from a list. */
 const VISIBILITY_GRACE_MS = 10_000;
-/**
- * A workflow sent a cancel is not sent another until its status shows the cleanup, for this long:
- * under a burst of deletes every status write and every resync would otherwise ask again, each a
- * describe and a cancel request of thousands (a cancel, once accepted, is in its history anyway).
- */
+/** What `sent` records for a cancel request. */
 const CANCEL = 'cancel';
+/**
+ * A workflow sent a cancel is not sent another for this long while its status does not show the
+ * cleanup yet: under a burst of deletes every status event and every resync would otherwise ask
+ * again, each a describe and a cancel request of thousands (an accepted cancel is in its history).
+ */
 const CANCEL_GRACE_MS = 5 * 60_000;
 
 export interface BridgeOptions {

@@ -47,6 +47,22 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
     }
   }
 
+  /**
+   * Takes natflow's finalizer off this object if its finalizers are still `read` (uid and list
+   * tested, one request): true when done or the object is gone, false when a test failed (422:
+   * other finalizers than those, or another object of the name).
+   */
+  async function takeFinalizerOff(ref: KubeRef, read: string[]): Promise<boolean> {
+    const rest = read.filter((f) => f !== FINALIZER);
+    try {
+      await api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: read }, { op: 'replace', path: '/metadata/finalizers', value: rest }] }, jsonPatch);
+    } catch (err) {
+      if (isStatus(err, 422)) return false;
+      if (!isStatus(err, 404)) throw err;
+    }
+    return true;
+  }
+
   async function setFinalizers(ref: KubeRef, obj: KubeObject, finalizers: string[]): Promise<void> {
     // resourceVersion makes this a compare-and-swap: a concurrent change gives 409, and a retry.
     const body = { metadata: { resourceVersion: obj.metadata?.resourceVersion, finalizers } };
@@ -71,25 +87,14 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
 
     async kubeRelease(ref) {
       // The usual case, ours the only finalizer: one request takes it off, and the object goes.
-      try {
-        await api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: [FINALIZER] }, { op: 'remove', path: '/metadata/finalizers' }] }, jsonPatch);
-        return;
-      } catch (err) {
-        if (isStatus(err, 404)) return;
-        if (!isStatus(err, 422)) throw err; // 422: a test failed (other finalizers, or none of ours, or another object)
-      }
+      if (await takeFinalizerOff(ref, [FINALIZER])) return;
       const obj = await current(ref);
       const finalizers = obj?.metadata?.finalizers ?? [];
       if (!obj || !finalizers.includes(FINALIZER)) return;
       // Another finalizer keeps the object once ours is off: its status is still read, so it is written first.
       if (ref.status) await writeStatus(ref, ref.status);
       // Conditional on the finalizers read, not on the resourceVersion, which the status write moved on.
-      const others = finalizers.filter((f) => f !== FINALIZER);
-      try {
-        await api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: finalizers }, { op: 'replace', path: '/metadata/finalizers', value: others }] }, jsonPatch);
-      } catch (err) {
-        if (!isStatus(err, 404)) throw err;
-      }
+      if (!(await takeFinalizerOff(ref, finalizers))) throw new Error(`the finalizers of ${ref.kind} ${ref.name} changed while ours was taken off: read again`);
     },
   });
 }

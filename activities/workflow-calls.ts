@@ -126,6 +126,12 @@ function asActivity<A extends unknown[], R>(activity: (...args: A) => Promise<R>
   };
 }
 
+/**
+ * Signals a wake sends at once: a gateway's readiness change wakes every EIP and rule on it, and
+ * one round trip after another took 20 s and more for two thousand of them under a burst.
+ */
+const WAKE_CONCURRENCY = 16;
+
 function fail(reason: Reason, message: string): never {
   throw ApplicationFailure.nonRetryable(message, reason);
 }
@@ -138,18 +144,30 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
   const release = (subnetWorkflowId: string, owner: string) => ipam.request(subnetWorkflowId, { release: { owner } }) as Promise<string | null>;
   const toGateway = <T>(gatewayWorkflowId: string, request: GatewayRequest) => gateways.request(gatewayWorkflowId, request) as Promise<T>;
 
-  /** Signals every running workflow the visibility query finds that `matches`. */
+  /** Signals every running workflow the visibility query finds that `matches`, `WAKE_CONCURRENCY` at a time. */
   const wake = async (query: string, signal: SignalDefinition<[]>, matches: (execution: WorkflowExecutionInfo) => boolean = () => true): Promise<number> => {
+    const context = Context.current();
     let woken = 0;
+    let failure: { err: unknown } | null = null;
+    const sending = new Set<Promise<void>>();
+    const send = async (workflowId: string) => {
+      try {
+        await client.workflow.getHandle(workflowId).signal(signal);
+        woken++;
+        if (!context.info.isLocal) context.heartbeat(woken); // a local activity has no heartbeat: its workflow task's own keeps it
+      } catch (err) {
+        if (!(err instanceof WorkflowNotFoundError)) failure ??= { err };
+      }
+    };
     for await (const execution of client.workflow.list({ query })) {
+      if (failure) break;
       if (execution.status.name !== 'RUNNING' || !matches(execution)) continue;
-      await client.workflow.getHandle(execution.workflowId).signal(signal).catch((err) => {
-        if (!(err instanceof WorkflowNotFoundError)) throw err;
-      });
-      woken++;
-      const context = Context.current();
-      if (!context.info.isLocal) context.heartbeat(woken); // a local activity has no heartbeat: its workflow task's own keeps it
+      const sent = send(execution.workflowId).finally(() => sending.delete(sent));
+      sending.add(sent);
+      if (sending.size >= WAKE_CONCURRENCY) await Promise.race(sending);
     }
+    await Promise.all(sending);
+    if (failure) throw (failure as { err: unknown }).err;
     return woken;
   };
 

@@ -37,6 +37,8 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
   const controlQueue = uniqueQueue('gateway-control');
   /** Per gateway: wake-ups sent, the users it is told it has, and the Kubernetes calls made. */
   const wakes = new Map<string, number>();
+  /** A gateway's wake-ups wait for this before they are answered. */
+  const heldWakes = new Map<string, Promise<void>>();
   const users = new Map<string, string[]>();
   const kubeCalls: string[] = [];
   const published: Record<string, unknown>[] = [];
@@ -56,7 +58,7 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       workflowBundle: await workflowBundle(),
       activities: {
         ...kube,
-        notifyGatewayWaiters: async (gateway: string) => (wakes.set(gateway, (wakes.get(gateway) ?? 0) + 1), 0),
+        notifyGatewayWaiters: async (gateway: string) => (wakes.set(gateway, (wakes.get(gateway) ?? 0) + 1), await heldWakes.get(gateway), 0),
         gatewayUsers: async (gateway: string) => users.get(gateway) ?? [],
       },
     });
@@ -181,6 +183,29 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       // What must fit is the whole state: the restore's input and the continued run's input carry it.
       expect(first.bytes).toBeGreaterThan(100_000);
     } finally {
+      await h.terminate();
+      await agent.stop();
+    }
+  });
+
+  it('keeps serving while its users are told it became ready: a slow wake-up (thousands of users) holds no change up', async () => {
+    const gw = newName();
+    const net = new FakeGateway();
+    let answerWakes!: () => void;
+    heldWakes.set(gw, new Promise<void>((resolve) => (answerWakes = resolve)));
+    const agent = await startAgent(gw, net);
+    const h = await startGateway(gw, { eips: {}, rules: {} });
+    try {
+      await ready(h);
+      await eventually(async () => wakes.get(gw) ?? 0, (n) => n === 1, 15_000, 'its users being woken');
+      let answered = false;
+      const changes = bind(gw, 'eip-w', '172.18.0.30').then(() => setRule(gw, fip('fip-w', '172.18.0.30', '10.0.1.30'))).then(() => (answered = true));
+      await eventually(async () => answered, (done) => done, 15_000, 'the changes answered while its users are still being woken');
+      await changes;
+      expect(net.owners()).toEqual(['fip-w']);
+      expect(wakes.get(gw)).toBe(1);
+    } finally {
+      answerWakes();
       await h.terminate();
       await agent.stop();
     }

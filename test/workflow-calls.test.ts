@@ -4,7 +4,7 @@
 import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { Client, Connection, defaultGrpcRetryOptions, makeGrpcRetryInterceptor, WorkflowUpdateFailedError } from '@temporalio/client';
+import { Client, Connection, type WorkflowHandle, defaultGrpcRetryOptions, makeGrpcRetryInterceptor, WorkflowUpdateFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { Reason } from '../domain/errors.js';
 import { InterceptingCall, ListenerBuilder, RequesterBuilder, type Interceptor } from '@grpc/grpc-js';
@@ -12,8 +12,10 @@ import { createWorkflowCallActivities, viaUpdate } from '../activities/workflow-
 import type { Allocation } from '../domain/ipam.js';
 import { workflowIds } from '../domain/names.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
+import { searchAttributes } from '../domain/search-attributes.js';
+import { gatewayChangedSignal } from '../domain/workflow-api.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { uniqueQueue, withWorkflow } from './support/workflows.js';
+import { eventually, uid, uniqueQueue, withWorkflow } from './support/workflows.js';
 
 describe('workflow-call activities', () => {
   const env = useTestEnv();
@@ -40,21 +42,45 @@ describe('workflow-call activities', () => {
   });
 
   /** A client whose requests in flight are counted (with the SDK's retries, as every client has them). */
-  async function countingClient(): Promise<{ client: Client; inFlight: () => number; close: () => Promise<void> }> {
+  async function countingClient(): Promise<{ client: Client; inFlight: () => number; maxInFlight: () => number; close: () => Promise<void> }> {
     let inFlight = 0;
+    let maxInFlight = 0;
     const count: Interceptor = (options, next) =>
       new InterceptingCall(
         next(options),
         new RequesterBuilder()
           .withStart((metadata, _listener, start) => {
-            inFlight++;
+            maxInFlight = Math.max(maxInFlight, ++inFlight);
             start(metadata, new ListenerBuilder().withOnReceiveStatus((status, done) => (inFlight--, done(status))).build());
           })
           .build(),
       );
     const connection = await Connection.connect({ address: env().address, interceptors: [makeGrpcRetryInterceptor(defaultGrpcRetryOptions()), count] });
-    return { client: new Client({ connection }), inFlight: () => inFlight, close: () => connection.close() };
+    return { client: new Client({ connection }), inFlight: () => inFlight, maxInFlight: () => maxInFlight, close: () => connection.close() };
   }
+
+  it("a gateway's wake-up signals each of its running users once, several at a time, and nobody else", async () => {
+    const gateway = `gw-${uid().slice(0, 8)}`;
+    const start = (i: number, on: string) => env().client.workflow.start('nobodyRunsThis', { taskQueue: uniqueQueue('nobody'), workflowId: `wake-${gateway}-${i}`, typedSearchAttributes: searchAttributes({ kind: 'fip', gateway: on }) });
+    const users = await Promise.all(Array.from({ length: 40 }, (_, i) => start(i, gateway)));
+    const stranger = await start(40, `${gateway}-other`);
+    const signalsTo = async (h: WorkflowHandle) => ((await h.fetchHistory()).events ?? []).filter((e) => e.workflowExecutionSignaledEventAttributes?.signalName === gatewayChangedSignal.name).length;
+    try {
+      await eventually(async () => (await env().client.workflow.count(`NatflowGateway = "${gateway}"`)).count, (n) => n === users.length, 15_000, 'the users visible');
+      const counted = await countingClient();
+      try {
+        expect(await new MockActivityEnvironment().run(createWorkflowCallActivities(counted.client).notifyGatewayWaiters, gateway)).toBe(users.length);
+        expect(counted.maxInFlight()).toBeGreaterThan(1);
+        expect(counted.maxInFlight()).toBeLessThanOrEqual(17); // its signals, and the list
+      } finally {
+        await counted.close();
+      }
+      expect(await Promise.all(users.map(signalsTo))).toEqual(users.map(() => 1));
+      expect(await signalsTo(stranger)).toBe(0);
+    } finally {
+      await Promise.all([...users, stranger].map((h) => h.terminate()));
+    }
+  });
 
   it('a worker shutting down ends a call waiting for its workflow at once, with its requests; a cancellation of the call does not', async () => {
     // An IPAM workflow nobody runs (its worker is gone): an update to it is never answered.

@@ -85,6 +85,9 @@ export const wakeUps = proxyActivities<Pick<WorkflowCallActivities, 'notifyGatew
   retry: { maximumAttempts: 3 },
 });
 
+/** How long an agent in session may be silent before the gateway takes it for lost. */
+const AGENT_HEARTBEAT_TIMEOUT = '15s';
+
 /**
  * The agent's side of the gateway's liveness check, on its queue: a missing agent is noticed by
  * schedule-to-start, a dead one by its missed heartbeats (no history while it is alive). The
@@ -95,22 +98,26 @@ export const agentSessions = (gateway: string, sessionMs: number) =>
     taskQueue: gatewayTaskQueue(gateway),
     scheduleToStartTimeout: '5s',
     startToCloseTimeout: sessionMs + 5 * 60_000,
-    heartbeatTimeout: '15s',
+    heartbeatTimeout: AGENT_HEARTBEAT_TIMEOUT,
     retry: { maximumAttempts: 1 },
   });
 
 /**
  * A gateway's agent, on that gateway's own task queue. A missing agent must be noticed quickly,
  * not waited on: schedule-to-start bounds the wait for a poller, and the gateway workflow (which
- * probes and re-applies on its own) is the retry loop.
+ * probes and re-applies on its own) is the retry loop. A change goes to an agent just probed or in
+ * session, so it may wait as long as the session's heartbeat (which notices a dead agent as soon):
+ * under a burst a busy server has matched a live agent's poll 5 s late, and the gateway went not
+ * ready and woke its two thousand users twice for it.
  */
-export const gatewayAgent = (gateway: string) =>
-  proxyActivities<GatewayAgentActivities>({
-    taskQueue: gatewayTaskQueue(gateway),
-    scheduleToStartTimeout: '5s',
-    startToCloseTimeout: '30s',
-    retry: { maximumAttempts: 1 },
-  });
+/** The calls that change the gateway. */
+const AGENT_CHANGES = new Set<string>(['reconcileEipAddresses', 'changeEipAddresses', 'applyNatRules'] satisfies (keyof GatewayAgentActivities)[]);
+export const gatewayAgent = (gateway: string): ActivityInterfaceFor<GatewayAgentActivities> => {
+  const options = { taskQueue: gatewayTaskQueue(gateway), startToCloseTimeout: '30s', retry: { maximumAttempts: 1 } } as const;
+  const probes = proxyActivities<GatewayAgentActivities>({ ...options, scheduleToStartTimeout: '5s' });
+  const changes = proxyActivities<GatewayAgentActivities>({ ...options, scheduleToStartTimeout: AGENT_HEARTBEAT_TIMEOUT });
+  return new Proxy(probes, { get: (_, name: string) => (AGENT_CHANGES.has(name) ? changes : probes)[name as keyof GatewayAgentActivities] });
+};
 
 /** The audit's control side: a look at every workflow's state (minutes at most) and one repair at a time, a few tries each. */
 export const auditControl = proxyActivities<AuditActivities>({

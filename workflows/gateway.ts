@@ -70,6 +70,11 @@ const DRAIN_MS = 30_000;
 const MAX_USERS_RECHECK_MS = 60_000;
 /** A request recorded, its answer known once the apply that carries it has run. */
 const PENDING = Symbol('pending');
+/**
+ * Its users are told of a readiness change beside its work, not before its next step: telling two
+ * thousand of them took 20 s and more, while every change waited (patched: older runs waited).
+ */
+const BACKGROUND_WAKE_PATCH = 'gateway-background-wake';
 /** A gateway whose agent is gone for good does not hold its delete: its pod goes with what it carried. */
 const TAKE_OFF_TRIES = 4;
 
@@ -142,6 +147,9 @@ class Gateway {
   private users: string[] = [];
   private userLeft = false;
   private phase = '';
+  /** Its users are being told of a readiness change; `wakeAgain`: it changed again meanwhile. */
+  private waking = false;
+  private wakeAgain = false;
 
   constructor(private readonly input: GatewayInput) {
     const carried = input.carried;
@@ -362,8 +370,22 @@ class Gateway {
     this.state.reason = reason;
     if (!ready) this.rebuildUntil = null; // the window starts again once its users can reach it
     this.show();
-    if (!changed) return;
-    await wakeUps.notifyGatewayWaiters.executeWithOptions({ summary: `tell the users of ${this.name} it is ${ready ? 'ready' : 'not ready'}` }, [this.name]).catch(() => undefined);
+    if (changed) await this.wakeUsers();
+  }
+
+  /** Tells its users the readiness changed (they show it, and re-assert once it is ready); one wake at a time, again if it changed meanwhile. */
+  private async wakeUsers(): Promise<void> {
+    const wake = () => wakeUps.notifyGatewayWaiters.executeWithOptions({ summary: `tell the users of ${this.name} it is ${this.state.ready ? 'ready' : 'not ready'}` }, [this.name]).catch(() => undefined);
+    if (!wf.patched(BACKGROUND_WAKE_PATCH)) return void (await wake());
+    if (this.waking) return void (this.wakeAgain = true);
+    this.waking = true;
+    void (async () => {
+      do {
+        this.wakeAgain = false;
+        await wake();
+      } while (this.wakeAgain);
+      this.waking = false;
+    })();
   }
 
   /** The Ready condition, phase and details from the state; published only when they change (or when `force`d). */

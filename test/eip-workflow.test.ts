@@ -6,13 +6,15 @@ import { ApplicationFailure, decodeTimeoutType } from '@temporalio/common';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
-import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type KubeActivities, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { Worker } from '@temporalio/worker';
 import { resourceStart } from '../starter/resources.js';
-import { deleteAndWait, eventually, historyOf, isCallOf, uid, uniqueQueue, visibilityWrites, withResource, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import type { EipStatus } from '../domain/eip.js';
+import { eipWorkflowV2, eipWorkflowV3 } from '../workflows/eip.js';
+import { deleteAndWait, eventually, historyOf, isCallOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -176,6 +178,33 @@ describe('EIP workflow (mocked activities)', () => {
       expect((await h.query(statusQuery)).phase).toBe('WaitingForGateway');
       await deleteAndWait(h);
     });
+  });
+
+  /** The Ready statuses an EIP from Kubernetes writes when a rule's claim waited while it took its address. */
+  async function readyStatusesWritten(workflow: typeof eipWorkflowV3): Promise<EipStatus[]> {
+    const written: EipStatus[] = [];
+    const kube: KubeActivities = {
+      kubeAdopt: async () => ({ exists: true, deleting: false }),
+      kubePublishStatus: async (ref) => void written.push(ref.status as unknown as EipStatus),
+      kubeRelease: async () => undefined,
+    };
+    const fake = control({ bindAddress: { delayMs: 1500 } });
+    const { options } = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, spec);
+    return withWorkflow(env(), { ...fake.activities(), ...kube }, workflow, options, async (h) => {
+      await eventually(async () => fake.started(), (names) => names.includes('bindAddress'), 10_000, 'the bind under way');
+      expect(await h.executeUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f1/u1', kind: 'fip', name: 'f1' }, undefined, { forMs: 10_000 }] })).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
+      await eventually(async () => written.some((s) => s.ready && s.nat === 'fip'), (done) => done, 10_000, 'a Ready status naming the FIP');
+      await new Promise((resolve) => setTimeout(resolve, 1000)); // a write after it would have landed
+      const ready = written.filter((s) => s.ready);
+      await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: 'natflow/fip/f1/u1' }] });
+      await deleteAndWait(h);
+      return ready;
+    });
+  }
+
+  it('becoming Ready with a claim waiting for its address, it takes the claim in the same step: one status write, naming the FIP (a V2 run writes one without it first)', async () => {
+    expect(await readyStatusesWritten(eipWorkflowV3)).toEqual([expect.objectContaining({ phase: 'Ready', ip: '172.18.0.5', nat: 'fip' })]);
+    expect((await readyStatusesWritten(eipWorkflowV2)).map((s) => s.nat)).toEqual(['', 'fip']);
   });
 
   it('a delete during the bind wakes the rules that began to watch the EIP meanwhile', async () => {

@@ -48,13 +48,19 @@ const WAKE_UPS_SHIELDED = 'wake-ups-shielded';
 /** Watchers listed to `notifyEipWaiters` as woken already, at most (the list is its input: a payload). */
 const MAX_WOKEN_LISTED = 1_000;
 
-/** An EIP started since the V2 types: the newest base, no patch asked (workflows/patches.ts). */
-export const eipWorkflowV2 = (input: EipInput) => eipLifecycle(input, true);
+/**
+ * An EIP started since the V3 type: the newest base, and as it becomes ready it takes the claims
+ * that waited for its address in the same step, so that its status is written once, naming their
+ * kinds (a V2 run writes it, then again for the claims: a status write more per EIP with a rule).
+ */
+export const eipWorkflowV3 = (input: EipInput) => eipLifecycle(input, true, true);
+/** An EIP started since the V2 type: the newest base of its day, no patch asked (workflows/patches.ts). */
+export const eipWorkflowV2 = (input: EipInput) => eipLifecycle(input, true, false);
 /** An EIP started before: it replays and goes on as the patches its history recorded say. */
-export const eipWorkflow = (input: EipInput) => eipLifecycle(input, false);
+export const eipWorkflow = (input: EipInput) => eipLifecycle(input, false, false);
 
-async function eipLifecycle(input: EipInput, newest: boolean): Promise<void> {
-  const eip = new Eip(input, newest);
+async function eipLifecycle(input: EipInput, newest: boolean, takesWaitingClaims: boolean): Promise<void> {
+  const eip = new Eip(input, newest, takesWaitingClaims);
   let ended: unknown;
   try {
     await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), input.carried);
@@ -145,6 +151,8 @@ class Eip {
   private readonly claims: Map<string, EipClaim>;
   /** NAT rules waiting for this EIP to change. */
   private readonly watchers: Set<string>;
+  /** Claims waiting for the address being taken, by owner (a V3 run takes them as it becomes ready). */
+  private readonly waitingClaims = new Map<string, EipClaim>();
   /** Their wake-ups, sent and not yet delivered. */
   private readonly wakeUpsInFlight = new Set<Promise<void>>();
   readonly k8s;
@@ -161,6 +169,7 @@ class Eip {
   constructor(
     private readonly input: EipInput,
     newest: boolean,
+    private readonly takesWaitingClaims: boolean,
   ) {
     const carried = input.carried;
     const { lean, local, remoteStatus, patched, patchedSinceLean, patchedSinceRemote, combined } = patches(newest);
@@ -387,7 +396,24 @@ class Eip {
 
   private setReady(gateway: string, address: string): void {
     this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `${address} is bound on ${gateway}` });
+    if (this.takesWaitingClaims) this.takeWaitingClaims(); // before the publisher, which sends the newest status, wakes
     this.notifyWatchers();
+  }
+
+  /** The claims that waited for its address and can be taken now, taken in the order they came (as their handlers would). */
+  private takeWaitingClaims(): void {
+    let taken = 0;
+    for (const claim of this.waitingClaims.values()) {
+      if (this.claimRefusal(claim.kind, claim.owner)) continue; // each is checked against those taken before it
+      this.take(claim);
+      taken++;
+    }
+    if (taken > 0) this.showUsers();
+  }
+
+  private take(claim: EipClaim): void {
+    this.claims.set(claim.owner, claim);
+    this.watchers.delete(claim.owner);
   }
 
   /** Gives back whatever may be held. Both calls are idempotent, so "may" is enough. */
@@ -452,15 +478,21 @@ class Eip {
 
   private async claim(claim: EipClaim, wait: ClaimWait | undefined) {
     this.budget.countUpdate();
+    const answer = () => ({ address: this.status.ip, gateway: this.status.natGwDp });
     if (wait && this.claimRefusal(claim.kind, claim.owner)) {
-      await wf.condition(() => !this.readySoon() || !this.claimRefusal(claim.kind, claim.owner), wait.forMs);
+      this.waitingClaims.set(claim.owner, claim);
+      try {
+        await wf.condition(() => this.claims.get(claim.owner) === claim || !this.readySoon() || !this.claimRefusal(claim.kind, claim.owner), wait.forMs);
+      } finally {
+        if (this.waitingClaims.get(claim.owner) === claim) this.waitingClaims.delete(claim.owner);
+      }
+      if (this.claims.get(claim.owner) === claim) return answer(); // taken as it became ready
       const refused = this.claimRefusal(claim.kind, claim.owner);
       if (refused) throw refused;
     }
-    this.claims.set(claim.owner, claim);
-    this.watchers.delete(claim.owner);
+    this.take(claim);
     this.showUsers();
-    return { address: this.status.ip, gateway: this.status.natGwDp };
+    return answer();
   }
 
   /** A rule waits on this EIP: woken at once when what it waits for holds already (it changed after the rule looked). */

@@ -18,16 +18,6 @@ export const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePa
 const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
 const sameUid = (ref: KubeRef) => ({ op: 'test', path: '/metadata/uid', value: ref.uid });
 
-/**
- * Puts natflow's finalizer on the object as it was read (the workflow's adoption, or the bridge's
- * before it starts the workflow): its resourceVersion makes this a compare-and-swap, so a change
- * since (a delete begun, other finalizers) gives 409, and a read again.
- */
-export async function addFinalizer(api: CustomObjectsApi, ref: KubeRef, obj: { metadata?: { resourceVersion?: string; finalizers?: string[] } }): Promise<void> {
-  const body = { metadata: { resourceVersion: obj.metadata?.resourceVersion, finalizers: [...(obj.metadata?.finalizers ?? []), FINALIZER] } };
-  await api.patchClusterCustomObject({ ...crd(ref.kind), name: ref.name, body }, mergePatch);
-}
-
 export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
   const api = kubeConfig.makeApiClient(CustomObjectsApi);
   const coords = (ref: KubeRef) => ({ ...crd(ref.kind), name: ref.name });
@@ -73,13 +63,20 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
     return true;
   }
 
+  async function setFinalizers(ref: KubeRef, obj: KubeObject, finalizers: string[]): Promise<void> {
+    // resourceVersion makes this a compare-and-swap: a concurrent change gives 409, and a retry.
+    const body = { metadata: { resourceVersion: obj.metadata?.resourceVersion, finalizers } };
+    await api.patchClusterCustomObject({ ...coords(ref), body }, mergePatch);
+  }
+
   return withHeartbeats<KubeActivities>({
     // The first step of every lifecycle: a delete can never outrun cleanup.
     async kubeAdopt(ref) {
       const obj = await current(ref);
       if (!obj) return { exists: false, deleting: false };
       if (obj.metadata?.deletionTimestamp) return { exists: true, deleting: true };
-      if (!(obj.metadata?.finalizers ?? []).includes(FINALIZER)) await addFinalizer(api, ref, obj);
+      const finalizers = obj.metadata?.finalizers ?? [];
+      if (!finalizers.includes(FINALIZER)) await setFinalizers(ref, obj, [...finalizers, FINALIZER]);
       return { exists: true, deleting: false };
     },
 

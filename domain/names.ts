@@ -25,11 +25,6 @@ export interface ResourceRef {
   generation: number;
   /** The object lives in Kubernetes (started by the bridge): finalizer and status go there too. */
   fromKube?: boolean;
-  /**
-   * The bridge put the finalizer on (the object existed and was not being deleted) before it
-   * started the workflow: the run's adoption is done, without a call of its own.
-   */
-  adopted?: boolean;
 }
 
 export const CONTROL_TASK_QUEUE = 'natflow-control';

@@ -8,7 +8,7 @@
 import { parseArgs } from 'node:util';
 import { WorkflowNotFoundError, type Client, type QueryDefinition } from '@temporalio/client';
 import { ApiException, CustomObjectsApi, KubeConfig, makeInformer, type Informer, type KubernetesObject, type ObjectCache } from '@kubernetes/client-node';
-import { addFinalizer, mergePatch } from '../activities/kube.js';
+import { mergePatch } from '../activities/kube.js';
 import type { EipSpec } from '../domain/eip.js';
 import type { GatewaySpec } from '../domain/gateway.js';
 import { crd, FINALIZER, KUBEOVN_GROUP, KUBEOVN_KINDS, KUBEOVN_VERSION, type KubeKind } from '../domain/kube.js';
@@ -211,14 +211,11 @@ export class KubeBridge {
     const meta = obj.metadata!;
     const resource = { name: meta.name!, uid: meta.uid!, generation: meta.generation ?? 1, fromKube: true };
     const spec = (obj.spec ?? {}) as unknown as EipSpec | NatSpec;
-    const workflowId = workflowIds.resource(kind, resource);
+    const start = resourceStart(kind, resource, spec, this.opts.taskQueue, this.opts.historyLimits);
+    const workflowId = start.options.workflowId;
     // Signal-with-start: starts the workflow if none runs; a running one takes the spec if its generation is newer.
     const send = (graceMs?: number) =>
-      this.sendOnce(workflowId, String(resource.generation), async () => {
-        const adopted = !meta.deletionTimestamp && (await this.adopt(kind, obj));
-        const start = resourceStart(kind, { ...resource, ...(adopted && { adopted }) }, spec, this.opts.taskQueue, this.opts.historyLimits);
-        await this.opts.client.workflow.signalWithStart(start.workflow, { ...start.options, signal: specChangedSignal, signalArgs: [{ spec, generation: resource.generation }] });
-      }, graceMs);
+      this.sendOnce(workflowId, String(resource.generation), () => this.opts.client.workflow.signalWithStart(start.workflow, { ...start.options, signal: specChangedSignal, signalArgs: [{ spec, generation: resource.generation }] }), graceMs);
     if (meta.deletionTimestamp) {
       // Already cleaning up: its status says so (visibility may not: a lean run does not write the
       // phases it passes through), or it was sent the cancel a moment ago. A cancel adds nothing.
@@ -232,21 +229,6 @@ export class KubeBridge {
     if (running === null) return send(VISIBILITY_GRACE_MS);
     // Its workflow has taken this generation in (its status says so), or is sent it once.
     if (Number(obj.status?.observedGeneration ?? 0) < resource.generation) await send();
-  }
-
-  /**
-   * Puts natflow's finalizer on an object that has none, as it was seen: true when this did it, and
-   * the workflow it starts takes the object as adopted (a call and two workflow tasks fewer per
-   * object). Anything else (the object changed since, 409: a delete begun, say; gone; the API not
-   * answering): false, and the workflow adopts it itself, checking first, retried as its calls
-   * are. Order holds either way: the finalizer is on before the workflow's first side effect.
-   */
-  private async adopt(kind: ResourceKind, obj: KubeOvnObject): Promise<boolean> {
-    if ((obj.metadata!.finalizers ?? []).includes(FINALIZER)) return false;
-    return addFinalizer(this.api, { kind, name: obj.metadata!.name!, uid: obj.metadata!.uid! }, obj).then(
-      () => true,
-      () => false,
-    );
   }
 
   /**

@@ -13,7 +13,7 @@ import { KubeBridge } from '../starter/bridge.js';
 import { createEip, deleteEip } from '../starter/resources.js';
 import { ensureKubeBinaries, examplesDir, kubeovnObjects, startKube, type KubeEnv } from './support/kube.js';
 import { startStack, type Stack } from './support/stack.js';
-import { eventually, historyOf, isCallOf } from './support/workflows.js';
+import { eventually, historyOf } from './support/workflows.js';
 
 const RESYNC_MS = 300;
 const EXAMPLES: [KubeKind, string][] = [['eip', 'eip-fip'], ['eip', 'eip-shared'], ['fip', 'fip-vm1'], ['dnat', 'dnat-vm2-http'], ['snat', 'snat-vpc1-subnet1']];
@@ -226,23 +226,6 @@ describe('kube bridge, level-triggered (real kube-apiserver)', () => {
     expect(cancels).toBe(1);
     await del('fip', 'fip-holding');
     for (const [kind, name] of [['fip', 'fip-holding'], ['eip', 'eip-held']] as const) await gone(kind, name);
-  });
-
-  it('puts the finalizer on an object before it starts its workflow, which then makes no adoption call of its own; the object goes once its cleanup is done', async () => {
-    await create('eip', 'eip-adopted', { natGwDp: 'gw1' });
-    await create('fip', 'fip-adopted', { eip: 'eip-adopted', internalIp: '10.0.1.13' });
-    const adopted = await ready('fip', 'fip-adopted');
-    expect(adopted.metadata!.finalizers).toEqual([FINALIZER]);
-    expect((await ready('eip', 'eip-adopted')).metadata!.finalizers).toEqual([FINALIZER]);
-    expect((await stack.natRules('gw1')).map((r) => r.owner)).toContain(adopted.metadata!.uid);
-    const handles = [await workflowOf('fip', 'fip-adopted'), await workflowOf('eip', 'eip-adopted')];
-    for (const handle of handles) expect((await historyOf(handle)).filter((e) => isCallOf(e, 'kubeAdopt'))).toEqual([]);
-    await del('fip', 'fip-adopted');
-    await del('eip', 'eip-adopted');
-    await gone('fip', 'fip-adopted');
-    await gone('eip', 'eip-adopted');
-    for (const handle of handles) expect((await handle.describe()).status.name).not.toBe('RUNNING');
-    expect((await stack.natRules('gw1')).map((r) => r.owner)).not.toContain(adopted.metadata!.uid);
   });
 
   it('deleting the examples leaves nothing behind', async () => {

@@ -7,7 +7,7 @@ import type { ResourceRef } from '../domain/names.js';
 import { kube as remoteKube, type CallProxies } from './activity-proxies.js';
 
 export interface KubeSync {
-  /** 'gone': the object no longer exists, there is nothing to do; 'deleting': only cleanup is left. Done already when the bridge adopted it. */
+  /** 'gone': the object no longer exists, there is nothing to do; 'deleting': only cleanup is left. */
   adopt(): Promise<'adopted' | 'gone' | 'deleting'>;
   /** Publishes the latest status soon; intermediate ones may be skipped. */
   publish(status: Record<string, unknown>): void;
@@ -45,7 +45,6 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   });
   return {
     async adopt() {
-      if (resource.adopted) return 'adopted';
       const { exists, deleting } = await kube.kubeAdopt.executeWithOptions({ summary: `${kind} ${resource.name} exists? add finalizer` }, [ref]);
       return !exists ? 'gone' : deleting ? 'deleting' : 'adopted';
     },

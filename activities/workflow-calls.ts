@@ -148,7 +148,7 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
   const wake = async (query: string, signal: SignalDefinition<[]>, matches: (execution: WorkflowExecutionInfo) => boolean = () => true): Promise<number> => {
     const context = Context.current();
     let woken = 0;
-    let failure: { err: unknown } | null = null;
+    const failures: unknown[] = [];
     const sending = new Set<Promise<void>>();
     const send = async (workflowId: string) => {
       try {
@@ -156,18 +156,18 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
         woken++;
         if (!context.info.isLocal) context.heartbeat(woken); // a local activity has no heartbeat: its workflow task's own keeps it
       } catch (err) {
-        if (!(err instanceof WorkflowNotFoundError)) failure ??= { err };
+        if (!(err instanceof WorkflowNotFoundError)) failures.push(err);
       }
     };
     for await (const execution of client.workflow.list({ query })) {
-      if (failure) break;
+      if (failures.length > 0) break;
       if (execution.status.name !== 'RUNNING' || !matches(execution)) continue;
       const sent = send(execution.workflowId).finally(() => sending.delete(sent));
       sending.add(sent);
       if (sending.size >= WAKE_CONCURRENCY) await Promise.race(sending);
     }
     await Promise.all(sending);
-    if (failure) throw (failure as { err: unknown }).err;
+    if (failures.length > 0) throw failures[0];
     return woken;
   };
 

@@ -40,9 +40,12 @@ const combinedCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS,
  * understood). Since the agent lists the table first, none timed out (93 s).
  */
 const otherCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, ...LIVENESS, startToCloseTimeout: '60s' });
-export const calls: ActivityInterfaceFor<WorkflowCallActivities> = new Proxy(otherCalls, {
-  get: (_, name: string) => (COMBINED_CALLS.has(name) ? combinedCalls : FENCED_CALLS.has(name) ? fencedCalls : otherCalls)[name as keyof WorkflowCallActivities],
-});
+export const calls = byName(otherCalls, [COMBINED_CALLS, combinedCalls], [FENCED_CALLS, fencedCalls]);
+
+/** One set of proxies: a call goes through the first proxy whose set names it, else through `others`. */
+function byName<P extends object>(others: P, ...routes: [Set<string>, P][]): P {
+  return new Proxy(others, { get: (_, name: string) => (routes.find(([names]) => names.has(name))?.[1] ?? others)[name as keyof P] });
+}
 
 /** Finalizers and status: idempotent, retried until the apiserver answers. */
 const KUBE_OPTIONS = {
@@ -102,6 +105,9 @@ export const agentSessions = (gateway: string, sessionMs: number) =>
     retry: { maximumAttempts: 1 },
   });
 
+/** The calls that change the gateway. */
+const AGENT_CHANGES = new Set<string>(['reconcileEipAddresses', 'changeEipAddresses', 'applyNatRules'] satisfies (keyof GatewayAgentActivities)[]);
+
 /**
  * A gateway's agent, on that gateway's own task queue. A missing agent must be noticed quickly,
  * not waited on: schedule-to-start bounds the wait for a poller, and the gateway workflow (which
@@ -110,13 +116,11 @@ export const agentSessions = (gateway: string, sessionMs: number) =>
  * under a burst a busy server has matched a live agent's poll 5 s late, and the gateway went not
  * ready and woke its two thousand users twice for it.
  */
-/** The calls that change the gateway. */
-const AGENT_CHANGES = new Set<string>(['reconcileEipAddresses', 'changeEipAddresses', 'applyNatRules'] satisfies (keyof GatewayAgentActivities)[]);
 export const gatewayAgent = (gateway: string): ActivityInterfaceFor<GatewayAgentActivities> => {
   const options = { taskQueue: gatewayTaskQueue(gateway), startToCloseTimeout: '30s', retry: { maximumAttempts: 1 } } as const;
   const probes = proxyActivities<GatewayAgentActivities>({ ...options, scheduleToStartTimeout: '5s' });
   const changes = proxyActivities<GatewayAgentActivities>({ ...options, scheduleToStartTimeout: AGENT_HEARTBEAT_TIMEOUT });
-  return new Proxy(probes, { get: (_, name: string) => (AGENT_CHANGES.has(name) ? changes : probes)[name as keyof GatewayAgentActivities] });
+  return byName(probes, [AGENT_CHANGES, changes]);
 };
 
 /** The audit's control side: a look at every workflow's state (minutes at most) and one repair at a time, a few tries each. */

@@ -15,8 +15,8 @@ import type { ClaimedAndApplied, ClaimedEip, ClaimWait, Refused, WorkflowCallAct
 import type { EipClaim } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 
-export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'giveBackByIdentity'>;
-type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'>;
+export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'giveBackByIdentity' | 'removeRuleAndUnclaim'>;
+type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'>;
 
 /** How long a rule's first claim waits for an EIP taking its address: well within the call's start-to-close timeout. */
 export const CLAIM_WAIT_MS = 10_000;
@@ -91,6 +91,13 @@ export function combinedCalls(steps: Steps): CombinedCalls {
       await steps.removeGatewayRuleEverywhere({ owner: ruleOwner }); // the rule first, then the claim
       const claimed = eipWorkflowId ?? (await steps.eipForRule(eip))?.workflowId;
       if (claimed) await steps.unclaimEip({ eipWorkflowId: claimed, owner });
+    },
+
+    async removeRuleAndUnclaim({ gateway, owner, eipWorkflowId, claimOwner }) {
+      const removed = await steps.removeGatewayRule({ gateway, owner });
+      // The claim only once the rule is off: until then the EIP's address may still forward to it.
+      if (removed.applied) await steps.unclaimEip({ eipWorkflowId, owner: claimOwner });
+      return removed;
     },
   };
 }

@@ -206,6 +206,12 @@ export interface WorkflowCallActivities {
    * the EIP named `eip`.
    */
   giveBackByIdentity(req: { eip: string; owner: string; ruleOwner: string; eipWorkflowId?: string }): Promise<void>;
+  /**
+   * A NAT rule's release in one call: rule `owner` and its conntrack entries off `gateway`, then,
+   * once the gateway has applied that, the claim of `claimOwner` on EIP `eipWorkflowId` given back.
+   * Not applied (the gateway is not ready): the claim is kept, and the caller asks again.
+   */
+  removeRuleAndUnclaim(req: { gateway: string; owner: string; eipWorkflowId: string; claimOwner: string }): Promise<{ applied: boolean }>;
   unclaimEip(req: { eipWorkflowId: string; owner: string }): Promise<void>;
   setGatewayRule(req: { gateway: string; rule: NatRule }): Promise<void>;
   removeGatewayRule(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;

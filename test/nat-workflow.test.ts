@@ -3,12 +3,14 @@
 // activities replaced by a fake that records each call.
 import { describe, expect, it } from 'vitest';
 import { ApplicationFailure } from '@temporalio/common';
-import { eipChangedSignal, specChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { resourceStart } from '../starter/resources.js';
+import { fipWorkflowV2 } from '../workflows/nat-rule.js';
 import { Reason } from '../domain/errors.js';
 import { CLAIM_WAIT_MS, combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, statusOf, uniqueQueue, withResource, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, statusOf, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: EIP e1 (172.18.0.9 on gw1) is ready and free, every rule applies. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -41,7 +43,34 @@ describe('NAT rule workflow (mocked activities)', () => {
       expect(fake.args.claimEip?.[0]?.[0]).toMatchObject({ eipWorkflowId: 'natflow/eip/e1/u', owner: h.workflowId, wait: { forMs: CLAIM_WAIT_MS } });
       expect(fake.args.setGatewayRule?.[0]?.[0]).toMatchObject({ gateway: 'gw1', rule: { eip: '172.18.0.9' } });
       await deleteAndWait(h);
+      // One call takes the rule off, then gives the claim back (a V2 run made a call of each, below).
+      expect(fake.started().slice(4)).toEqual(['removeRuleAndUnclaim', 'removeGatewayRule', 'unclaimEip']);
+      expect(fake.events.indexOf('unclaimEip:start')).toBeGreaterThan(fake.events.indexOf('removeGatewayRule:end'));
+    });
+  });
+
+  it('a run of the V2 type gives its rule and its claim back a call each, as it always did', async () => {
+    const fake = control();
+    const { options } = resourceStart('fip', { name: 'fip1', uid: 'u-v2', generation: 1 }, { eip: 'e1', internalIp: '10.0.1.10' });
+    await withWorkflow(env(), fake.activities(), fipWorkflowV2, options as never, async (h) => {
+      await workflowPhase(Object.assign(h, { kind: 'fip' as const }), 'Ready');
+      await deleteAndWait(h);
       expect(fake.started().slice(4)).toEqual(['removeGatewayRule', 'unclaimEip']);
+    });
+  });
+
+  it('a delete while the gateway is not ready keeps the claim until the gateway has taken the rule off, then gives both back', async () => {
+    let removals = 0;
+    const fake = control({ removeGatewayRule: { answer: async () => ({ applied: ++removals > 1 }) } });
+    await withFip(fake, async (h) => {
+      await workflowPhase(h, 'Ready');
+      await h.cancel();
+      const waiting = await eventually(() => statusOf(h), (s) => s.conditions[0]?.reason === Reason.GatewayNotReady, 10_000, 'waiting for the gateway');
+      expect(waiting.phase).toBe('Deleting');
+      expect(fake.started()).not.toContain('unclaimEip');
+      await h.signal(gatewayChangedSignal);
+      await h.result().catch(() => undefined);
+      expect(fake.started().slice(4)).toEqual(['removeRuleAndUnclaim', 'removeGatewayRule', 'removeRuleAndUnclaim', 'removeGatewayRule', 'unclaimEip']);
     });
   });
 
@@ -150,7 +179,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     await withFip(fake, async (h) => {
       const status = await workflowPhase(h, 'Failed');
       expect(status.conditions[0]).toMatchObject({ reason: Reason.InvalidSpec, message: expect.stringContaining('outside the VPC subnet') });
-      expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'removeGatewayRule', 'unclaimEip']);
+      expect(fake.started()).toEqual(['findClaimAndApply', 'eipForRule', 'claimEip', 'setGatewayRule', 'removeRuleAndUnclaim', 'removeGatewayRule', 'unclaimEip']);
       await deleteAndWait(h);
     }, '192.168.7.7');
   });

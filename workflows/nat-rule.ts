@@ -43,17 +43,22 @@ const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFou
 
 type Serving = NonNullable<NatCarried['serving']>;
 
-// Rules started since the V2 types take the newest base without asking; the others replay and go
-// on as the patches their histories recorded say (workflows/patches.ts).
-export const fipWorkflowV2 = (input: NatInput<'fip'>) => natRuleWorkflow(input, true);
-export const dnatWorkflowV2 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, true);
-export const snatWorkflowV2 = (input: NatInput<'snat'>) => natRuleWorkflow(input, true);
-export const fipWorkflow = (input: NatInput<'fip'>) => natRuleWorkflow(input, false);
-export const dnatWorkflow = (input: NatInput<'dnat'>) => natRuleWorkflow(input, false);
-export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input, false);
+// Rules started since the V3 types take the newest base without asking, and give their rule and
+// their claim back in one call (removeRuleAndUnclaim: a workflow task and an activity fewer per
+// delete); since the V2 types, the newest base of their day, a call each. The others replay and
+// go on as the patches their histories recorded say (workflows/patches.ts).
+export const fipWorkflowV3 = (input: NatInput<'fip'>) => natRuleWorkflow(input, true, true);
+export const dnatWorkflowV3 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, true, true);
+export const snatWorkflowV3 = (input: NatInput<'snat'>) => natRuleWorkflow(input, true, true);
+export const fipWorkflowV2 = (input: NatInput<'fip'>) => natRuleWorkflow(input, true, false);
+export const dnatWorkflowV2 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, true, false);
+export const snatWorkflowV2 = (input: NatInput<'snat'>) => natRuleWorkflow(input, true, false);
+export const fipWorkflow = (input: NatInput<'fip'>) => natRuleWorkflow(input, false, false);
+export const dnatWorkflow = (input: NatInput<'dnat'>) => natRuleWorkflow(input, false, false);
+export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input, false, false);
 
-async function natRuleWorkflow(input: NatInput, newest: boolean): Promise<void> {
-  const rule = new NatRuleResource(input, newest);
+async function natRuleWorkflow(input: NatInput, newest: boolean, releasesInOne: boolean): Promise<void> {
+  const rule = new NatRuleResource(input, newest, releasesInOne);
   // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
   await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), () => rule.cleanup(), input.carried);
 }
@@ -136,11 +141,13 @@ class NatRuleResource {
   private readonly combined: boolean;
   /** Its first call finds the EIP, claims it and applies ('find-claim-apply'). */
   private readonly findFirst: boolean;
+  /** Its rule and its claim are given back in one call (the V3 types). */
+  private readonly releasesInOne: boolean;
   /** A first call under way (or one retried) may have claimed EIP `eipName` and set the rule where this run does not know: given back by identity. */
   private holdsUnknown: { eipName: string } | null = null;
   private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
-  constructor(input: NatInput, newest: boolean) {
+  constructor(input: NatInput, newest: boolean, releasesInOne: boolean) {
     const carried = input.carried;
     const { lean, local, remoteStatus, patched, patchedSinceLean, combined, findFirst } = patches(newest);
     const proxies = callProxies(local, remoteStatus);
@@ -150,6 +157,7 @@ class NatRuleResource {
     this.patchedSinceLean = patchedSinceLean;
     this.combined = combined;
     this.findFirst = findFirst;
+    this.releasesInOne = releasesInOne;
     this.legacy = !patched('nat-rule-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.waitFor = this.budget.waiter(() => this.continueAsNew());
@@ -425,15 +433,23 @@ class NatRuleResource {
     }
     if (this.applied) {
       const { gateway } = this.applied;
+      const owner = this.input.resource.uid;
+      // Given back with the rule, once the gateway has taken it off (the call keeps it until then).
+      const claim = this.releasesInOne ? this.claimed : null;
       await removeUntilApplied(
         () => {
           this.gatewayChanged = false;
-          return this.calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}` }, [{ gateway, owner: this.input.resource.uid }]);
+          return claim
+            ? this.calls.removeRuleAndUnclaim.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}, give EIP ${this.input.spec.eip} back` }, [
+                { gateway, owner, eipWorkflowId: claim.eipWorkflowId, claimOwner: this.owner },
+              ])
+            : this.calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}` }, [{ gateway, owner }]);
         },
         (attempt) => waitForGatewayToRemove((phase, condition) => this.setPhase(phase, condition), this.waitFor, () => this.gatewayChanged, { gateway, what: 'its rules', deleting: this.deleting, attempt }),
         this.patched,
       );
       this.applied = null;
+      if (claim) this.claimed = null;
     }
     if (this.claimed) {
       await eipCalls.unclaimEip.executeWithOptions({ summary: `give EIP ${this.input.spec.eip} back` }, [{ eipWorkflowId: this.claimed.eipWorkflowId, owner: this.owner }]);

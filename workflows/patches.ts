@@ -16,7 +16,9 @@
 // without the suffix are the runs started before, which replay and continue as they did. A new
 // base from now on is a new type (`…V3`): a worker that does not know it never takes its tasks.
 // `eipWorkflowV3` is the first: the V2 base, and an EIP becoming ready takes the claims waiting for
-// its address in the same step (workflows/eip.ts), one status write less than a V2 run.
+// its address in the same step (workflows/eip.ts), one status write less than a V2 run. The NAT
+// rules' `…V3` types: the V2 base, and a rule's release takes it off its gateway and gives its
+// claim back in one call (workflows/nat-rule.ts), a workflow task and an activity less per delete.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';

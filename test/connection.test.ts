@@ -3,11 +3,23 @@
 // nothing catches it: a test run, or a worker process, dies of it).
 import { describe, expect, it } from 'vitest';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connectTemporal, temporalTarget } from '../worker/connection.js';
+import { Metadata, status } from '@grpc/grpc-js';
+import { connectTemporal, retryDelayMs, temporalTarget } from '../worker/connection.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { uniqueQueue } from './support/workflows.js';
 
 describe('natflow Temporal connection', () => {
+  it('an update refused while its workflow continues as new is sent again within tens of milliseconds; other RESOURCE_EXHAUSTED answers back off as the SDK does', () => {
+    const answer = (details: string) => ({ code: status.RESOURCE_EXHAUSTED, details, metadata: new Metadata() });
+    const closing = answer('workflow operation can not be applied because workflow is closing');
+    const busy = answer('namespace rate limit exceeded');
+    const samples = (attempt: number, s: ReturnType<typeof answer>) => Array.from({ length: 100 }, () => retryDelayMs(attempt, s));
+    expect(Math.max(...samples(1, closing))).toBeLessThan(100);
+    expect(Math.max(...samples(3, closing))).toBeLessThan(200);
+    expect(Math.max(...samples(10, closing))).toBeLessThanOrEqual(1200);
+    expect(Math.min(...samples(1, busy))).toBeGreaterThan(1000); // the SDK's: 1.7 s, less 20 % jitter
+  });
+
   it('a close while a call waits to be retried waits out the retry, and the call fails where it is awaited', async () => {
     const uncaught: unknown[] = [];
     const collect = (err: unknown) => uncaught.push(err);

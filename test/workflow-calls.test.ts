@@ -8,7 +8,7 @@ import { Client, Connection, type WorkflowHandle, defaultGrpcRetryOptions, makeG
 import { ApplicationFailure } from '@temporalio/common';
 import { Reason } from '../domain/errors.js';
 import { InterceptingCall, ListenerBuilder, RequesterBuilder, type Interceptor } from '@grpc/grpc-js';
-import { createWorkflowCallActivities, resendDelayMs, viaUpdate } from '../activities/workflow-calls.js';
+import { createWorkflowCallActivities, viaUpdate } from '../activities/workflow-calls.js';
 import type { Allocation } from '../domain/ipam.js';
 import { workflowIds } from '../domain/names.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
@@ -27,12 +27,6 @@ describe('workflow-call activities', () => {
     expect(sent).toBe(2);
     const refused = new WorkflowUpdateFailedError('Workflow Update failed', ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleting)', Reason.EipNotReady));
     await expect(viaUpdate(() => Promise.reject(refused), () => 'gone')).rejects.toMatchObject({ type: Reason.EipNotReady, nonRetryable: true });
-  });
-
-  it('a request turned away by a workflow moving to its next run is sent again within tens of milliseconds, however often; backpressure backs off more with each try', () => {
-    const samples = (attempt: number, draining: boolean) => Array.from({ length: 200 }, () => resendDelayMs(attempt, draining));
-    for (const attempt of [1, 10, 50]) expect(Math.max(...samples(attempt, true))).toBeLessThanOrEqual(80);
-    expect(Math.max(...samples(10, false))).toBeGreaterThan(200);
   });
 
   it('an attempt that waited in the queue longer than its timeout still allocates: its fence counts from its start', async () => {

@@ -10,7 +10,7 @@ import { Reason } from '../domain/errors.js';
 import { CLAIM_WAIT_MS, combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, statusOf, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: EIP e1 (172.18.0.9 on gw1) is ready and free, every rule applies. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -51,8 +51,8 @@ describe('NAT rule workflow (mocked activities)', () => {
 
   it('a run of the V2 type gives its rule and its claim back a call each, as it always did', async () => {
     const fake = control();
-    const { options } = resourceStart('fip', { name: 'fip1', uid: 'u-v2', generation: 1 }, { eip: 'e1', internalIp: '10.0.1.10' });
-    await withWorkflow(env(), fake.activities(), fipWorkflowV2, options as never, async (h) => {
+    const { options } = resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1 }, { eip: 'e1', internalIp: '10.0.1.10' });
+    await withWorkflow(env(), fake.activities(), fipWorkflowV2, options, async (h) => {
       await workflowPhase(Object.assign(h, { kind: 'fip' as const }), 'Ready');
       await deleteAndWait(h);
       expect(fake.started().slice(4)).toEqual(['removeGatewayRule', 'unclaimEip']);

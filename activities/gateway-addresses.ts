@@ -24,10 +24,13 @@ export interface AddressActivitiesConfig {
 export interface AddressActivities {
   /**
    * Makes the labelled addresses on the external interface exactly `desired`: adds the missing
-   * ones (and announces them with a gratuitous ARP), removes the labelled ones not desired, and
-   * never touches an unlabelled address. Idempotent. Results are `address/prefix` strings.
+   * ones, removes the labelled ones not desired, and never touches an unlabelled address.
+   * Idempotent. Results are `address/prefix` strings. Added addresses are announced with a
+   * gratuitous ARP right after it returns (see `announced`).
    */
   reconcileEipAddresses(desired: EipAddress[]): Promise<{ added: string[]; removed: string[] }>;
+  /** Resolves once every announcement queued so far has been sent (or has failed, with a warning). */
+  announced(): Promise<void>;
   /** The EIP addresses (labelled ones) currently on the interface, as `address/prefix`. */
   listEipAddresses(): Promise<string[]>;
   /** Every IPv4 address on the interface; `eip`: labelled as natflow's. */
@@ -43,7 +46,10 @@ interface InterfaceAddress {
 // Address labels share the kernel's interface name limit (IFNAMSIZ - 1) and must start with
 // the interface name, so `<if>:eip` needs an interface name of at most 11 characters.
 const MAX_LABEL_LENGTH = 15;
-/** ARP announcements running at once after a change. */
+/**
+ * ARP announcements running at once. Each arping spends ~70 ms in the kernel closing its packet
+ * socket, next to no CPU; a burst of a thousand EIPs must not fork a thousand processes at once.
+ */
 const ANNOUNCE_PARALLEL = 16;
 
 export function createAddressActivities(cfg: AddressActivitiesConfig): AddressActivities {
@@ -63,6 +69,32 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
   };
   const warn = cfg.warn ?? activityWarn;
   let arping: Promise<ArpingFlavor> | undefined;
+  // Announcements are sent after the change is answered, not before: an address is in use as soon
+  // as it is on the interface, and a neighbour that never saw it asks for it by ARP anyway; the
+  // announcement only corrects a stale entry (an EIP moved from another gateway), best effort.
+  // Awaited, they made every address change of a burst wait ~70 ms per 16 addresses, and the
+  // gateway applies one change at a time (1,000 EIP+FIP pairs: 49 address changes of 466 ms on
+  // average, 23 s of the burst's 55 s). An address removed before its turn is not announced.
+  const toAnnounce = new Set<string>();
+  let announcing = 0;
+  let settled: { promise: Promise<void>; resolve: () => void } | undefined;
+  function announceSoon(addresses: string[]): void {
+    for (const address of addresses) toAnnounce.add(address);
+    const more = Math.min(ANNOUNCE_PARALLEL - announcing, toAnnounce.size);
+    for (let i = 0; i < more; i++) {
+      announcing++;
+      void (async () => {
+        for (let next = first(toAnnounce); next !== undefined; next = first(toAnnounce)) {
+          toAnnounce.delete(next);
+          await announce(next);
+        }
+        if (--announcing > 0) return;
+        const waiting = settled;
+        settled = undefined;
+        waiting?.resolve();
+      })();
+    }
+  }
 
   async function readAddresses(): Promise<InterfaceAddress[]> {
     const { stdout } = await run('ip', ['-j', '-4', 'addr', 'show', 'dev', dev]);
@@ -95,6 +127,15 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
   }
 
   return {
+    announced() {
+      if (announcing === 0) return Promise.resolve();
+      if (!settled) {
+        let resolve!: () => void;
+        settled = { promise: new Promise<void>((r) => (resolve = r)), resolve };
+      }
+      return settled.promise;
+    },
+
     async listAddresses() {
       return (await readAddresses()).map((a) => ({ address: a.local, prefixLength: a.prefixlen, eip: a.label === label }));
     },
@@ -119,6 +160,7 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
       }
 
       const removed = ours(current).map(cidr).filter((c) => !wantedCidrs.has(c));
+      for (const c of removed) toAnnounce.delete(c.split('/')[0]!);
       await ipBatch(removed.map((c) => `addr del ${c} dev ${dev}`));
       // Re-read after removing: were promote_secondaries ever off, deleting the first address
       // of a subnet would flush the others with it, and they must be added back in this pass.
@@ -128,16 +170,17 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
       const toAdd = wanted.filter((w) => !present.has(cidr(w)));
       await ipBatch(toAdd.map((w) => `addr replace ${cidr(w)} dev ${dev} label ${label}`));
       // Best effort: neighbours that cached another MAC for this address (an EIP moved from
-      // another gateway) learn the new one now instead of after their entries expire. A few
-      // at a time: a burst of a thousand EIPs must not fork a thousand processes at once.
-      const announcing = toAdd.map((w) => w.address);
-      await Promise.all(Array.from({ length: Math.min(ANNOUNCE_PARALLEL, announcing.length) }, async () => {
-        for (let next = announcing.shift(); next !== undefined; next = announcing.shift()) await announce(next);
-      }));
+      // another gateway) learn the new one now instead of after their entries expire.
+      announceSoon(toAdd.map((w) => w.address));
 
       return { added: sortCidrs(toAdd.map(cidr)), removed: sortCidrs(removed) };
     },
   };
+}
+
+function first<T>(set: Set<T>): T | undefined {
+  for (const item of set) return item;
+  return undefined;
 }
 
 function cidr(a: EipAddress | InterfaceAddress): string {

@@ -43,6 +43,7 @@ describe('EIP addresses on the gateway', () => {
       '172.18.0.254/24 net1',
     ]);
     expect(await acts.listEipAddresses()).toEqual(['172.18.0.10/24', '172.18.0.11/24', '172.18.0.12/24']);
+    await acts.announced();
     expect(warnings).toEqual([]);
   });
 
@@ -104,6 +105,7 @@ describe('EIP addresses on the gateway', () => {
       if (mac !== net1Mac) await new Promise((r) => setTimeout(r, 50));
     }
     expect(mac).toBe(net1Mac);
+    await acts.announced();
     expect(warnings).toEqual([]);
   });
 
@@ -172,6 +174,7 @@ describe('EIP address activities through a given runner', () => {
     const faked = createAddressActivities({ netns: 'gw-fake', externalInterface: 'net1', runner, warn: () => {} });
     expect(await faked.listEipAddresses()).toEqual(['172.18.0.10/24']);
     expect(await faked.reconcileEipAddresses([eip('172.18.0.11'), eip('172.18.0.12')])).toEqual({ added: ['172.18.0.11/24', '172.18.0.12/24'], removed: ['172.18.0.10/24'] });
+    await faked.announced();
     // The additions of a pass go in one process, however many there are.
     expect(ran).toEqual([
       'gw-fake ip -j -4 addr show dev net1',
@@ -183,5 +186,46 @@ describe('EIP address activities through a given runner', () => {
       'gw-fake arping -q -U -c 1 -I net1 172.18.0.11',
       'gw-fake arping -q -U -c 1 -I net1 172.18.0.12',
     ]);
+  });
+
+  it('answers before announcing, and does not announce an address removed before its turn', async () => {
+    const onInterface = new Map<string, string>(); // address -> cidr
+    const arpings: { address: string; done: () => void }[] = [];
+    const runner: CommandRunner = {
+      async run(cmd, args, opts) {
+        if (cmd === 'arping') {
+          if (args[0] === '--help') return { stdout: '', stderr: '', code: 0 }; // iputils' flavour
+          await new Promise<void>((done) => arpings.push({ address: args.at(-1)!, done }));
+          return { stdout: '', stderr: '', code: 0 };
+        }
+        if (args[0] === '-j') return { stdout: JSON.stringify([{ addr_info: [...onInterface.values()].map((c) => ({ family: 'inet', local: c.split('/')[0], prefixlen: 24, label: 'net1:eip' })) }]), stderr: '', code: 0 };
+        for (const line of (opts?.input ?? '').split('\n').filter(Boolean)) {
+          const [, verb, c] = line.split(' ');
+          if (verb === 'replace') onInterface.set(c!.split('/')[0]!, c!);
+          else onInterface.delete(c!.split('/')[0]!);
+        }
+        return { stdout: '', stderr: '', code: 0 };
+      },
+    };
+    const faked = createAddressActivities({ externalInterface: 'net1', runner, warn: () => {} });
+    const burst = Array.from({ length: 20 }, (_, i) => eip(`172.18.0.${10 + i}`));
+    // Answered while every announcement is still on its way (none has finished).
+    expect((await faked.reconcileEipAddresses(burst)).added).toHaveLength(20);
+    for (let i = 0; i < 100 && arpings.length < 16; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(arpings.map((a) => a.address)).toEqual(burst.slice(0, 16).map((e) => e.address)); // 16 at a time
+    // The last one is removed before its turn: it is not announced; the others are.
+    await faked.reconcileEipAddresses(burst.slice(0, 19));
+    const announced: string[] = [];
+    let settled = false;
+    const done = faked.announced().then(() => (settled = true));
+    while (!settled) {
+      for (const a of arpings.splice(0)) {
+        announced.push(a.address);
+        a.done();
+      }
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await done;
+    expect(announced.sort()).toEqual(burst.slice(0, 19).map((e) => e.address).sort());
   });
 });

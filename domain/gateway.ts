@@ -75,6 +75,8 @@ export interface AgentInfo {
   instanceId: string;
   startedAt: string;
   externalInterface: string;
+  /** It takes an address change and a rule change in one call (`applyGatewayChange`); agents from before do not say so, and get two. */
+  changesInOneCall?: true;
 }
 
 /**

@@ -274,6 +274,8 @@ export interface GatewayAgentActivities {
   agentSession(req: { instanceId: string; forMs: number }): Promise<AgentSessionEnd>;
   /** Adds `add` and removes the addresses in `remove`; every other EIP address stays. */
   changeEipAddresses(change: { add: EipAddress[]; remove: string[] }): Promise<{ added: string[]; removed: string[] }>;
+  /** `changeEipAddresses`, then `applyNatRules`, in one call (an agent whose info says `changesInOneCall`). */
+  applyGatewayChange(change: { eips: Parameters<GatewayAgentActivities['changeEipAddresses']>[0]; rules: Parameters<GatewayAgentActivities['applyNatRules']>[0] }): Promise<void>;
   /** What the gateway really carries, for the audit: natflow's chains but their static rules, the external interface's addresses, translated conntrack entries (null when the table is too large to list). */
   readGateway(): Promise<GatewayReading>;
   /** The audit's repair of rules someone else left in natflow's chains: deletes those still there and untagged; returns how many. */

@@ -15,7 +15,7 @@ import { formatIPv4, parseIPv4 } from '../domain/ip.js';
 import { gatewayTaskQueue, workflowIds } from '../domain/names.js';
 import { conntrackTarget, type NatRule } from '../domain/nat-rules.js';
 import { conntrackFilters } from '../domain/nat-table.js';
-import { agentStartedSignal, gatewaySpecSignal, gatewayStateQuery, type KubeActivities, type NamedNatRule } from '../domain/workflow-api.js';
+import { agentStartedSignal, gatewayRequestsUpdate, gatewaySpecSignal, gatewayStateQuery, type KubeActivities, type NamedNatRule } from '../domain/workflow-api.js';
 import { createAgentActivities } from '../worker/agent.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
 import { EXT, FakeGateway } from './support/gateway-fakes.js';
@@ -74,8 +74,8 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
   const newName = () => `gw-${randomUUID().slice(0, 8)}`;
 
   /** An agent for `gateway` polling its queue, on `net` (a restarted agent on the same gateway keeps its tables). */
-  async function startAgent(gateway: string, net: FakeGateway, announce = false): Promise<FakeAgent> {
-    const info: AgentInfo = { gateway, instanceId: randomUUID(), startedAt: new Date().toISOString(), externalInterface: EXT };
+  async function startAgent(gateway: string, net: FakeGateway, announce = false, changesInOneCall?: true): Promise<FakeAgent> {
+    const info: AgentInfo = { gateway, instanceId: randomUUID(), startedAt: new Date().toISOString(), externalInterface: EXT, ...(changesInOneCall && { changesInOneCall }) };
     const worker = await Worker.create({ connection: env.nativeConnection, taskQueue: gatewayTaskQueue(gateway), activities: createAgentActivities({ gateway, externalInterface: EXT, runner: net }, info) });
     const done = worker.run();
     if (announce) await env.client.workflow.getHandle(workflowIds.gateway(gateway)).signal(agentStartedSignal, info);
@@ -208,6 +208,34 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       answerWakes();
       await h.terminate();
       await agent.stop();
+    }
+  });
+
+  it('a change of addresses and rules together goes to an agent that says it takes both in one call as one call; an agent from before gets two', async () => {
+    for (const oneCall of [true, undefined] as const) {
+      const gw = newName();
+      const net = new FakeGateway();
+      const agent = await startAgent(gw, net, false, oneCall);
+      const h = await startGateway(gw, { eips: {}, rules: {} });
+      try {
+        await ready(h);
+        const before = await agentCalls(h);
+        // One batch with a bind and a rule: one apply with both.
+        const answers = await env.client.workflow.getHandle(h.workflowId).executeUpdate(gatewayRequestsUpdate, {
+          args: [[{ bind: { owner: 'eip-a', address: '172.18.0.90', prefixLength: 24 } }, { setRule: fip('fip-a', '172.18.0.90', '10.0.1.90') }]],
+        });
+        expect(answers).toEqual([{ ok: null }, { ok: null }]);
+        expect((await agentCalls(h)).slice(before.length)).toEqual(oneCall ? ['applyGatewayChange'] : ['changeEipAddresses', 'applyNatRules']);
+        expect([...net.addresses.keys()]).toEqual(['172.18.0.90']);
+        expect(net.owners()).toEqual(['fip-a']);
+        // Either kind alone is the call it always was.
+        await setRule(gw, fip('fip-b', '172.18.0.90', '10.0.1.91'));
+        await bind(gw, 'eip-c', '172.18.0.92');
+        expect((await agentCalls(h)).slice(before.length + (oneCall ? 1 : 2))).toEqual(['applyNatRules', 'changeEipAddresses']);
+      } finally {
+        await h.terminate();
+        await agent.stop();
+      }
     }
   });
 

@@ -69,15 +69,20 @@ export async function agentSession(info: AgentInfo, req: { instanceId: string; f
 export function createAgentActivities(cfg: AgentConfig, info: AgentInfo): GatewayAgentActivities {
   const addresses = createAddressActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, runner: cfg.runner });
   const nat = natActivities(cfg);
+  async function changeEipAddresses({ add, remove }: { add: EipAddress[]; remove: string[] }) {
+    // The gateway workflow sends one address change at a time, so this read-then-write is not raced.
+    const changed = new Set([...remove, ...add.map((a) => a.address)]);
+    const kept = (await addresses.listEipAddresses()).map(parseAddress).filter((a) => !changed.has(a.address));
+    return addresses.reconcileEipAddresses([...kept, ...add]);
+  }
   return {
     agentInfo: async () => info,
     agentSession: (req) => agentSession(info, req),
     reconcileEipAddresses: addresses.reconcileEipAddresses,
-    async changeEipAddresses({ add, remove }) {
-      // The gateway workflow sends one address change at a time, so this read-then-write is not raced.
-      const changed = new Set([...remove, ...add.map((a) => a.address)]);
-      const kept = (await addresses.listEipAddresses()).map(parseAddress).filter((a) => !changed.has(a.address));
-      return addresses.reconcileEipAddresses([...kept, ...add]);
+    changeEipAddresses,
+    async applyGatewayChange({ eips, rules }) {
+      await changeEipAddresses(eips);
+      await nat.applyNatRules(rules);
     },
     initNatChains: nat.initNatChains,
     applyNatRules: nat.applyNatRules,
@@ -108,7 +113,7 @@ export interface RunningAgent {
 export async function startGatewayAgent(cfg: AgentConfig, connection: NativeConnection, client: Client, namespace = 'default'): Promise<RunningAgent> {
   validateName(cfg.gateway, 'gateway name');
   await initGateway(cfg);
-  const info: AgentInfo = { gateway: cfg.gateway, instanceId: randomUUID(), startedAt: new Date().toISOString(), externalInterface: cfg.externalInterface };
+  const info: AgentInfo = { gateway: cfg.gateway, instanceId: randomUUID(), startedAt: new Date().toISOString(), externalInterface: cfg.externalInterface, changesInOneCall: true };
   const worker = await Worker.create({
     connection,
     namespace,

@@ -106,7 +106,7 @@ export const agentSessions = (gateway: string, sessionMs: number) =>
   });
 
 /** The calls that change the gateway. */
-const AGENT_CHANGES = new Set<string>(['reconcileEipAddresses', 'changeEipAddresses', 'applyNatRules'] satisfies (keyof GatewayAgentActivities)[]);
+const AGENT_CHANGES = new Set<string>(['reconcileEipAddresses', 'changeEipAddresses', 'applyNatRules', 'applyGatewayChange'] satisfies (keyof GatewayAgentActivities)[]);
 
 /**
  * A gateway's agent, on that gateway's own task queue. A missing agent must be noticed quickly,

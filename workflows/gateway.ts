@@ -75,6 +75,12 @@ const PENDING = Symbol('pending');
  * thousand of them took 20 s and more, while every change waited (patched: older runs waited).
  */
 const BACKGROUND_WAKE_PATCH = 'gateway-background-wake';
+/**
+ * A change of addresses and rules goes to an agent that takes both in one call as one: under a
+ * burst nearly every apply has both, and each call costs an activity task and a workflow task on a
+ * path where the gateway does one thing at a time (patched: older runs made two calls).
+ */
+const ONE_CALL_PATCH = 'gateway-one-call-change';
 /** A gateway whose agent is gone for good does not hold its delete: its pod goes with what it carried. */
 const TAKE_OFF_TRIES = 4;
 
@@ -309,15 +315,17 @@ class Gateway {
     const addressRemovals = [...this.addressRemovals];
     const exact = restore && !this.state.rebuilding;
     try {
-      if (exact) await this.agent.reconcileEipAddresses.executeWithOptions({ summary: `restore the EIP addresses of ${this.name}` }, [Object.values(change.holding.eips)]);
-      else {
-        const remove = [...new Set([...change.eips.remove, ...addressRemovals.filter((address) => !this.desired.desires(address))])];
-        if (change.eips.add.length + remove.length > 0) await this.agent.changeEipAddresses.executeWithOptions({ summary: `change EIP addresses on ${this.name}` }, [{ add: change.eips.add, remove }]);
-      }
-      const removeOwners = [...new Set([...change.rules.removeOwners, ...removals])];
-      if (exact || change.rules.add.length + removeOwners.length > 0) {
+      const eips = { add: change.eips.add, remove: [...new Set([...change.eips.remove, ...addressRemovals.filter((address) => !this.desired.desires(address))])] };
+      const rules = { add: change.rules.add, removeOwners: [...new Set([...change.rules.removeOwners, ...removals])], ...(exact && { replaceAll: true }), flushConntrack: true };
+      const changesEips = eips.add.length + eips.remove.length > 0;
+      const changesRules = exact || rules.add.length + rules.removeOwners.length > 0;
+      if (!exact && changesEips && changesRules && this.state.agent?.changesInOneCall && wf.patched(ONE_CALL_PATCH)) {
+        await this.agent.applyGatewayChange.executeWithOptions({ summary: `change EIP addresses and NAT rules on ${this.name}` }, [{ eips, rules }]);
+      } else {
+        if (exact) await this.agent.reconcileEipAddresses.executeWithOptions({ summary: `restore the EIP addresses of ${this.name}` }, [Object.values(change.holding.eips)]);
+        else if (changesEips) await this.agent.changeEipAddresses.executeWithOptions({ summary: `change EIP addresses on ${this.name}` }, [eips]);
         const summary = exact ? `restore the NAT rules of ${this.name}` : `change NAT rules on ${this.name}`;
-        await this.agent.applyNatRules.executeWithOptions({ summary }, [{ add: change.rules.add, removeOwners, ...(exact && { replaceAll: true }), flushConntrack: true }]);
+        if (changesRules) await this.agent.applyNatRules.executeWithOptions({ summary }, [rules]);
       }
       this.applied = holdingAfter(restore ? null : this.applied, change);
       this.appliedBy = instanceId;

@@ -2,7 +2,9 @@
 // starter/resources.ts, `--inflight` creates at a time) until all are Ready, then deleted until
 // nothing is left (no running workflow, no rule or address on the gateway, no allocation), for
 // each N; beside it the Temporal floor: as many trivial workflows running as many no-op
-// activities as natflow's workflows ran, on the same server and worker settings.
+// activities as natflow's workflows ran, on the same server and worker settings. "All Ready" is
+// the time of the last FIP's Ready write on the server (through the API: the watch event that
+// showed its object ready), as the floor's end is its last workflow's completion.
 //
 //   npm run bench:throughput -- --pairs 50,200,1000
 //
@@ -63,6 +65,13 @@ const seconds = (ms: number) => (ms / 1000).toFixed(1);
 /** How often the bench counts: each count walks every running workflow's visibility record. */
 const POLL_MS = 500;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** `task` of every item, `limit` at a time, in order. */
+async function mapPool<T, R>(items: T[], limit: number, task: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = [];
+  await pool(items.map((item, i) => [item, i] as const), limit, async ([item, i]) => (results[i] = await task(item)));
+  return results;
+}
 
 /** Runs `task` on every item, `limit` at a time. */
 async function pool<T>(items: T[], limit: number, task: (item: T) => Promise<unknown>): Promise<void> {
@@ -128,7 +137,11 @@ try {
     const started = Date.now() - t0;
     if (objects) await until(`${n} FIP objects ready`, async () => readyIn(watched!.fip.list()) >= n && readyIn(await listObjects('fip')) >= n);
     else await until(`${n} FIPs Ready`, async () => (await count(client, 'NatflowKind = "fip" AND NatflowPhase = "Ready" AND ExecutionStatus = "Running"')) >= n);
-    const ready = Date.now() - t0;
+    // When the last one became Ready, not when the count above (every POLL_MS) saw it: the floor's
+    // end is its last workflow's completion, to the millisecond.
+    const ready = objects
+      ? Math.max(...pairs.map((p) => watched!.fip.readyAt.get(p.fip) ?? Date.now())) - t0
+      : Math.max(...(await mapPool(created.filter((id) => id.startsWith('natflow/fip/')), 20, (id) => readyWrittenAt(id)))) - t0;
     if (objects) for await (const w of client.workflow.list({ query: 'NatflowKind IN ("eip", "fip") AND ExecutionStatus = "Running"' })) created.push(w.workflowId);
     // What a pair cost: activities and local activities per resource workflow (from a sample), for the floor.
     const sample = ['eip', 'fip'].flatMap((kind) => created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 10));
@@ -214,10 +227,26 @@ function readyIn(items: readonly Watched[]): number {
  * The kind's objects as a watch sees them, as `kubectl wait` follows them: a full list of thousands
  * of objects twice a second would load the apiserver being measured. A list confirms the end once.
  */
-async function watchObjects(kind: 'eip' | 'fip'): Promise<Informer<Watched> & ObjectCache<Watched>> {
+async function watchObjects(kind: 'eip' | 'fip'): Promise<Informer<Watched> & ObjectCache<Watched> & { readyAt: Map<string, number> }> {
   const informer = makeInformer<Watched>(kubeConfig!, `/apis/${KUBEOVN_GROUP}/${KUBEOVN_VERSION}/${KUBEOVN_KINDS[kind].plural}`, () => objects!.listClusterCustomObject(crd(kind)) as never);
+  // When the watch first showed each object ready: the time a `kubectl wait` would have returned.
+  const readyAt = new Map<string, number>();
+  const seen = (o: Watched) => o.status?.ready === true && o.metadata?.name && !readyAt.has(o.metadata.name) && readyAt.set(o.metadata.name, Date.now());
+  informer.on('add', seen);
+  informer.on('update', seen);
   await informer.start();
-  return informer;
+  return Object.assign(informer, { readyAt });
+}
+
+/** The server's time of the workflow's Ready write (its NatflowPhase search attribute), in ms. */
+async function readyWrittenAt(workflowId: string): Promise<number> {
+  const events = (await client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+  const written = events.find((e) => {
+    const phase = e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields?.NatflowPhase?.data;
+    return phase && Buffer.from(phase).toString().includes('"Ready"');
+  });
+  if (written?.eventTime?.seconds == null) throw new Error(`${workflowId} wrote no Ready`);
+  return Number(written.eventTime.seconds) * 1000 + Math.round((written.eventTime.nanos ?? 0) / 1e6);
 }
 
 /**
@@ -259,14 +288,9 @@ async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips
   const ready: number[] = [];
   const clean: number[] = [];
   for (const f of fips) {
-    const handle = client.workflow.getHandle(f.workflowId);
-    const events = (await handle.fetchHistory()).events ?? [];
-    const readyEvent = events.find((e) => {
-      const phase = e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields?.NatflowPhase?.data;
-      return phase && Buffer.from(phase).toString().includes('"Ready"');
-    });
-    if (readyEvent?.eventTime?.seconds != null) ready.push(Number(readyEvent.eventTime.seconds) * 1000 + Math.round((readyEvent.eventTime.nanos ?? 0) / 1e6) - f.createdAt);
-    const closed = (await handle.describe()).closeTime;
+    const readyAt = await readyWrittenAt(f.workflowId).catch(() => undefined);
+    if (readyAt !== undefined) ready.push(readyAt - f.createdAt);
+    const closed = (await client.workflow.getHandle(f.workflowId).describe()).closeTime;
     if (closed && f.deletedAt) clean.push(closed.getTime() - f.deletedAt);
   }
   for (const name of eips) await client.workflow.getHandle((await findRunning(r, 'eip', { name }))[0]!.workflowId).cancel();

@@ -29,7 +29,7 @@ export interface AddressActivities {
    * gratuitous ARP right after it returns (see `announced`).
    */
   reconcileEipAddresses(desired: EipAddress[]): Promise<{ added: string[]; removed: string[] }>;
-  /** Resolves once every announcement queued so far has been sent (or has failed, with a warning). */
+  /** Resolves once no announcement is waiting or being sent (each sent, or failed with a warning). */
   announced(): Promise<void>;
   /** The EIP addresses (labelled ones) currently on the interface, as `address/prefix`. */
   listEipAddresses(): Promise<string[]>;
@@ -67,33 +67,52 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
   const ipBatch = async (commands: string[]) => {
     if (commands.length > 0) await run('ip', ['-batch', '-'], { input: commands.join('\n') + '\n' });
   };
-  const warn = cfg.warn ?? activityWarn;
   let arping: Promise<ArpingFlavor> | undefined;
   // Announcements are sent after the change is answered, not before: an address is in use as soon
   // as it is on the interface, and a neighbour that never saw it asks for it by ARP anyway; the
   // announcement only corrects a stale entry (an EIP moved from another gateway), best effort.
   // Awaited, they made every address change of a burst wait ~70 ms per 16 addresses, and the
   // gateway applies one change at a time (1,000 EIP+FIP pairs: 49 address changes of 466 ms on
-  // average, 23 s of the burst's 55 s). An address removed before its turn is not announced.
-  const toAnnounce = new Set<string>();
-  let announcing = 0;
-  let settled: { promise: Promise<void>; resolve: () => void } | undefined;
+  // average, 23 s of the burst's 55 s).
+  /** Addresses waiting for their announcement, each with where its warnings go (the call that added it). */
+  const toAnnounce = new Map<string, (message: string) => void>();
+  /**
+   * Announcements being sent, by address. An address removed waits for its own: a gratuitous ARP
+   * sent after it went (an EIP moving to another gateway) would pull its traffic back here.
+   */
+  const sending = new Map<string, Promise<void>>();
+  let workers = 0;
+  let idle: { promise: Promise<void>; resolve: () => void } | undefined;
   function announceSoon(addresses: string[]): void {
-    for (const address of addresses) toAnnounce.add(address);
-    const more = Math.min(ANNOUNCE_PARALLEL - announcing, toAnnounce.size);
+    const warn = cfg.warn ?? activityWarner();
+    for (const address of addresses) toAnnounce.set(address, warn);
+    const more = Math.min(ANNOUNCE_PARALLEL - workers, toAnnounce.size);
     for (let i = 0; i < more; i++) {
-      announcing++;
+      workers++;
       void (async () => {
-        for (let next = first(toAnnounce); next !== undefined; next = first(toAnnounce)) {
-          toAnnounce.delete(next);
-          await announce(next);
+        try {
+          for (let next = first(toAnnounce); next !== undefined; next = first(toAnnounce)) {
+            const [address, warnTo] = next;
+            toAnnounce.delete(address);
+            const sent = announce(address, warnTo).catch(() => undefined); // a warning that failed to log fails nothing
+            sending.set(address, sent);
+            await sent;
+            if (sending.get(address) === sent) sending.delete(address);
+          }
+        } finally {
+          if (--workers === 0) {
+            const waiting = idle;
+            idle = undefined;
+            waiting?.resolve();
+          }
         }
-        if (--announcing > 0) return;
-        const waiting = settled;
-        settled = undefined;
-        waiting?.resolve();
       })();
     }
+  }
+  /** Addresses about to be removed: not announced if still waiting, and an announcement under way ends first. */
+  async function withdraw(addresses: string[]): Promise<void> {
+    for (const address of addresses) toAnnounce.delete(address);
+    await Promise.all(addresses.map((address) => sending.get(address)));
   }
 
   async function readAddresses(): Promise<InterfaceAddress[]> {
@@ -104,7 +123,7 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
 
   const ours = (addrs: InterfaceAddress[]) => addrs.filter((a) => a.label === label);
 
-  async function announce(address: string): Promise<void> {
+  async function announce(address: string, warn: (message: string) => void): Promise<void> {
     arping ??= detectArping(runner);
     const flavor = await arping;
     if (flavor.kind === 'unavailable') {
@@ -128,12 +147,12 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
 
   return {
     announced() {
-      if (announcing === 0) return Promise.resolve();
-      if (!settled) {
+      if (workers === 0) return Promise.resolve();
+      if (!idle) {
         let resolve!: () => void;
-        settled = { promise: new Promise<void>((r) => (resolve = r)), resolve };
+        idle = { promise: new Promise<void>((r) => (resolve = r)), resolve };
       }
-      return settled.promise;
+      return idle.promise;
     },
 
     async listAddresses() {
@@ -160,7 +179,7 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
       }
 
       const removed = ours(current).map(cidr).filter((c) => !wantedCidrs.has(c));
-      for (const c of removed) toAnnounce.delete(c.split('/')[0]!);
+      await withdraw(removed.map((c) => c.split('/')[0]!));
       await ipBatch(removed.map((c) => `addr del ${c} dev ${dev}`));
       // Re-read after removing: were promote_secondaries ever off, deleting the first address
       // of a subnet would flush the others with it, and they must be added back in this pass.
@@ -178,8 +197,8 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
   };
 }
 
-function first<T>(set: Set<T>): T | undefined {
-  for (const item of set) return item;
+function first<T>(items: Iterable<T>): T | undefined {
+  for (const item of items) return item;
   return undefined;
 }
 
@@ -220,11 +239,12 @@ async function detectArping(runner: CommandRunner): Promise<ArpingFlavor> {
   }
 }
 
-function activityWarn(message: string): void {
+/** Warnings to the log of the activity running now, also once it has ended (announcements come after it). */
+function activityWarner(): (message: string) => void {
   try {
-    Context.current().log.warn(message);
+    const log = Context.current().log;
+    return (message) => log.warn(message);
   } catch {
-    // Not inside an activity (a script or a test).
-    console.warn(message);
+    return (message) => console.warn(message); // not inside an activity (a script or a test)
   }
 }

@@ -98,6 +98,7 @@ describe('EIP addresses on the gateway', () => {
     const net1Mac = (JSON.parse(stdout) as { address: string }[])[0]!.address;
 
     await acts.reconcileEipAddresses([eip('172.18.0.13')]);
+    await acts.announced();
     let mac = '';
     for (let i = 0; i < 20 && mac !== net1Mac; i++) {
       const neigh = await runCommand('ip', ['-n', t.clientNs, '-j', 'neigh', 'show', '172.18.0.13', 'dev', 'eth0']);
@@ -188,7 +189,7 @@ describe('EIP address activities through a given runner', () => {
     ]);
   });
 
-  it('answers before announcing, and does not announce an address removed before its turn', async () => {
+  it('answers before announcing; an address removed before its turn is not announced, one being announced is removed after it', async () => {
     const onInterface = new Map<string, string>(); // address -> cidr
     const arpings: { address: string; done: () => void }[] = [];
     const runner: CommandRunner = {
@@ -213,16 +214,26 @@ describe('EIP address activities through a given runner', () => {
     expect((await faked.reconcileEipAddresses(burst)).added).toHaveLength(20);
     for (let i = 0; i < 100 && arpings.length < 16; i++) await new Promise((r) => setTimeout(r, 10));
     expect(arpings.map((a) => a.address)).toEqual(burst.slice(0, 16).map((e) => e.address)); // 16 at a time
-    // The last one is removed before its turn: it is not announced; the others are.
-    await faked.reconcileEipAddresses(burst.slice(0, 19));
     const announced: string[] = [];
-    let settled = false;
-    const done = faked.announced().then(() => (settled = true));
-    while (!settled) {
-      for (const a of arpings.splice(0)) {
+    const release = (address?: string) => {
+      for (const a of arpings.filter((x) => address === undefined || x.address === address)) {
+        arpings.splice(arpings.indexOf(a), 1);
         announced.push(a.address);
         a.done();
       }
+    };
+    // The first is being announced and the last waits: both are removed. The last is not
+    // announced; the first leaves the interface only once its announcement has gone out.
+    const removing = faked.reconcileEipAddresses(burst.slice(1, 19));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(onInterface.has('172.18.0.10')).toBe(true);
+    release('172.18.0.10');
+    await removing;
+    expect(onInterface.has('172.18.0.10')).toBe(false);
+    let settled = false;
+    const done = faked.announced().then(() => (settled = true));
+    while (!settled) {
+      release();
       await new Promise((r) => setTimeout(r, 1));
     }
     await done;

@@ -29,6 +29,8 @@ export interface AddressActivities {
    * gratuitous ARP right after it returns (see `announced`).
    */
   reconcileEipAddresses(desired: EipAddress[]): Promise<{ added: string[]; removed: string[] }>;
+  /** Adds `add` and removes the addresses in `remove`; every other labelled address stays. Reads the interface once. */
+  changeEipAddresses(change: { add: EipAddress[]; remove: string[] }): Promise<{ added: string[]; removed: string[] }>;
   /** Resolves once no announcement is waiting or being sent (each sent, or failed with a warning). */
   announced(): Promise<void>;
   /** The EIP addresses (labelled ones) currently on the interface, as `address/prefix`. */
@@ -123,6 +125,38 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
 
   const ours = (addrs: InterfaceAddress[]) => addrs.filter((a) => a.label === label);
 
+  /** Makes the labelled addresses exactly `desired`, from `current`, what the interface has now. */
+  async function reconcile(desired: EipAddress[], current: InterfaceAddress[]): Promise<{ added: string[]; removed: string[] }> {
+    // Everything is validated before the first command, so bad input changes nothing.
+    const wanted = validateDesired(desired);
+    const wantedCidrs = new Set(wanted.map(cidr));
+
+    const conflicts = current.filter((a) => a.label !== label && wanted.some((w) => w.address === a.local));
+    if (conflicts.length > 0) {
+      throw ApplicationFailure.nonRetryable(
+        `EIP address ${conflicts.map((a) => a.local).join(', ')} is already on ${dev} without the ` +
+          `${label} label (the gateway's own address or someone else's); natflow will not take it over`,
+        'EipAddressConflict',
+      );
+    }
+
+    const removed = ours(current).map(cidr).filter((c) => !wantedCidrs.has(c));
+    await withdraw(removed.map((c) => c.split('/')[0]!));
+    await ipBatch(removed.map((c) => `addr del ${c} dev ${dev}`));
+    // Re-read after removing: were promote_secondaries ever off, deleting the first address
+    // of a subnet would flush the others with it, and they must be added back in this pass.
+    if (removed.length > 0) current = await readAddresses();
+
+    const present = new Set(ours(current).map(cidr));
+    const toAdd = wanted.filter((w) => !present.has(cidr(w)));
+    await ipBatch(toAdd.map((w) => `addr replace ${cidr(w)} dev ${dev} label ${label}`));
+    // Best effort: neighbours that cached another MAC for this address (an EIP moved from
+    // another gateway) learn the new one now instead of after their entries expire.
+    announceSoon(toAdd.map((w) => w.address));
+
+    return { added: sortCidrs(toAdd.map(cidr)), removed: sortCidrs(removed) };
+  }
+
   async function announce(address: string, warn: (message: string) => void): Promise<void> {
     arping ??= detectArping(runner);
     const flavor = await arping;
@@ -164,35 +198,15 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
     },
 
     async reconcileEipAddresses(desired) {
-      // Everything is validated before the first command, so bad input changes nothing.
-      const wanted = validateDesired(desired);
-      const wantedCidrs = new Set(wanted.map(cidr));
+      return reconcile(desired, await readAddresses());
+    },
 
-      let current = await readAddresses();
-      const conflicts = current.filter((a) => a.label !== label && wanted.some((w) => w.address === a.local));
-      if (conflicts.length > 0) {
-        throw ApplicationFailure.nonRetryable(
-          `EIP address ${conflicts.map((a) => a.local).join(', ')} is already on ${dev} without the ` +
-            `${label} label (the gateway's own address or someone else's); natflow will not take it over`,
-          'EipAddressConflict',
-        );
-      }
-
-      const removed = ours(current).map(cidr).filter((c) => !wantedCidrs.has(c));
-      await withdraw(removed.map((c) => c.split('/')[0]!));
-      await ipBatch(removed.map((c) => `addr del ${c} dev ${dev}`));
-      // Re-read after removing: were promote_secondaries ever off, deleting the first address
-      // of a subnet would flush the others with it, and they must be added back in this pass.
-      if (removed.length > 0) current = await readAddresses();
-
-      const present = new Set(ours(current).map(cidr));
-      const toAdd = wanted.filter((w) => !present.has(cidr(w)));
-      await ipBatch(toAdd.map((w) => `addr replace ${cidr(w)} dev ${dev} label ${label}`));
-      // Best effort: neighbours that cached another MAC for this address (an EIP moved from
-      // another gateway) learn the new one now instead of after their entries expire.
-      announceSoon(toAdd.map((w) => w.address));
-
-      return { added: sortCidrs(toAdd.map(cidr)), removed: sortCidrs(removed) };
+    async changeEipAddresses({ add, remove }) {
+      // The gateway workflow sends one address change at a time, so this read-then-write is not raced.
+      const current = await readAddresses();
+      const changed = new Set([...remove, ...add.map((a) => a.address)]);
+      const kept = ours(current).filter((a) => !changed.has(a.local)).map((a) => ({ address: a.local, prefixLength: a.prefixlen }));
+      return reconcile([...kept, ...add], current);
     },
   };
 }

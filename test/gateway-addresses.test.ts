@@ -187,6 +187,15 @@ describe('EIP address activities through a given runner', () => {
       'gw-fake arping -q -U -c 1 -I net1 172.18.0.11',
       'gw-fake arping -q -U -c 1 -I net1 172.18.0.12',
     ]);
+    // A change (the gateway's usual call) keeps the other labelled addresses, reading the interface once.
+    ran.length = 0;
+    expect(await faked.changeEipAddresses({ add: [eip('172.18.0.13')], remove: [] })).toEqual({ added: ['172.18.0.13/24'], removed: [] });
+    await faked.announced();
+    expect(ran).toEqual([
+      'gw-fake ip -j -4 addr show dev net1',
+      'gw-fake ip -batch - <<< "addr replace 172.18.0.13/24 dev net1 label net1:eip\\n"',
+      'gw-fake arping -q -U -c 1 -I net1 172.18.0.13',
+    ]);
   });
 
   it('answers before announcing; an address removed before its turn is not announced, one being announced is removed after it', async () => {

@@ -11,7 +11,7 @@ import { Worker, type NativeConnection } from '@temporalio/worker';
 import { createAddressActivities } from '../activities/gateway-addresses.js';
 import { createNatActivities } from '../activities/gateway-nat.js';
 import { runCommand, type CommandRunner } from '../activities/exec.js';
-import type { AgentInfo, AgentSessionEnd, EipAddress } from '../domain/gateway.js';
+import type { AgentInfo, AgentSessionEnd } from '../domain/gateway.js';
 import { gatewayTaskQueue, validateName, workflowIds } from '../domain/names.js';
 import { agentStartedSignal, type GatewayAgentActivities } from '../domain/workflow-api.js';
 import { connectTemporal, temporalTarget } from './connection.js';
@@ -69,19 +69,13 @@ export async function agentSession(info: AgentInfo, req: { instanceId: string; f
 export function createAgentActivities(cfg: AgentConfig, info: AgentInfo): GatewayAgentActivities {
   const addresses = createAddressActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, runner: cfg.runner });
   const nat = natActivities(cfg);
-  async function changeEipAddresses({ add, remove }: { add: EipAddress[]; remove: string[] }) {
-    // The gateway workflow sends one address change at a time, so this read-then-write is not raced.
-    const changed = new Set([...remove, ...add.map((a) => a.address)]);
-    const kept = (await addresses.listEipAddresses()).map(parseAddress).filter((a) => !changed.has(a.address));
-    return addresses.reconcileEipAddresses([...kept, ...add]);
-  }
   return {
     agentInfo: async () => info,
     agentSession: (req) => agentSession(info, req),
     reconcileEipAddresses: addresses.reconcileEipAddresses,
-    changeEipAddresses,
+    changeEipAddresses: addresses.changeEipAddresses,
     async applyGatewayChange({ eips, rules }) {
-      await changeEipAddresses(eips);
+      await addresses.changeEipAddresses(eips);
       await nat.applyNatRules(rules);
     },
     initNatChains: nat.initNatChains,
@@ -93,12 +87,6 @@ export function createAgentActivities(cfg: AgentConfig, info: AgentInfo): Gatewa
     },
     removeUntaggedRules: nat.removeUntaggedRules,
   };
-}
-
-/** `address/prefix`, as listEipAddresses writes it. */
-function parseAddress(text: string): EipAddress {
-  const [address = '', prefix] = text.split('/');
-  return { address, prefixLength: Number(prefix) };
 }
 
 export interface RunningAgent {

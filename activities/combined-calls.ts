@@ -15,8 +15,8 @@ import type { ClaimedAndApplied, ClaimedEip, ClaimWait, Refused, WorkflowCallAct
 import type { EipClaim } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 
-export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'giveBackByIdentity' | 'removeRuleAndUnclaim'>;
-type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'>;
+export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'giveBackByIdentity' | 'removeRuleAndUnclaim' | 'unbindAndRelease'>;
+type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'>;
 
 /** How long a rule's first claim waits for an EIP taking its address: well within the call's start-to-close timeout. */
 export const CLAIM_WAIT_MS = 10_000;
@@ -98,6 +98,13 @@ export function combinedCalls(steps: Steps): CombinedCalls {
       // The claim only once the rule is off: until then the EIP's address may still forward to it.
       if (removed.applied) await steps.unclaimEip({ eipWorkflowId, owner: claimOwner });
       return removed;
+    },
+
+    async unbindAndRelease({ gateway, subnet, owner }) {
+      const unbound = await steps.unbindAddress({ gateway, owner });
+      // Released only once it is off: an address still on one gateway must not be given to another EIP.
+      if (unbound.applied) await steps.releaseAddress({ subnet, owner });
+      return unbound;
     },
   };
 }

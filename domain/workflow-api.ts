@@ -185,6 +185,12 @@ export interface WorkflowCallActivities {
   gatewayReadiness(gateway: string): Promise<GatewayReadiness>;
   bindAddress(req: { gateway: string; owner: string } & EipAddress): Promise<void>;
   unbindAddress(req: { gateway: string; owner: string }): Promise<{ applied: boolean }>;
+  /**
+   * An EIP's release in one call: its address off `gateway`, then, once the gateway has applied
+   * that, its allocation back to `subnet`. Not applied (the gateway is not ready): the allocation
+   * is kept, and the caller asks again.
+   */
+  unbindAndRelease(req: { gateway: string; subnet: string; owner: string }): Promise<{ applied: boolean }>;
   /** `watch`: when the EIP exists but is not ready, it is asked at once to wake the rule once that holds. */
   eipForRule(eip: string, watch?: EipWatch): Promise<EipForRule | null>;
   claimEip(req: { eipWorkflowId: string; wait?: ClaimWait } & EipClaim): Promise<ClaimedEip>;

@@ -11,7 +11,7 @@ import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus }
 import { searchAttributes } from '../domain/search-attributes.js';
 import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain/subnet.js';
 import { gatewayStateQuery, ipamStateQuery, specChangedSignal, statusQuery } from '../domain/workflow-api.js';
-import { eipWorkflow, eipWorkflowV3 } from '../workflows/eip.js';
+import { eipWorkflow, eipWorkflowV4 } from '../workflows/eip.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
 import { dnatWorkflowV3, fipWorkflowV3, snatWorkflowV3 } from '../workflows/nat-rule.js';
@@ -91,7 +91,7 @@ export interface CreatedResource {
 /** The status every resource workflow answers (`status` query), with what found it. */
 export type ResourceStatus<K extends ResourceKind> = (K extends 'eip' ? EipStatus : NatStatus) & { name: string; workflowId: string };
 
-const workflowOf = { eip: eipWorkflowV3, fip: fipWorkflowV3, dnat: dnatWorkflowV3, snat: snatWorkflowV3 } as const;
+const workflowOf = { eip: eipWorkflowV4, fip: fipWorkflowV3, dnat: dnatWorkflowV3, snat: snatWorkflowV3 } as const;
 
 /**
  * How a resource's workflow is started, by the CLI and the bridge alike: its ID, input and the

@@ -14,7 +14,7 @@ import { Worker } from '@temporalio/worker';
 import { resourceStart } from '../starter/resources.js';
 import type { EipStatus } from '../domain/eip.js';
 import { eipWorkflowV2, eipWorkflowV3 } from '../workflows/eip.js';
-import { deleteAndWait, eventually, historyOf, isCallOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, historyOf, isCallOf, statusOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -51,7 +51,36 @@ describe('EIP workflow (mocked activities)', () => {
       expect(status.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Ready' });
       expect(await startedOnceReady(fake, 5)).toEqual(['takeAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters']);
       await deleteAndWait(h);
+      // One call takes the address off, then gives it back (a V3 run made a call of each, below).
+      expect(fake.started().slice(5)).toEqual(['unbindAndRelease', 'unbindAddress', 'releaseAddress']);
+      expect(fake.events.indexOf('releaseAddress:start')).toBeGreaterThan(fake.events.indexOf('unbindAddress:end'));
+    });
+  });
+
+  it('a run of the V3 type unbinds and releases its address a call each, as it always did', async () => {
+    const fake = control();
+    const { options } = resourceStart('eip', { name: 'eip-v3', uid: uid(), generation: 1 }, spec);
+    await withWorkflow(env(), fake.activities(), eipWorkflowV3, options, async (h) => {
+      await workflowPhase(Object.assign(h, { kind: 'eip' as const }), 'Ready');
+      await startedOnceReady(fake, 5);
+      await deleteAndWait(h);
       expect(fake.started().slice(5)).toEqual(['unbindAddress', 'releaseAddress']);
+    });
+  });
+
+  it('a delete while the gateway is not ready keeps the address allocated until the gateway has taken it off, then releases it', async () => {
+    let unbinds = 0;
+    const fake = control({ unbindAddress: { answer: async () => ({ applied: ++unbinds > 1 }) } });
+    await withEip(fake, spec, async (h) => {
+      await workflowPhase(h, 'Ready');
+      await startedOnceReady(fake, 5);
+      await h.cancel();
+      const waiting = await eventually(() => statusOf(h), (s) => s.conditions[0]?.reason === Reason.GatewayNotReady, 10_000, 'waiting for the gateway');
+      expect(waiting.phase).toBe('Deleting');
+      expect(fake.started()).not.toContain('releaseAddress');
+      await h.signal(gatewayChangedSignal);
+      await h.result().catch(() => undefined);
+      expect(fake.started().slice(5)).toEqual(['unbindAndRelease', 'unbindAddress', 'unbindAndRelease', 'unbindAddress', 'releaseAddress']);
     });
   });
 
@@ -136,7 +165,7 @@ describe('EIP workflow (mocked activities)', () => {
       await deleteAndWait(h);
       const calls = (await historyOf(h)).filter((e) => e.type === 'activityTaskScheduled' || e.type === 'localActivity');
       expect(calls.map((e) => `${e.type}:${e.name}`)).toEqual(
-        ['takeAddress', 'unbindAddress', 'releaseAddress'].map((name) => `activityTaskScheduled:${name}`), // takeAddress wakes the rules waiting by name
+        ['takeAddress', 'unbindAndRelease'].map((name) => `activityTaskScheduled:${name}`), // takeAddress wakes the rules waiting by name
       );
     });
   });
@@ -279,7 +308,7 @@ describe('EIP workflow (mocked activities)', () => {
     await withEip(fake, spec, async (h) => {
       await workflowPhase(h, 'Ready', 30_000);
       const take = ['takeAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress'];
-      expect(await startedOnceReady(fake, 11)).toEqual([...take, 'unbindAddress', 'releaseAddress', ...take, 'notifyEipWaiters']);
+      expect(await startedOnceReady(fake, 12)).toEqual([...take, 'unbindAndRelease', 'unbindAddress', 'releaseAddress', ...take, 'notifyEipWaiters']);
       await deleteAndWait(h);
     });
   });
@@ -294,7 +323,7 @@ describe('EIP workflow (mocked activities)', () => {
       await workflowPhase(h, 'WaitingForGateway', 20_000);
       await eventually(async () => fake.started(), (s) => s.includes('releaseAddress'), 20_000, 'the address released');
       expect(fake.started().slice(0, 6)).toEqual(['takeAddress', 'gatewayReadiness', 'allocateAddress', 'bindAddress', 'takeAddress', 'gatewayReadiness']);
-      expect(fake.started().slice(6, 8)).toEqual(['unbindAddress', 'releaseAddress']);
+      expect(fake.started().slice(6, 9)).toEqual(['unbindAndRelease', 'unbindAddress', 'releaseAddress']);
       await deleteAndWait(h);
     });
   });
@@ -355,7 +384,7 @@ describe('EIP workflow (mocked activities)', () => {
           return a ? [[a.activityType?.name, { heartbeat: Number(a.heartbeatTimeout?.seconds ?? 0), startToClose: Number(a.startToCloseTimeout?.seconds ?? 0) }]] : [];
         }),
       );
-      expect(scheduled.unbindAddress).toEqual({ heartbeat: 10, startToClose: 60 });
+      expect(scheduled.unbindAndRelease).toEqual({ heartbeat: 10, startToClose: 60 });
       expect(scheduled.takeAddress).toEqual({ heartbeat: 0, startToClose: 30 }); // three fenced steps in one call
     });
   }, 40_000);

@@ -1,5 +1,5 @@
 // Every workflow type the control worker runs (the bundle's entry point).
-export { eipWorkflow, eipWorkflowV2, eipWorkflowV3 } from './eip.js';
+export { eipWorkflow, eipWorkflowV2, eipWorkflowV3, eipWorkflowV4 } from './eip.js';
 export { gatewayWorkflow } from './gateway.js';
 export { ipamWorkflow } from './ipam.js';
 export { dnatWorkflow, dnatWorkflowV2, dnatWorkflowV3, fipWorkflow, fipWorkflowV2, fipWorkflowV3, snatWorkflow, snatWorkflowV2, snatWorkflowV3 } from './nat-rule.js';

@@ -19,6 +19,8 @@
 // its address in the same step (workflows/eip.ts), one status write less than a V2 run. The NAT
 // rules' `…V3` types: the V2 base, and a rule's release takes it off its gateway and gives its
 // claim back in one call (workflows/nat-rule.ts), a workflow task and an activity less per delete.
+// `eipWorkflowV4`: the V3 base, and an EIP's release takes its address off its gateway and gives
+// it back to its subnet in one call (workflows/eip.ts), a workflow task and an activity less per delete.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';

@@ -34,7 +34,7 @@ const eip = async (s: Stack, name: string, gateway = GW) => {
 };
 
 /** Deletes a FIP, then its EIP: the runs to record are theirs (of the newest types unless told). */
-async function deleteFipThenEip(s: Stack, fip: { name: string; workflowId: string }, eip: { name: string; workflowId: string }, types = { fip: 'fipWorkflowV3', eip: 'eipWorkflowV3' }) {
+async function deleteFipThenEip(s: Stack, fip: { name: string; workflowId: string }, eip: { name: string; workflowId: string }, types = { fip: 'fipWorkflowV3', eip: 'eipWorkflowV4' }) {
   await deleteResource(s.resources, 'fip', fip.name);
   await deleteResource(s.resources, 'eip', eip.name);
   return [
@@ -69,13 +69,13 @@ const scenarios: Record<string, Scenario> = {
   'eip-happy': async (s) => {
     const e = await eip(s, 'eip-happy');
     await deleteResource(s.resources, 'eip', 'eip-happy');
-    return [{ workflowType: 'eipWorkflowV3', workflowId: e.workflowId }];
+    return [{ workflowType: 'eipWorkflowV4', workflowId: e.workflowId }];
   },
   'eip-missing-gateway-deleted': async (s) => {
     const e = await createResource(s.resources, 'eip', 'eip-orphan', { natGwDp: 'no-such-gateway' });
     await settle(s, 'eip', 'eip-orphan', 'WaitingForGateway');
     await deleteResource(s.resources, 'eip', 'eip-orphan');
-    return [{ workflowType: 'eipWorkflowV3', workflowId: e.workflowId }];
+    return [{ workflowType: 'eipWorkflowV4', workflowId: e.workflowId }];
   },
   'eip-compensation': async (s) => {
     // The agent dies while the gateway still looks ready: the bind fails, the address is released,
@@ -87,7 +87,7 @@ const scenarios: Record<string, Scenario> = {
     await s.restartAgent(GW);
     await settle(s, 'eip', 'eip-comp', 'Ready');
     await deleteResource(s.resources, 'eip', 'eip-comp');
-    return [{ workflowType: 'eipWorkflowV3', workflowId: e.workflowId }];
+    return [{ workflowType: 'eipWorkflowV4', workflowId: e.workflowId }];
   },
   'fip-lifecycle': ruleLifecycle('fip', { eip: 'eip-fip', internalIp: '10.0.1.10' }, { eip: 'eip-fip', internalIp: '10.0.1.11' }),
   'dnat-lifecycle': ruleLifecycle(
@@ -156,7 +156,7 @@ const scenarios: Record<string, Scenario> = {
     const [first] = runs.sort((a, b) => a.startTime.getTime() - b.startTime.getTime());
     return [
       { workflowType: 'fipWorkflowV3', workflowId: waiting.workflowId },
-      { workflowType: 'eipWorkflowV3', workflowId: e.workflowId, runId: first!.runId },
+      { workflowType: 'eipWorkflowV4', workflowId: e.workflowId, runId: first!.runId },
     ];
   },
   'fip-delete-mid-apply': deleteMidApply('fip', { eip: 'eip-mid-fip', internalIp: '10.0.1.10' }),
@@ -179,7 +179,7 @@ const scenarios: Record<string, Scenario> = {
       }
       const idOf = (kind: ResourceKind, o: KubernetesObject) => workflowIds.resource(kind, { name: o.metadata!.name!, uid: o.metadata!.uid! });
       return [
-        { workflowType: 'eipWorkflowV3', workflowId: idOf('eip', eipObj) },
+        { workflowType: 'eipWorkflowV4', workflowId: idOf('eip', eipObj) },
         { workflowType: 'fipWorkflowV3', workflowId: idOf('fip', fipObj) },
       ];
     } finally {
@@ -218,7 +218,7 @@ const scenarios: Record<string, Scenario> = {
     await deleteResource(s.resources, 'eip', 'eip-down');
     return [
       { workflowType: 'fipWorkflowV3', workflowId: rule.workflowId },
-      { workflowType: 'eipWorkflowV3', workflowId: lone.workflowId },
+      { workflowType: 'eipWorkflowV4', workflowId: lone.workflowId },
     ];
   },
   'dnats-refused-on-one-eip': async (s) => {
@@ -231,7 +231,7 @@ const scenarios: Record<string, Scenario> = {
     await new Promise((resolve) => setTimeout(resolve, 5_000));
     for (const port of ['81', '82']) await deleteResource(s.resources, 'dnat', `dnat-out-${port}`);
     await deleteResource(s.resources, 'eip', 'eip-refusals');
-    return [...rules.map((r) => ({ workflowType: 'dnatWorkflowV3', workflowId: r.workflowId })), { workflowType: 'eipWorkflowV3', workflowId: e.workflowId }];
+    return [...rules.map((r) => ({ workflowType: 'dnatWorkflowV3', workflowId: r.workflowId })), { workflowType: 'eipWorkflowV4', workflowId: e.workflowId }];
   },
   'audit-fix': async (s) => {
     // An allocation whose EIP is gone, and an EIP's address taken off its gateway by hand: found by

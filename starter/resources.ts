@@ -14,7 +14,7 @@ import { gatewayStateQuery, ipamStateQuery, specChangedSignal, statusQuery } fro
 import { eipWorkflow, eipWorkflowV4 } from '../workflows/eip.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
-import { dnatWorkflowV3, fipWorkflowV3, snatWorkflowV3 } from '../workflows/nat-rule.js';
+import { dnatWorkflowV4, fipWorkflowV4, snatWorkflowV4 } from '../workflows/nat-rule.js';
 import { FROM_KUBERNETES_MEMO } from '../domain/kube.js';
 import { findOneRunning, findRunning } from './find-resources.js';
 
@@ -91,7 +91,7 @@ export interface CreatedResource {
 /** The status every resource workflow answers (`status` query), with what found it. */
 export type ResourceStatus<K extends ResourceKind> = (K extends 'eip' ? EipStatus : NatStatus) & { name: string; workflowId: string };
 
-const workflowOf = { eip: eipWorkflowV4, fip: fipWorkflowV3, dnat: dnatWorkflowV3, snat: snatWorkflowV3 } as const;
+const workflowOf = { eip: eipWorkflowV4, fip: fipWorkflowV4, dnat: dnatWorkflowV4, snat: snatWorkflowV4 } as const;
 
 /**
  * How a resource's workflow is started, by the CLI and the bridge alike: its ID, input and the

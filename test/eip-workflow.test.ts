@@ -6,14 +6,14 @@ import { ApplicationFailure, decodeTimeoutType } from '@temporalio/common';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
-import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type KubeActivities, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { combinedCalls } from '../activities/combined-calls.js';
-import { FakeCalls, type CallScripts } from './support/fake-calls.js';
+import { FakeCalls, fakeKube, statusesWritten, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { Worker } from '@temporalio/worker';
 import { resourceStart } from '../starter/resources.js';
 import type { EipStatus } from '../domain/eip.js';
-import { eipWorkflowV2, eipWorkflowV3 } from '../workflows/eip.js';
+import { eipWorkflowV2, eipWorkflowV3, eipWorkflowV4 } from '../workflows/eip.js';
 import { deleteAndWait, eventually, historyOf, isCallOf, statusOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
@@ -211,20 +211,16 @@ describe('EIP workflow (mocked activities)', () => {
 
   /** The Ready statuses an EIP from Kubernetes writes when a rule's claim waited while it took its address. */
   async function readyStatusesWritten(workflow: typeof eipWorkflowV3): Promise<EipStatus[]> {
-    const written: EipStatus[] = [];
-    const kube: KubeActivities = {
-      kubeAdopt: async () => ({ exists: true, deleting: false }),
-      kubePublishStatus: async (ref) => void written.push(ref.status as unknown as EipStatus),
-      kubeRelease: async () => undefined,
-    };
+    const kube = fakeKube();
+    const written = () => (kube.args.kubePublishStatus ?? []).map(([ref]) => ref.status as unknown as EipStatus);
     const fake = control({ bindAddress: { delayMs: 1500 } });
     const { options } = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, spec);
-    return withWorkflow(env(), { ...fake.activities(), ...kube }, workflow, options, async (h) => {
+    return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, async (h) => {
       await eventually(async () => fake.started(), (names) => names.includes('bindAddress'), 10_000, 'the bind under way');
       expect(await h.executeUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f1/u1', kind: 'fip', name: 'f1' }, undefined, { forMs: 10_000 }] })).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
-      await eventually(async () => written.some((s) => s.ready && s.nat === 'fip'), (done) => done, 10_000, 'a Ready status naming the FIP');
+      await eventually(async () => written().some((s) => s.ready && s.nat === 'fip'), (done) => done, 10_000, 'a Ready status naming the FIP');
       await new Promise((resolve) => setTimeout(resolve, 1000)); // a write after it would have landed
-      const ready = written.filter((s) => s.ready);
+      const ready = written().filter((s) => s.ready);
       await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: 'natflow/fip/f1/u1' }] });
       await deleteAndWait(h);
       return ready;
@@ -235,6 +231,41 @@ describe('EIP workflow (mocked activities)', () => {
     expect(await readyStatusesWritten(eipWorkflowV3)).toEqual([expect.objectContaining({ phase: 'Ready', ip: '172.18.0.5', nat: 'fip' })]);
     expect((await readyStatusesWritten(eipWorkflowV2)).map((s) => s.nat)).toEqual(['', 'fip']);
   });
+
+  /**
+   * An EIP from Kubernetes deleted (used by a FIP until its `EipInUse` status has been written, when
+   * `users`): the statuses written a second after the delete and by its end, and the status its
+   * release carried (written only if another finalizer keeps the object).
+   */
+  async function statusesOfDelete(workflow: typeof eipWorkflowV4, users: boolean) {
+    const kube = fakeKube();
+    const { options } = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, spec);
+    return withWorkflow(env(), { ...control().activities(), ...kube.activities() }, workflow, options, async (h) => {
+      await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
+      const user = { owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1' };
+      if (users) await h.executeUpdate(claimEipUpdate, { args: [user] });
+      await h.cancel();
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const soon = statusesWritten(kube);
+      if (users) {
+        await eventually(async () => statusesWritten(kube), (w) => w.includes(`Deleting/${Reason.EipInUse}`), 10_000, 'EipInUse written');
+        await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: user.owner }] });
+      }
+      await h.result().catch(() => undefined);
+      return { soon, all: statusesWritten(kube), released: kube.args.kubeRelease?.[0]?.[0].status?.phase };
+    });
+  }
+
+  it('a quick delete writes no status of its own (the last one goes with the release); a cleanup that waits for its users shows it once that has lasted (a V3 run writes each at once)', async () => {
+    expect(await statusesOfDelete(eipWorkflowV4, false)).toEqual({ soon: ['Ready/Ready'], all: ['Ready/Ready'], released: 'Deleted' });
+    expect(await statusesOfDelete(eipWorkflowV3, false)).toMatchObject({ all: ['Ready/Ready', `Deleting/${Reason.Deleting}`], released: 'Deleted' });
+    // With a user, its claim is in a Ready status of its own first.
+    const deleting = (written: string[]) => written.filter((s) => s.startsWith('Deleting/'));
+    const waited = await statusesOfDelete(eipWorkflowV4, true);
+    expect(deleting(waited.soon)).toEqual([]);
+    expect(deleting(waited.all)).toEqual([`Deleting/${Reason.EipInUse}`]);
+    expect(new Set(deleting((await statusesOfDelete(eipWorkflowV3, true)).all))).toEqual(new Set([`Deleting/${Reason.EipInUse}`, `Deleting/${Reason.Deleting}`]));
+  }, 60_000);
 
   it('a delete during the bind wakes the rules that began to watch the EIP meanwhile', async () => {
     const fake = control({ bindAddress: { delayMs: 2000 } });

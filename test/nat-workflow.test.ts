@@ -5,10 +5,10 @@ import { describe, expect, it } from 'vitest';
 import { ApplicationFailure } from '@temporalio/common';
 import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { resourceStart } from '../starter/resources.js';
-import { fipWorkflowV2 } from '../workflows/nat-rule.js';
+import { fipWorkflowV2, fipWorkflowV3, fipWorkflowV4 } from '../workflows/nat-rule.js';
 import { Reason } from '../domain/errors.js';
 import { CLAIM_WAIT_MS, combinedCalls } from '../activities/combined-calls.js';
-import { FakeCalls, type CallScripts } from './support/fake-calls.js';
+import { FakeCalls, fakeKube, statusesWritten, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
@@ -73,6 +73,39 @@ describe('NAT rule workflow (mocked activities)', () => {
       expect(fake.started().slice(4)).toEqual(['removeRuleAndUnclaim', 'removeGatewayRule', 'removeRuleAndUnclaim', 'removeGatewayRule', 'unclaimEip']);
     });
   });
+
+  /**
+   * A FIP from Kubernetes deleted (while its gateway is not ready, until its status says so, when
+   * `gatewayAway`): the statuses written a second after the delete and by its end.
+   */
+  async function statusesOfDelete(workflow: typeof fipWorkflowV4, gatewayAway: boolean) {
+    let away = gatewayAway;
+    const kube = fakeKube();
+    const fake = control({ removeGatewayRule: { answer: async () => ({ applied: !away }) } });
+    const { options } = resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1, fromKube: true }, { eip: 'e1', internalIp: '10.0.1.10' });
+    return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, async (h) => {
+      await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
+      await h.cancel();
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const soon = statusesWritten(kube);
+      if (gatewayAway) {
+        await eventually(async () => statusesWritten(kube), (w) => w.includes(`Deleting/${Reason.GatewayNotReady}`), 10_000, 'GatewayNotReady written');
+        away = false;
+        await h.signal(gatewayChangedSignal);
+      }
+      await h.result().catch(() => undefined);
+      return { soon, all: statusesWritten(kube), released: kube.args.kubeRelease?.[0]?.[0].status?.phase };
+    });
+  }
+
+  it('a quick delete writes no status of its own (the last one goes with the release); a cleanup that waits for its gateway shows it once that has lasted (a V3 run writes each at once)', async () => {
+    expect(await statusesOfDelete(fipWorkflowV4, false)).toEqual({ soon: ['Ready/Ready'], all: ['Ready/Ready'], released: 'Deleted' });
+    expect(await statusesOfDelete(fipWorkflowV3, false)).toMatchObject({ all: ['Ready/Ready', `Deleting/${Reason.Deleting}`], released: 'Deleted' });
+    const waited = await statusesOfDelete(fipWorkflowV4, true);
+    expect(waited.soon).toEqual(['Ready/Ready']);
+    expect(waited.all.slice(0, 2)).toEqual(['Ready/Ready', `Deleting/${Reason.GatewayNotReady}`]);
+    expect((await statusesOfDelete(fipWorkflowV3, true)).all.slice(0, 2)).toEqual(['Ready/Ready', `Deleting/${Reason.Deleting}`]);
+  }, 60_000);
 
   it('waits for a missing EIP without touching anything; a delete then has nothing to undo', async () => {
     const fake = control({ eipForRule: { answer: missingEip } });

@@ -49,24 +49,26 @@ const WAKE_UPS_SHIELDED = 'wake-ups-shielded';
 const MAX_WOKEN_LISTED = 1_000;
 
 /**
- * An EIP started since the V4 type: the V3 base, and its release takes its address off its gateway
- * and gives it back to its subnet in one call (unbindAndRelease): a workflow task and an activity
- * fewer per delete.
+ * An EIP started since the V4 type: the V3 base; its release takes its address off its gateway
+ * and gives it back to its subnet in one call (unbindAndRelease: a workflow task and an activity
+ * fewer per delete), and a deleting object's status is written only once it has lasted a moment
+ * (workflows/kube-sync.ts: a status write fewer per quick delete).
  */
-export const eipWorkflowV4 = (input: EipInput) => eipLifecycle(input, true, true, true);
+export const eipWorkflowV4 = (input: EipInput) => eipLifecycle(input, 4);
 /**
  * An EIP started since the V3 type: the newest base, and as it becomes ready it takes the claims
  * that waited for its address in the same step, so that its status is written once, naming their
  * kinds (a V2 run writes it, then again for the claims: a status write more per EIP with a rule).
  */
-export const eipWorkflowV3 = (input: EipInput) => eipLifecycle(input, true, true);
+export const eipWorkflowV3 = (input: EipInput) => eipLifecycle(input, 3);
 /** An EIP started since the V2 type: the newest base of its day, no patch asked (workflows/patches.ts). */
-export const eipWorkflowV2 = (input: EipInput) => eipLifecycle(input, true, false);
+export const eipWorkflowV2 = (input: EipInput) => eipLifecycle(input, 2);
 /** An EIP started before: it replays and goes on as the patches its history recorded say. */
-export const eipWorkflow = (input: EipInput) => eipLifecycle(input, false, false);
+export const eipWorkflow = (input: EipInput) => eipLifecycle(input, 1);
 
-async function eipLifecycle(input: EipInput, newest: boolean, takesWaitingClaims: boolean, releasesInOne = false): Promise<void> {
-  const eip = new Eip(input, newest, takesWaitingClaims, releasesInOne);
+/** `type`: the version of the workflow type (1 for the type without a suffix). */
+async function eipLifecycle(input: EipInput, type: 1 | 2 | 3 | 4): Promise<void> {
+  const eip = new Eip(input, type);
   let ended: unknown;
   try {
     await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), input.carried);
@@ -169,18 +171,21 @@ class Eip {
   private readonly patchedSinceRemote: Patched;
   /** Takes its address in one call where it can (workflows/patches.ts, 'combined-calls'). */
   private readonly combined: boolean;
+  /** Takes the claims that waited for its address as it becomes ready (the V3 type). */
+  private readonly takesWaitingClaims: boolean;
+  /** Its address comes off its gateway and goes back to its subnet in one call (the V4 type). */
+  private readonly releasesInOne: boolean;
   private readonly reporter: ReturnType<typeof phaseReporter<EipStatus>>;
   private readonly setPhase: ReturnType<typeof phaseReporter<EipStatus>>['setPhase'];
 
   constructor(
     private readonly input: EipInput,
-    newest: boolean,
-    private readonly takesWaitingClaims: boolean,
-    /** Its address comes off its gateway and goes back to its subnet in one call (the V4 type). */
-    private readonly releasesInOne: boolean,
+    type: 1 | 2 | 3 | 4,
   ) {
     const carried = input.carried;
-    const { lean, local, remoteStatus, patched, patchedSinceLean, patchedSinceRemote, combined } = patches(newest);
+    const { lean, local, remoteStatus, patched, patchedSinceLean, patchedSinceRemote, combined } = patches(type >= 2);
+    this.takesWaitingClaims = type >= 3;
+    this.releasesInOne = type >= 4;
     const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.patched = patched;
@@ -201,7 +206,7 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
-    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, combined);
+    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
     this.setPhase = this.reporter.setPhase;
 

@@ -2,5 +2,5 @@
 export { eipWorkflow, eipWorkflowV2, eipWorkflowV3, eipWorkflowV4 } from './eip.js';
 export { gatewayWorkflow } from './gateway.js';
 export { ipamWorkflow } from './ipam.js';
-export { dnatWorkflow, dnatWorkflowV2, dnatWorkflowV3, fipWorkflow, fipWorkflowV2, fipWorkflowV3, snatWorkflow, snatWorkflowV2, snatWorkflowV3 } from './nat-rule.js';
+export { dnatWorkflow, dnatWorkflowV2, dnatWorkflowV3, dnatWorkflowV4, fipWorkflow, fipWorkflowV2, fipWorkflowV3, fipWorkflowV4, snatWorkflow, snatWorkflowV2, snatWorkflowV3, snatWorkflowV4 } from './nat-rule.js';
 export { auditWorkflow } from './audit.js';

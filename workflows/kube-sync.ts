@@ -11,18 +11,41 @@ export interface KubeSync {
   adopt(): Promise<'adopted' | 'gone' | 'deleting'>;
   /** Publishes the latest status soon; intermediate ones may be skipped. */
   publish(status: Record<string, unknown>): void;
+  /** The cleanup has begun (see `deletingStatusLasts`). */
+  cleaningUp(): void;
   release(): Promise<void>;
 }
 
 /**
- * `kube`: the proxy its calls go through (a resource workflow's are local since 'local-calls');
- * `status`: the one status writes go through. `finalStatusWithRelease` (runs since 'combined-calls'):
- * the status not yet written when the finalizer comes off goes with the release, which writes it
- * only if another finalizer keeps the object (else it is gone the moment ours is off): one call less.
+ * How long a deleting object's status waits before it is written, in the runs that wait: most
+ * cleanups end sooner, and then the object goes with the release, which carries the status not
+ * yet written. A status nobody could have read costs a write and a workflow task.
  */
-export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, finalStatusWithRelease = false): KubeSync {
+export const DELETING_STATUS_AFTER_MS = 3_000;
+
+export interface KubeSyncOptions {
+  /**
+   * Runs since 'combined-calls': the status not yet written when the finalizer comes off goes with
+   * the release, which writes it only if another finalizer keeps the object (else it is gone the
+   * moment ours is off): one call less.
+   */
+  finalStatusWithRelease?: boolean;
+  /**
+   * The V4 types: once the cleanup has begun, a status is written only when it has lasted
+   * DELETING_STATUS_AFTER_MS (a cleanup waiting for its users or its gateway still shows why); a
+   * quick delete writes none, its last status going with the release.
+   */
+  deletingStatusLasts?: boolean;
+}
+
+/**
+ * `kube`: the proxy its calls go through (a resource workflow's are local since 'local-calls');
+ * `status`: the one status writes go through.
+ */
+export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, options: KubeSyncOptions = {}): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
-  if (!resource.fromKube) return { adopt: async () => 'adopted', publish: () => undefined, release: async () => undefined };
+  if (!resource.fromKube) return { adopt: async () => 'adopted', publish: () => undefined, cleaningUp: () => undefined, release: async () => undefined };
+  const { finalStatusWithRelease = false, deletingStatusLasts = false } = options;
 
   let latest: Record<string, unknown> | null = null;
   let version = 0;
@@ -31,11 +54,16 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   let writing = false;
   /** The release has begun: what is left to write goes with it. */
   let releasing = false;
+  /** The cleanup has begun. */
+  let cleaning = false;
   // One publisher, outside cancellation, always sending the newest status: a burst of phase
   // changes costs one write, and the final status still goes out while cleanup runs.
   void wf.CancellationScope.nonCancellable(async () => {
     for (;;) {
       await wf.condition(() => version > published && !releasing);
+      // Cleaning up (the V4 types): a status is written once it has lasted; released before that,
+      // the release took it, and this publisher is done.
+      if (cleaning && deletingStatusLasts && (await wf.condition(() => releasing, DELETING_STATUS_AFTER_MS))) continue;
       const sending = version;
       writing = true;
       await status.kubePublishStatus.executeWithOptions({ summary: `status of ${kind} ${resource.name}` }, [{ ...ref, status: latest! }]);
@@ -51,6 +79,9 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
     publish(status) {
       latest = status;
       version++;
+    },
+    cleaningUp() {
+      cleaning = true;
     },
     async release() {
       if (!finalStatusWithRelease) {
@@ -76,13 +107,17 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
 export async function adoptedLifecycle(k8s: KubeSync, lifecycle: () => Promise<void>, cleanup: () => Promise<void>, carried?: { deleting?: boolean }): Promise<void> {
   const adoption = carried === undefined ? await k8s.adopt() : carried.deleting ? 'deleting' : 'adopted';
   if (adoption === 'gone') return;
-  if (adoption === 'deleting') return cleanup();
+  if (adoption === 'deleting') {
+    k8s.cleaningUp();
+    return cleanup();
+  }
   try {
     await lifecycle();
   } catch (err) {
     // A delete is decided by the scope, not by the error: the call in flight when it arrived may
     // have failed in its own way (a timeout, a transient error) and must not skip the cleanup.
     if (!wf.isCancellation(err) && !wf.CancellationScope.current().consideredCancelled) throw err;
+    k8s.cleaningUp();
     await cleanup();
     throw wf.isCancellation(err) ? err : new wf.CancelledFailure('deleted');
   }

@@ -43,22 +43,28 @@ const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFou
 
 type Serving = NonNullable<NatCarried['serving']>;
 
-// Rules started since the V3 types take the newest base without asking, and give their rule and
-// their claim back in one call (removeRuleAndUnclaim: a workflow task and an activity fewer per
-// delete); since the V2 types, the newest base of their day, a call each. The others replay and
-// go on as the patches their histories recorded say (workflows/patches.ts).
-export const fipWorkflowV3 = (input: NatInput<'fip'>) => natRuleWorkflow(input, true, true);
-export const dnatWorkflowV3 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, true, true);
-export const snatWorkflowV3 = (input: NatInput<'snat'>) => natRuleWorkflow(input, true, true);
-export const fipWorkflowV2 = (input: NatInput<'fip'>) => natRuleWorkflow(input, true, false);
-export const dnatWorkflowV2 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, true, false);
-export const snatWorkflowV2 = (input: NatInput<'snat'>) => natRuleWorkflow(input, true, false);
-export const fipWorkflow = (input: NatInput<'fip'>) => natRuleWorkflow(input, false, false);
-export const dnatWorkflow = (input: NatInput<'dnat'>) => natRuleWorkflow(input, false, false);
-export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input, false, false);
+// Rules started since the V4 types write a deleting object's status only once it has lasted a
+// moment (workflows/kube-sync.ts: a status write fewer per quick delete); since the V3 types they
+// take the newest base without asking, and give their rule and their claim back in one call
+// (removeRuleAndUnclaim: a workflow task and an activity fewer per delete); since the V2 types,
+// the newest base of their day, a call each. The others replay and go on as the patches their
+// histories recorded say (workflows/patches.ts).
+export const fipWorkflowV4 = (input: NatInput<'fip'>) => natRuleWorkflow(input, 4);
+export const dnatWorkflowV4 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, 4);
+export const snatWorkflowV4 = (input: NatInput<'snat'>) => natRuleWorkflow(input, 4);
+export const fipWorkflowV3 = (input: NatInput<'fip'>) => natRuleWorkflow(input, 3);
+export const dnatWorkflowV3 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, 3);
+export const snatWorkflowV3 = (input: NatInput<'snat'>) => natRuleWorkflow(input, 3);
+export const fipWorkflowV2 = (input: NatInput<'fip'>) => natRuleWorkflow(input, 2);
+export const dnatWorkflowV2 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, 2);
+export const snatWorkflowV2 = (input: NatInput<'snat'>) => natRuleWorkflow(input, 2);
+export const fipWorkflow = (input: NatInput<'fip'>) => natRuleWorkflow(input, 1);
+export const dnatWorkflow = (input: NatInput<'dnat'>) => natRuleWorkflow(input, 1);
+export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input, 1);
 
-async function natRuleWorkflow(input: NatInput, newest: boolean, releasesInOne: boolean): Promise<void> {
-  const rule = new NatRuleResource(input, newest, releasesInOne);
+/** `type`: the version of the workflow type (1 for the types without a suffix). */
+async function natRuleWorkflow(input: NatInput, type: 1 | 2 | 3 | 4): Promise<void> {
+  const rule = new NatRuleResource(input, type);
   // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
   await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), () => rule.cleanup(), input.carried);
 }
@@ -147,9 +153,9 @@ class NatRuleResource {
   private holdsUnknown: { eipName: string } | null = null;
   private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
-  constructor(input: NatInput, newest: boolean, releasesInOne: boolean) {
+  constructor(input: NatInput, type: 1 | 2 | 3 | 4) {
     const carried = input.carried;
-    const { lean, local, remoteStatus, patched, patchedSinceLean, combined, findFirst } = patches(newest);
+    const { lean, local, remoteStatus, patched, patchedSinceLean, combined, findFirst } = patches(type >= 2);
     const proxies = callProxies(local, remoteStatus);
     this.calls = proxies.calls;
     this.lean = lean;
@@ -157,7 +163,7 @@ class NatRuleResource {
     this.patchedSinceLean = patchedSinceLean;
     this.combined = combined;
     this.findFirst = findFirst;
-    this.releasesInOne = releasesInOne;
+    this.releasesInOne = type >= 3;
     this.legacy = !patched('nat-rule-long-life');
     this.budget = new HistoryBudget(input.limits, !this.legacy);
     this.waitFor = this.budget.waiter(() => this.continueAsNew());
@@ -170,7 +176,7 @@ class NatRuleResource {
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
     this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
-    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, combined);
+    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 
     wf.setHandler(statusQuery, () => this.status);

@@ -19,8 +19,10 @@
 // its address in the same step (workflows/eip.ts), one status write less than a V2 run. The NAT
 // rules' `…V3` types: the V2 base, and a rule's release takes it off its gateway and gives its
 // claim back in one call (workflows/nat-rule.ts), a workflow task and an activity less per delete.
-// `eipWorkflowV4`: the V3 base, and an EIP's release takes its address off its gateway and gives
-// it back to its subnet in one call (workflows/eip.ts), a workflow task and an activity less per delete.
+// The `…V4` types: the V3 base; an EIP's release takes its address off its gateway and gives it
+// back to its subnet in one call (workflows/eip.ts), a workflow task and an activity less per
+// delete; and a deleting object's status is written only once it has lasted a moment
+// (workflows/kube-sync.ts), a status write less per quick delete of a resource from Kubernetes.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';

@@ -2,6 +2,8 @@
 // tier: every call records `name:start` and `name:end` in one ordered list, and its arguments;
 // each test scripts what a call does (another answer, a delay, failures) on top of the answers
 // the test file gives as defaults, and may change that script while the workflow runs.
+import type { KubeActivities } from '../../domain/workflow-api.js';
+
 type AsyncFn = (...args: any[]) => Promise<unknown>;
 
 /** What one activity does, instead of (or on the way to) its default answer. */
@@ -76,3 +78,15 @@ export class FakeCalls<A extends { [K in keyof A]: AsyncFn }> {
     }
   }
 }
+
+/** The kube calls of a resource from the cluster, recorded: its object exists and is not being deleted. */
+export const fakeKube = () =>
+  new FakeCalls<KubeActivities>({
+    kubeAdopt: async () => ({ exists: true, deleting: false }),
+    kubePublishStatus: async () => undefined,
+    kubeRelease: async () => undefined,
+  });
+
+/** The statuses written so far (`kubePublishStatus`), each as `phase/reason` of its Ready condition. */
+export const statusesWritten = (kube: FakeCalls<KubeActivities>) =>
+  (kube.args.kubePublishStatus ?? []).map(([ref]) => `${ref.status.phase}/${(ref.status.conditions as { type: string; reason: string }[]).find((c) => c.type === 'Ready')?.reason}`);

@@ -16,7 +16,7 @@ import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal,
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
-import { patches, type Patched } from './patches.js';
+import { patches, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 
@@ -66,8 +66,7 @@ export const eipWorkflowV2 = (input: EipInput) => eipLifecycle(input, 2);
 /** An EIP started before: it replays and goes on as the patches its history recorded say. */
 export const eipWorkflow = (input: EipInput) => eipLifecycle(input, 1);
 
-/** `type`: the version of the workflow type (1 for the type without a suffix). */
-async function eipLifecycle(input: EipInput, type: 1 | 2 | 3 | 4): Promise<void> {
+async function eipLifecycle(input: EipInput, type: TypeVersion): Promise<void> {
   const eip = new Eip(input, type);
   let ended: unknown;
   try {
@@ -180,7 +179,7 @@ class Eip {
 
   constructor(
     private readonly input: EipInput,
-    type: 1 | 2 | 3 | 4,
+    type: TypeVersion,
   ) {
     const carried = input.carried;
     const { lean, local, remoteStatus, patched, patchedSinceLean, patchedSinceRemote, combined } = patches(type >= 2);

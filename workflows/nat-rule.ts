@@ -15,7 +15,7 @@ import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery,
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
-import { patches, type Patched } from './patches.js';
+import { patches, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 
@@ -62,8 +62,7 @@ export const fipWorkflow = (input: NatInput<'fip'>) => natRuleWorkflow(input, 1)
 export const dnatWorkflow = (input: NatInput<'dnat'>) => natRuleWorkflow(input, 1);
 export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input, 1);
 
-/** `type`: the version of the workflow type (1 for the types without a suffix). */
-async function natRuleWorkflow(input: NatInput, type: 1 | 2 | 3 | 4): Promise<void> {
+async function natRuleWorkflow(input: NatInput, type: TypeVersion): Promise<void> {
   const rule = new NatRuleResource(input, type);
   // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
   await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), () => rule.cleanup(), input.carried);
@@ -153,7 +152,7 @@ class NatRuleResource {
   private holdsUnknown: { eipName: string } | null = null;
   private readonly reporter: ReturnType<typeof phaseReporter<NatStatus>>;
 
-  constructor(input: NatInput, type: 1 | 2 | 3 | 4) {
+  constructor(input: NatInput, type: TypeVersion) {
     const carried = input.carried;
     const { lean, local, remoteStatus, patched, patchedSinceLean, combined, findFirst } = patches(type >= 2);
     const proxies = callProxies(local, remoteStatus);

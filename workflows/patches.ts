@@ -55,6 +55,9 @@ export const COMBINED_CALLS = 'combined-calls';
  */
 export const FIND_CLAIM_APPLY = 'find-claim-apply';
 
+/** A resource workflow type's version: 1 for the types without a suffix, then `…V2` to `…V4`. */
+export type TypeVersion = 1 | 2 | 3 | 4;
+
 /** Whether this run takes the patch `id`; call `patches()` in the workflow's first task, before any other patch. */
 export type Patched = (id: string) => boolean;
 

@@ -263,7 +263,7 @@ describe('EIP workflow (mocked activities)', () => {
     const deleting = (written: string[]) => written.filter((s) => s.startsWith('Deleting/'));
     const waited = await statusesOfDelete(eipWorkflowV4, true);
     expect(deleting(waited.soon)).toEqual([]);
-    expect(deleting(waited.all)).toEqual([`Deleting/${Reason.EipInUse}`]);
+    expect(deleting(waited.all)[0]).toBe(`Deleting/${Reason.EipInUse}`);
     expect(new Set(deleting((await statusesOfDelete(eipWorkflowV3, true)).all))).toEqual(new Set([`Deleting/${Reason.EipInUse}`, `Deleting/${Reason.Deleting}`]));
   }, 60_000);
 

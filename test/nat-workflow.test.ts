@@ -103,7 +103,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     expect(await statusesOfDelete(fipWorkflowV3, false)).toMatchObject({ all: ['Ready/Ready', `Deleting/${Reason.Deleting}`], released: 'Deleted' });
     const waited = await statusesOfDelete(fipWorkflowV4, true);
     expect(waited.soon).toEqual(['Ready/Ready']);
-    expect(waited.all.slice(0, 2)).toEqual(['Ready/Ready', `Deleting/${Reason.GatewayNotReady}`]);
+    expect(waited.all).toContain(`Deleting/${Reason.GatewayNotReady}`);
     expect((await statusesOfDelete(fipWorkflowV3, true)).all.slice(0, 2)).toEqual(['Ready/Ready', `Deleting/${Reason.Deleting}`]);
   }, 60_000);
 

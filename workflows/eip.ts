@@ -435,7 +435,7 @@ class Eip {
       const { gateway } = this.bound;
       // Given back with the unbind, once the gateway has taken it off (the call keeps it until then).
       const held = this.releasesInOne ? this.held : null;
-      await removeUntilApplied(
+      const applied = await removeUntilApplied(
         () => {
           this.gatewayChanged = false;
           const what = this.status.ip || 'EIP';
@@ -447,7 +447,7 @@ class Eip {
         this.patched,
       );
       this.bound = null;
-      if (held) this.held = null;
+      if (held && applied) this.held = null; // the call released it with the unbind
     }
     if (this.held) {
       await this.calls.releaseAddress.executeWithOptions({ summary: `release ${this.status.ip || 'EIP'} to ${this.held.subnet}` }, [{ subnet: this.held.subnet, owner: this.owner }]);

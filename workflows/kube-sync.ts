@@ -17,9 +17,10 @@ export interface KubeSync {
 }
 
 /**
- * How long a deleting object's status waits before it is written, in the runs that wait: most
- * cleanups end sooner, and then the object goes with the release, which carries the status not
- * yet written. A status nobody could have read costs a write and a workflow task.
+ * How long a deleting object's status change waits before it is written (the newest status then),
+ * in the runs that wait: most cleanups end sooner, and then the object goes with the release,
+ * which carries the status not yet written. A status nobody could have read costs a write and a
+ * workflow task.
  */
 export const DELETING_STATUS_AFTER_MS = 3_000;
 
@@ -31,9 +32,10 @@ export interface KubeSyncOptions {
    */
   finalStatusWithRelease?: boolean;
   /**
-   * The V4 types: once the cleanup has begun, a status is written only when it has lasted
-   * DELETING_STATUS_AFTER_MS (a cleanup waiting for its users or its gateway still shows why); a
-   * quick delete writes none, its last status going with the release.
+   * The V4 types: once the cleanup has begun, a status change is written DELETING_STATUS_AFTER_MS
+   * later, the newest status then (a cleanup waiting for its users or its gateway still shows why);
+   * a quick delete writes none, its last status going with the release. Takes
+   * `finalStatusWithRelease` (without it, a release would wait out the delay).
    */
   deletingStatusLasts?: boolean;
 }
@@ -61,9 +63,13 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   void wf.CancellationScope.nonCancellable(async () => {
     for (;;) {
       await wf.condition(() => version > published && !releasing);
-      // Cleaning up (the V4 types): a status is written once it has lasted; released before that,
-      // the release took it, and this publisher is done.
-      if (cleaning && deletingStatusLasts && (await wf.condition(() => releasing, DELETING_STATUS_AFTER_MS))) continue;
+      // Cleaning up (the V4 types): a change is written DELETING_STATUS_AFTER_MS later (the newest
+      // status then); released before that (or in the same activation as the timer), the release
+      // took it, and this publisher is done.
+      if (cleaning && deletingStatusLasts) {
+        await wf.condition(() => releasing, DELETING_STATUS_AFTER_MS);
+        if (releasing) continue;
+      }
       const sending = version;
       writing = true;
       await status.kubePublishStatus.executeWithOptions({ summary: `status of ${kind} ${resource.name}` }, [{ ...ref, status: latest! }]);

@@ -441,7 +441,7 @@ class NatRuleResource {
       const owner = this.input.resource.uid;
       // Given back with the rule, once the gateway has taken it off (the call keeps it until then).
       const claim = this.releasesInOne ? this.claimed : null;
-      await removeUntilApplied(
+      const applied = await removeUntilApplied(
         () => {
           this.gatewayChanged = false;
           return claim
@@ -454,7 +454,7 @@ class NatRuleResource {
         this.patched,
       );
       this.applied = null;
-      if (claim) this.claimed = null;
+      if (claim && applied) this.claimed = null; // the call gave it back with the rule
     }
     if (this.claimed) {
       await eipCalls.unclaimEip.executeWithOptions({ summary: `give EIP ${this.input.spec.eip} back` }, [{ eipWorkflowId: this.claimed.eipWorkflowId, owner: this.owner }]);

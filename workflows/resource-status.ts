@@ -56,12 +56,14 @@ export const backoff = (attempt: number, firstMs: number, maxMs: number) => Math
  * then it may still be on the gateway, forwarding, so the resource keeps its object (and its
  * address) and waits: `waitForGateway(attempt)` is woken by the gateway's `gatewayChanged`. A
  * gateway that is gone, or being deleted (it takes everything off itself), answers applied.
+ * Whether the last answer was applied (an older history's run may let go without it).
  */
-export async function removeUntilApplied(remove: () => Promise<{ applied: boolean }>, waitForGateway: (attempt: number) => Promise<void>, patched: Patched): Promise<void> {
+export async function removeUntilApplied(remove: () => Promise<{ applied: boolean }>, waitForGateway: (attempt: number) => Promise<void>, patched: Patched): Promise<boolean> {
   for (let attempt = 0; !(await remove()).applied; attempt++) {
-    if (!patched('release-waits-until-applied')) return; // older histories let go at once
+    if (!patched('release-waits-until-applied')) return false; // older histories let go at once
     await waitForGateway(attempt);
   }
+  return true;
 }
 
 /** Between two tries of `removeUntilApplied`: the gateway wakes us; this is only the fallback. */

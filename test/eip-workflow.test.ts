@@ -14,7 +14,7 @@ import { Worker } from '@temporalio/worker';
 import { resourceStart } from '../starter/resources.js';
 import type { EipStatus } from '../domain/eip.js';
 import { eipWorkflowV2, eipWorkflowV3, eipWorkflowV4 } from '../workflows/eip.js';
-import { deleteAndWait, eventually, historyOf, isCallOf, statusOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, historyOf, isCallOf, statusesAroundDelete, statusOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -240,20 +240,17 @@ describe('EIP workflow (mocked activities)', () => {
   async function statusesOfDelete(workflow: typeof eipWorkflowV4, users: boolean) {
     const kube = fakeKube();
     const { options } = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, spec);
-    return withWorkflow(env(), { ...control().activities(), ...kube.activities() }, workflow, options, async (h) => {
-      await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
-      const user = { owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1' };
-      if (users) await h.executeUpdate(claimEipUpdate, { args: [user] });
-      await h.cancel();
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-      const soon = statusesWritten(kube);
-      if (users) {
-        await eventually(async () => statusesWritten(kube), (w) => w.includes(`Deleting/${Reason.EipInUse}`), 10_000, 'EipInUse written');
-        await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: user.owner }] });
-      }
-      await h.result().catch(() => undefined);
-      return { soon, all: statusesWritten(kube), released: kube.args.kubeRelease?.[0]?.[0].status?.phase };
-    });
+    const user = { owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1' };
+    return withWorkflow(env(), { ...control().activities(), ...kube.activities() }, workflow, options, (h) =>
+      statusesAroundDelete(h, kube, {
+        before: async () => users && (await h.executeUpdate(claimEipUpdate, { args: [user] })),
+        meanwhile: async () => {
+          if (!users) return;
+          await eventually(async () => statusesWritten(kube), (w) => w.includes(`Deleting/${Reason.EipInUse}`), 10_000, 'EipInUse written');
+          await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: user.owner }] });
+        },
+      }),
+    );
   }
 
   it('a quick delete writes no status of its own (the last one goes with the release); a cleanup that waits for its users shows it once that has lasted (a V3 run writes each at once)', async () => {

@@ -10,7 +10,7 @@ import { Reason } from '../domain/errors.js';
 import { CLAIM_WAIT_MS, combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, fakeKube, statusesWritten, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, statusesAroundDelete, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: EIP e1 (172.18.0.9 on gw1) is ready and free, every rule applies. */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
@@ -83,19 +83,16 @@ describe('NAT rule workflow (mocked activities)', () => {
     const kube = fakeKube();
     const fake = control({ removeGatewayRule: { answer: async () => ({ applied: !away }) } });
     const { options } = resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1, fromKube: true }, { eip: 'e1', internalIp: '10.0.1.10' });
-    return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, async (h) => {
-      await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
-      await h.cancel();
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-      const soon = statusesWritten(kube);
-      if (gatewayAway) {
-        await eventually(async () => statusesWritten(kube), (w) => w.includes(`Deleting/${Reason.GatewayNotReady}`), 10_000, 'GatewayNotReady written');
-        away = false;
-        await h.signal(gatewayChangedSignal);
-      }
-      await h.result().catch(() => undefined);
-      return { soon, all: statusesWritten(kube), released: kube.args.kubeRelease?.[0]?.[0].status?.phase };
-    });
+    return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, (h) =>
+      statusesAroundDelete(h, kube, {
+        meanwhile: async () => {
+          if (!gatewayAway) return;
+          await eventually(async () => statusesWritten(kube), (w) => w.includes(`Deleting/${Reason.GatewayNotReady}`), 10_000, 'GatewayNotReady written');
+          away = false;
+          await h.signal(gatewayChangedSignal);
+        },
+      }),
+    );
   }
 
   it('a quick delete writes no status of its own (the last one goes with the release); a cleanup that waits for its gateway shows it once that has lasted (a V3 run writes each at once)', async () => {

@@ -11,6 +11,7 @@ import type { NatSpecs, NatStatus } from '../../domain/nat-resources.js';
 import { statusQuery } from '../../domain/workflow-api.js';
 import { resourceStart, resourceStatus, type Resources } from '../../starter/resources.js';
 import { workflowBundleOptions } from '../../worker/control.js';
+import { statusesWritten, type fakeKube } from './fake-calls.js';
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
 const quietBundler = { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } as never;
@@ -91,6 +92,22 @@ export function withResource<K extends ResourceKind, R>(
 ): Promise<R> {
   const { workflow, options } = resourceStart(kind, { name: `${kind}1`, uid: uid(), generation: 1 }, spec);
   return withWorkflow(env, activities, workflow, options, (handle) => body(Object.assign(handle, { kind })), bundle);
+}
+
+/**
+ * Deletes a resource from Kubernetes (its kube calls recorded by `kube`) once its Ready status is
+ * written: the statuses written a second after the delete and by its end, and the phase of the
+ * status its release carried. `before` runs just before the delete, `meanwhile` after that second.
+ */
+export async function statusesAroundDelete(handle: WorkflowHandle, kube: ReturnType<typeof fakeKube>, steps: { before?: () => Promise<unknown>; meanwhile?: () => Promise<unknown> } = {}) {
+  await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
+  await steps.before?.();
+  await handle.cancel();
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const soon = statusesWritten(kube);
+  await steps.meanwhile?.();
+  await handle.result().catch(() => undefined);
+  return { soon, all: statusesWritten(kube), released: kube.args.kubeRelease?.[0]?.[0].status?.phase };
 }
 
 /** The `status` query of a resource workflow, typed by its kind. */

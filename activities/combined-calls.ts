@@ -7,16 +7,22 @@
 // A NAT rule's first call also finds its EIP, and its claim waits a moment for an EIP that is
 // taking its address (the rule created right after its EIP, as `kubectl apply` of both does): no
 // lookup call, watch, wake-up signal and workflow tasks of each side to wait for it.
+//
+// A first call from the newest types also adopts its Kubernetes object before its first step
+// (Kube-OVN's fix, in order: the object is there and its finalizer on before any side effect),
+// where the older ones made that a call of its own.
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { Reason } from '../domain/errors.js';
 import type { Allocation } from '../domain/ipam.js';
-import type { ClaimedAndApplied, ClaimedEip, ClaimWait, Refused, WorkflowCallActivities } from '../domain/workflow-api.js';
+import type { KubeRef } from '../domain/kube.js';
+import type { ClaimedAndApplied, ClaimedEip, ClaimWait, KubeActivities, NotAdopted, Refused, WorkflowCallActivities } from '../domain/workflow-api.js';
 import type { EipClaim } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 
 export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'giveBackByIdentity' | 'removeRuleAndUnclaim' | 'unbindAndRelease'>;
-type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'>;
+/** The steps; `kubeAdopt` on a worker with a Kubernetes client. */
+type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'> & Partial<Pick<KubeActivities, 'kubeAdopt'>>;
 
 /** How long a rule's first claim waits for an EIP taking its address: well within the call's start-to-close timeout. */
 export const CLAIM_WAIT_MS = 10_000;
@@ -39,6 +45,14 @@ function retried(): boolean {
 }
 
 export function combinedCalls(steps: Steps): CombinedCalls {
+  /** Adopts `ref` (when given): null once adopted, else why not (nothing else is to be done). */
+  async function notAdopted(ref: KubeRef | undefined): Promise<NotAdopted | null> {
+    if (!ref) return null;
+    if (!steps.kubeAdopt) throw new Error(`${ref.kind} ${ref.name} comes from Kubernetes, and this worker has no Kubernetes client to adopt it with`);
+    const { exists, deleting } = await steps.kubeAdopt(ref);
+    return exists && !deleting ? null : { notAdopted: exists ? 'deleting' : 'gone', mayHold: retried() };
+  }
+
   /** Claim, then set the rule on the claimed EIP's gateway; not applied when that is not `gateway` (when one is expected). */
   async function claimAndApply({ gateway, rule, wait, ...claim }: { eipWorkflowId: string; gateway?: string; rule: NatRule; wait?: ClaimWait } & EipClaim): Promise<ClaimedAndApplied> {
     let target: ClaimedEip;
@@ -57,7 +71,9 @@ export function combinedCalls(steps: Steps): CombinedCalls {
   }
 
   return {
-    async takeAddress({ gateway, subnet, owner, requested, wake }) {
+    async takeAddress({ gateway, subnet, owner, requested, wake, adopt }) {
+      const gone = await notAdopted(adopt);
+      if (gone) return gone;
       const readiness = await steps.gatewayReadiness(gateway);
       if (!readiness.ready) return { refused: { reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason }, step: 'gateway', mayHold: retried() };
       let allocation: Allocation;
@@ -78,7 +94,9 @@ export function combinedCalls(steps: Steps): CombinedCalls {
 
     claimAndApply,
 
-    async findClaimAndApply({ eip: eipName, watch, ...claim }) {
+    async findClaimAndApply({ eip: eipName, watch, adopt, ...claim }) {
+      const gone = await notAdopted(adopt);
+      if (gone) return gone;
       const found = await steps.eipForRule(eipName);
       if (!found) return { eip: null, mayHold: retried() };
       const taken = await claimAndApply({ eipWorkflowId: found.workflowId, ...claim, wait: { forMs: CLAIM_WAIT_MS } });

@@ -41,6 +41,8 @@ export interface EipCarried {
   /** NAT rules to tell when this EIP changes. */
   watchers: string[];
   deleting: boolean;
+  /** Its object not adopted yet (a V5 run continued before its first call): the next run's first call adopts it. */
+  unadopted?: boolean;
 }
 
 export type EipPhase = 'Pending' | 'Invalid' | 'WaitingForGateway' | 'Allocating' | 'Binding' | 'Ready' | 'Failed' | 'Deleting' | 'Deleted';

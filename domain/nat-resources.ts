@@ -50,6 +50,8 @@ export interface NatCarried {
   /** Set while serving: the EIP it took and where that EIP lives. */
   serving: { eipName: string; eipWorkflowId: string; address: string; gateway: string } | null;
   deleting: boolean;
+  /** Its object not adopted yet (a V5 run continued before its first call): the next run's first call adopts it. */
+  unadopted?: boolean;
 }
 
 export type NatPhase = 'Pending' | 'Invalid' | 'WaitingForEip' | 'Claiming' | 'Applying' | 'WaitingForGateway' | 'Ready' | 'Failed' | 'Deleting' | 'Deleted';

@@ -153,7 +153,17 @@ export interface Refused {
  * something may be held (the bind was refused after the allocation, or an earlier attempt of the
  * call, which timed out, may have taken what this one was refused), so the caller gives it back.
  */
-export type TakenAddress = { bound: Allocation } | { refused: Refused; step: 'gateway' | 'allocate' | 'bind'; mayHold: boolean };
+export type TakenAddress = { bound: Allocation } | { refused: Refused; step: 'gateway' | 'allocate' | 'bind'; mayHold: boolean } | NotAdopted;
+
+/**
+ * A first call that was to adopt its Kubernetes object first (`adopt`) found it gone or being
+ * deleted, and did nothing else; `mayHold`: an earlier attempt of the call, which timed out, may
+ * have adopted it and taken what it takes.
+ */
+export interface NotAdopted {
+  notAdopted: 'gone' | 'deleting';
+  mayHold: boolean;
+}
 
 /**
  * What `claimAndApply` did: the EIP claimed and the rule applied; claimed and the rule not applied
@@ -167,7 +177,7 @@ export type ClaimedAndApplied = { applied: ClaimedEip } | { claimed: ClaimedEip;
  * answers (null: no such EIP; not ready, and asked to wake the rule), with `mayHold` when an
  * earlier attempt of the call may have claimed and applied.
  */
-export type FoundClaimedAndApplied = { eip: EipForRule; taken: ClaimedAndApplied } | { eip: EipForRule | null; mayHold: boolean };
+export type FoundClaimedAndApplied = { eip: EipForRule; taken: ClaimedAndApplied } | { eip: EipForRule | null; mayHold: boolean } | NotAdopted;
 
 /**
  * Calls from one workflow to another, made as activities (a workflow cannot send an update):
@@ -178,8 +188,10 @@ export interface WorkflowCallActivities {
    * An EIP's three steps in one call, in their order: is the gateway ready, allocate, bind; a refusal
    * is answered, never thrown. Once bound, the
    * rules waiting for EIP `wake.eip` by name are woken (`notifyEipWaiters`), but those in `wake.woken`.
+   * `adopt`: its Kubernetes object is adopted first (`kubeAdopt`), and when that is gone or being
+   * deleted nothing else is done.
    */
-  takeAddress(req: { gateway: string; subnet: string; owner: string; requested?: string; wake?: { eip: string; woken: string[] } }): Promise<TakenAddress>;
+  takeAddress(req: { gateway: string; subnet: string; owner: string; requested?: string; wake?: { eip: string; woken: string[] }; adopt?: KubeRef }): Promise<TakenAddress>;
   allocateAddress(req: { subnet: string; owner: string; requested?: string }): Promise<Allocation>;
   releaseAddress(req: { subnet: string; owner: string }): Promise<string | null>;
   gatewayReadiness(gateway: string): Promise<GatewayReadiness>;
@@ -203,9 +215,9 @@ export interface WorkflowCallActivities {
   /**
    * A NAT rule's first call: find EIP `eip` by name, claim it (waiting a moment for one that is
    * taking its address), set `rule` on its gateway. Not found, or not ready in time: the lookup's
-   * answer, with the EIP asked to wake `watch.watcher` once it is ready.
+   * answer, with the EIP asked to wake `watch.watcher` once it is ready. `adopt` as in `takeAddress`.
    */
-  findClaimAndApply(req: { eip: string; watch: EipWatch; rule: NatRule } & EipClaim): Promise<FoundClaimedAndApplied>;
+  findClaimAndApply(req: { eip: string; watch: EipWatch; rule: NatRule; adopt?: KubeRef } & EipClaim): Promise<FoundClaimedAndApplied>;
   /**
    * What a `findClaimAndApply` may have taken, given back in one call: the rule `ruleOwner` off
    * every gateway by its tag, then the claim of `owner` on EIP `eipWorkflowId` (when known) or on

@@ -6,30 +6,31 @@ import { ApplicationFailure, decodeTimeoutType } from '@temporalio/common';
 import type { EipSpec } from '../domain/eip.js';
 import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
-import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type KubeActivities, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, fakeKube, statusesWritten, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { Worker } from '@temporalio/worker';
 import { resourceStart } from '../starter/resources.js';
 import type { EipStatus } from '../domain/eip.js';
-import { eipWorkflowV2, eipWorkflowV3, eipWorkflowV4 } from '../workflows/eip.js';
+import { eipWorkflowV2, eipWorkflowV3, eipWorkflowV4, eipWorkflowV5 } from '../workflows/eip.js';
 import { deleteAndWait, eventually, historyOf, isCallOf, statusesAroundDelete, statusOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
-const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
-  new FakeCalls<WorkflowCallActivities>(
-    {
-      gatewayReadiness: async () => ({ exists: true, ready: true, reason: '' }),
-      allocateAddress: async () => ({ owner: 'x', address: '172.18.0.5', prefixLength: 24 }),
-      releaseAddress: async () => '172.18.0.5',
-      bindAddress: async () => undefined,
-      unbindAddress: async () => ({ applied: true }),
-      notifyGatewayWaiters: async () => 0,
-      notifyEipWaiters: async () => 0,
-    },
-    scripts,
-  ).alsoServe(combinedCalls);
+const working = (): Partial<WorkflowCallActivities> => ({
+  gatewayReadiness: async () => ({ exists: true, ready: true, reason: '' }),
+  allocateAddress: async () => ({ owner: 'x', address: '172.18.0.5', prefixLength: 24 }),
+  releaseAddress: async () => '172.18.0.5',
+  bindAddress: async () => undefined,
+  unbindAddress: async () => ({ applied: true }),
+  notifyGatewayWaiters: async () => 0,
+  notifyEipWaiters: async () => 0,
+});
+const control = (scripts: CallScripts<WorkflowCallActivities> = {}) => new FakeCalls<WorkflowCallActivities>(working(), scripts).alsoServe(combinedCalls);
+/** The same, with the Kubernetes calls of an EIP from the cluster, the combined calls seeing `kubeAdopt` as the worker's do. */
+const controlWithKube = (kubeAdopt: KubeActivities['kubeAdopt'], scripts: CallScripts<WorkflowCallActivities & KubeActivities> = {}) =>
+  new FakeCalls<WorkflowCallActivities & KubeActivities>({ ...working(), releaseEverywhere: async () => undefined, kubeAdopt, kubePublishStatus: async () => undefined, kubeRelease: async () => undefined }, scripts).alsoServe(combinedCalls);
+const withoutStatus = (names: string[]) => names.filter((n) => n !== 'kubePublishStatus');
 /**
  * The calls started, once there are `count`: an EIP shows Ready first and then wakes the rules
  * waiting for it, so that last call may start just after the status says Ready.
@@ -263,6 +264,46 @@ describe('EIP workflow (mocked activities)', () => {
     expect(deleting(waited.all)[0]).toBe(`Deleting/${Reason.EipInUse}`);
     expect(new Set(deleting((await statusesOfDelete(eipWorkflowV3, true)).all))).toEqual(new Set([`Deleting/${Reason.EipInUse}`, `Deleting/${Reason.Deleting}`]));
   }, 60_000);
+
+  const fromKube = () => resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, spec).options;
+  const adopted = async () => ({ exists: true, deleting: false });
+
+  it('from Kubernetes, its first call adopts its object before any other step (a V4 run makes a call of its own for it first)', async () => {
+    const steps = ['gatewayReadiness', 'allocateAddress', 'bindAddress'];
+    for (const [workflow, first] of [[eipWorkflowV5, ['takeAddress', 'kubeAdopt']], [eipWorkflowV4, ['kubeAdopt', 'takeAddress']]] as const) {
+      const fake = controlWithKube(adopted);
+      await withWorkflow(env(), fake.activities(), workflow, fromKube(), async (h) => {
+        await workflowPhase(Object.assign(h, { kind: 'eip' as const }), 'Ready');
+        expect(withoutStatus(fake.started()).slice(0, 5)).toEqual([...first, ...steps]);
+        if (workflow === eipWorkflowV5) expect(fake.args.takeAddress?.[0]?.[0].adopt).toMatchObject({ kind: 'eip', name: 'eip1' });
+        else expect(fake.args.takeAddress?.[0]?.[0].adopt).toBeUndefined();
+        await deleteAndWait(h);
+      });
+    }
+  });
+
+  it('a first call that finds its object being deleted takes nothing, and the run cleans up as one that only cleans up; one that finds it gone just ends', async () => {
+    const deleting = controlWithKube(async () => ({ exists: true, deleting: true }));
+    await withWorkflow(env(), deleting.activities(), eipWorkflowV5, fromKube(), async (h) => {
+      await h.result();
+      expect(withoutStatus(deleting.started())).toEqual(['takeAddress', 'kubeAdopt', 'releaseEverywhere', 'kubeRelease']);
+    });
+    const gone = controlWithKube(async () => ({ exists: false, deleting: false }));
+    await withWorkflow(env(), gone.activities(), eipWorkflowV5, fromKube(), async (h) => {
+      await h.result();
+      expect(withoutStatus(gone.started())).toEqual(['takeAddress', 'kubeAdopt']);
+    });
+  });
+
+  it('a first call retried after its first attempt adopted and failed gives back what that attempt may hold when it finds the object gone', async () => {
+    let adoptions = 0;
+    const gone = async () => (++adoptions === 1 ? { exists: true, deleting: false } : { exists: false, deleting: false });
+    const fake = controlWithKube(gone, { allocateAddress: { failure: new Error('IPAM unreachable'), failures: 1 } });
+    await withWorkflow(env(), fake.activities(), eipWorkflowV5, fromKube(), async (h) => {
+      await h.result();
+      expect(withoutStatus(fake.started())).toEqual(['takeAddress', 'kubeAdopt', 'gatewayReadiness', 'allocateAddress', 'takeAddress', 'kubeAdopt', 'releaseEverywhere', 'unbindAndRelease', 'unbindAddress', 'releaseAddress', 'kubeRelease']);
+    });
+  });
 
   it('a delete during the bind wakes the rules that began to watch the EIP meanwhile', async () => {
     const fake = control({ bindAddress: { delayMs: 2000 } });

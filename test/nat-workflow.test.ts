@@ -3,9 +3,9 @@
 // activities replaced by a fake that records each call.
 import { describe, expect, it } from 'vitest';
 import { ApplicationFailure } from '@temporalio/common';
-import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, type WorkflowCallActivities } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, type KubeActivities, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { resourceStart } from '../starter/resources.js';
-import { fipWorkflowV2, fipWorkflowV3, fipWorkflowV4 } from '../workflows/nat-rule.js';
+import { fipWorkflowV2, fipWorkflowV3, fipWorkflowV4, fipWorkflowV5 } from '../workflows/nat-rule.js';
 import { Reason } from '../domain/errors.js';
 import { CLAIM_WAIT_MS, combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, fakeKube, statusesWritten, type CallScripts } from './support/fake-calls.js';
@@ -13,18 +13,18 @@ import { useTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, statusesAroundDelete, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: EIP e1 (172.18.0.9 on gw1) is ready and free, every rule applies. */
-const control = (scripts: CallScripts<WorkflowCallActivities> = {}) =>
-  new FakeCalls<WorkflowCallActivities>(
-    {
-      eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '', gateway: 'gw1' }),
-      claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
-      unclaimEip: async () => undefined,
-      setGatewayRule: async () => undefined,
-      removeGatewayRule: async () => ({ applied: true }),
-      removeGatewayRuleEverywhere: async () => undefined,
-    },
-    scripts,
-  ).alsoServe(combinedCalls);
+const working = (): Partial<WorkflowCallActivities> => ({
+  eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '', gateway: 'gw1' }),
+  claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
+  unclaimEip: async () => undefined,
+  setGatewayRule: async () => undefined,
+  removeGatewayRule: async () => ({ applied: true }),
+  removeGatewayRuleEverywhere: async () => undefined,
+});
+const control = (scripts: CallScripts<WorkflowCallActivities> = {}) => new FakeCalls<WorkflowCallActivities>(working(), scripts).alsoServe(combinedCalls);
+/** The same, with the Kubernetes calls of a rule from the cluster, the combined calls seeing `kubeAdopt` as the worker's do. */
+const controlWithKube = (kubeAdopt: KubeActivities['kubeAdopt']) =>
+  new FakeCalls<WorkflowCallActivities & KubeActivities>({ ...working(), kubeAdopt, kubePublishStatus: async () => undefined, kubeRelease: async () => undefined }).alsoServe(combinedCalls);
 const missingEip = async () => null;
 
 describe('NAT rule workflow (mocked activities)', () => {
@@ -103,6 +103,25 @@ describe('NAT rule workflow (mocked activities)', () => {
     expect(waited.all).toContain(`Deleting/${Reason.GatewayNotReady}`);
     expect((await statusesOfDelete(fipWorkflowV3, true)).all.slice(0, 2)).toEqual(['Ready/Ready', `Deleting/${Reason.Deleting}`]);
   }, 60_000);
+
+  it('from Kubernetes, its first call adopts its object before it looks for its EIP (a V4 run makes a call of its own first); one finding the object deleting takes nothing and cleans up as a run that only cleans up', async () => {
+    const fromKube = () => resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1, fromKube: true }, { eip: 'e1', internalIp: '10.0.1.10' }).options;
+    const withoutStatus = (names: string[]) => names.filter((n) => n !== 'kubePublishStatus');
+    const steps = ['eipForRule', 'claimEip', 'setGatewayRule'];
+    for (const [workflow, first] of [[fipWorkflowV5, ['findClaimAndApply', 'kubeAdopt']], [fipWorkflowV4, ['kubeAdopt', 'findClaimAndApply']]] as const) {
+      const fake = controlWithKube(async () => ({ exists: true, deleting: false }));
+      await withWorkflow(env(), fake.activities(), workflow, fromKube(), async (h) => {
+        await workflowPhase(Object.assign(h, { kind: 'fip' as const }), 'Ready');
+        expect(withoutStatus(fake.started()).slice(0, 5)).toEqual([...first, ...steps]);
+        await deleteAndWait(h);
+      });
+    }
+    const deleting = controlWithKube(async () => ({ exists: true, deleting: true }));
+    await withWorkflow(env(), deleting.activities(), fipWorkflowV5, fromKube(), async (h) => {
+      await h.result();
+      expect(withoutStatus(deleting.started())).toEqual(['findClaimAndApply', 'kubeAdopt', 'removeGatewayRuleEverywhere', 'eipForRule', 'unclaimEip', 'kubeRelease']);
+    });
+  });
 
   it('waits for a missing EIP without touching anything; a delete then has nothing to undo', async () => {
     const fake = control({ eipForRule: { answer: missingEip } });

@@ -66,13 +66,14 @@ export interface ControlWorker {
 export async function createControlWorker(opts: ControlWorkerOptions): Promise<ControlWorker> {
   const taskQueue = opts.taskQueue ?? CONTROL_TASK_QUEUE;
   const stopping = new AbortController();
+  const kube = opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : undefined;
   const common = {
     connection: opts.connection,
     namespace: opts.namespace ?? 'default',
     workflowBundle: opts.workflowBundle ?? (await bundleWorkflowCode({ ...workflowBundleOptions, logger: Runtime.instance().logger })),
     activities: {
-      ...createWorkflowCallActivities(opts.client, undefined, stopping.signal),
-      ...(opts.kubeConfig ? createKubeActivities(opts.kubeConfig) : {}),
+      ...createWorkflowCallActivities(opts.client, undefined, stopping.signal, kube),
+      ...kube,
       ...createAuditActivities(opts.client, opts.kubeConfig, taskQueue),
     },
   };

@@ -17,7 +17,7 @@ import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched, type TypeVersion } from './patches.js';
-import { adoptedLifecycle, kubeSync } from './kube-sync.js';
+import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 
 /**
@@ -49,6 +49,12 @@ const WAKE_UPS_SHIELDED = 'wake-ups-shielded';
 const MAX_WOKEN_LISTED = 1_000;
 
 /**
+ * An EIP started since the V5 type: the V4 one, and its Kubernetes object is adopted by its first
+ * call, the one that takes its address (workflows/kube-sync.ts: a call and a workflow task fewer
+ * per object).
+ */
+export const eipWorkflowV5 = (input: EipInput) => eipLifecycle(input, 5);
+/**
  * An EIP started since the V4 type: the V3 base; its release takes its address off its gateway
  * and gives it back to its subnet in one call (unbindAndRelease: a workflow task and an activity
  * fewer per delete), and a deleting object's status is written only once it has lasted a moment
@@ -70,7 +76,7 @@ async function eipLifecycle(input: EipInput, type: TypeVersion): Promise<void> {
   const eip = new Eip(input, type);
   let ended: unknown;
   try {
-    await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), () => eip.cleanup(), input.carried);
+    await adoptedLifecycle(eip.k8s, () => eip.lifecycle(), (alone) => eip.cleanup(alone), input.carried);
   } catch (err) {
     ended = err;
   }
@@ -83,7 +89,6 @@ async function eipLifecycle(input: EipInput, type: TypeVersion): Promise<void> {
 class Eip {
   /** validate → wait for the gateway → allocate → bind → serve (Ready) → give back; again after a change that needs it. */
   async lifecycle(): Promise<void> {
-    this.started = true;
     if (this.serving) {
       // Continued while serving: it still holds its address and claims.
       await this.keepServing();
@@ -107,8 +112,8 @@ class Eip {
     }
   }
 
-  /** The delete: wait for the EIP's users to go, give everything back, then let the object go. */
-  cleanup(): Promise<void> {
+  /** The delete: wait for the EIP's users to go, give everything back, then let the object go. `alone`: see adoptedLifecycle. */
+  cleanup(alone: boolean): Promise<void> {
     return wf.CancellationScope.nonCancellable(async () => {
       this.deleting = true;
       this.serving = null;
@@ -118,7 +123,7 @@ class Eip {
         await this.waitFor(() => this.claims.size === 0);
       }
       this.setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing the address and releasing it' }, { passing: true });
-      if (!this.started && !this.input.carried && !this.legacy) {
+      if (alone && !this.input.carried && !this.legacy) {
         // A run that only cleans up (its object was already deleting) knows nothing of what an
         // earlier run took: give back whatever this EIP may hold anywhere, by owner.
         await this.calls.releaseEverywhere.executeWithOptions({ summary: `release ${this.name} everywhere` }, [{ owner: this.owner }]);
@@ -145,8 +150,6 @@ class Eip {
   private allocationRefusals = 0;
   private gatewayChanged = false;
   private deleting: boolean;
-  /** The lifecycle ran in this run (a run that only cleans up never does). */
-  private started = false;
   /** Its takeAddress call is under way (claims that may wait for it wait). */
   private taking = false;
   private readonly status: EipStatus;
@@ -162,7 +165,7 @@ class Eip {
   private readonly waitingClaims = new Map<string, EipClaim>();
   /** Their wake-ups, sent and not yet delivered. */
   private readonly wakeUpsInFlight = new Set<Promise<void>>();
-  readonly k8s;
+  readonly k8s: KubeSync;
   /** Remote activities; local ones in the runs from 'local-calls' to 'remote-calls' (workflows/patches.ts). */
   private readonly calls: CallProxies['calls'];
   private readonly patched: Patched;
@@ -205,7 +208,7 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
-    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4 });
+    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
     this.setPhase = this.reporter.setPhase;
 
@@ -235,11 +238,14 @@ class Eip {
       this.held = { subnet };
       this.bound = { gateway };
       const wake = { eip: this.name, woken: this.wokenByItself() };
+      const adopt = this.k8s.adoption();
       // Unlimited retries: it ends in an answer, or in the delete's cancellation (thrown on).
       this.taking = true;
       const taken = await this.calls.takeAddress
-        .executeWithOptions({ summary: `take ${requested || 'an address'} from ${subnet} onto ${gateway}` }, [{ gateway, subnet, owner: this.owner, requested, wake }])
+        .executeWithOptions({ summary: `${adopt ? `adopt eip ${this.name}, ` : ''}take ${requested || 'an address'} from ${subnet} onto ${gateway}` }, [{ gateway, subnet, owner: this.owner, requested, wake, ...(adopt && { adopt }) }])
         .finally(() => (this.taking = false)); // once bound, Ready is shown before a waiting claim looks again
+      if ('notAdopted' in taken && !taken.mayHold) this.nothingHeld();
+      this.k8s.answered(taken); // its object gone or being deleted: thrown on, to adoptedLifecycle
       if ('bound' in taken) {
         this.allocationRefusals = 0;
         this.status.ip = taken.bound.address;
@@ -469,6 +475,7 @@ class Eip {
       claims: [...this.claims.values()],
       watchers: [...this.watchers],
       deleting: this.deleting,
+      ...(this.k8s.adoption() && { unadopted: true }),
     };
     return wf.continueAsNew<typeof eipWorkflow>({ resource: { ...this.resource, generation: this.generation }, spec: this.spec, limits: this.input.limits, ...(this.legacy ? {} : { carried }) });
   }

@@ -4,11 +4,21 @@
 import * as wf from '@temporalio/workflow';
 import type { KubeRef } from '../domain/kube.js';
 import type { ResourceRef } from '../domain/names.js';
+import type { NotAdopted as NotAdoptedAnswer } from '../domain/workflow-api.js';
 import { kube as remoteKube, type CallProxies } from './activity-proxies.js';
 
 export interface KubeSync {
-  /** 'gone': the object no longer exists, there is nothing to do; 'deleting': only cleanup is left. */
+  /**
+   * 'gone': the object no longer exists, there is nothing to do; 'deleting': only cleanup is left.
+   * With `adoptsWithFirstCall`, 'adopted' at once: the lifecycle's first call adopts it.
+   */
   adopt(): Promise<'adopted' | 'gone' | 'deleting'>;
+  /** The object the next call is to adopt before it does anything (its first call's `adopt`), while none has. */
+  adoption(): KubeRef | undefined;
+  /** What a call that carried `adoption()` answered: adopted, or NotAdopted thrown (for `adoptedLifecycle`). */
+  answered<T extends object>(answer: T): asserts answer is Exclude<T, NotAdoptedAnswer>;
+  /** Adopts the object with a call of its own, if no call has yet; NotAdopted thrown when it is gone or being deleted. */
+  ensureAdopted(): Promise<void>;
   /** Publishes the latest status soon; intermediate ones may be skipped. */
   publish(status: Record<string, unknown>): void;
   /** The cleanup has begun (see `deletingStatusLasts`). */
@@ -38,6 +48,24 @@ export interface KubeSyncOptions {
    * `finalStatusWithRelease` (without it, a release would wait out the delay).
    */
   deletingStatusLasts?: boolean;
+  /**
+   * The V5 types: the object is adopted by the lifecycle's first call (`adoption()`, carried by its
+   * combined first call), a call and a workflow task fewer per object than a call of its own.
+   */
+  adoptsWithFirstCall?: boolean;
+}
+
+/**
+ * A lifecycle's first call found its object gone or being deleted (`adoptsWithFirstCall`), and took
+ * nothing, unless `mayHold`: an earlier attempt of the call may have.
+ */
+export class NotAdopted extends Error {
+  constructor(
+    readonly answer: 'gone' | 'deleting',
+    readonly mayHold: boolean,
+  ) {
+    super(`its object is ${answer}`);
+  }
 }
 
 /**
@@ -46,8 +74,14 @@ export interface KubeSyncOptions {
  */
 export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, options: KubeSyncOptions = {}): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
-  if (!resource.fromKube) return { adopt: async () => 'adopted', publish: () => undefined, cleaningUp: () => undefined, release: async () => undefined };
-  const { finalStatusWithRelease = false, deletingStatusLasts = false } = options;
+  if (!resource.fromKube) return { adopt: async () => 'adopted', adoption: () => undefined, answered: () => undefined, ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, release: async () => undefined };
+  const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false } = options;
+  /** No call has adopted the object yet (`adoptsWithFirstCall`). */
+  let unadopted = false;
+  const adoptByCall = async () => {
+    const { exists, deleting } = await kube.kubeAdopt.executeWithOptions({ summary: `${kind} ${resource.name} exists? add finalizer` }, [ref]);
+    return !exists ? 'gone' : deleting ? 'deleting' : 'adopted';
+  };
 
   let latest: Record<string, unknown> | null = null;
   let version = 0;
@@ -79,8 +113,23 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   });
   return {
     async adopt() {
-      const { exists, deleting } = await kube.kubeAdopt.executeWithOptions({ summary: `${kind} ${resource.name} exists? add finalizer` }, [ref]);
-      return !exists ? 'gone' : deleting ? 'deleting' : 'adopted';
+      if (!adoptsWithFirstCall) return adoptByCall();
+      unadopted = true;
+      return 'adopted';
+    },
+    adoption: () => (unadopted ? ref : undefined),
+    answered(answer) {
+      if ('notAdopted' in answer) {
+        const { notAdopted, mayHold } = answer as unknown as NotAdoptedAnswer;
+        throw new NotAdopted(notAdopted, mayHold);
+      }
+      unadopted = false;
+    },
+    async ensureAdopted() {
+      if (!unadopted) return;
+      const adoption = await adoptByCall();
+      if (adoption !== 'adopted') throw new NotAdopted(adoption, false);
+      unadopted = false;
     },
     publish(status) {
       latest = status;
@@ -106,25 +155,32 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
 
 /**
  * Every resource lifecycle's frame: adopt the object first; run `lifecycle` until a delete
- * (cancellation), then `cleanup` — which also runs alone for an object already being deleted.
- * A run continued as new (`carried`: what the last run carried) was adopted already and goes on
- * where the last one was: in its cleanup when it was deleting.
+ * (cancellation), then `cleanup` — which also runs alone (`alone`: this run took nothing it knows
+ * of) for an object already being deleted, or gone after an attempt that may have taken something.
+ * A run continued as new (`carried`: what the last run carried) was adopted already (unless it
+ * says `unadopted`) and goes on where the last one was: in its cleanup when it was deleting.
  */
-export async function adoptedLifecycle(k8s: KubeSync, lifecycle: () => Promise<void>, cleanup: () => Promise<void>, carried?: { deleting?: boolean }): Promise<void> {
-  const adoption = carried === undefined ? await k8s.adopt() : carried.deleting ? 'deleting' : 'adopted';
+export async function adoptedLifecycle(k8s: KubeSync, lifecycle: () => Promise<void>, cleanup: (alone: boolean) => Promise<void>, carried?: { deleting?: boolean; unadopted?: boolean }): Promise<void> {
+  const adoption = carried === undefined ? await k8s.adopt() : carried.deleting ? 'deleting' : carried.unadopted ? await k8s.adopt() : 'adopted';
   if (adoption === 'gone') return;
   if (adoption === 'deleting') {
     k8s.cleaningUp();
-    return cleanup();
+    return cleanup(true);
   }
   try {
     await lifecycle();
   } catch (err) {
+    // Its first call found the object gone or deleting (adoptsWithFirstCall): as the adoption above.
+    if (err instanceof NotAdopted) {
+      if (err.answer === 'gone' && !err.mayHold) return;
+      k8s.cleaningUp();
+      return cleanup(true);
+    }
     // A delete is decided by the scope, not by the error: the call in flight when it arrived may
     // have failed in its own way (a timeout, a transient error) and must not skip the cleanup.
     if (!wf.isCancellation(err) && !wf.CancellationScope.current().consideredCancelled) throw err;
     k8s.cleaningUp();
-    await cleanup();
+    await cleanup(k8s.adoption() !== undefined); // deleted before any call adopted it: as one only cleaning up
     throw wf.isCancellation(err) ? err : new wf.CancelledFailure('deleted');
   }
 }

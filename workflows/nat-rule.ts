@@ -11,12 +11,12 @@ import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type FoundClaimedAndApplied, type WatchUntil } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type FoundClaimedAndApplied, type NotAdopted, type WatchUntil } from '../domain/workflow-api.js';
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched, type TypeVersion } from './patches.js';
-import { adoptedLifecycle, kubeSync } from './kube-sync.js';
+import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 
 /** Legacy runs: a gateway that was not ready is tried again this often. */
@@ -43,12 +43,17 @@ const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFou
 
 type Serving = NonNullable<NatCarried['serving']>;
 
-// Rules started since the V4 types write a deleting object's status only once it has lasted a
+// Rules started since the V5 types adopt their Kubernetes object in their first call (its find,
+// claim and apply; workflows/kube-sync.ts: a call and a workflow task fewer per object); since the
+// V4 types they write a deleting object's status only once it has lasted a
 // moment (workflows/kube-sync.ts: a status write fewer per quick delete); since the V3 types they
 // take the newest base without asking, and give their rule and their claim back in one call
 // (removeRuleAndUnclaim: a workflow task and an activity fewer per delete); since the V2 types,
 // the newest base of their day, a call each. The others replay and go on as the patches their
 // histories recorded say (workflows/patches.ts).
+export const fipWorkflowV5 = (input: NatInput<'fip'>) => natRuleWorkflow(input, 5);
+export const dnatWorkflowV5 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, 5);
+export const snatWorkflowV5 = (input: NatInput<'snat'>) => natRuleWorkflow(input, 5);
 export const fipWorkflowV4 = (input: NatInput<'fip'>) => natRuleWorkflow(input, 4);
 export const dnatWorkflowV4 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, 4);
 export const snatWorkflowV4 = (input: NatInput<'snat'>) => natRuleWorkflow(input, 4);
@@ -65,13 +70,12 @@ export const snatWorkflow = (input: NatInput<'snat'>) => natRuleWorkflow(input, 
 async function natRuleWorkflow(input: NatInput, type: TypeVersion): Promise<void> {
   const rule = new NatRuleResource(input, type);
   // Kube-OVN's fix, in order: the object still exists and its finalizer is on before any side effect.
-  await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), () => rule.cleanup(), input.carried);
+  await adoptedLifecycle(rule.k8s, () => rule.lifecycle(), (alone) => rule.cleanup(alone), input.carried);
 }
 
 class NatRuleResource {
   /** validate → wait for the EIP → claim it → apply → serve (Ready, spec changes in place) → give back; again after a change of EIP. */
   async lifecycle(): Promise<void> {
-    this.started = true;
     if (this.serving) {
       // Continued while serving: it still holds its claim and its rule.
       await this.serve(this.serving);
@@ -89,6 +93,7 @@ class NatRuleResource {
       const found = await this.waitForEip(eipName.value);
       if (!found) continue;
       const { eip, taken } = found;
+      if (!taken) await this.k8s.ensureAdopted(); // its first call was not made, or took nothing: adopted before the claim
       const serving = taken ? await this.tookOrRefused(eipName.value, eip, taken) : this.combined && eip.gateway ? await this.claimAndApply(eipName.value, eip, eip.gateway) : await this.claimThenApply(eipName.value, eip);
       if (!serving) continue;
       await this.serve(serving);
@@ -96,13 +101,13 @@ class NatRuleResource {
     }
   }
 
-  /** The delete: rules and conntrack off the gateway, the EIP given back, then the object may go. */
-  cleanup(): Promise<void> {
+  /** The delete: rules and conntrack off the gateway, the EIP given back, then the object may go. `alone`: see adoptedLifecycle. */
+  cleanup(alone: boolean): Promise<void> {
     return wf.CancellationScope.nonCancellable(async () => {
       this.deleting = true;
       this.serving = null;
       this.setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing its rules and conntrack entries' }, { passing: true });
-      if (!this.started && !this.input.carried && !this.legacy) await this.releaseByIdentity();
+      if (alone && !this.input.carried && !this.legacy) await this.releaseByIdentity();
       await this.releaseAll();
       this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is left on the gateway' });
       await this.k8s.release();
@@ -129,14 +134,12 @@ class NatRuleResource {
   private gatewayChanged = false;
   private shownEip: string;
   private deleting: boolean;
-  /** The lifecycle ran in this run (a run that only cleans up never does). */
-  private started = false;
   private readonly status: NatStatus;
   // What may be held: set before the call that takes it, cleared after the call that gives it back.
   private claimed: { eipWorkflowId: string } | null;
   private applied: { gateway: string } | null;
   private serving: NatCarried['serving'];
-  readonly k8s;
+  readonly k8s: KubeSync;
   /** Remote activities; local ones in the runs from 'local-calls' to 'remote-calls' (workflows/patches.ts). */
   private readonly calls: CallProxies['calls'];
   private readonly lean: boolean;
@@ -175,7 +178,7 @@ class NatRuleResource {
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
     this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
-    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4 });
+    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 
     wf.setHandler(statusQuery, () => this.status);
@@ -238,14 +241,17 @@ class NatRuleResource {
    * Finds the EIP, claims it and applies, in one call: what it took, or the lookup's answer (then
    * nothing is held: what an earlier attempt of the call may hold is given back first).
    */
-  private async findClaimAndApply(eipName: string, watch: EipWatch): Promise<FoundClaimedAndApplied | null> {
+  private async findClaimAndApply(eipName: string, watch: EipWatch): Promise<Exclude<FoundClaimedAndApplied, NotAdopted> | null> {
     const rule = checkSpec(() => natRuleFor(this.input, '')); // the claim gives its EIP's address
     if (!rule.ok) return null; // the steps one by one show why
     // It shows the phase it had (Pending, or WaitingForEip in a continued run) until it knows more.
     this.holdsUnknown = { eipName };
-    const found = await this.calls.findClaimAndApply.executeWithOptions({ summary: `find EIP ${eipName}, claim it for ${this.kind} ${this.name} and apply` }, [
-      { eip: eipName, watch, owner: this.owner, kind: this.kind, name: this.name, rule: rule.value },
+    const adopt = this.k8s.adoption();
+    const found = await this.calls.findClaimAndApply.executeWithOptions({ summary: `${adopt ? `adopt ${this.kind} ${this.name}, ` : ''}find EIP ${eipName}, claim it for ${this.kind} ${this.name} and apply` }, [
+      { eip: eipName, watch, owner: this.owner, kind: this.kind, name: this.name, rule: rule.value, ...(adopt && { adopt }) },
     ]);
+    if ('notAdopted' in found && !found.mayHold) this.holdsUnknown = null;
+    this.k8s.answered(found); // its object gone or being deleted: thrown on, to adoptedLifecycle
     if (!('taken' in found)) {
       if (found.mayHold) await this.releaseAll();
       this.holdsUnknown = null;
@@ -510,7 +516,7 @@ class NatRuleResource {
 
   private async continueAsNew(): Promise<never> {
     await wf.condition(wf.allHandlersFinished);
-    const carried: NatCarried = { status: this.status, claimed: this.claimed, applied: this.applied, serving: this.serving, deleting: this.deleting };
+    const carried: NatCarried = { status: this.status, claimed: this.claimed, applied: this.applied, serving: this.serving, deleting: this.deleting, ...(this.k8s.adoption() && { unadopted: true }) };
     return wf.continueAsNew<typeof fipWorkflow>({ ...(this.input as NatInput<'fip'>), carried });
   }
 

@@ -23,6 +23,8 @@
 // back to its subnet in one call (workflows/eip.ts), a workflow task and an activity less per
 // delete; and a deleting object's status is written only once it has lasted a moment
 // (workflows/kube-sync.ts), a status write less per quick delete of a resource from Kubernetes.
+// The `…V5` types: the V4 ones, and a resource from Kubernetes adopts its object in its first call
+// (activities/combined-calls.ts), not in a call of its own: a call and a workflow task less per object.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';
@@ -55,8 +57,8 @@ export const COMBINED_CALLS = 'combined-calls';
  */
 export const FIND_CLAIM_APPLY = 'find-claim-apply';
 
-/** A resource workflow type's version: 1 for the types without a suffix, then `…V2` to `…V4`. */
-export type TypeVersion = 1 | 2 | 3 | 4;
+/** A resource workflow type's version: 1 for the types without a suffix, then `…V2` to `…V5`. */
+export type TypeVersion = 1 | 2 | 3 | 4 | 5;
 
 /** Whether this run takes the patch `id`; call `patches()` in the workflow's first task, before any other patch. */
 export type Patched = (id: string) => boolean;

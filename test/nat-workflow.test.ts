@@ -78,10 +78,11 @@ describe('NAT rule workflow (mocked activities)', () => {
    * A FIP from Kubernetes deleted (while its gateway is not ready, until its status says so, when
    * `gatewayAway`): the statuses written a second after the delete and by its end.
    */
-  async function statusesOfDelete(workflow: typeof fipWorkflowV4, gatewayAway: boolean) {
+  async function statusesOfDelete(workflow: typeof fipWorkflowV4, gatewayAway: boolean, removalMs = 0) {
     let away = gatewayAway;
     const kube = fakeKube();
-    const fake = control({ removeGatewayRule: { answer: async () => ({ applied: !away }) } });
+    const scripts = { removeGatewayRule: { answer: async () => ({ applied: !away }), delayMs: removalMs } };
+    const fake = new FakeCalls<WorkflowCallActivities>(working(), scripts).alsoServe((served) => combinedCalls({ ...served, kubeAdopt: kube.activities().kubeAdopt! }));
     const { options } = resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1, fromKube: true }, { eip: 'e1', internalIp: '10.0.1.10' });
     return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, (h) =>
       statusesAroundDelete(h, kube, {
@@ -102,6 +103,12 @@ describe('NAT rule workflow (mocked activities)', () => {
     expect(waited.soon).toEqual(['Ready/Ready']);
     expect(waited.all).toContain(`Deleting/${Reason.GatewayNotReady}`);
     expect((await statusesOfDelete(fipWorkflowV3, true)).all.slice(0, 2)).toEqual(['Ready/Ready', `Deleting/${Reason.Deleting}`]);
+  }, 60_000);
+
+  it('a V5 run writes no status its cleanup only passes through, however long that lasts (a V4 run writes it once it has lasted); a wait for its gateway it still shows', async () => {
+    expect(await statusesOfDelete(fipWorkflowV5, false, 4000)).toEqual({ soon: ['Ready/Ready'], all: ['Ready/Ready'], released: 'Deleted' });
+    expect((await statusesOfDelete(fipWorkflowV4, false, 4000)).all).toEqual(['Ready/Ready', `Deleting/${Reason.Deleting}`]);
+    expect((await statusesOfDelete(fipWorkflowV5, true)).all).toEqual(['Ready/Ready', `Deleting/${Reason.GatewayNotReady}`]);
   }, 60_000);
 
   it('from Kubernetes, its first call adopts its object before it looks for its EIP (a V4 run makes a call of its own first); one finding the object deleting takes nothing and cleans up as a run that only cleans up', async () => {

@@ -208,7 +208,7 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
-    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5 });
+    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
     this.setPhase = this.reporter.setPhase;
 

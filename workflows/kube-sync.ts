@@ -19,8 +19,8 @@ export interface KubeSync {
   answered<T extends object>(answer: T): asserts answer is Exclude<T, NotAdoptedAnswer>;
   /** Adopts the object with a call of its own, if no call has yet; NotAdopted thrown when it is gone or being deleted. */
   ensureAdopted(): Promise<void>;
-  /** Publishes the latest status soon; intermediate ones may be skipped. */
-  publish(status: Record<string, unknown>): void;
+  /** Publishes the latest status soon; intermediate ones may be skipped. `passing`: a step it only passes through (see `deletingWritesOnlyWaits`). */
+  publish(status: Record<string, unknown>, opts?: { passing?: boolean }): void;
   /** The cleanup has begun (see `deletingStatusLasts`). */
   cleaningUp(): void;
   release(): Promise<void>;
@@ -53,6 +53,14 @@ export interface KubeSyncOptions {
    * combined first call), a call and a workflow task fewer per object than a call of its own.
    */
   adoptsWithFirstCall?: boolean;
+  /**
+   * The V5 types: once the cleanup has begun, a status it only passes through (its rules or its
+   * address being taken off: `passing`) is not written at all, only one that waits (for its users,
+   * its gateway), as `deletingStatusLasts` says; the release carries the last one. In a burst of
+   * deletes every cleanup outlasted the delay, and each wrote a status nobody could read: a timer,
+   * a call and two workflow tasks per object when they were scarcest.
+   */
+  deletingWritesOnlyWaits?: boolean;
 }
 
 /**
@@ -75,7 +83,7 @@ export class NotAdopted extends Error {
 export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, options: KubeSyncOptions = {}): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
   if (!resource.fromKube) return { adopt: async () => 'adopted', adoption: () => undefined, answered: () => undefined, ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, release: async () => undefined };
-  const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false } = options;
+  const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false, deletingWritesOnlyWaits = false } = options;
   /** No call has adopted the object yet (`adoptsWithFirstCall`). */
   let unadopted = false;
   const adoptByCall = async () => {
@@ -84,6 +92,8 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   };
 
   let latest: Record<string, unknown> | null = null;
+  /** The latest status is of a step it only passes through. */
+  let latestPassing = false;
   let version = 0;
   let published = 0;
   /** A status write is in flight. */
@@ -94,15 +104,17 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   let cleaning = false;
   // One publisher, outside cancellation, always sending the newest status: a burst of phase
   // changes costs one write, and the final status still goes out while cleanup runs.
+  /** A status the cleanup only passes through, which the V5 types leave to the release. */
+  const unwrittenWhileDeleting = () => cleaning && deletingWritesOnlyWaits && latestPassing;
   void wf.CancellationScope.nonCancellable(async () => {
     for (;;) {
-      await wf.condition(() => version > published && !releasing);
+      await wf.condition(() => version > published && !releasing && !unwrittenWhileDeleting());
       // Cleaning up (the V4 types): a change is written DELETING_STATUS_AFTER_MS later (the newest
       // status then); released before that (or in the same activation as the timer), the release
       // took it, and this publisher is done.
       if (cleaning && deletingStatusLasts) {
         await wf.condition(() => releasing, DELETING_STATUS_AFTER_MS);
-        if (releasing) continue;
+        if (releasing || unwrittenWhileDeleting()) continue;
       }
       const sending = version;
       writing = true;
@@ -131,8 +143,9 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       if (adoption !== 'adopted') throw new NotAdopted(adoption, false);
       unadopted = false;
     },
-    publish(status) {
+    publish(status, opts = {}) {
       latest = status;
+      latestPassing = opts.passing ?? false;
       version++;
     },
     cleaningUp() {

@@ -178,7 +178,7 @@ class NatRuleResource {
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
     this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
-    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5 });
+    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 
     wf.setHandler(statusQuery, () => this.status);

@@ -38,7 +38,7 @@ export function phaseReporter<S extends PhasedStatus>(status: S, k8s: KubeSync, 
         pending = {};
       }
       wf.setCurrentDetails(`**${phase}**: ${condition.message}`);
-      k8s.publish({ ...status } as Record<string, unknown>);
+      k8s.publish({ ...status } as Record<string, unknown>, { passing: opts.passing });
     },
     attributes(attrs: NatflowAttributes) {
       if (!lean) wf.upsertSearchAttributes(searchAttributes(attrs));

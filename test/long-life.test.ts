@@ -14,7 +14,7 @@ import { eipWorkflow } from '../workflows/eip.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
 import { fipWorkflow } from '../workflows/nat-rule.js';
 import { combinedCalls } from '../activities/combined-calls.js';
-import { FakeCalls, type CallScripts } from './support/fake-calls.js';
+import { FakeCalls, workingRuleCalls, type CallScripts } from './support/fake-calls.js';
 import { RESOURCE_WORKFLOW_TASK_TIMEOUT } from '../starter/resources.js';
 import { createTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, uid, untilPhase, withWorkflow } from './support/workflows.js';
@@ -33,12 +33,7 @@ const answers = (): Partial<Activities> => ({
   unbindAddress: async () => ({ applied: true }),
   notifyEipWaiters: async () => 0,
   releaseEverywhere: async () => undefined,
-  eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '', gateway: 'gw1' }),
-  claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
-  unclaimEip: async () => undefined,
-  setGatewayRule: async () => undefined,
-  removeGatewayRule: async () => ({ applied: true }),
-  removeGatewayRuleEverywhere: async () => undefined,
+  ...workingRuleCalls(),
   kubeAdopt: async () => ({ exists: true, deleting: true }),
   kubePublishStatus: async () => undefined,
   kubeRelease: async () => undefined,

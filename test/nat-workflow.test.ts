@@ -8,23 +8,15 @@ import { resourceStart } from '../starter/resources.js';
 import { fipWorkflowV2, fipWorkflowV3, fipWorkflowV4, fipWorkflowV5 } from '../workflows/nat-rule.js';
 import { Reason } from '../domain/errors.js';
 import { CLAIM_WAIT_MS, combinedCalls } from '../activities/combined-calls.js';
-import { FakeCalls, fakeKube, statusesWritten, type CallScripts } from './support/fake-calls.js';
+import { FakeCalls, fakeKube, statusesWritten, workingRuleCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { deleteAndWait, eventually, statusesAroundDelete, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
-/** A control plane where everything works: EIP e1 (172.18.0.9 on gw1) is ready and free, every rule applies. */
-const working = (): Partial<WorkflowCallActivities> => ({
-  eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '', gateway: 'gw1' }),
-  claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
-  unclaimEip: async () => undefined,
-  setGatewayRule: async () => undefined,
-  removeGatewayRule: async () => ({ applied: true }),
-  removeGatewayRuleEverywhere: async () => undefined,
-});
-const control = (scripts: CallScripts<WorkflowCallActivities> = {}) => new FakeCalls<WorkflowCallActivities>(working(), scripts).alsoServe(combinedCalls);
+/** A control plane where everything works (see workingRuleCalls). */
+const control = (scripts: CallScripts<WorkflowCallActivities> = {}) => new FakeCalls<WorkflowCallActivities>(workingRuleCalls(), scripts).alsoServe(combinedCalls);
 /** The same, with the Kubernetes calls of a rule from the cluster, the combined calls seeing `kubeAdopt` as the worker's do. */
 const controlWithKube = (kubeAdopt: KubeActivities['kubeAdopt']) =>
-  new FakeCalls<WorkflowCallActivities & KubeActivities>({ ...working(), kubeAdopt, kubePublishStatus: async () => undefined, kubeRelease: async () => undefined }).alsoServe(combinedCalls);
+  new FakeCalls<WorkflowCallActivities & KubeActivities>({ ...workingRuleCalls(), kubeAdopt, kubePublishStatus: async () => undefined, kubeRelease: async () => undefined }).alsoServe(combinedCalls);
 const missingEip = async () => null;
 
 describe('NAT rule workflow (mocked activities)', () => {
@@ -82,7 +74,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     let away = gatewayAway;
     const kube = fakeKube();
     const scripts = { removeGatewayRule: { answer: async () => ({ applied: !away }), delayMs: removalMs } };
-    const fake = new FakeCalls<WorkflowCallActivities>(working(), scripts).alsoServe((served) => combinedCalls({ ...served, kubeAdopt: kube.activities().kubeAdopt! }));
+    const fake = new FakeCalls<WorkflowCallActivities>(workingRuleCalls(), scripts).alsoServe((served) => combinedCalls({ ...served, kubeAdopt: kube.activities().kubeAdopt! }));
     const { options } = resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1, fromKube: true }, { eip: 'e1', internalIp: '10.0.1.10' });
     return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, (h) =>
       statusesAroundDelete(h, kube, {

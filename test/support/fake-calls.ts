@@ -2,7 +2,7 @@
 // tier: every call records `name:start` and `name:end` in one ordered list, and its arguments;
 // each test scripts what a call does (another answer, a delay, failures) on top of the answers
 // the test file gives as defaults, and may change that script while the workflow runs.
-import type { KubeActivities } from '../../domain/workflow-api.js';
+import type { KubeActivities, WorkflowCallActivities } from '../../domain/workflow-api.js';
 
 type AsyncFn = (...args: any[]) => Promise<unknown>;
 
@@ -90,3 +90,13 @@ export const fakeKube = () =>
 /** The statuses written so far (`kubePublishStatus`), each as `phase/reason` of its Ready condition. */
 export const statusesWritten = (kube: FakeCalls<KubeActivities>) =>
   (kube.args.kubePublishStatus ?? []).map(([ref]) => `${ref.status.phase}/${(ref.status.conditions as { type: string; reason: string }[]).find((c) => c.type === 'Ready')?.reason}`);
+
+/** A NAT rule's calls where everything works: EIP e1 (172.18.0.9 on gw1) is ready and free, every rule applies and comes off. */
+export const workingRuleCalls = (): Partial<WorkflowCallActivities> => ({
+  eipForRule: async () => ({ workflowId: 'natflow/eip/e1/u', ready: true, reason: '', gateway: 'gw1' }),
+  claimEip: async () => ({ address: '172.18.0.9', gateway: 'gw1' }),
+  unclaimEip: async () => undefined,
+  setGatewayRule: async () => undefined,
+  removeGatewayRule: async () => ({ applied: true }),
+  removeGatewayRuleEverywhere: async () => undefined,
+});

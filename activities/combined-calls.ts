@@ -9,18 +9,18 @@
 // lookup call, watch, wake-up signal and workflow tasks of each side to wait for it.
 //
 // A first call from the newest types also adopts its Kubernetes object before its first step
-// (Kube-OVN's fix, in order: the object is there and its finalizer on before any side effect),
-// where the older ones made that a call of its own.
+// (`adoptAnd…`; Kube-OVN's fix, in order: the object is there and its finalizer on before any side
+// effect), where the older ones made that a call of its own.
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { Reason } from '../domain/errors.js';
 import type { Allocation } from '../domain/ipam.js';
 import type { KubeRef } from '../domain/kube.js';
-import type { ClaimedAndApplied, ClaimedEip, ClaimWait, KubeActivities, NotAdopted, Refused, WorkflowCallActivities } from '../domain/workflow-api.js';
+import type { ClaimedAndApplied, ClaimedEip, ClaimWait, FindClaimAndApplyRequest, FoundClaimedAndApplied, KubeActivities, NotAdopted, Refused, TakeAddressRequest, TakenAddress, WorkflowCallActivities } from '../domain/workflow-api.js';
 import type { EipClaim } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 
-export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'giveBackByIdentity' | 'removeRuleAndUnclaim' | 'unbindAndRelease'>;
+export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'adoptAndTakeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'adoptAndFindClaimAndApply' | 'giveBackByIdentity' | 'removeRuleAndUnclaim' | 'unbindAndRelease'>;
 /** The steps; `kubeAdopt` on a worker with a Kubernetes client. */
 type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'> & Partial<Pick<KubeActivities, 'kubeAdopt'>>;
 
@@ -45,9 +45,8 @@ function retried(): boolean {
 }
 
 export function combinedCalls(steps: Steps): CombinedCalls {
-  /** Adopts `ref` (when given): null once adopted, else why not (nothing else is to be done). */
-  async function notAdopted(ref: KubeRef | undefined): Promise<NotAdopted | null> {
-    if (!ref) return null;
+  /** Adopts `ref`: null once adopted, else why not (nothing else is to be done). */
+  async function notAdopted(ref: KubeRef): Promise<NotAdopted | null> {
     if (!steps.kubeAdopt) throw new Error(`${ref.kind} ${ref.name} comes from Kubernetes, and this worker has no Kubernetes client to adopt it with`);
     const { exists, deleting } = await steps.kubeAdopt(ref);
     return exists && !deleting ? null : { notAdopted: exists ? 'deleting' : 'gone', mayHold: retried() };
@@ -70,39 +69,43 @@ export function combinedCalls(steps: Steps): CombinedCalls {
     }
   }
 
+  async function takeAddress({ gateway, subnet, owner, requested, wake }: TakeAddressRequest): Promise<TakenAddress> {
+    const readiness = await steps.gatewayReadiness(gateway);
+    if (!readiness.ready) return { refused: { reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason }, step: 'gateway', mayHold: retried() };
+    let allocation: Allocation;
+    try {
+      allocation = await steps.allocateAddress({ subnet, owner, requested });
+    } catch (err) {
+      return { refused: refusedAs(err), step: 'allocate', mayHold: retried() };
+    }
+    try {
+      await steps.bindAddress({ gateway, owner, address: allocation.address, prefixLength: allocation.prefixLength });
+    } catch (err) {
+      return { refused: refusedAs(err), step: 'bind', mayHold: true };
+    }
+    // A shortcut, not a step: a rule woken before the EIP shows Ready asks it to wake it once it does.
+    if (wake) await steps.notifyEipWaiters(wake.eip, wake.woken).catch(() => undefined);
+    return { bound: allocation };
+  }
+
+  async function findClaimAndApply({ eip: eipName, watch, ...claim }: FindClaimAndApplyRequest): Promise<FoundClaimedAndApplied> {
+    const found = await steps.eipForRule(eipName);
+    if (!found) return { eip: null, mayHold: retried() };
+    const taken = await claimAndApply({ eipWorkflowId: found.workflowId, ...claim, wait: { forMs: CLAIM_WAIT_MS } });
+    if (!('claimRefused' in taken && NOT_THERE_YET.includes(taken.claimRefused.reason) && !taken.mayHold)) return { eip: found, taken };
+    // Not ready in time (or gone meanwhile): what a lookup says now, the EIP asked to wake the rule.
+    return { eip: await steps.eipForRule(eipName, watch), mayHold: retried() };
+  }
+
   return {
-    async takeAddress({ gateway, subnet, owner, requested, wake, adopt }) {
-      const gone = await notAdopted(adopt);
-      if (gone) return gone;
-      const readiness = await steps.gatewayReadiness(gateway);
-      if (!readiness.ready) return { refused: { reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason }, step: 'gateway', mayHold: retried() };
-      let allocation: Allocation;
-      try {
-        allocation = await steps.allocateAddress({ subnet, owner, requested });
-      } catch (err) {
-        return { refused: refusedAs(err), step: 'allocate', mayHold: retried() };
-      }
-      try {
-        await steps.bindAddress({ gateway, owner, address: allocation.address, prefixLength: allocation.prefixLength });
-      } catch (err) {
-        return { refused: refusedAs(err), step: 'bind', mayHold: true };
-      }
-      // A shortcut, not a step: a rule woken before the EIP shows Ready asks it to wake it once it does.
-      if (wake) await steps.notifyEipWaiters(wake.eip, wake.woken).catch(() => undefined);
-      return { bound: allocation };
+    takeAddress,
+    async adoptAndTakeAddress({ adopt, ...req }) {
+      return (await notAdopted(adopt)) ?? takeAddress(req);
     },
-
     claimAndApply,
-
-    async findClaimAndApply({ eip: eipName, watch, adopt, ...claim }) {
-      const gone = await notAdopted(adopt);
-      if (gone) return gone;
-      const found = await steps.eipForRule(eipName);
-      if (!found) return { eip: null, mayHold: retried() };
-      const taken = await claimAndApply({ eipWorkflowId: found.workflowId, ...claim, wait: { forMs: CLAIM_WAIT_MS } });
-      if (!('claimRefused' in taken && NOT_THERE_YET.includes(taken.claimRefused.reason) && !taken.mayHold)) return { eip: found, taken };
-      // Not ready in time (or gone meanwhile): what a lookup says now, the EIP asked to wake the rule.
-      return { eip: await steps.eipForRule(eipName, watch), mayHold: retried() };
+    findClaimAndApply,
+    async adoptAndFindClaimAndApply({ adopt, ...req }) {
+      return (await notAdopted(adopt)) ?? findClaimAndApply(req);
     },
 
     async giveBackByIdentity({ eip, owner, ruleOwner, eipWorkflowId }) {

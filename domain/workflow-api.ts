@@ -153,7 +153,7 @@ export interface Refused {
  * something may be held (the bind was refused after the allocation, or an earlier attempt of the
  * call, which timed out, may have taken what this one was refused), so the caller gives it back.
  */
-export type TakenAddress = { bound: Allocation } | { refused: Refused; step: 'gateway' | 'allocate' | 'bind'; mayHold: boolean } | NotAdopted;
+export type TakenAddress = { bound: Allocation } | { refused: Refused; step: 'gateway' | 'allocate' | 'bind'; mayHold: boolean };
 
 /**
  * A first call that was to adopt its Kubernetes object first (`adopt`) found it gone or being
@@ -177,7 +177,16 @@ export type ClaimedAndApplied = { applied: ClaimedEip } | { claimed: ClaimedEip;
  * answers (null: no such EIP; not ready, and asked to wake the rule), with `mayHold` when an
  * earlier attempt of the call may have claimed and applied.
  */
-export type FoundClaimedAndApplied = { eip: EipForRule; taken: ClaimedAndApplied } | { eip: EipForRule | null; mayHold: boolean } | NotAdopted;
+export type FoundClaimedAndApplied = { eip: EipForRule; taken: ClaimedAndApplied } | { eip: EipForRule | null; mayHold: boolean };
+
+export interface TakeAddressRequest {
+  gateway: string;
+  subnet: string;
+  owner: string;
+  requested?: string;
+  wake?: { eip: string; woken: string[] };
+}
+export type FindClaimAndApplyRequest = { eip: string; watch: EipWatch; rule: NatRule } & EipClaim;
 
 /**
  * Calls from one workflow to another, made as activities (a workflow cannot send an update):
@@ -188,10 +197,14 @@ export interface WorkflowCallActivities {
    * An EIP's three steps in one call, in their order: is the gateway ready, allocate, bind; a refusal
    * is answered, never thrown. Once bound, the
    * rules waiting for EIP `wake.eip` by name are woken (`notifyEipWaiters`), but those in `wake.woken`.
-   * `adopt`: its Kubernetes object is adopted first (`kubeAdopt`), and when that is gone or being
-   * deleted nothing else is done.
    */
-  takeAddress(req: { gateway: string; subnet: string; owner: string; requested?: string; wake?: { eip: string; woken: string[] }; adopt?: KubeRef }): Promise<TakenAddress>;
+  takeAddress(req: TakeAddressRequest): Promise<TakenAddress>;
+  /**
+   * `takeAddress` after adopting its Kubernetes object `adopt` (`kubeAdopt`): gone or being
+   * deleted, nothing else is done. A name of its own, not a field of `takeAddress`: a worker from
+   * before it, which would ignore the field, never takes the call.
+   */
+  adoptAndTakeAddress(req: TakeAddressRequest & { adopt: KubeRef }): Promise<TakenAddress | NotAdopted>;
   allocateAddress(req: { subnet: string; owner: string; requested?: string }): Promise<Allocation>;
   releaseAddress(req: { subnet: string; owner: string }): Promise<string | null>;
   gatewayReadiness(gateway: string): Promise<GatewayReadiness>;
@@ -215,9 +228,11 @@ export interface WorkflowCallActivities {
   /**
    * A NAT rule's first call: find EIP `eip` by name, claim it (waiting a moment for one that is
    * taking its address), set `rule` on its gateway. Not found, or not ready in time: the lookup's
-   * answer, with the EIP asked to wake `watch.watcher` once it is ready. `adopt` as in `takeAddress`.
+   * answer, with the EIP asked to wake `watch.watcher` once it is ready.
    */
-  findClaimAndApply(req: { eip: string; watch: EipWatch; rule: NatRule; adopt?: KubeRef } & EipClaim): Promise<FoundClaimedAndApplied>;
+  findClaimAndApply(req: FindClaimAndApplyRequest): Promise<FoundClaimedAndApplied>;
+  /** `findClaimAndApply` after adopting its Kubernetes object `adopt`, as `adoptAndTakeAddress`. */
+  adoptAndFindClaimAndApply(req: FindClaimAndApplyRequest & { adopt: KubeRef }): Promise<FoundClaimedAndApplied | NotAdopted>;
   /**
    * What a `findClaimAndApply` may have taken, given back in one call: the rule `ruleOwner` off
    * every gateway by its tag, then the claim of `owner` on EIP `eipWorkflowId` (when known) or on

@@ -268,15 +268,14 @@ describe('EIP workflow (mocked activities)', () => {
   const fromKube = () => resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, spec).options;
   const adopted = async () => ({ exists: true, deleting: false });
 
-  it('from Kubernetes, its first call adopts its object before any other step (a V4 run makes a call of its own for it first)', async () => {
+  it('from Kubernetes, its first call adopts its object before any other step, under a name of its own (a V4 run makes a call of its own for it first)', async () => {
     const steps = ['gatewayReadiness', 'allocateAddress', 'bindAddress'];
-    for (const [workflow, first] of [[eipWorkflowV5, ['takeAddress', 'kubeAdopt']], [eipWorkflowV4, ['kubeAdopt', 'takeAddress']]] as const) {
+    for (const [workflow, first] of [[eipWorkflowV5, ['adoptAndTakeAddress', 'kubeAdopt']], [eipWorkflowV4, ['kubeAdopt', 'takeAddress']]] as const) {
       const fake = controlWithKube(adopted);
       await withWorkflow(env(), fake.activities(), workflow, fromKube(), async (h) => {
         await workflowPhase(Object.assign(h, { kind: 'eip' as const }), 'Ready');
         expect(withoutStatus(fake.started()).slice(0, 5)).toEqual([...first, ...steps]);
-        if (workflow === eipWorkflowV5) expect(fake.args.takeAddress?.[0]?.[0].adopt).toMatchObject({ kind: 'eip', name: 'eip1' });
-        else expect(fake.args.takeAddress?.[0]?.[0].adopt).toBeUndefined();
+        if (workflow === eipWorkflowV5) expect(fake.args.adoptAndTakeAddress?.[0]?.[0].adopt).toMatchObject({ kind: 'eip', name: 'eip1' });
         await deleteAndWait(h);
       });
     }
@@ -286,12 +285,31 @@ describe('EIP workflow (mocked activities)', () => {
     const deleting = controlWithKube(async () => ({ exists: true, deleting: true }));
     await withWorkflow(env(), deleting.activities(), eipWorkflowV5, fromKube(), async (h) => {
       await h.result();
-      expect(withoutStatus(deleting.started())).toEqual(['takeAddress', 'kubeAdopt', 'releaseEverywhere', 'kubeRelease']);
+      expect(withoutStatus(deleting.started())).toEqual(['adoptAndTakeAddress', 'kubeAdopt', 'releaseEverywhere', 'kubeRelease']);
     });
     const gone = controlWithKube(async () => ({ exists: false, deleting: false }));
     await withWorkflow(env(), gone.activities(), eipWorkflowV5, fromKube(), async (h) => {
       await h.result();
-      expect(withoutStatus(gone.started())).toEqual(['takeAddress', 'kubeAdopt']);
+      expect(withoutStatus(gone.started())).toEqual(['adoptAndTakeAddress', 'kubeAdopt']);
+    });
+  });
+
+  it('with no first call to make (its spec invalid), it adopts with a call of its own: an object being deleted is cleaned up, not left waiting for a spec change', async () => {
+    const fake = controlWithKube(async () => ({ exists: true, deleting: true }));
+    const options = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, { natGwDp: 'gw1', v4ip: 'not-an-ip' }).options;
+    await withWorkflow(env(), fake.activities(), eipWorkflowV5, options, async (h) => {
+      await h.result();
+      expect(withoutStatus(fake.started())).toEqual(['kubeAdopt', 'releaseEverywhere', 'kubeRelease']);
+    });
+  });
+
+  it('deleted while its first call is under way, it waits for the call\'s answer (its adoption with it) and gives back what the call took', async () => {
+    const fake = controlWithKube(adopted, { bindAddress: { delayMs: 1500 } });
+    await withWorkflow(env(), fake.activities(), eipWorkflowV5, fromKube(), async (h) => {
+      await eventually(async () => fake.started(), (n) => n.includes('bindAddress'), 10_000, 'the bind under way');
+      await h.cancel();
+      await h.result().catch(() => undefined);
+      expect(withoutStatus(fake.started())).toEqual(['adoptAndTakeAddress', 'kubeAdopt', 'gatewayReadiness', 'allocateAddress', 'bindAddress', 'notifyEipWaiters', 'unbindAndRelease', 'unbindAddress', 'releaseAddress', 'kubeRelease']);
     });
   });
 
@@ -301,7 +319,7 @@ describe('EIP workflow (mocked activities)', () => {
     const fake = controlWithKube(gone, { allocateAddress: { failure: new Error('IPAM unreachable'), failures: 1 } });
     await withWorkflow(env(), fake.activities(), eipWorkflowV5, fromKube(), async (h) => {
       await h.result();
-      expect(withoutStatus(fake.started())).toEqual(['takeAddress', 'kubeAdopt', 'gatewayReadiness', 'allocateAddress', 'takeAddress', 'kubeAdopt', 'releaseEverywhere', 'unbindAndRelease', 'unbindAddress', 'releaseAddress', 'kubeRelease']);
+      expect(withoutStatus(fake.started())).toEqual(['adoptAndTakeAddress', 'kubeAdopt', 'gatewayReadiness', 'allocateAddress', 'adoptAndTakeAddress', 'kubeAdopt', 'releaseEverywhere', 'unbindAndRelease', 'unbindAddress', 'releaseAddress', 'kubeRelease']);
     });
   });
 

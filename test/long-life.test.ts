@@ -156,7 +156,8 @@ describe('a life of months (mocked activities)', () => {
   });
 
   it('an EIP continued as new after a refused allocation holds nothing, and allocates once its spec changes', async () => {
-    const fake = fakeCalls({ allocateAddress: refused('AddressInUse') });
+    let refusals = 0;
+    const fake = fakeCalls({ allocateAddress: { answer: async () => (refusals++, Promise.reject(ApplicationFailure.nonRetryable('refused: AddressInUse', 'AddressInUse'))) } });
     await withEip(fake, { spec: { natGwDp: 'gw1', v4ip: '172.18.0.7' }, limits: { signals: 2 } }, async (h) => {
       await untilPhase(() => eipStatus(h), 'Failed');
       await spend(h, 2);
@@ -166,11 +167,14 @@ describe('a life of months (mocked activities)', () => {
       await h.signal(specChangedSignal, { spec: { natGwDp: 'gw1', v4ip: '172.18.0.8' }, generation: 2 });
       await untilPhase(() => eipStatus(h), 'Ready');
       await deleteAndWait(h);
-      // The refused allocation held nothing: one release for each address it got, none before the
-      // first it got (a run may take .7 before it sees the change to .8: its steps are local activities).
-      expect(count(fake, 'allocateAddress')).toBeGreaterThanOrEqual(2);
-      expect(count(fake, 'releaseAddress')).toBe(count(fake, 'allocateAddress') - 1);
-      expect(fake.events.indexOf('releaseAddress:start')).toBeGreaterThan(fake.events.indexOf('allocateAddress:end', fake.events.indexOf('allocateAddress:end') + 1));
+      // The refused allocations (one per run that tried, the continued run's too if it tried before
+      // the change) held nothing: one release for each address it got, none before the first it got
+      // (a run may take .7 before it sees the change to .8: its steps are local activities).
+      expect(refusals).toBeGreaterThanOrEqual(1);
+      expect(count(fake, 'allocateAddress')).toBeGreaterThan(refusals);
+      expect(count(fake, 'releaseAddress')).toBe(count(fake, 'allocateAddress') - refusals);
+      const ends = fake.events.flatMap((e, i) => (e === 'allocateAddress:end' ? [i] : []));
+      expect(fake.events.indexOf('releaseAddress:start')).toBeGreaterThan(ends[refusals]!);
     });
   });
 

@@ -107,7 +107,7 @@ describe('NAT rule workflow (mocked activities)', () => {
     const fromKube = () => resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1, fromKube: true }, { eip: 'e1', internalIp: '10.0.1.10' }).options;
     const withoutStatus = (names: string[]) => names.filter((n) => n !== 'kubePublishStatus');
     const steps = ['eipForRule', 'claimEip', 'setGatewayRule'];
-    for (const [workflow, first] of [[fipWorkflowV5, ['findClaimAndApply', 'kubeAdopt']], [fipWorkflowV4, ['kubeAdopt', 'findClaimAndApply']]] as const) {
+    for (const [workflow, first] of [[fipWorkflowV5, ['adoptAndFindClaimAndApply', 'kubeAdopt']], [fipWorkflowV4, ['kubeAdopt', 'findClaimAndApply']]] as const) {
       const fake = controlWithKube(async () => ({ exists: true, deleting: false }));
       await withWorkflow(env(), fake.activities(), workflow, fromKube(), async (h) => {
         await workflowPhase(Object.assign(h, { kind: 'fip' as const }), 'Ready');
@@ -118,7 +118,14 @@ describe('NAT rule workflow (mocked activities)', () => {
     const deleting = controlWithKube(async () => ({ exists: true, deleting: true }));
     await withWorkflow(env(), deleting.activities(), fipWorkflowV5, fromKube(), async (h) => {
       await h.result();
-      expect(withoutStatus(deleting.started())).toEqual(['findClaimAndApply', 'kubeAdopt', 'removeGatewayRuleEverywhere', 'eipForRule', 'unclaimEip', 'kubeRelease']);
+      expect(withoutStatus(deleting.started())).toEqual(['adoptAndFindClaimAndApply', 'kubeAdopt', 'removeGatewayRuleEverywhere', 'eipForRule', 'unclaimEip', 'kubeRelease']);
+    });
+    // With no first call to make (its spec invalid), it adopts with a call of its own: a deleting object is cleaned up, not left waiting.
+    const invalid = controlWithKube(async () => ({ exists: true, deleting: true }));
+    const options = resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1, fromKube: true }, { eip: 'e1', internalIp: 'not-an-ip' }).options;
+    await withWorkflow(env(), invalid.activities(), fipWorkflowV5, options, async (h) => {
+      await h.result();
+      expect(withoutStatus(invalid.started())).toEqual(['kubeAdopt', 'removeGatewayRuleEverywhere', 'eipForRule', 'unclaimEip', 'kubeRelease']);
     });
   });
 

@@ -29,8 +29,8 @@ const LIVENESS = { heartbeatTimeout: '10s' } as const;
  */
 const FENCED_CALLS = new Set<string>(['allocateAddress', 'claimEip', 'bindAddress', 'setGatewayRule'] satisfies (keyof WorkflowCallActivities)[]);
 const fencedCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, startToCloseTimeout: '20s' });
-/** Two or three fenced steps in one call (takeAddress, claimAndApply, findClaimAndApply), under one fence: the time of their steps together. */
-const COMBINED_CALLS = new Set<string>(['takeAddress', 'claimAndApply', 'findClaimAndApply'] satisfies (keyof WorkflowCallActivities)[]);
+/** Two or three fenced steps in one call (takeAddress, claimAndApply, findClaimAndApply, and those after an adoption), under one fence: the time of their steps together. */
+const COMBINED_CALLS = new Set<string>(['takeAddress', 'adoptAndTakeAddress', 'claimAndApply', 'findClaimAndApply', 'adoptAndFindClaimAndApply'] satisfies (keyof WorkflowCallActivities)[]);
 const combinedCalls = proxyActivities<WorkflowCallActivities>({ ...CALL_OPTIONS, startToCloseTimeout: '30s' });
 /**
  * The others give back, look or wake. Their heartbeats tell a lost attempt; the start-to-close

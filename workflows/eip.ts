@@ -98,6 +98,7 @@ class Eip {
       this.specChanged = false;
       const spec = checkSpec(() => normalizeEipSpec(this.name, this.spec));
       if (!spec.ok) {
+        await this.k8s.ensureAdopted(); // no first call to adopt it: an object being deleted is cleaned up, not left waiting
         this.setPhase('Invalid', spec.invalid);
         await this.waitFor(() => this.specChanged);
         continue;
@@ -238,12 +239,15 @@ class Eip {
       this.held = { subnet };
       this.bound = { gateway };
       const wake = { eip: this.name, woken: this.wokenByItself() };
+      const req = { gateway, subnet, owner: this.owner, requested, wake };
+      const summary = `take ${requested || 'an address'} from ${subnet} onto ${gateway}`;
       const adopt = this.k8s.adoption();
       // Unlimited retries: it ends in an answer, or in the delete's cancellation (thrown on).
       this.taking = true;
-      const taken = await this.calls.takeAddress
-        .executeWithOptions({ summary: `${adopt ? `adopt eip ${this.name}, ` : ''}take ${requested || 'an address'} from ${subnet} onto ${gateway}` }, [{ gateway, subnet, owner: this.owner, requested, wake, ...(adopt && { adopt }) }])
-        .finally(() => (this.taking = false)); // once bound, Ready is shown before a waiting claim looks again
+      const taken = await (adopt
+        ? this.calls.adoptAndTakeAddress.executeWithOptions({ summary: `adopt eip ${this.name}, ${summary}` }, [{ ...req, adopt }])
+        : this.calls.takeAddress.executeWithOptions({ summary }, [req])
+      ).finally(() => (this.taking = false)); // once bound, Ready is shown before a waiting claim looks again
       if ('notAdopted' in taken && !taken.mayHold) this.nothingHeld();
       this.k8s.answered(taken); // its object gone or being deleted: thrown on, to adoptedLifecycle
       if ('bound' in taken) {

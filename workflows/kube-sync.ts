@@ -58,7 +58,8 @@ export interface KubeSyncOptions {
    * address being taken off: `passing`) is not written at all, only one that waits (for its users,
    * its gateway), as `deletingStatusLasts` says; the release carries the last one. In a burst of
    * deletes every cleanup outlasted the delay, and each wrote a status nobody could read: a timer,
-   * a call and two workflow tasks per object when they were scarcest.
+   * a call and two workflow tasks per object when they were scarcest. Takes `deletingStatusLasts`
+   * and `finalStatusWithRelease` (without it, a release would wait for a write that never comes).
    */
   deletingWritesOnlyWaits?: boolean;
 }

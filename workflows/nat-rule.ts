@@ -11,7 +11,7 @@ import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type FoundClaimedAndApplied, type NotAdopted, type WatchUntil } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type FoundClaimedAndApplied, type WatchUntil } from '../domain/workflow-api.js';
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
@@ -85,6 +85,7 @@ class NatRuleResource {
       this.specChanged = false;
       const eipName = checkSpec(() => (this.legacy ? natEipName(this.input) : validateNatSpec(this.input)));
       if (!eipName.ok) {
+        await this.k8s.ensureAdopted(); // no first call to adopt it: an object being deleted is cleaned up, not left waiting
         this.setPhase('Invalid', eipName.invalid);
         await this.waitFor(() => this.specChanged);
         continue;
@@ -93,7 +94,6 @@ class NatRuleResource {
       const found = await this.waitForEip(eipName.value);
       if (!found) continue;
       const { eip, taken } = found;
-      if (!taken) await this.k8s.ensureAdopted(); // its first call was not made, or took nothing: adopted before the claim
       const serving = taken ? await this.tookOrRefused(eipName.value, eip, taken) : this.combined && eip.gateway ? await this.claimAndApply(eipName.value, eip, eip.gateway) : await this.claimThenApply(eipName.value, eip);
       if (!serving) continue;
       await this.serve(serving);
@@ -223,6 +223,7 @@ class NatRuleResource {
       const args: [string, EipWatch?] = watch ? [eipName, watch] : [eipName];
       const first = attempt === 0 && watch && this.findFirst ? await this.findClaimAndApply(eipName, watch) : null;
       if (first && 'taken' in first) return first;
+      if (!first) await this.k8s.ensureAdopted(); // no first call adopted it (a V5 run's): before it waits or claims
       const eip = first ? first.eip : await this.calls.eipForRule.executeWithOptions({ summary: `is EIP ${eipName} ready?` }, args);
       if (eip?.ready) return { eip };
       this.setPhase('WaitingForEip', { status: 'False', reason: eip ? Reason.EipNotReady : Reason.EipNotFound, message: eip ? `EIP ${eipName} is not ready: ${eip.reason}` : `EIP ${eipName} does not exist` });
@@ -241,15 +242,17 @@ class NatRuleResource {
    * Finds the EIP, claims it and applies, in one call: what it took, or the lookup's answer (then
    * nothing is held: what an earlier attempt of the call may hold is given back first).
    */
-  private async findClaimAndApply(eipName: string, watch: EipWatch): Promise<Exclude<FoundClaimedAndApplied, NotAdopted> | null> {
+  private async findClaimAndApply(eipName: string, watch: EipWatch): Promise<FoundClaimedAndApplied | null> {
     const rule = checkSpec(() => natRuleFor(this.input, '')); // the claim gives its EIP's address
     if (!rule.ok) return null; // the steps one by one show why
     // It shows the phase it had (Pending, or WaitingForEip in a continued run) until it knows more.
     this.holdsUnknown = { eipName };
+    const req = { eip: eipName, watch, owner: this.owner, kind: this.kind, name: this.name, rule: rule.value };
+    const summary = `find EIP ${eipName}, claim it for ${this.kind} ${this.name} and apply`;
     const adopt = this.k8s.adoption();
-    const found = await this.calls.findClaimAndApply.executeWithOptions({ summary: `${adopt ? `adopt ${this.kind} ${this.name}, ` : ''}find EIP ${eipName}, claim it for ${this.kind} ${this.name} and apply` }, [
-      { eip: eipName, watch, owner: this.owner, kind: this.kind, name: this.name, rule: rule.value, ...(adopt && { adopt }) },
-    ]);
+    const found = await (adopt
+      ? this.calls.adoptAndFindClaimAndApply.executeWithOptions({ summary: `adopt ${this.kind} ${this.name}, ${summary}` }, [{ ...req, adopt }])
+      : this.calls.findClaimAndApply.executeWithOptions({ summary }, [req]));
     if ('notAdopted' in found && !found.mayHold) this.holdsUnknown = null;
     this.k8s.answered(found); // its object gone or being deleted: thrown on, to adoptedLifecycle
     if (!('taken' in found)) {

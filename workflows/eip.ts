@@ -240,16 +240,12 @@ class Eip {
       this.bound = { gateway };
       const wake = { eip: this.name, woken: this.wokenByItself() };
       const req = { gateway, subnet, owner: this.owner, requested, wake };
-      const summary = `take ${requested || 'an address'} from ${subnet} onto ${gateway}`;
-      const adopt = this.k8s.adoption();
-      // Unlimited retries: it ends in an answer, or in the delete's cancellation (thrown on).
+      // Unlimited retries: it ends in an answer, or in the delete's cancellation (thrown on); its
+      // object gone or being deleted (a V5 run's adoption), NotAdopted is thrown on.
       this.taking = true;
-      const taken = await (adopt
-        ? this.calls.adoptAndTakeAddress.executeWithOptions({ summary: `adopt eip ${this.name}, ${summary}` }, [{ ...req, adopt }])
-        : this.calls.takeAddress.executeWithOptions({ summary }, [req])
-      ).finally(() => (this.taking = false)); // once bound, Ready is shown before a waiting claim looks again
-      if ('notAdopted' in taken && !taken.mayHold) this.nothingHeld();
-      this.k8s.answered(taken); // its object gone or being deleted: thrown on, to adoptedLifecycle
+      const taken = await this.k8s
+        .firstCall({ plain: this.calls.takeAddress, adopting: this.calls.adoptAndTakeAddress }, req, `take ${requested || 'an address'} from ${subnet} onto ${gateway}`, () => this.nothingHeld())
+        .finally(() => (this.taking = false)); // once bound, Ready is shown before a waiting claim looks again
       if ('bound' in taken) {
         this.allocationRefusals = 0;
         this.status.ip = taken.bound.address;

@@ -13,10 +13,14 @@ export interface KubeSync {
    * With `adoptsWithFirstCall`, 'adopted' at once: the lifecycle's first call adopts it.
    */
   adopt(): Promise<'adopted' | 'gone' | 'deleting'>;
-  /** The object the next call is to adopt before it does anything (its first call's `adopt`), while none has. */
+  /** The object a call is still to adopt before it does anything, while none has (`adoptsWithFirstCall`). */
   adoption(): KubeRef | undefined;
-  /** What a call that carried `adoption()` answered: adopted, or NotAdopted thrown (for `adoptedLifecycle`). */
-  answered<T extends object>(answer: T): asserts answer is Exclude<T, NotAdoptedAnswer>;
+  /**
+   * A lifecycle's first call: through `adopting`, with the object to adopt first, while no call has
+   * adopted it; else through `plain`. The object gone or being deleted: NotAdopted thrown (for
+   * `adoptedLifecycle`), after `nothingHeld()` when no earlier attempt of the call may hold anything.
+   */
+  firstCall<A extends object, R extends object>(calls: { plain: Call<A, R>; adopting: Call<A & { adopt: KubeRef }, R | NotAdoptedAnswer> }, req: A, summary: string, nothingHeld: () => void): Promise<R>;
   /** Adopts the object with a call of its own, if no call has yet; NotAdopted thrown when it is gone or being deleted. */
   ensureAdopted(): Promise<void>;
   /** Publishes the latest status soon; intermediate ones may be skipped. `passing`: a step it only passes through (see `deletingWritesOnlyWaits`). */
@@ -24,6 +28,11 @@ export interface KubeSync {
   /** The cleanup has begun (see `deletingStatusLasts`). */
   cleaningUp(): void;
   release(): Promise<void>;
+}
+
+/** A call through either kind of activity proxy, with the summary the Web UI shows. */
+interface Call<A, R> {
+  executeWithOptions(options: { summary: string }, args: [A]): Promise<R>;
 }
 
 /**
@@ -83,7 +92,9 @@ export class NotAdopted extends Error {
  */
 export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, options: KubeSyncOptions = {}): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
-  if (!resource.fromKube) return { adopt: async () => 'adopted', adoption: () => undefined, answered: () => undefined, ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, release: async () => undefined };
+  if (!resource.fromKube) {
+    return { adopt: async () => 'adopted', adoption: () => undefined, firstCall: ({ plain }, req, summary) => plain.executeWithOptions({ summary }, [req]), ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, release: async () => undefined };
+  }
   const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false, deletingWritesOnlyWaits = false } = options;
   /** No call has adopted the object yet (`adoptsWithFirstCall`). */
   let unadopted = false;
@@ -131,12 +142,15 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       return 'adopted';
     },
     adoption: () => (unadopted ? ref : undefined),
-    answered(answer) {
+    async firstCall({ plain, adopting }, req, summary, nothingHeld) {
+      if (!unadopted) return plain.executeWithOptions({ summary }, [req]);
+      const answer = await adopting.executeWithOptions({ summary: `adopt ${kind} ${resource.name}, ${summary}` }, [{ ...req, adopt: ref }]);
       if ('notAdopted' in answer) {
-        const { notAdopted, mayHold } = answer as unknown as NotAdoptedAnswer;
-        throw new NotAdopted(notAdopted, mayHold);
+        if (!answer.mayHold) nothingHeld();
+        throw new NotAdopted(answer.notAdopted, answer.mayHold);
       }
       unadopted = false;
+      return answer;
     },
     async ensureAdopted() {
       if (!unadopted) return;

@@ -248,13 +248,13 @@ class NatRuleResource {
     // It shows the phase it had (Pending, or WaitingForEip in a continued run) until it knows more.
     this.holdsUnknown = { eipName };
     const req = { eip: eipName, watch, owner: this.owner, kind: this.kind, name: this.name, rule: rule.value };
-    const summary = `find EIP ${eipName}, claim it for ${this.kind} ${this.name} and apply`;
-    const adopt = this.k8s.adoption();
-    const found = await (adopt
-      ? this.calls.adoptAndFindClaimAndApply.executeWithOptions({ summary: `adopt ${this.kind} ${this.name}, ${summary}` }, [{ ...req, adopt }])
-      : this.calls.findClaimAndApply.executeWithOptions({ summary }, [req]));
-    if ('notAdopted' in found && !found.mayHold) this.holdsUnknown = null;
-    this.k8s.answered(found); // its object gone or being deleted: thrown on, to adoptedLifecycle
+    // Its object gone or being deleted (a V5 run's adoption): NotAdopted thrown on.
+    const found = await this.k8s.firstCall(
+      { plain: this.calls.findClaimAndApply, adopting: this.calls.adoptAndFindClaimAndApply },
+      req,
+      `find EIP ${eipName}, claim it for ${this.kind} ${this.name} and apply`,
+      () => (this.holdsUnknown = null),
+    );
     if (!('taken' in found)) {
       if (found.mayHold) await this.releaseAll();
       this.holdsUnknown = null;

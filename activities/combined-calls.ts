@@ -10,19 +10,20 @@
 //
 // A first call from the newest types also adopts its Kubernetes object before its first step
 // (`adoptAnd…`; Kube-OVN's fix, in order: the object is there and its finalizer on before any side
-// effect), where the older ones made that a call of its own.
+// effect), where the older ones made that a call of its own; and a cleanup's last call releases
+// the object (its finalizer off) once everything before it is applied and given back.
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { Reason } from '../domain/errors.js';
 import type { Allocation } from '../domain/ipam.js';
 import type { KubeRef } from '../domain/kube.js';
-import type { ClaimedAndApplied, ClaimedEip, ClaimWait, FindClaimAndApplyRequest, FoundClaimedAndApplied, KubeActivities, NotAdopted, Refused, TakeAddressRequest, TakenAddress, WorkflowCallActivities } from '../domain/workflow-api.js';
+import type { ClaimedAndApplied, ClaimedEip, ClaimWait, FindClaimAndApplyRequest, FoundClaimedAndApplied, KubeActivities, KubeRelease, NotAdopted, Refused, Removed, TakeAddressRequest, TakenAddress, WorkflowCallActivities } from '../domain/workflow-api.js';
 import type { EipClaim } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 
 export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'adoptAndTakeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'adoptAndFindClaimAndApply' | 'giveBackByIdentity' | 'removeRuleAndUnclaim' | 'unbindAndRelease'>;
 /** The steps; `kubeAdopt` on a worker with a Kubernetes client. */
-type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'> & Partial<Pick<KubeActivities, 'kubeAdopt'>>;
+type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'> & Partial<Pick<KubeActivities, 'kubeAdopt' | 'kubeRelease'>>;
 
 /** How long a rule's first claim waits for an EIP taking its address: well within the call's start-to-close timeout. */
 export const CLAIM_WAIT_MS = 10_000;
@@ -50,6 +51,13 @@ export function combinedCalls(steps: Steps): CombinedCalls {
     if (!steps.kubeAdopt) throw new Error(`${ref.kind} ${ref.name} comes from Kubernetes, and this worker has no Kubernetes client to adopt it with`);
     const { exists, deleting } = await steps.kubeAdopt(ref);
     return exists && !deleting ? null : { notAdopted: exists ? 'deleting' : 'gone', mayHold: retried() };
+  }
+
+  /** A cleanup's last step, once the removal before it was applied: its object released, when asked and this worker can. */
+  async function released(removed: { applied: boolean }, releaseObject: KubeRelease | undefined): Promise<Removed> {
+    if (!removed.applied || !releaseObject || !steps.kubeRelease) return { applied: removed.applied };
+    await steps.kubeRelease(releaseObject);
+    return { applied: true, objectReleased: true };
   }
 
   /** Claim, then set the rule on the claimed EIP's gateway; not applied when that is not `gateway` (when one is expected). */
@@ -114,18 +122,18 @@ export function combinedCalls(steps: Steps): CombinedCalls {
       if (claimed) await steps.unclaimEip({ eipWorkflowId: claimed, owner });
     },
 
-    async removeRuleAndUnclaim({ gateway, owner, eipWorkflowId, claimOwner }) {
+    async removeRuleAndUnclaim({ gateway, owner, eipWorkflowId, claimOwner, releaseObject }) {
       const removed = await steps.removeGatewayRule({ gateway, owner });
       // The claim only once the rule is off: until then the EIP's address may still forward to it.
       if (removed.applied) await steps.unclaimEip({ eipWorkflowId, owner: claimOwner });
-      return removed;
+      return released(removed, releaseObject);
     },
 
-    async unbindAndRelease({ gateway, subnet, owner }) {
+    async unbindAndRelease({ gateway, subnet, owner, releaseObject }) {
       const unbound = await steps.unbindAddress({ gateway, owner });
       // Released only once it is off: an address still on one gateway must not be given to another EIP.
       if (unbound.applied) await steps.releaseAddress({ subnet, owner });
-      return unbound;
+      return released(unbound, releaseObject);
     },
   };
 }

@@ -11,10 +11,10 @@ import { natEipName, type NatKind, type NatSpec, type NatSpecs, type NatStatus }
 import { searchAttributes } from '../domain/search-attributes.js';
 import { DEFAULT_EXTERNAL_SUBNET, parseSubnet, type SubnetSpec } from '../domain/subnet.js';
 import { gatewayStateQuery, ipamStateQuery, specChangedSignal, statusQuery } from '../domain/workflow-api.js';
-import { eipWorkflow, eipWorkflowV5 } from '../workflows/eip.js';
+import { eipWorkflow, eipWorkflowV6 } from '../workflows/eip.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
-import { dnatWorkflowV5, fipWorkflowV5, snatWorkflowV5 } from '../workflows/nat-rule.js';
+import { dnatWorkflowV6, fipWorkflowV6, snatWorkflowV6 } from '../workflows/nat-rule.js';
 import { FROM_KUBERNETES_MEMO } from '../domain/kube.js';
 import { findOneRunning, findRunning } from './find-resources.js';
 
@@ -91,7 +91,7 @@ export interface CreatedResource {
 /** The status every resource workflow answers (`status` query), with what found it. */
 export type ResourceStatus<K extends ResourceKind> = (K extends 'eip' ? EipStatus : NatStatus) & { name: string; workflowId: string };
 
-const workflowOf = { eip: eipWorkflowV5, fip: fipWorkflowV5, dnat: dnatWorkflowV5, snat: snatWorkflowV5 } as const;
+const workflowOf = { eip: eipWorkflowV6, fip: fipWorkflowV6, dnat: dnatWorkflowV6, snat: snatWorkflowV6 } as const;
 
 /**
  * How a resource's workflow is started, by the CLI and the bridge alike: its ID, input and the

@@ -13,7 +13,7 @@ import { useTestEnv } from './support/temporal-env.js';
 import { Worker } from '@temporalio/worker';
 import { resourceStart } from '../starter/resources.js';
 import type { EipStatus } from '../domain/eip.js';
-import { eipWorkflowV2, eipWorkflowV3, eipWorkflowV4, eipWorkflowV5 } from '../workflows/eip.js';
+import { eipWorkflowV2, eipWorkflowV3, eipWorkflowV4, eipWorkflowV5, eipWorkflowV6 } from '../workflows/eip.js';
 import { deleteAndWait, eventually, historyOf, isCallOf, statusesAroundDelete, statusOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
@@ -242,20 +242,33 @@ describe('EIP workflow (mocked activities)', () => {
     const kube = fakeKube();
     const { options } = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, spec);
     const user = { owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1' };
-    return withWorkflow(env(), { ...control().activities(), ...kube.activities() }, workflow, options, (h) =>
-      statusesAroundDelete(h, kube, {
+    const { kubeAdopt, kubeRelease } = kube.activities();
+    const fake = new FakeCalls<WorkflowCallActivities>(working()).alsoServe((served) => combinedCalls({ ...served, kubeAdopt, kubeRelease }));
+    return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, async (h) => {
+      const statuses = await statusesAroundDelete(h, kube, {
         before: async () => users && (await h.executeUpdate(claimEipUpdate, { args: [user] })),
         meanwhile: async () => {
           if (!users) return;
           await eventually(async () => statusesWritten(kube), (w) => w.includes(`Deleting/${Reason.EipInUse}`), 10_000, 'EipInUse written');
           await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: user.owner }] });
         },
-      }),
-    );
+      });
+      const releaseCalls = (await historyOf(h)).filter((e) => isCallOf(e, 'kubeRelease')).length;
+      return { ...statuses, releaseCalls, carried: fake.args.unbindAndRelease?.map(([req]) => req.releaseObject?.status ?? null) };
+    });
   }
 
+  it('a V6 run lets its object go in the call that takes its address off and gives it back, with the status it ends with (a V5 run makes a call of its own); one that waits for its users first still shows it', async () => {
+    const quick = await statusesOfDelete(eipWorkflowV6, false);
+    expect(quick).toMatchObject({ all: ['Ready/Ready'], released: 'Deleted', releaseCalls: 0, carried: [expect.objectContaining({ phase: 'Deleted', ip: '' })] });
+    expect(await statusesOfDelete(eipWorkflowV5, false)).toMatchObject({ all: ['Ready/Ready'], released: 'Deleted', releaseCalls: 1, carried: [null] });
+    const waited = await statusesOfDelete(eipWorkflowV6, true);
+    expect(waited.all.filter((s) => s.startsWith('Deleting/'))).toEqual([`Deleting/${Reason.EipInUse}`]);
+    expect(waited).toMatchObject({ released: 'Deleted', releaseCalls: 0 });
+  }, 60_000);
+
   it('a quick delete writes no status of its own (the last one goes with the release); a cleanup that waits for its users shows it once that has lasted (a V3 run writes each at once)', async () => {
-    expect(await statusesOfDelete(eipWorkflowV4, false)).toEqual({ soon: ['Ready/Ready'], all: ['Ready/Ready'], released: 'Deleted' });
+    expect(await statusesOfDelete(eipWorkflowV4, false)).toMatchObject({ soon: ['Ready/Ready'], all: ['Ready/Ready'], released: 'Deleted' });
     expect(await statusesOfDelete(eipWorkflowV3, false)).toMatchObject({ all: ['Ready/Ready', `Deleting/${Reason.Deleting}`], released: 'Deleted' });
     // With a user, its claim is in a Ready status of its own first.
     const deleting = (written: string[]) => written.filter((s) => s.startsWith('Deleting/'));

@@ -5,12 +5,12 @@ import { describe, expect, it } from 'vitest';
 import { ApplicationFailure } from '@temporalio/common';
 import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, type KubeActivities, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { resourceStart } from '../starter/resources.js';
-import { fipWorkflowV2, fipWorkflowV3, fipWorkflowV4, fipWorkflowV5 } from '../workflows/nat-rule.js';
+import { fipWorkflowV2, fipWorkflowV3, fipWorkflowV4, fipWorkflowV5, fipWorkflowV6 } from '../workflows/nat-rule.js';
 import { Reason } from '../domain/errors.js';
 import { CLAIM_WAIT_MS, combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, fakeKube, statusesWritten, workingRuleCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, statusesAroundDelete, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, historyOf, isCallOf, statusesAroundDelete, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works (see workingRuleCalls). */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) => new FakeCalls<WorkflowCallActivities>(workingRuleCalls(), scripts).alsoServe(combinedCalls);
@@ -70,26 +70,30 @@ describe('NAT rule workflow (mocked activities)', () => {
    * A FIP from Kubernetes deleted (while its gateway is not ready, until its status says so, when
    * `gatewayAway`): the statuses written a second after the delete and by its end.
    */
-  async function statusesOfDelete(workflow: typeof fipWorkflowV4, gatewayAway: boolean, removalMs = 0) {
+  async function statusesOfDelete(workflow: typeof fipWorkflowV4, gatewayAway: boolean, removalMs = 0, { workerReleases = true } = {}) {
     let away = gatewayAway;
     const kube = fakeKube();
     const scripts = { removeGatewayRule: { answer: async () => ({ applied: !away }), delayMs: removalMs } };
-    const fake = new FakeCalls<WorkflowCallActivities>(workingRuleCalls(), scripts).alsoServe((served) => combinedCalls({ ...served, kubeAdopt: kube.activities().kubeAdopt! }));
+    const { kubeAdopt, kubeRelease } = kube.activities();
+    // `workerReleases`: false, a worker from before the V6 types (its calls ignore `releaseObject`).
+    const fake = new FakeCalls<WorkflowCallActivities>(workingRuleCalls(), scripts).alsoServe((served) => combinedCalls({ ...served, kubeAdopt, ...(workerReleases && { kubeRelease }) }));
     const { options } = resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1, fromKube: true }, { eip: 'e1', internalIp: '10.0.1.10' });
-    return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, (h) =>
-      statusesAroundDelete(h, kube, {
+    return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, async (h) => {
+      const statuses = await statusesAroundDelete(h, kube, {
         meanwhile: async () => {
           if (!gatewayAway) return;
           await eventually(async () => statusesWritten(kube), (w) => w.includes(`Deleting/${Reason.GatewayNotReady}`), 10_000, 'GatewayNotReady written');
           away = false;
           await h.signal(gatewayChangedSignal);
         },
-      }),
-    );
+      });
+      const releases = { calls: (await historyOf(h)).filter((e) => isCallOf(e, 'kubeRelease')).length, made: kube.started().filter((n) => n === 'kubeRelease').length };
+      return { ...statuses, releases, removals: fake.args.removeRuleAndUnclaim?.map(([req]) => req.releaseObject?.status?.phase ?? null) };
+    });
   }
 
   it('a quick delete writes no status of its own (the last one goes with the release); a cleanup that waits for its gateway shows it once that has lasted (a V3 run writes each at once)', async () => {
-    expect(await statusesOfDelete(fipWorkflowV4, false)).toEqual({ soon: ['Ready/Ready'], all: ['Ready/Ready'], released: 'Deleted' });
+    expect(await statusesOfDelete(fipWorkflowV4, false)).toMatchObject({ soon: ['Ready/Ready'], all: ['Ready/Ready'], released: 'Deleted' });
     expect(await statusesOfDelete(fipWorkflowV3, false)).toMatchObject({ all: ['Ready/Ready', `Deleting/${Reason.Deleting}`], released: 'Deleted' });
     const waited = await statusesOfDelete(fipWorkflowV4, true);
     expect(waited.soon).toEqual(['Ready/Ready']);
@@ -98,9 +102,21 @@ describe('NAT rule workflow (mocked activities)', () => {
   }, 60_000);
 
   it('a V5 run writes no status its cleanup only passes through, however long that lasts (a V4 run writes it once it has lasted); a wait for its gateway it still shows', async () => {
-    expect(await statusesOfDelete(fipWorkflowV5, false, 4000)).toEqual({ soon: ['Ready/Ready'], all: ['Ready/Ready'], released: 'Deleted' });
+    expect(await statusesOfDelete(fipWorkflowV5, false, 4000)).toMatchObject({ soon: ['Ready/Ready'], all: ['Ready/Ready'], released: 'Deleted' });
     expect((await statusesOfDelete(fipWorkflowV4, false, 4000)).all).toEqual(['Ready/Ready', `Deleting/${Reason.Deleting}`]);
     expect((await statusesOfDelete(fipWorkflowV5, true)).all).toEqual(['Ready/Ready', `Deleting/${Reason.GatewayNotReady}`]);
+  }, 60_000);
+
+  it('a V6 run lets its object go in the call that takes its rule off and gives its claim back, with the status it ends with (a V5 run makes a call of its own); while that call is not applied, it releases nothing and its wait is written', async () => {
+    const quick = await statusesOfDelete(fipWorkflowV6, false);
+    expect(quick).toMatchObject({ all: ['Ready/Ready'], released: 'Deleted', releases: { calls: 0, made: 1 }, removals: ['Deleted'] });
+    expect(await statusesOfDelete(fipWorkflowV5, false)).toMatchObject({ all: ['Ready/Ready'], released: 'Deleted', releases: { calls: 1, made: 1 }, removals: [null] });
+    const waited = await statusesOfDelete(fipWorkflowV6, true);
+    expect(waited.all).toEqual(['Ready/Ready', `Deleting/${Reason.GatewayNotReady}`]);
+    expect(waited).toMatchObject({ released: 'Deleted', releases: { calls: 0, made: 1 } });
+    expect(waited.removals?.length).toBeGreaterThan(1);
+    // A worker from before V6 ignores the object to release: the run releases it with a call of its own.
+    expect(await statusesOfDelete(fipWorkflowV6, false, 0, { workerReleases: false })).toMatchObject({ released: 'Deleted', releases: { calls: 1, made: 1 }, removals: ['Deleted'] });
   }, 60_000);
 
   it('from Kubernetes, its first call adopts its object before it looks for its EIP (a V4 run makes a call of its own first); one finding the object deleting takes nothing and cleans up as a run that only cleans up', async () => {

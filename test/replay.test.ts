@@ -12,7 +12,7 @@ const fixtures = loadFixtures();
 describe('replay of recorded histories', () => {
   it('has fixtures for every workflow type', () => {
     const types = new Set(fixtures.map((f) => f.meta.workflowType));
-    for (const type of ['eipWorkflow', 'fipWorkflow', 'dnatWorkflow', 'snatWorkflow', 'eipWorkflowV2', 'eipWorkflowV3', 'eipWorkflowV4', 'fipWorkflowV2', 'dnatWorkflowV2', 'snatWorkflowV2', 'fipWorkflowV3', 'dnatWorkflowV3', 'snatWorkflowV3', 'fipWorkflowV4', 'dnatWorkflowV4', 'snatWorkflowV4', 'eipWorkflowV5', 'fipWorkflowV5', 'dnatWorkflowV5', 'snatWorkflowV5', 'gatewayWorkflow', 'ipamWorkflow']) expect(types).toContain(type);
+    for (const type of ['eipWorkflow', 'fipWorkflow', 'dnatWorkflow', 'snatWorkflow', 'eipWorkflowV2', 'eipWorkflowV3', 'eipWorkflowV4', 'fipWorkflowV2', 'dnatWorkflowV2', 'snatWorkflowV2', 'fipWorkflowV3', 'dnatWorkflowV3', 'snatWorkflowV3', 'fipWorkflowV4', 'dnatWorkflowV4', 'snatWorkflowV4', 'eipWorkflowV5', 'fipWorkflowV5', 'dnatWorkflowV5', 'snatWorkflowV5', 'eipWorkflowV6', 'fipWorkflowV6', 'dnatWorkflowV6', 'snatWorkflowV6', 'gatewayWorkflow', 'ipamWorkflow']) expect(types).toContain(type);
   });
 
   it('replays every fixture against the current code', async () => {

@@ -12,7 +12,7 @@ import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { setCondition, type ConditionInput } from '../domain/status.js';
-import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type ClaimWait, type EipWatch, type Fence } from '../domain/workflow-api.js';
+import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type ClaimWait, type EipWatch, type Fence, type KubeRelease } from '../domain/workflow-api.js';
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
@@ -45,9 +45,17 @@ const LATE_WATCHERS_WOKEN = 'late-watchers-woken';
  */
 const WAKE_UPS_SHIELDED = 'wake-ups-shielded';
 
+const DELETED: ReadyCondition = { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' };
+
 /** Watchers listed to `notifyEipWaiters` as woken already, at most (the list is its input: a payload). */
 const MAX_WOKEN_LISTED = 1_000;
 
+/**
+ * An EIP started since the V6 type: the V5 one, and its cleanup's last call (the address off its
+ * gateway and back to its subnet) releases its Kubernetes object (workflows/kube-sync.ts: a call
+ * and a workflow task fewer per deleted object).
+ */
+export const eipWorkflowV6 = (input: EipInput) => eipLifecycle(input, 6);
 /**
  * An EIP started since the V5 type: the V4 one, and its Kubernetes object is adopted by its first
  * call, the one that takes its address (workflows/kube-sync.ts: a call and a workflow task fewer
@@ -129,10 +137,10 @@ class Eip {
         // earlier run took: give back whatever this EIP may hold anywhere, by owner.
         await this.calls.releaseEverywhere.executeWithOptions({ summary: `release ${this.name} everywhere` }, [{ owner: this.owner }]);
       }
-      await this.releaseAll();
-      this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is held any more' });
-      await this.wakeWatchersAtEnd(); // before the object goes: once it is gone, the run ends at once
-      await this.k8s.release();
+      await this.releaseAll(true);
+      this.setPhase('Deleted', DELETED);
+      await this.wakeWatchersAtEnd(); // before the object goes (unless releaseAll's last call took it): once it is gone, the run ends at once
+      await this.k8s.release(); // nothing left to do when releaseAll's last call released it
     });
   }
 
@@ -209,7 +217,7 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
-    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5 });
+    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
     this.setPhase = this.reporter.setPhase;
 
@@ -434,8 +442,8 @@ class Eip {
     this.watchers.delete(claim.owner);
   }
 
-  /** Gives back whatever may be held. Both calls are idempotent, so "may" is enough. */
-  private async releaseAll(): Promise<void> {
+  /** Gives back whatever may be held. Both calls are idempotent, so "may" is enough. `last`: the cleanup's, whose last call may release the object too. */
+  private async releaseAll(last = false): Promise<void> {
     if (this.bound) {
       // Released only once it is off: an address still on one gateway must not be given to another EIP.
       const { gateway } = this.bound;
@@ -445,9 +453,13 @@ class Eip {
         () => {
           this.gatewayChanged = false;
           const what = this.status.ip || 'EIP';
-          return held
-            ? this.calls.unbindAndRelease.executeWithOptions({ summary: `unbind ${what} from ${gateway}, release it to ${held.subnet}` }, [{ gateway, subnet: held.subnet, owner: this.owner }])
-            : this.calls.unbindAddress.executeWithOptions({ summary: `unbind ${what} from ${gateway}` }, [{ gateway, owner: this.owner }]);
+          if (!held) return this.calls.unbindAddress.executeWithOptions({ summary: `unbind ${what} from ${gateway}` }, [{ gateway, owner: this.owner }]);
+          const unbindAndRelease = (releaseObject?: KubeRelease) =>
+            this.calls.unbindAndRelease.executeWithOptions({ summary: `unbind ${what} from ${gateway}, release it to ${held.subnet}${releaseObject ? ', let the object go' : ''}` }, [
+              { gateway, subnet: held.subnet, owner: this.owner, ...(releaseObject && { releaseObject }) },
+            ]);
+          // Nothing is given back after it.
+          return last ? this.k8s.lastCall(unbindAndRelease, () => ({ ...this.reporter.preview('Deleted', DELETED, { ip: '' }) })) : unbindAndRelease();
         },
         (attempt) => waitForGatewayToRemove(this.setPhase, this.waitFor, () => this.gatewayChanged, { gateway, what: this.status.ip || 'its address', deleting: this.deleting, attempt }),
         this.patched,

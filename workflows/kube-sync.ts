@@ -4,7 +4,7 @@
 import * as wf from '@temporalio/workflow';
 import type { KubeRef } from '../domain/kube.js';
 import type { ResourceRef } from '../domain/names.js';
-import type { NotAdopted as NotAdoptedAnswer } from '../domain/workflow-api.js';
+import type { KubeRelease, NotAdopted as NotAdoptedAnswer, Removed } from '../domain/workflow-api.js';
 import { kube as remoteKube, type CallProxies } from './activity-proxies.js';
 
 export interface KubeSync {
@@ -27,6 +27,14 @@ export interface KubeSync {
   publish(status: Record<string, unknown>, opts?: { passing?: boolean }): void;
   /** The cleanup has begun (see `deletingStatusLasts`). */
   cleaningUp(): void;
+  /**
+   * The cleanup's last call, `call(releaseObject)`: with `releasesWithLastCall`, made with the object
+   * to release once its own steps are applied and `final()`, the status the cleanup will end with
+   * (written only if another finalizer keeps the object), after a status write in flight has landed;
+   * no status is written until it answers, and `release()` has nothing left to do if it released
+   * the object. Without, made at once without it: older types' commands keep their recorded order.
+   */
+  lastCall<R extends Removed>(call: (releaseObject?: KubeRelease) => Promise<R>, final: () => Record<string, unknown>): Promise<R>;
   release(): Promise<void>;
 }
 
@@ -71,6 +79,13 @@ export interface KubeSyncOptions {
    * and `finalStatusWithRelease` (without it, a release would wait for a write that never comes).
    */
   deletingWritesOnlyWaits?: boolean;
+  /**
+   * The V6 types: the cleanup's last call (a NAT rule's removal and unclaim, an EIP's unbind and
+   * release) releases the object once its own steps are applied (`lastCall`), not a
+   * `kubeRelease` call of its own: a call and a workflow task fewer per deleted object. Takes
+   * `finalStatusWithRelease`.
+   */
+  releasesWithLastCall?: boolean;
 }
 
 /**
@@ -93,9 +108,9 @@ export class NotAdopted extends Error {
 export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, options: KubeSyncOptions = {}): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
   if (!resource.fromKube) {
-    return { adopt: async () => 'adopted', adoption: () => undefined, firstCall: ({ plain }, req, summary) => plain.executeWithOptions({ summary }, [req]), ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, release: async () => undefined };
+    return { adopt: async () => 'adopted', adoption: () => undefined, firstCall: ({ plain }, req, summary) => plain.executeWithOptions({ summary }, [req]), ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, lastCall: (call) => call(), release: async () => undefined };
   }
-  const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false, deletingWritesOnlyWaits = false } = options;
+  const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false, deletingWritesOnlyWaits = false, releasesWithLastCall = false } = options;
   /** No call has adopted the object yet (`adoptsWithFirstCall`). */
   let unadopted = false;
   const adoptByCall = async () => {
@@ -114,6 +129,8 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   let releasing = false;
   /** The cleanup has begun. */
   let cleaning = false;
+  /** The cleanup's last call released the object. */
+  let releasedByCall = false;
   // One publisher, outside cancellation, always sending the newest status: a burst of phase
   // changes costs one write, and the final status still goes out while cleanup runs.
   /** A status the cleanup only passes through, which the V5 types leave to the release. */
@@ -166,7 +183,21 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
     cleaningUp() {
       cleaning = true;
     },
+    lastCall(call, final) {
+      if (!releasesWithLastCall) return call();
+      releasing = true; // the publisher waits for the answer: a write then could land after the object went
+      return wf.condition(() => !writing).then(async () => {
+        const answer = await call({ ...ref, status: final() });
+        releasedByCall = answer.objectReleased === true; // not when not applied, nor by a worker from before V6
+        releasing = releasedByCall;
+        return answer;
+      });
+    },
     async release() {
+      if (releasedByCall) {
+        published = version; // the status the call carried was the one the cleanup ends with
+        return;
+      }
       if (!finalStatusWithRelease) {
         await wf.condition(() => published === version); // the last status lands before the object may go
         await kube.kubeRelease.executeWithOptions({ summary: `remove finalizer of ${kind} ${resource.name}` }, [ref]);

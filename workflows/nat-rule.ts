@@ -11,7 +11,7 @@ import { Reason } from '../domain/errors.js';
 import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type FoundClaimedAndApplied, type WatchUntil } from '../domain/workflow-api.js';
+import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type FoundClaimedAndApplied, type KubeRelease, type WatchUntil } from '../domain/workflow-api.js';
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
@@ -43,7 +43,11 @@ const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFou
 
 type Serving = NonNullable<NatCarried['serving']>;
 
-// Rules started since the V5 types adopt their Kubernetes object in their first call (its find,
+const DELETED: ReadyCondition = { status: 'False', reason: Reason.Deleting, message: 'nothing is left on the gateway' };
+
+// Rules started since the V6 types release their Kubernetes object in the cleanup's last call,
+// the one that takes their rule off and gives their claim back (workflows/kube-sync.ts: a call and
+// a workflow task fewer per deleted object); since the V5 types they adopt their Kubernetes object in their first call (its find,
 // claim and apply; workflows/kube-sync.ts: a call and a workflow task fewer per object); since the
 // V4 types they write a deleting object's status only once it has lasted a
 // moment (workflows/kube-sync.ts: a status write fewer per quick delete); since the V3 types they
@@ -51,6 +55,9 @@ type Serving = NonNullable<NatCarried['serving']>;
 // (removeRuleAndUnclaim: a workflow task and an activity fewer per delete); since the V2 types,
 // the newest base of their day, a call each. The others replay and go on as the patches their
 // histories recorded say (workflows/patches.ts).
+export const fipWorkflowV6 = (input: NatInput<'fip'>) => natRuleWorkflow(input, 6);
+export const dnatWorkflowV6 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, 6);
+export const snatWorkflowV6 = (input: NatInput<'snat'>) => natRuleWorkflow(input, 6);
 export const fipWorkflowV5 = (input: NatInput<'fip'>) => natRuleWorkflow(input, 5);
 export const dnatWorkflowV5 = (input: NatInput<'dnat'>) => natRuleWorkflow(input, 5);
 export const snatWorkflowV5 = (input: NatInput<'snat'>) => natRuleWorkflow(input, 5);
@@ -108,9 +115,10 @@ class NatRuleResource {
       this.serving = null;
       this.setPhase('Deleting', { status: 'False', reason: Reason.Deleting, message: 'removing its rules and conntrack entries' }, { passing: true });
       if (alone && !this.input.carried && !this.legacy) await this.releaseByIdentity();
-      await this.releaseAll();
-      this.setPhase('Deleted', { status: 'False', reason: Reason.Deleting, message: 'nothing is left on the gateway' });
-      await this.k8s.release();
+      await this.releaseAll(true);
+      this.setPhase('Deleted', DELETED);
+      await this.k8s.release(); // nothing left to do when the last call of releaseAll released it
+
     });
   }
 
@@ -178,7 +186,7 @@ class NatRuleResource {
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
     this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
-    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5 });
+    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 
     wf.setHandler(statusQuery, () => this.status);
@@ -433,8 +441,8 @@ class NatRuleResource {
     this.serving = null;
   }
 
-  /** Gives back whatever may be held: the rule first, then the claim. */
-  private async releaseAll(): Promise<void> {
+  /** Gives back whatever may be held: the rule first, then the claim. `last`: the cleanup's, whose last call may release the object too. */
+  private async releaseAll(last = false): Promise<void> {
     if (this.holdsUnknown) {
       const { eipName } = this.holdsUnknown;
       const eipWorkflowId = this.claimed?.eipWorkflowId;
@@ -453,11 +461,12 @@ class NatRuleResource {
       const applied = await removeUntilApplied(
         () => {
           this.gatewayChanged = false;
-          return claim
-            ? this.calls.removeRuleAndUnclaim.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}, give EIP ${this.input.spec.eip} back` }, [
-                { gateway, owner, eipWorkflowId: claim.eipWorkflowId, claimOwner: this.owner },
-              ])
-            : this.calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}` }, [{ gateway, owner }]);
+          if (!claim) return this.calls.removeGatewayRule.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}` }, [{ gateway, owner }]);
+          const remove = (releaseObject?: KubeRelease) =>
+            this.calls.removeRuleAndUnclaim.executeWithOptions({ summary: `remove ${this.kind} ${this.name} rules and conntrack from ${gateway}, give EIP ${this.input.spec.eip} back${releaseObject ? ', let the object go' : ''}` }, [
+              { gateway, owner, eipWorkflowId: claim.eipWorkflowId, claimOwner: this.owner, ...(releaseObject && { releaseObject }) },
+            ]);
+          return last ? this.k8s.lastCall(remove, () => this.finalStatus()) : remove(); // nothing is given back after it
         },
         (attempt) => waitForGatewayToRemove((phase, condition) => this.setPhase(phase, condition), this.waitFor, () => this.gatewayChanged, { gateway, what: 'its rules', deleting: this.deleting, attempt }),
         this.patched,
@@ -521,6 +530,11 @@ class NatRuleResource {
     await wf.condition(wf.allHandlersFinished);
     const carried: NatCarried = { status: this.status, claimed: this.claimed, applied: this.applied, serving: this.serving, deleting: this.deleting, ...(this.k8s.adoption() && { unadopted: true }) };
     return wf.continueAsNew<typeof fipWorkflow>({ ...(this.input as NatInput<'fip'>), carried });
+  }
+
+  /** The status the cleanup ends with (releaseAll's, then 'Deleted'). */
+  private finalStatus(): Record<string, unknown> {
+    return { ...this.reporter.preview('Deleted', DELETED, { ...specEcho(this.input), v4ip: '' }) };
   }
 
   private sameEip(eipName: string): boolean {

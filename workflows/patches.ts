@@ -25,6 +25,9 @@
 // (workflows/kube-sync.ts), a status write less per quick delete of a resource from Kubernetes.
 // The `…V5` types: the V4 ones, and a resource from Kubernetes adopts its object in its first call
 // (activities/combined-calls.ts), not in a call of its own: a call and a workflow task less per object.
+// The `…V6` types: the V5 ones, and a cleanup's last call (a rule's removal and unclaim, an EIP's
+// unbind and release) also releases its Kubernetes object: a call and a workflow task less per
+// deleted object.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';
@@ -57,8 +60,8 @@ export const COMBINED_CALLS = 'combined-calls';
  */
 export const FIND_CLAIM_APPLY = 'find-claim-apply';
 
-/** A resource workflow type's version: 1 for the types without a suffix, then `…V2` to `…V5`. */
-export type TypeVersion = 1 | 2 | 3 | 4 | 5;
+/** A resource workflow type's version: 1 for the types without a suffix, then `…V2` to `…V6`. */
+export type TypeVersion = 1 | 2 | 3 | 4 | 5 | 6;
 
 /** Whether this run takes the patch `id`; call `patches()` in the workflow's first task, before any other patch. */
 export type Patched = (id: string) => boolean;

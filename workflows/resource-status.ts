@@ -27,18 +27,27 @@ interface PhasedStatus {
  */
 export function phaseReporter<S extends PhasedStatus>(status: S, k8s: KubeSync, generation: () => number, lean: boolean) {
   let pending: NatflowAttributes = {};
+  /** `from` as `phase` and `condition` leave it. */
+  const phased = (from: S, phase: S['phase'], condition: ReadyCondition): S => ({
+    ...from,
+    phase,
+    ready: phase === 'Ready',
+    observedGeneration: generation(),
+    conditions: setCondition(from.conditions, { type: 'Ready', ...condition }, new Date(), generation()),
+  });
   return {
     setPhase(phase: S['phase'], condition: ReadyCondition, opts: { passing?: boolean } = {}) {
-      status.phase = phase;
-      status.ready = phase === 'Ready';
-      status.observedGeneration = generation();
-      status.conditions = setCondition(status.conditions, { type: 'Ready', ...condition }, new Date(), generation());
+      Object.assign(status, phased(status, phase, condition));
       if (!lean || !opts.passing) {
         wf.upsertSearchAttributes(searchAttributes({ ...pending, phase }));
         pending = {};
       }
       wf.setCurrentDetails(`**${phase}**: ${condition.message}`);
       k8s.publish({ ...status } as Record<string, unknown>, { passing: opts.passing });
+    },
+    /** The status `setPhase(phase, condition)` would leave, with `changes` made first; nothing set or shown. */
+    preview(phase: S['phase'], condition: ReadyCondition, changes: Partial<S> = {}): S {
+      return phased({ ...status, ...changes }, phase, condition);
     },
     attributes(attrs: NatflowAttributes) {
       if (!lean) wf.upsertSearchAttributes(searchAttributes(attrs));

@@ -34,7 +34,7 @@ const eip = async (s: Stack, name: string, gateway = GW) => {
 };
 
 /** Deletes a FIP, then its EIP: the runs to record are theirs (of the newest types unless told). */
-async function deleteFipThenEip(s: Stack, fip: { name: string; workflowId: string }, eip: { name: string; workflowId: string }, types = { fip: 'fipWorkflowV5', eip: 'eipWorkflowV5' }) {
+async function deleteFipThenEip(s: Stack, fip: { name: string; workflowId: string }, eip: { name: string; workflowId: string }, types = { fip: 'fipWorkflowV6', eip: 'eipWorkflowV6' }) {
   await deleteResource(s.resources, 'fip', fip.name);
   await deleteResource(s.resources, 'eip', eip.name);
   return [
@@ -52,7 +52,7 @@ const ruleLifecycle = <K extends NatKind>(kind: K, spec: NatSpecs[K], changed: N
   await eventually(() => resourceStatus(s.resources, kind, `${kind}-1`), (st) => st.ready && st.observedGeneration === 2, 60_000, 'updated');
   await deleteResource(s.resources, kind, `${kind}-1`);
   await deleteResource(s.resources, 'eip', `eip-${kind}`);
-  return [{ workflowType: `${kind}WorkflowV5`, workflowId: rule.workflowId }];
+  return [{ workflowType: `${kind}WorkflowV6`, workflowId: rule.workflowId }];
 };
 
 /** A rule deleted while it is being claimed or applied. */
@@ -62,20 +62,20 @@ const deleteMidApply = <K extends NatKind>(kind: K, spec: NatSpecs[K]): Scenario
   await eventually(() => resourceStatus(s.resources, kind, `${kind}-mid`), (st) => ['Claiming', 'Applying', 'Ready'].includes(st.phase), 60_000, 'applying');
   await deleteResource(s.resources, kind, `${kind}-mid`);
   await deleteResource(s.resources, 'eip', spec.eip);
-  return [{ workflowType: `${kind}WorkflowV5`, workflowId: rule.workflowId }];
+  return [{ workflowType: `${kind}WorkflowV6`, workflowId: rule.workflowId }];
 };
 
 const scenarios: Record<string, Scenario> = {
   'eip-happy': async (s) => {
     const e = await eip(s, 'eip-happy');
     await deleteResource(s.resources, 'eip', 'eip-happy');
-    return [{ workflowType: 'eipWorkflowV5', workflowId: e.workflowId }];
+    return [{ workflowType: 'eipWorkflowV6', workflowId: e.workflowId }];
   },
   'eip-missing-gateway-deleted': async (s) => {
     const e = await createResource(s.resources, 'eip', 'eip-orphan', { natGwDp: 'no-such-gateway' });
     await settle(s, 'eip', 'eip-orphan', 'WaitingForGateway');
     await deleteResource(s.resources, 'eip', 'eip-orphan');
-    return [{ workflowType: 'eipWorkflowV5', workflowId: e.workflowId }];
+    return [{ workflowType: 'eipWorkflowV6', workflowId: e.workflowId }];
   },
   'eip-compensation': async (s) => {
     // The agent dies while the gateway still looks ready: the bind fails, the address is released,
@@ -87,7 +87,7 @@ const scenarios: Record<string, Scenario> = {
     await s.restartAgent(GW);
     await settle(s, 'eip', 'eip-comp', 'Ready');
     await deleteResource(s.resources, 'eip', 'eip-comp');
-    return [{ workflowType: 'eipWorkflowV5', workflowId: e.workflowId }];
+    return [{ workflowType: 'eipWorkflowV6', workflowId: e.workflowId }];
   },
   'fip-lifecycle': ruleLifecycle('fip', { eip: 'eip-fip', internalIp: '10.0.1.10' }, { eip: 'eip-fip', internalIp: '10.0.1.11' }),
   'dnat-lifecycle': ruleLifecycle(
@@ -155,8 +155,8 @@ const scenarios: Record<string, Scenario> = {
     for await (const run of s.env.client.workflow.list({ query: `WorkflowId = "${e.workflowId}"` })) runs.push(run);
     const [first] = runs.sort((a, b) => a.startTime.getTime() - b.startTime.getTime());
     return [
-      { workflowType: 'fipWorkflowV5', workflowId: waiting.workflowId },
-      { workflowType: 'eipWorkflowV5', workflowId: e.workflowId, runId: first!.runId },
+      { workflowType: 'fipWorkflowV6', workflowId: waiting.workflowId },
+      { workflowType: 'eipWorkflowV6', workflowId: e.workflowId, runId: first!.runId },
     ];
   },
   'fip-delete-mid-apply': deleteMidApply('fip', { eip: 'eip-mid-fip', internalIp: '10.0.1.10' }),
@@ -179,8 +179,8 @@ const scenarios: Record<string, Scenario> = {
       }
       const idOf = (kind: ResourceKind, o: KubernetesObject) => workflowIds.resource(kind, { name: o.metadata!.name!, uid: o.metadata!.uid! });
       return [
-        { workflowType: 'eipWorkflowV5', workflowId: idOf('eip', eipObj) },
-        { workflowType: 'fipWorkflowV5', workflowId: idOf('fip', fipObj) },
+        { workflowType: 'eipWorkflowV6', workflowId: idOf('eip', eipObj) },
+        { workflowType: 'fipWorkflowV6', workflowId: idOf('fip', fipObj) },
       ];
     } finally {
       await bridge.stop();
@@ -217,8 +217,8 @@ const scenarios: Record<string, Scenario> = {
     for (const { workflowId } of [rule, lone]) await s.env.client.workflow.getHandle(workflowId).result().catch(() => undefined);
     await deleteResource(s.resources, 'eip', 'eip-down');
     return [
-      { workflowType: 'fipWorkflowV5', workflowId: rule.workflowId },
-      { workflowType: 'eipWorkflowV5', workflowId: lone.workflowId },
+      { workflowType: 'fipWorkflowV6', workflowId: rule.workflowId },
+      { workflowType: 'eipWorkflowV6', workflowId: lone.workflowId },
     ];
   },
   'dnats-refused-on-one-eip': async (s) => {
@@ -231,7 +231,7 @@ const scenarios: Record<string, Scenario> = {
     await new Promise((resolve) => setTimeout(resolve, 5_000));
     for (const port of ['81', '82']) await deleteResource(s.resources, 'dnat', `dnat-out-${port}`);
     await deleteResource(s.resources, 'eip', 'eip-refusals');
-    return [...rules.map((r) => ({ workflowType: 'dnatWorkflowV5', workflowId: r.workflowId })), { workflowType: 'eipWorkflowV5', workflowId: e.workflowId }];
+    return [...rules.map((r) => ({ workflowType: 'dnatWorkflowV6', workflowId: r.workflowId })), { workflowType: 'eipWorkflowV6', workflowId: e.workflowId }];
   },
   'audit-fix': async (s) => {
     // An allocation whose EIP is gone, and an EIP's address taken off its gateway by hand: found by

@@ -11,19 +11,21 @@
 // A first call from the newest types also adopts its Kubernetes object before its first step
 // (`adoptAnd…`; Kube-OVN's fix, in order: the object is there and its finalizer on before any side
 // effect), where the older ones made that a call of its own; and a cleanup's last call releases
-// the object (its finalizer off) once everything before it is applied and given back.
+// the object (its finalizer off) once everything before it is applied and given back; and a first
+// call writes its resource's Ready status once it has made it Ready.
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { Reason } from '../domain/errors.js';
 import type { Allocation } from '../domain/ipam.js';
 import type { KubeRef } from '../domain/kube.js';
-import type { ClaimedAndApplied, ClaimedEip, ClaimWait, FindClaimAndApplyRequest, FoundClaimedAndApplied, KubeActivities, KubeRelease, NotAdopted, Refused, Removed, TakeAddressRequest, TakenAddress, WorkflowCallActivities } from '../domain/workflow-api.js';
+import type { ClaimedAndApplied, ClaimedEip, ClaimWait, FindClaimAndApplyRequest, FoundClaimedAndApplied, KubeActivities, KubeRelease, NotAdopted, ReadyWritten, Refused, Removed, TakeAddressRequest, TakenAddress, WorkflowCallActivities, WritesReady } from '../domain/workflow-api.js';
+import { eipReady, natRuleReady, readyStatus, type ReadyChange } from '../domain/status.js';
 import type { EipClaim } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 
 export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'adoptAndTakeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'adoptAndFindClaimAndApply' | 'giveBackByIdentity' | 'removeRuleAndUnclaim' | 'unbindAndRelease'>;
 /** The steps; `kubeAdopt` on a worker with a Kubernetes client. */
-type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'> & Partial<Pick<KubeActivities, 'kubeAdopt' | 'kubeRelease'>>;
+type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'> & Partial<Pick<KubeActivities, 'kubeAdopt' | 'kubePublishStatus' | 'kubeRelease'>>;
 
 /** How long a rule's first claim waits for an EIP taking its address: well within the call's start-to-close timeout. */
 export const CLAIM_WAIT_MS = 10_000;
@@ -53,6 +55,21 @@ export function combinedCalls(steps: Steps): CombinedCalls {
     return exists && !deleting ? null : { notAdopted: exists ? 'deleting' : 'gone', mayHold: retried() };
   }
 
+  /**
+   * A first call's last step, once its resource is Ready: its Ready status written, when asked and
+   * this worker can. A write that fails is not the call's failure: the run writes the status itself.
+   */
+  async function readyWritten(writeReady: WritesReady['writeReady'], change: ReadyChange): Promise<ReadyWritten> {
+    if (!writeReady || !steps.kubePublishStatus) return {};
+    const status = readyStatus(writeReady.status, change, new Date(), writeReady.generation);
+    try {
+      await steps.kubePublishStatus({ ...writeReady.object, status: { ...status } });
+      return { readyWritten: status };
+    } catch {
+      return {};
+    }
+  }
+
   /** A cleanup's last step, once the removal before it was applied: its object released, when asked and this worker can. */
   async function released(removed: { applied: boolean }, releaseObject: KubeRelease | undefined): Promise<Removed> {
     if (!removed.applied || !releaseObject || !steps.kubeRelease) return { applied: removed.applied };
@@ -61,7 +78,7 @@ export function combinedCalls(steps: Steps): CombinedCalls {
   }
 
   /** Claim, then set the rule on the claimed EIP's gateway; not applied when that is not `gateway` (when one is expected). */
-  async function claimAndApply({ gateway, rule, wait, ...claim }: { eipWorkflowId: string; gateway?: string; rule: NatRule; wait?: ClaimWait } & EipClaim): Promise<ClaimedAndApplied> {
+  async function claimAndApply({ gateway, rule, wait, ...claim }: { eipWorkflowId: string; gateway?: string; rule: NatRule; wait?: ClaimWait } & EipClaim, writeReady?: WritesReady['writeReady']): Promise<ClaimedAndApplied> {
     let target: ClaimedEip;
     try {
       target = await steps.claimEip({ ...claim, ...(wait && { wait }) });
@@ -71,13 +88,13 @@ export function combinedCalls(steps: Steps): CombinedCalls {
     if (gateway !== undefined && target.gateway !== gateway) return { claimed: target, notApplied: { reason: Reason.GatewayNotFound, message: `EIP ${claim.eipWorkflowId} is on ${target.gateway}, not on ${gateway}` } };
     try {
       await steps.setGatewayRule({ gateway: target.gateway, rule: { ...rule, eip: target.address } });
-      return { applied: target };
     } catch (err) {
       return { claimed: target, notApplied: refusedAs(err) };
     }
+    return { applied: target, ...(await readyWritten(writeReady, natRuleReady(target))) };
   }
 
-  async function takeAddress({ gateway, subnet, owner, requested, wake }: TakeAddressRequest): Promise<TakenAddress> {
+  async function takeAddress({ gateway, subnet, owner, requested, wake, writeReady }: TakeAddressRequest): Promise<TakenAddress> {
     const readiness = await steps.gatewayReadiness(gateway);
     if (!readiness.ready) return { refused: { reason: readiness.exists ? Reason.GatewayNotReady : Reason.GatewayNotFound, message: readiness.reason }, step: 'gateway', mayHold: retried() };
     let allocation: Allocation;
@@ -91,15 +108,16 @@ export function combinedCalls(steps: Steps): CombinedCalls {
     } catch (err) {
       return { refused: refusedAs(err), step: 'bind', mayHold: true };
     }
+    const written = await readyWritten(writeReady, eipReady(allocation.address, gateway));
     // A shortcut, not a step: a rule woken before the EIP shows Ready asks it to wake it once it does.
     if (wake) await steps.notifyEipWaiters(wake.eip, wake.woken).catch(() => undefined);
-    return { bound: allocation };
+    return { bound: allocation, ...written };
   }
 
-  async function findClaimAndApply({ eip: eipName, watch, ...claim }: FindClaimAndApplyRequest): Promise<FoundClaimedAndApplied> {
+  async function findClaimAndApply({ eip: eipName, watch, writeReady, ...claim }: FindClaimAndApplyRequest): Promise<FoundClaimedAndApplied> {
     const found = await steps.eipForRule(eipName);
     if (!found) return { eip: null, mayHold: retried() };
-    const taken = await claimAndApply({ eipWorkflowId: found.workflowId, ...claim, wait: { forMs: CLAIM_WAIT_MS } });
+    const taken = await claimAndApply({ eipWorkflowId: found.workflowId, ...claim, wait: { forMs: CLAIM_WAIT_MS } }, writeReady);
     if (!('claimRefused' in taken && NOT_THERE_YET.includes(taken.claimRefused.reason) && !taken.mayHold)) return { eip: found, taken };
     // Not ready in time (or gone meanwhile): what a lookup says now, the EIP asked to wake the rule.
     return { eip: await steps.eipForRule(eipName, watch), mayHold: retried() };
@@ -110,7 +128,7 @@ export function combinedCalls(steps: Steps): CombinedCalls {
     async adoptAndTakeAddress({ adopt, ...req }) {
       return (await notAdopted(adopt)) ?? takeAddress(req);
     },
-    claimAndApply,
+    claimAndApply: (req) => claimAndApply(req),
     findClaimAndApply,
     async adoptAndFindClaimAndApply({ adopt, ...req }) {
       return (await notAdopted(adopt)) ?? findClaimAndApply(req);

@@ -144,7 +144,7 @@ function fail(reason: Reason, message: string): never {
  * `stopping`: aborted when the worker running these as local activities starts to shut down.
  * `kube`: a worker's Kubernetes calls, with which a first call adopts its object (combined-calls.ts).
  */
-export function createWorkflowCallActivities(client: Client, batchLimits?: BatchLimits, stopping?: AbortSignal, kube?: Pick<KubeActivities, 'kubeAdopt' | 'kubeRelease'>): WorkflowCallActivities {
+export function createWorkflowCallActivities(client: Client, batchLimits?: BatchLimits, stopping?: AbortSignal, kube?: Pick<KubeActivities, 'kubeAdopt' | 'kubePublishStatus' | 'kubeRelease'>): WorkflowCallActivities {
   // Requests to the IPAM and gateway workflows go in batches (see update-batches.ts).
   const ipam = new UpdateBatcher<IpamRequest, Allocation | string | null>((id, requests) => client.workflow.getHandle(id).executeUpdate(ipamRequestsUpdate, { args: [requests] }), batchLimits);
   const gateways = new UpdateBatcher<GatewayRequest, { applied: boolean } | null>((id, requests) => client.workflow.getHandle(id).executeUpdate(gatewayRequestsUpdate, { args: [requests] }), batchLimits);
@@ -306,6 +306,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
-  return withHeartbeats(Object.fromEntries(Object.entries({ ...activities, ...combinedCalls({ ...activities, ...(kube && { kubeAdopt: kube.kubeAdopt, kubeRelease: kube.kubeRelease }) }) }).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities);
+  return withHeartbeats(Object.fromEntries(Object.entries({ ...activities, ...combinedCalls({ ...activities, ...(kube && { kubeAdopt: kube.kubeAdopt, kubePublishStatus: kube.kubePublishStatus, kubeRelease: kube.kubeRelease }) }) }).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities);
 }
 

@@ -10,6 +10,7 @@ import type { EipSpec, EipStatus } from './eip.js';
 import type { AgentInfo, AgentSessionEnd, EipAddress, GatewayReadiness, GatewaySpec, GatewayState } from './gateway.js';
 import type { Allocation, AllocateRequest, IpamState, IpamSummary } from './ipam.js';
 import type { KubeRef } from './kube.js';
+import type { PhasedStatus } from './status.js';
 import type { EipClaim, NatKind, NatSpec, NatStatus } from './nat-resources.js';
 import type { ConntrackTarget, NatRule } from './nat-rules.js';
 import type { SubnetSpec } from './subnet.js';
@@ -153,7 +154,21 @@ export interface Refused {
  * something may be held (the bind was refused after the allocation, or an earlier attempt of the
  * call, which timed out, may have taken what this one was refused), so the caller gives it back.
  */
-export type TakenAddress = { bound: Allocation } | { refused: Refused; step: 'gateway' | 'allocate' | 'bind'; mayHold: boolean };
+export type TakenAddress = ({ bound: Allocation } & ReadyWritten) | { refused: Refused; step: 'gateway' | 'allocate' | 'bind'; mayHold: boolean };
+
+/**
+ * A first call from the newest types that writes its resource's Ready status itself once it has
+ * made it Ready (`readyStatus` of `status`, the one before, with what it took and the worker's
+ * clock; `generation`, the one it observes): a status write, its call and a workflow task fewer
+ * per resource. A worker from before it ignores the field; a write that fails is left to the run.
+ */
+export interface WritesReady {
+  writeReady?: { object: KubeRef; status: PhasedStatus; generation: number };
+}
+/** The status such a call wrote, when it did. */
+export interface ReadyWritten {
+  readyWritten?: PhasedStatus;
+}
 
 /**
  * A first call that was to adopt its Kubernetes object first (`adopt`) found it gone or being
@@ -170,7 +185,7 @@ export interface NotAdopted {
  * (refused, or the EIP is on another gateway than expected); or the claim refused (`mayHold` as in
  * `TakenAddress`: an earlier attempt may have claimed and applied).
  */
-export type ClaimedAndApplied = { applied: ClaimedEip } | { claimed: ClaimedEip; notApplied: Refused } | { claimRefused: Refused; mayHold: boolean };
+export type ClaimedAndApplied = ({ applied: ClaimedEip } & ReadyWritten) | { claimed: ClaimedEip; notApplied: Refused } | { claimRefused: Refused; mayHold: boolean };
 
 /**
  * What `findClaimAndApply` did: the EIP found and `claimAndApply`'s answer; or only what a lookup
@@ -179,14 +194,14 @@ export type ClaimedAndApplied = { applied: ClaimedEip } | { claimed: ClaimedEip;
  */
 export type FoundClaimedAndApplied = { eip: EipForRule; taken: ClaimedAndApplied } | { eip: EipForRule | null; mayHold: boolean };
 
-export interface TakeAddressRequest {
+export interface TakeAddressRequest extends WritesReady {
   gateway: string;
   subnet: string;
   owner: string;
   requested?: string;
   wake?: { eip: string; woken: string[] };
 }
-export type FindClaimAndApplyRequest = { eip: string; watch: EipWatch; rule: NatRule } & EipClaim;
+export type FindClaimAndApplyRequest = { eip: string; watch: EipWatch; rule: NatRule } & EipClaim & WritesReady;
 
 /**
  * Calls from one workflow to another, made as activities (a workflow cannot send an update):

@@ -214,7 +214,7 @@ describe('EIP workflow (mocked activities)', () => {
   async function readyStatusesWritten(workflow: typeof eipWorkflowV3): Promise<EipStatus[]> {
     const kube = fakeKube();
     const written = () => (kube.args.kubePublishStatus ?? []).map(([ref]) => ref.status as unknown as EipStatus);
-    const fake = control({ bindAddress: { delayMs: 1500 } });
+    const fake = new FakeCalls<WorkflowCallActivities>(working(), { bindAddress: { delayMs: 1500 } }).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
     const { options } = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, spec);
     return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, async (h) => {
       await eventually(async () => fake.started(), (names) => names.includes('bindAddress'), 10_000, 'the bind under way');
@@ -231,6 +231,22 @@ describe('EIP workflow (mocked activities)', () => {
   it('becoming Ready with a claim waiting for its address, it takes the claim in the same step: one status write, naming the FIP (a V2 run writes one without it first)', async () => {
     expect(await readyStatusesWritten(eipWorkflowV3)).toEqual([expect.objectContaining({ phase: 'Ready', ip: '172.18.0.5', nat: 'fip' })]);
     expect((await readyStatusesWritten(eipWorkflowV2)).map((s) => s.nat)).toEqual(['', 'fip']);
+  });
+
+  it('a V6 run from Kubernetes has its first call write the Ready status it makes, and shows it as written: no status call of its own (a V5 run makes one); a claim that waited for its address is written after it', async () => {
+    for (const [workflow, statusCalls] of [[eipWorkflowV6, 0], [eipWorkflowV5, 1]] as const) {
+      const kube = fakeKube();
+      const fake = new FakeCalls<WorkflowCallActivities>(working()).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
+      await withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, fromKube(), async (h) => {
+        const ready = await workflowPhase(Object.assign(h, { kind: 'eip' as const }), 'Ready');
+        await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
+        expect(kube.args.kubePublishStatus?.[0]?.[0].status).toEqual(ready); // its times too
+        await deleteAndWait(h);
+        expect(statusesWritten(kube)).toEqual(['Ready/Ready']);
+        expect({ workflow: workflow.name, statusCalls: (await historyOf(h)).filter((e) => isCallOf(e, 'kubePublishStatus')).length }).toEqual({ workflow: workflow.name, statusCalls });
+      });
+    }
+    expect((await readyStatusesWritten(eipWorkflowV6)).map((s) => s.nat)).toEqual(['', 'fip']);
   });
 
   /**

@@ -145,6 +145,23 @@ describe('NAT rule workflow (mocked activities)', () => {
     });
   });
 
+  it('a V6 run from Kubernetes has its first call write the Ready status it makes, and shows it as written: no status call of its own (a V5 run makes one, and so does a V6 run on a worker that cannot write it)', async () => {
+    const fromKube = () => resourceStart('fip', { name: 'fip1', uid: uid(), generation: 1, fromKube: true }, { eip: 'e1', internalIp: '10.0.1.10' }).options;
+    for (const [workflow, workerWrites, statusCalls] of [[fipWorkflowV6, true, 0], [fipWorkflowV5, true, 1], [fipWorkflowV6, false, 1]] as const) {
+      const kube = fakeKube();
+      const { kubeAdopt, kubePublishStatus, kubeRelease } = kube.activities();
+      const fake = new FakeCalls<WorkflowCallActivities>(workingRuleCalls()).alsoServe((served) => combinedCalls({ ...served, kubeAdopt, kubeRelease, ...(workerWrites && { kubePublishStatus }) }));
+      await withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, fromKube(), async (h) => {
+        const ready = await workflowPhase(Object.assign(h, { kind: 'fip' as const }), 'Ready');
+        await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
+        expect(kube.args.kubePublishStatus?.[0]?.[0].status).toEqual(ready); // its times too
+        await deleteAndWait(h);
+        expect(statusesWritten(kube)).toEqual(['Ready/Ready']);
+        expect({ workflow: workflow.name, workerWrites, statusCalls: (await historyOf(h)).filter((e) => isCallOf(e, 'kubePublishStatus')).length }).toEqual({ workflow: workflow.name, workerWrites, statusCalls });
+      });
+    }
+  });
+
   it('waits for a missing EIP without touching anything; a delete then has nothing to undo', async () => {
     const fake = control({ eipForRule: { answer: missingEip } });
     await withFip(fake, async (h) => {

@@ -11,7 +11,7 @@ import type { Allocation } from '../domain/ipam.js';
 import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { setCondition, type ConditionInput } from '../domain/status.js';
+import { eipReady, readySince, setCondition, type ConditionInput, type PhasedStatus } from '../domain/status.js';
 import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type ClaimWait, type EipWatch, type Fence, type KubeRelease } from '../domain/workflow-api.js';
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
@@ -51,9 +51,9 @@ const DELETED: ReadyCondition = { status: 'False', reason: Reason.Deleting, mess
 const MAX_WOKEN_LISTED = 1_000;
 
 /**
- * An EIP started since the V6 type: the V5 one, and its cleanup's last call (the address off its
- * gateway and back to its subnet) releases its Kubernetes object (workflows/kube-sync.ts: a call
- * and a workflow task fewer per deleted object).
+ * An EIP started since the V6 type: the V5 one, and from Kubernetes its first call writes the Ready
+ * status it makes, and its cleanup's last call (the address off its gateway and back to its
+ * subnet) releases its object (workflows/kube-sync.ts: a call and a workflow task fewer each).
  */
 export const eipWorkflowV6 = (input: EipInput) => eipLifecycle(input, 6);
 /**
@@ -161,6 +161,8 @@ class Eip {
   private deleting: boolean;
   /** Its takeAddress call is under way (claims that may wait for it wait). */
   private taking = false;
+  /** The Ready status its takeAddress call wrote (the V6 type), until it shows Ready. */
+  private readyWritten: PhasedStatus | undefined;
   private readonly status: EipStatus;
   // What may be held right now: set before the call that takes it, cleared after the call that gives it back.
   private held: { subnet: string } | null;
@@ -217,7 +219,7 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
-    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6 });
+    this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6, writesReadyWithFirstCall: type >= 6 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
     this.setPhase = this.reporter.setPhase;
 
@@ -252,11 +254,15 @@ class Eip {
       // object gone or being deleted (a V5 run's adoption), NotAdopted is thrown on.
       this.taking = true;
       const taken = await this.k8s
-        .firstCall({ plain: this.calls.takeAddress, adopting: this.calls.adoptAndTakeAddress }, req, `take ${requested || 'an address'} from ${subnet} onto ${gateway}`, () => this.nothingHeld())
+        .firstCall({ plain: this.calls.takeAddress, adopting: this.calls.adoptAndTakeAddress }, req, `take ${requested || 'an address'} from ${subnet} onto ${gateway}`, () => this.nothingHeld(), () => ({
+          status: this.status,
+          generation: this.generation,
+        }))
         .finally(() => (this.taking = false)); // once bound, Ready is shown before a waiting claim looks again
       if ('bound' in taken) {
         this.allocationRefusals = 0;
         this.status.ip = taken.bound.address;
+        this.readyWritten = taken.readyWritten;
         return taken.bound;
       }
       if (taken.mayHold) await this.releaseAll(); // nothing stays held while we wait
@@ -421,7 +427,11 @@ class Eip {
   }
 
   private setReady(gateway: string, address: string): void {
-    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `${address} is bound on ${gateway}` });
+    // As its first call wrote it, if it did (then written once only).
+    const written = this.readyWritten;
+    this.readyWritten = undefined;
+    if (written) this.k8s.writtenByCall(written);
+    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: eipReady(address, gateway).message }, { at: written && readySince(written) });
     if (this.takesWaitingClaims) this.takeWaitingClaims(); // before the publisher, which sends the newest status, wakes
     this.notifyWatchers();
   }

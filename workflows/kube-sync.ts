@@ -4,7 +4,8 @@
 import * as wf from '@temporalio/workflow';
 import type { KubeRef } from '../domain/kube.js';
 import type { ResourceRef } from '../domain/names.js';
-import type { KubeRelease, NotAdopted as NotAdoptedAnswer, Removed } from '../domain/workflow-api.js';
+import { sameStatus, type PhasedStatus } from '../domain/status.js';
+import type { KubeRelease, NotAdopted as NotAdoptedAnswer, Removed, WritesReady } from '../domain/workflow-api.js';
 import { kube as remoteKube, type CallProxies } from './activity-proxies.js';
 
 export interface KubeSync {
@@ -20,7 +21,19 @@ export interface KubeSync {
    * adopted it; else through `plain`. The object gone or being deleted: NotAdopted thrown (for
    * `adoptedLifecycle`), after `nothingHeld()` when no earlier attempt of the call may hold anything.
    */
-  firstCall<A extends object, R extends object>(calls: { plain: Call<A, R>; adopting: Call<A & { adopt: KubeRef }, R | NotAdoptedAnswer> }, req: A, summary: string, nothingHeld: () => void): Promise<R>;
+  firstCall<A extends object, R extends object>(
+    calls: FirstCalls<A, R>,
+    req: A,
+    summary: string,
+    nothingHeld: () => void,
+    before?: () => { status: PhasedStatus; generation: number },
+  ): Promise<R>;
+  /**
+   * The Ready status the first call wrote (`writesReadyWithFirstCall`: `before()`, the status and
+   * generation it is made Ready from, sent with the call; no status of the publisher's is written
+   * while it runs): published next, the same status writes nothing.
+   */
+  writtenByCall(status: PhasedStatus): void;
   /** Adopts the object with a call of its own, if no call has yet; NotAdopted thrown when it is gone or being deleted. */
   ensureAdopted(): Promise<void>;
   /** Publishes the latest status soon; intermediate ones may be skipped. `passing`: a step it only passes through (see `deletingWritesOnlyWaits`). */
@@ -41,6 +54,11 @@ export interface KubeSync {
 /** A call through either kind of activity proxy, with the summary the Web UI shows. */
 interface Call<A, R> {
   executeWithOptions(options: { summary: string }, args: [A]): Promise<R>;
+}
+/** A lifecycle's first call, with and without the adoption of its object. */
+interface FirstCalls<A, R> {
+  plain: Call<A & WritesReady, R>;
+  adopting: Call<A & WritesReady & { adopt: KubeRef }, R | NotAdoptedAnswer>;
 }
 
 /**
@@ -86,6 +104,12 @@ export interface KubeSyncOptions {
    * `finalStatusWithRelease`.
    */
   releasesWithLastCall?: boolean;
+  /**
+   * The V6 types: the lifecycle's first call writes the Ready status it makes (`firstCall`'s
+   * `before`, `writtenByCall`), not a `kubePublishStatus` call of the publisher's: a call and a
+   * workflow task fewer per resource that becomes Ready at once.
+   */
+  writesReadyWithFirstCall?: boolean;
 }
 
 /**
@@ -108,9 +132,9 @@ export class NotAdopted extends Error {
 export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, options: KubeSyncOptions = {}): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
   if (!resource.fromKube) {
-    return { adopt: async () => 'adopted', adoption: () => undefined, firstCall: ({ plain }, req, summary) => plain.executeWithOptions({ summary }, [req]), ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, lastCall: (call) => call(), release: async () => undefined };
+    return { adopt: async () => 'adopted', adoption: () => undefined, firstCall: ({ plain }, req, summary) => plain.executeWithOptions({ summary }, [req]), ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, lastCall: (call) => call(), writtenByCall: () => undefined, release: async () => undefined };
   }
-  const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false, deletingWritesOnlyWaits = false, releasesWithLastCall = false } = options;
+  const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false, deletingWritesOnlyWaits = false, releasesWithLastCall = false, writesReadyWithFirstCall = false } = options;
   /** No call has adopted the object yet (`adoptsWithFirstCall`). */
   let unadopted = false;
   const adoptByCall = async () => {
@@ -131,13 +155,17 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   let cleaning = false;
   /** The cleanup's last call released the object. */
   let releasedByCall = false;
+  /** A first call that may write the status is under way: the publisher waits, its write could land after the call's. */
+  let callWrites = false;
+  /** The status the first call wrote, until the next one is published. */
+  let written: PhasedStatus | undefined;
   // One publisher, outside cancellation, always sending the newest status: a burst of phase
   // changes costs one write, and the final status still goes out while cleanup runs.
   /** A status the cleanup only passes through, which the V5 types leave to the release. */
   const unwrittenWhileDeleting = () => cleaning && deletingWritesOnlyWaits && latestPassing;
   void wf.CancellationScope.nonCancellable(async () => {
     for (;;) {
-      await wf.condition(() => version > published && !releasing && !unwrittenWhileDeleting());
+      await wf.condition(() => version > published && !releasing && !callWrites && !unwrittenWhileDeleting());
       // Cleaning up (the V4 types): a change is written DELETING_STATUS_AFTER_MS later (the newest
       // status then); released before that (or in the same activation as the timer), the release
       // took it, and this publisher is done.
@@ -152,6 +180,18 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       published = sending;
     }
   });
+  /** A first call, through `adopting` while no call has adopted the object (see `KubeSync.firstCall`). */
+  async function firstCallOf<A extends object, R extends object>({ plain, adopting }: FirstCalls<A, R>, req: A, summary: string, nothingHeld: () => void): Promise<R> {
+    if (!unadopted) return plain.executeWithOptions({ summary }, [req]);
+    const answer = await adopting.executeWithOptions({ summary: `adopt ${kind} ${resource.name}, ${summary}` }, [{ ...req, adopt: ref }]);
+    if ('notAdopted' in answer) {
+      if (!answer.mayHold) nothingHeld();
+      throw new NotAdopted(answer.notAdopted, answer.mayHold);
+    }
+    unadopted = false;
+    return answer;
+  }
+
   return {
     async adopt() {
       if (!adoptsWithFirstCall) return adoptByCall();
@@ -159,15 +199,17 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       return 'adopted';
     },
     adoption: () => (unadopted ? ref : undefined),
-    async firstCall({ plain, adopting }, req, summary, nothingHeld) {
-      if (!unadopted) return plain.executeWithOptions({ summary }, [req]);
-      const answer = await adopting.executeWithOptions({ summary: `adopt ${kind} ${resource.name}, ${summary}` }, [{ ...req, adopt: ref }]);
-      if ('notAdopted' in answer) {
-        if (!answer.mayHold) nothingHeld();
-        throw new NotAdopted(answer.notAdopted, answer.mayHold);
-      }
-      unadopted = false;
-      return answer;
+    firstCall(calls, req, summary, nothingHeld, before) {
+      if (!writesReadyWithFirstCall || before === undefined) return firstCallOf(calls, req, summary, nothingHeld); // as older types always made it
+      return (async () => {
+        callWrites = true; // the publisher's write could land after the call's
+        await wf.condition(() => !writing);
+        try {
+          return await firstCallOf(calls, { ...req, writeReady: { object: ref, ...before() } }, summary, nothingHeld);
+        } finally {
+          callWrites = false;
+        }
+      })();
     },
     async ensureAdopted() {
       if (!unadopted) return;
@@ -175,10 +217,17 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       if (adoption !== 'adopted') throw new NotAdopted(adoption, false);
       unadopted = false;
     },
+    writtenByCall(status) {
+      written = status;
+    },
     publish(status, opts = {}) {
+      // The first call wrote this one, and no write of the publisher's can land after it.
+      const writtenAlready = written !== undefined && !writing && sameStatus(status, written);
+      written = undefined;
       latest = status;
       latestPassing = opts.passing ?? false;
       version++;
+      if (writtenAlready) published = version;
     },
     cleaningUp() {
       cleaning = true;

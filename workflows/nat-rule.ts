@@ -18,6 +18,7 @@ import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
+import { natRuleReady, readySince, type PhasedStatus } from '../domain/status.js';
 
 /** Legacy runs: a gateway that was not ready is tried again this often. */
 const RETRY_GATEWAY_AFTER = '10s';
@@ -45,9 +46,10 @@ type Serving = NonNullable<NatCarried['serving']>;
 
 const DELETED: ReadyCondition = { status: 'False', reason: Reason.Deleting, message: 'nothing is left on the gateway' };
 
-// Rules started since the V6 types release their Kubernetes object in the cleanup's last call,
-// the one that takes their rule off and gives their claim back (workflows/kube-sync.ts: a call and
-// a workflow task fewer per deleted object); since the V5 types they adopt their Kubernetes object in their first call (its find,
+// Rules started since the V6 types write the Ready status their first call makes in that call, and
+// release their Kubernetes object in the cleanup's last call, the one that takes their rule off and
+// gives their claim back (workflows/kube-sync.ts: a call and a workflow task fewer each); since the
+// V5 types they adopt their Kubernetes object in their first call (its find,
 // claim and apply; workflows/kube-sync.ts: a call and a workflow task fewer per object); since the
 // V4 types they write a deleting object's status only once it has lasted a
 // moment (workflows/kube-sync.ts: a status write fewer per quick delete); since the V3 types they
@@ -186,7 +188,7 @@ class NatRuleResource {
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
     this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
-    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6 });
+    this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6, writesReadyWithFirstCall: type >= 6 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 
     wf.setHandler(statusQuery, () => this.status);
@@ -262,6 +264,7 @@ class NatRuleResource {
       req,
       `find EIP ${eipName}, claim it for ${this.kind} ${this.name} and apply`,
       () => (this.holdsUnknown = null),
+      () => ({ status: { ...this.status, ...specEcho(this.input) }, generation: this.input.resource.generation }),
     );
     if (!('taken' in found)) {
       if (found.mayHold) await this.releaseAll();
@@ -309,7 +312,7 @@ class NatRuleResource {
     this.tookEip(target);
     const serving = { eipName, eipWorkflowId: eip.workflowId, address: target.address, gateway: target.gateway };
     if ('applied' in taken) {
-      this.showReady(serving);
+      this.showReady(serving, taken.readyWritten);
       return serving;
     }
     // Refused by the gateway, or the EIP is on another gateway than its record said (then applied there next).
@@ -405,9 +408,11 @@ class NatRuleResource {
     return true;
   }
 
-  private showReady(serving: Serving): void {
+  /** `written`: the Ready status its first call wrote (the V6 types), shown as it was written. */
+  private showReady(serving: Serving, written?: PhasedStatus): void {
     this.refusalsInARow = 0;
-    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: `applied on ${serving.gateway}` });
+    if (written) this.k8s.writtenByCall(written);
+    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: natRuleReady({ address: serving.address, gateway: serving.gateway }).message }, { at: written && readySince(written) });
   }
 
   /** Sends the rule to the gateway; the refusal when it did not take it. */
@@ -542,7 +547,7 @@ class NatRuleResource {
     return current.ok && current.value === eipName;
   }
 
-  private setPhase(phase: NatPhase, condition: ReadyCondition, opts?: { passing?: boolean }): void {
+  private setPhase(phase: NatPhase, condition: ReadyCondition, opts?: { passing?: boolean; at?: Date }): void {
     Object.assign(this.status, specEcho(this.input));
     this.reporter.setPhase(phase, condition, opts);
   }

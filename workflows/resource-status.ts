@@ -4,18 +4,12 @@
 import * as wf from '@temporalio/workflow';
 import { Reason } from '../domain/errors.js';
 import { searchAttributes, type NatflowAttributes } from '../domain/search-attributes.js';
-import { setCondition, type Condition } from '../domain/status.js';
+import { withPhase, type PhasedStatus } from '../domain/status.js';
 import type { ReadyCondition } from './failures.js';
 import type { WaitFor } from './history-budget.js';
 import type { KubeSync } from './kube-sync.js';
 import type { Patched } from './patches.js';
 
-interface PhasedStatus {
-  phase: string;
-  ready: boolean;
-  conditions: Condition[];
-  observedGeneration: number;
-}
 
 /**
  * How a resource shows where it is. `setPhase(phase, condition)`: Ready is the one phase that is
@@ -27,17 +21,10 @@ interface PhasedStatus {
  */
 export function phaseReporter<S extends PhasedStatus>(status: S, k8s: KubeSync, generation: () => number, lean: boolean) {
   let pending: NatflowAttributes = {};
-  /** `from` as `phase` and `condition` leave it. */
-  const phased = (from: S, phase: S['phase'], condition: ReadyCondition): S => ({
-    ...from,
-    phase,
-    ready: phase === 'Ready',
-    observedGeneration: generation(),
-    conditions: setCondition(from.conditions, { type: 'Ready', ...condition }, new Date(), generation()),
-  });
   return {
-    setPhase(phase: S['phase'], condition: ReadyCondition, opts: { passing?: boolean } = {}) {
-      Object.assign(status, phased(status, phase, condition));
+    /** `at`: the time it took this phase, when not now (a Ready status its first call wrote, as of the call's clock). */
+    setPhase(phase: S['phase'], condition: ReadyCondition, opts: { passing?: boolean; at?: Date } = {}) {
+      Object.assign(status, withPhase(status, phase, condition, opts.at ?? new Date(), generation()));
       if (!lean || !opts.passing) {
         wf.upsertSearchAttributes(searchAttributes({ ...pending, phase }));
         pending = {};
@@ -47,7 +34,7 @@ export function phaseReporter<S extends PhasedStatus>(status: S, k8s: KubeSync, 
     },
     /** The status `setPhase(phase, condition)` would leave, with `changes` made first; nothing set or shown. */
     preview(phase: S['phase'], condition: ReadyCondition, changes: Partial<S> = {}): S {
-      return phased({ ...status, ...changes }, phase, condition);
+      return withPhase({ ...status, ...changes }, phase, condition, new Date(), generation());
     },
     attributes(attrs: NatflowAttributes) {
       if (!lean) wf.upsertSearchAttributes(searchAttributes(attrs));

@@ -1,5 +1,6 @@
 // Status conditions in Kube-OVN's shape (type, status, reason, message, lastUpdateTime,
 // lastTransitionTime, observedGeneration). Time is passed in: workflows use their own clock.
+import { Reason } from './errors.js';
 
 export interface Condition {
   type: string;
@@ -52,9 +53,12 @@ export interface ReadyChange {
 export const eipReady = (address: string, gateway: string): ReadyChange => ({ fields: { ip: address, natGwDp: gateway }, message: `${address} is bound on ${gateway}` });
 export const natRuleReady = (target: { address: string; gateway: string }): ReadyChange => ({ fields: { v4ip: target.address, natGwDp: target.gateway }, message: `applied on ${target.gateway}` });
 
+/** The Ready condition `change` makes. */
+export const readyCondition = (change: ReadyChange) => ({ status: 'True', reason: Reason.Ready, message: change.message }) as const;
+
 /** `before` made Ready by `change` as of `now`: what a first call writes, and what its workflow then shows. */
 export const readyStatus = <S extends PhasedStatus>(before: S, change: ReadyChange, now: Date, observedGeneration: number): S =>
-  withPhase({ ...before, ...change.fields }, 'Ready', { status: 'True', reason: 'Ready', message: change.message }, now, observedGeneration);
+  withPhase({ ...before, ...change.fields }, 'Ready', readyCondition(change), now, observedGeneration);
 
 /** When a status's Ready condition was last set. */
 export const readySince = (status: PhasedStatus): Date | undefined => {

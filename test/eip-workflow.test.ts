@@ -249,6 +249,23 @@ describe('EIP workflow (mocked activities)', () => {
     expect((await readyStatusesWritten(eipWorkflowV6)).map((s) => s.nat)).toEqual(['', 'fip']);
   });
 
+  it('a V6 first call that may write Ready waits for a status write in flight, so that the older status cannot land after it', async () => {
+    let looks = 0;
+    const kube = fakeKube();
+    kube.script('kubePublishStatus', { delayMs: 2000 });
+    const notReadyOnce = async (): Promise<GatewayReadiness> => (++looks === 1 ? { exists: true, ready: false, reason: 'its agent is not ready' } : { exists: true, ready: true, reason: '' });
+    const fake = new FakeCalls<WorkflowCallActivities>(working(), { gatewayReadiness: { answer: notReadyOnce } }).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
+    await withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, eipWorkflowV6, fromKube(), async (h) => {
+      await eventually(async () => kube.started(), (n) => n.includes('kubePublishStatus'), 10_000, 'WaitingForGateway being written');
+      await h.signal(gatewayChangedSignal);
+      await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 20_000, 'Ready written');
+      await eventually(async () => kube.events.filter((e) => e === 'kubePublishStatus:end').length, (ends) => ends === 2, 10_000, 'both writes landed');
+      expect(statusesWritten(kube)).toEqual([`WaitingForGateway/${Reason.GatewayNotReady}`, 'Ready/Ready']);
+      expect(kube.events.filter((e) => e.startsWith('kubePublishStatus:'))).toEqual(['kubePublishStatus:start', 'kubePublishStatus:end', 'kubePublishStatus:start', 'kubePublishStatus:end']);
+      await deleteAndWait(h);
+    });
+  });
+
   /**
    * An EIP from Kubernetes deleted (used by a FIP until its `EipInUse` status has been written, when
    * `users`): the statuses written a second after the delete and by its end, and the status its

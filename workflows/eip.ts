@@ -11,7 +11,7 @@ import type { Allocation } from '../domain/ipam.js';
 import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipReady, readySince, setCondition, type ConditionInput, type PhasedStatus } from '../domain/status.js';
+import { eipReady, readyCondition, readySince, setCondition, type ConditionInput, type PhasedStatus } from '../domain/status.js';
 import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type ClaimWait, type EipWatch, type Fence, type KubeRelease } from '../domain/workflow-api.js';
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
@@ -139,7 +139,9 @@ class Eip {
       }
       await this.releaseAll(true);
       this.setPhase('Deleted', DELETED);
-      await this.wakeWatchersAtEnd(); // before the object goes (unless releaseAll's last call took it): once it is gone, the run ends at once
+      // Before the object goes, where releaseAll's last call did not take it (a V6 run's does: its
+      // run may then take a task more after the object is gone, to deliver these).
+      await this.wakeWatchersAtEnd();
       await this.k8s.release(); // nothing left to do when releaseAll's last call released it
     });
   }
@@ -431,7 +433,7 @@ class Eip {
     const written = this.readyWritten;
     this.readyWritten = undefined;
     if (written) this.k8s.writtenByCall(written);
-    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: eipReady(address, gateway).message }, { at: written && readySince(written) });
+    this.setPhase('Ready', readyCondition(eipReady(address, gateway)), { at: written && readySince(written) });
     if (this.takesWaitingClaims) this.takeWaitingClaims(); // before the publisher, which sends the newest status, wakes
     this.notifyWatchers();
   }
@@ -469,7 +471,7 @@ class Eip {
               { gateway, subnet: held.subnet, owner: this.owner, ...(releaseObject && { releaseObject }) },
             ]);
           // Nothing is given back after it.
-          return last ? this.k8s.lastCall(unbindAndRelease, () => ({ ...this.reporter.preview('Deleted', DELETED, { ip: '' }) })) : unbindAndRelease();
+          return last ? this.k8s.lastCall(unbindAndRelease, () => this.finalStatus()) : unbindAndRelease();
         },
         (attempt) => waitForGatewayToRemove(this.setPhase, this.waitFor, () => this.gatewayChanged, { gateway, what: this.status.ip || 'its address', deleting: this.deleting, attempt }),
         this.patched,
@@ -482,6 +484,11 @@ class Eip {
       this.held = null;
     }
     this.status.ip = '';
+  }
+
+  /** The status the cleanup ends with (releaseAll's, then 'Deleted'). */
+  private finalStatus(): Record<string, unknown> {
+    return { ...this.reporter.preview('Deleted', DELETED, { ip: '' }) };
   }
 
   // --- waiting and continuing as new -------------------------------------------------------

@@ -26,7 +26,7 @@ export interface KubeSync {
     req: A,
     summary: string,
     nothingHeld: () => void,
-    before?: () => { status: PhasedStatus; generation: number },
+    before: () => { status: PhasedStatus; generation: number },
   ): Promise<R>;
   /**
    * The Ready status the first call wrote (`writesReadyWithFirstCall`: `before()`, the status and
@@ -149,7 +149,7 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   let published = 0;
   /** A status write is in flight. */
   let writing = false;
-  /** The release has begun: what is left to write goes with it. */
+  /** The release has begun (or a last call that may release is under way): what is left to write goes with it. */
   let releasing = false;
   /** The cleanup has begun. */
   let cleaning = false;
@@ -200,11 +200,11 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
     },
     adoption: () => (unadopted ? ref : undefined),
     firstCall(calls, req, summary, nothingHeld, before) {
-      if (!writesReadyWithFirstCall || before === undefined) return firstCallOf(calls, req, summary, nothingHeld); // as older types always made it
+      if (!writesReadyWithFirstCall) return firstCallOf(calls, req, summary, nothingHeld); // as older types always made it
       return (async () => {
-        callWrites = true; // the publisher's write could land after the call's
-        await wf.condition(() => !writing);
         try {
+          callWrites = true; // the publisher's write could land after the call's
+          await wf.condition(() => !writing); // rejected by a delete meanwhile: the flag still comes down
           return await firstCallOf(calls, { ...req, writeReady: { object: ref, ...before() } }, summary, nothingHeld);
         } finally {
           callWrites = false;
@@ -236,10 +236,13 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       if (!releasesWithLastCall) return call();
       releasing = true; // the publisher waits for the answer: a write then could land after the object went
       return wf.condition(() => !writing).then(async () => {
-        const answer = await call({ ...ref, status: final() });
-        releasedByCall = answer.objectReleased === true; // not when not applied, nor by a worker from before V6
-        releasing = releasedByCall;
-        return answer;
+        try {
+          const answer = await call({ ...ref, status: final() });
+          releasedByCall = answer.objectReleased === true; // not when not applied, nor by a worker from before V6
+          return answer;
+        } finally {
+          releasing = releasedByCall;
+        }
       });
     },
     async release() {

@@ -18,7 +18,7 @@ import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
-import { natRuleReady, readySince, type PhasedStatus } from '../domain/status.js';
+import { natRuleReady, readyCondition, readySince, type PhasedStatus } from '../domain/status.js';
 
 /** Legacy runs: a gateway that was not ready is tried again this often. */
 const RETRY_GATEWAY_AFTER = '10s';
@@ -120,7 +120,6 @@ class NatRuleResource {
       await this.releaseAll(true);
       this.setPhase('Deleted', DELETED);
       await this.k8s.release(); // nothing left to do when the last call of releaseAll released it
-
     });
   }
 
@@ -412,7 +411,7 @@ class NatRuleResource {
   private showReady(serving: Serving, written?: PhasedStatus): void {
     this.refusalsInARow = 0;
     if (written) this.k8s.writtenByCall(written);
-    this.setPhase('Ready', { status: 'True', reason: Reason.Ready, message: natRuleReady({ address: serving.address, gateway: serving.gateway }).message }, { at: written && readySince(written) });
+    this.setPhase('Ready', readyCondition(natRuleReady(serving)), { at: written && readySince(written) });
   }
 
   /** Sends the rule to the gateway; the refusal when it did not take it. */

@@ -25,9 +25,9 @@
 // (workflows/kube-sync.ts), a status write less per quick delete of a resource from Kubernetes.
 // The `…V5` types: the V4 ones, and a resource from Kubernetes adopts its object in its first call
 // (activities/combined-calls.ts), not in a call of its own: a call and a workflow task less per object.
-// The `…V6` types: the V5 ones, and a cleanup's last call (a rule's removal and unclaim, an EIP's
-// unbind and release) also releases its Kubernetes object: a call and a workflow task less per
-// deleted object.
+// The `…V6` types: the V5 ones, and from Kubernetes a resource's first call writes the Ready status
+// it makes, and its cleanup's last call (a rule's removal and unclaim, an EIP's unbind and release)
+// also releases its object: a call and a workflow task less each.
 import * as wf from '@temporalio/workflow';
 
 export const LEAN_HISTORY = 'lean-history';

@@ -10,7 +10,6 @@ import type { WaitFor } from './history-budget.js';
 import type { KubeSync } from './kube-sync.js';
 import type { Patched } from './patches.js';
 
-
 /**
  * How a resource shows where it is. `setPhase(phase, condition)`: Ready is the one phase that is
  * ready. A lean run (see patches.ts) writes its search attributes only for the phases it rests in:

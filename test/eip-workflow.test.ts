@@ -14,7 +14,7 @@ import { Worker } from '@temporalio/worker';
 import { resourceStart } from '../starter/resources.js';
 import type { EipStatus } from '../domain/eip.js';
 import { eipWorkflowV2, eipWorkflowV3, eipWorkflowV4, eipWorkflowV5, eipWorkflowV6 } from '../workflows/eip.js';
-import { deleteAndWait, eventually, historyOf, isCallOf, statusesAroundDelete, statusOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, historyOf, isCallOf, statusCallsOfReadyThenDelete, statusesAroundDelete, statusOf, uid, uniqueQueue, visibilityWrites, withResource, withWorkflow, workflowBundle, workflowBundleWithInterceptors, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works: the gateway is ready, allocations and binds succeed. */
 const working = (): Partial<WorkflowCallActivities> => ({
@@ -238,12 +238,8 @@ describe('EIP workflow (mocked activities)', () => {
       const kube = fakeKube();
       const fake = new FakeCalls<WorkflowCallActivities>(working()).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
       await withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, fromKube(), async (h) => {
-        const ready = await workflowPhase(Object.assign(h, { kind: 'eip' as const }), 'Ready');
-        await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
-        expect(kube.args.kubePublishStatus?.[0]?.[0].status).toEqual(ready); // its times too
-        await deleteAndWait(h);
-        expect(statusesWritten(kube)).toEqual(['Ready/Ready']);
-        expect({ workflow: workflow.name, statusCalls: (await historyOf(h)).filter((e) => isCallOf(e, 'kubePublishStatus')).length }).toEqual({ workflow: workflow.name, statusCalls });
+        const calls = await statusCallsOfReadyThenDelete(Object.assign(h, { kind: 'eip' as const }), kube);
+        expect({ workflow: workflow.name, statusCalls: calls }).toEqual({ workflow: workflow.name, statusCalls });
       });
     }
     expect((await readyStatusesWritten(eipWorkflowV6)).map((s) => s.nat)).toEqual(['', 'fip']);

@@ -10,7 +10,7 @@ import { Reason } from '../domain/errors.js';
 import { CLAIM_WAIT_MS, combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, fakeKube, statusesWritten, workingRuleCalls, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
-import { deleteAndWait, eventually, historyOf, isCallOf, statusesAroundDelete, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
+import { deleteAndWait, eventually, historyOf, isCallOf, statusCallsOfReadyThenDelete, statusesAroundDelete, statusOf, uid, uniqueQueue, withResource, withWorkflow, workflowPhase, type ResourceHandle } from './support/workflows.js';
 
 /** A control plane where everything works (see workingRuleCalls). */
 const control = (scripts: CallScripts<WorkflowCallActivities> = {}) => new FakeCalls<WorkflowCallActivities>(workingRuleCalls(), scripts).alsoServe(combinedCalls);
@@ -152,12 +152,8 @@ describe('NAT rule workflow (mocked activities)', () => {
       const { kubeAdopt, kubePublishStatus, kubeRelease } = kube.activities();
       const fake = new FakeCalls<WorkflowCallActivities>(workingRuleCalls()).alsoServe((served) => combinedCalls({ ...served, kubeAdopt, kubeRelease, ...(workerWrites && { kubePublishStatus }) }));
       await withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, fromKube(), async (h) => {
-        const ready = await workflowPhase(Object.assign(h, { kind: 'fip' as const }), 'Ready');
-        await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
-        expect(kube.args.kubePublishStatus?.[0]?.[0].status).toEqual(ready); // its times too
-        await deleteAndWait(h);
-        expect(statusesWritten(kube)).toEqual(['Ready/Ready']);
-        expect({ workflow: workflow.name, workerWrites, statusCalls: (await historyOf(h)).filter((e) => isCallOf(e, 'kubePublishStatus')).length }).toEqual({ workflow: workflow.name, workerWrites, statusCalls });
+        const calls = await statusCallsOfReadyThenDelete(Object.assign(h, { kind: 'fip' as const }), kube);
+        expect({ workflow: workflow.name, workerWrites, statusCalls: calls }).toEqual({ workflow: workflow.name, workerWrites, statusCalls });
       });
     }
   });

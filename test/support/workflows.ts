@@ -1,4 +1,5 @@
 // Test helpers for running natflow's workflows against a real (throwaway) Temporal dev server.
+import { expect } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { bundleWorkflowCode, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type { WorkflowHandle, WorkflowHandleWithFirstExecutionRunId, WorkflowStartOptions } from '@temporalio/client';
@@ -108,6 +109,20 @@ export async function statusesAroundDelete(handle: WorkflowHandle, kube: ReturnT
   await steps.meanwhile?.();
   await handle.result().catch(() => undefined);
   return { soon, all: statusesWritten(kube), released: kube.args.kubeRelease?.[0]?.[0].status?.phase };
+}
+
+/**
+ * A resource from Kubernetes, once Ready, deleted: how many status calls its history made
+ * (`kubePublishStatus`), once it is checked that Ready was the one status written, and that the
+ * first one written is the status the workflow shows, its times included.
+ */
+export async function statusCallsOfReadyThenDelete<K extends ResourceKind>(handle: ResourceHandle<K>, kube: ReturnType<typeof fakeKube>): Promise<number> {
+  const ready = await workflowPhase(handle, 'Ready');
+  await eventually(async () => statusesWritten(kube), (w) => w.includes('Ready/Ready'), 10_000, 'Ready written');
+  expect(kube.args.kubePublishStatus?.[0]?.[0].status).toEqual(ready);
+  await deleteAndWait(handle);
+  expect(statusesWritten(kube)).toEqual(['Ready/Ready']);
+  return (await historyOf(handle)).filter((e) => isCallOf(e, 'kubePublishStatus')).length;
 }
 
 /** The `status` query of a resource workflow, typed by its kind. */

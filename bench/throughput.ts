@@ -2,7 +2,8 @@
 // starter/resources.ts, `--inflight` creates at a time) until all are Ready, then deleted until
 // nothing is left (no running workflow, no rule or address on the gateway, no allocation), for
 // each N; beside it the Temporal floor: as many trivial workflows running as many no-op
-// activities as natflow's workflows ran, on the same server and worker settings. "All Ready" is
+// activities as natflow's workflows ran (an EIP's and a FIP's counted apart: since the V6 types a
+// FIP from Kubernetes makes fewer), on the same server and worker settings. "All Ready" is
 // the latest of the FIPs' Ready writes on the server, each the one it has kept since (through the
 // API: the watch event that showed its object ready), as the floor's end is its last completion.
 //
@@ -148,16 +149,8 @@ try {
     if (unknown > 0) console.log(`[bench] ${unknown} of ${n} FIPs without a known Ready time: counted at ${seconds(seen - t0)} s`);
     const ready = Math.max(...readyTimes.map((t) => t ?? seen)) - t0;
     if (objects) for await (const w of client.workflow.list({ query: 'NatflowKind IN ("eip", "fip") AND ExecutionStatus = "Running"' })) created.push(w.workflowId);
-    // What a pair cost: activities and local activities per resource workflow (from a sample), for the floor.
-    const sample = ['eip', 'fip'].flatMap((kind) => created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 10));
-    let activities = 0;
-    let localActivities = 0;
-    for (const id of sample) {
-      const events = (await client.workflow.getHandle(id).fetchHistory()).events ?? [];
-      activities += events.filter((e) => e.activityTaskScheduledEventAttributes).length;
-      localActivities += events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
-    }
-    const perWorkflow = { activities: Math.round(activities / sample.length), localActivities: Math.round(localActivities / sample.length) };
+    // What a pair cost: activities and local activities per EIP and per FIP workflow (from a sample of each), for the floor.
+    const perKind = await Promise.all((['eip', 'fip'] as const).map((kind) => callsPerWorkflow(created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 20))));
 
     const t1 = Date.now();
     if (objects) {
@@ -174,8 +167,8 @@ try {
     const deleted = Date.now() - t1;
 
     let floor = '-';
-    if (!values['no-floor']) floor = seconds(await temporalFloor(client, nativeConnection, 2 * n, perWorkflow));
-    rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), `${perWorkflow.activities} + ${perWorkflow.localActivities} local`, floor, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
+    if (!values['no-floor']) floor = seconds(await temporalFloor(client, nativeConnection, n, perKind));
+    rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), perKind.map((c, i) => `${i === 0 ? 'eip' : 'fip'} ${c.activities} + ${c.localActivities} local`).join(', '), floor, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
     const rss = `control ${Math.round(peakRss / 2 ** 20)} MiB, agent ${Math.round((agent.peakRss() ?? 0) / 2 ** 20)} MiB`;
     reportRow({ scenario: `EIP+FIP pairs to Ready (${apiPath ? 'API path: kube objects, bridge, status' : 'CLI path'})`, size: `${n} pairs`, result: `${seconds(ready)} s`, versus: floor === '-' ? undefined : `floor ${floor} s`, ratio: floor === '-' ? undefined : `${(ready / 1000 / Number(floor)).toFixed(2)}×`, rss });
     reportRow({ scenario: 'the same pairs deleted, nothing left', size: `${n} pairs`, result: `${seconds(deleted)} s`, versus: `create ${seconds(ready)} s`, ratio: `${(deleted / ready).toFixed(2)}×` });
@@ -313,8 +306,28 @@ async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips
   return { fips: fips.length, ready, clean };
 }
 
-/** The floor: `workflows` trivial workflows of as many no-op (local) activities each as natflow's ran, `inflight` starts at a time, until all completed. */
-async function temporalFloor(client: Client, connection: typeof nativeConnection, workflows: number, perWorkflow: { activities: number; localActivities: number }): Promise<number> {
+interface Calls {
+  activities: number;
+  localActivities: number;
+}
+
+/** The activities and local activities these workflows ran, on average (rounded). */
+async function callsPerWorkflow(workflowIds: string[]): Promise<Calls> {
+  let activities = 0;
+  let localActivities = 0;
+  for (const id of workflowIds) {
+    const events = (await client.workflow.getHandle(id).fetchHistory()).events ?? [];
+    activities += events.filter((e) => e.activityTaskScheduledEventAttributes).length;
+    localActivities += events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
+  }
+  return { activities: Math.round(activities / workflowIds.length), localActivities: Math.round(localActivities / workflowIds.length) };
+}
+
+/**
+ * The floor: for each pair, a trivial workflow of as many no-op (local) activities as natflow's EIPs
+ * ran and one of as many as its FIPs ran (`perKind`), `inflight` starts at a time, until all completed.
+ */
+async function temporalFloor(client: Client, connection: typeof nativeConnection, pairs: number, perKind: Calls[]): Promise<number> {
   const taskQueue = 'bench-floor';
   const worker = await Worker.create({
     connection,
@@ -326,8 +339,9 @@ async function temporalFloor(client: Client, connection: typeof nativeConnection
   return worker.runUntil(async () => {
     const t0 = Date.now();
     const handles: { result(): Promise<unknown> }[] = [];
-    await pool(Array.from({ length: workflows }, (_, i) => i), inflight, async (i) => {
-      handles.push(await client.workflow.start('floorWorkflow', { taskQueue, workflowId: `bench-floor-${t0}-${i}`, args: [perWorkflow.activities, perWorkflow.localActivities] }));
+    await pool(Array.from({ length: pairs * perKind.length }, (_, i) => i), inflight, async (i) => {
+      const calls = perKind[i % perKind.length]!;
+      handles.push(await client.workflow.start('floorWorkflow', { taskQueue, workflowId: `bench-floor-${t0}-${i}`, args: [calls.activities, calls.localActivities] }));
     });
     await Promise.all(handles.map((h) => h.result()));
     return Date.now() - t0;

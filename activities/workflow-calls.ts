@@ -306,6 +306,6 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
       return wake(`NatflowEip = ${JSON.stringify(eip)}`, eipChangedSignal, waiting);
     },
   };
-  return withHeartbeats(Object.fromEntries(Object.entries({ ...activities, ...combinedCalls({ ...activities, ...(kube && { kubeAdopt: kube.kubeAdopt, kubePublishStatus: kube.kubePublishStatus, kubeRelease: kube.kubeRelease }) }) }).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities);
+  return withHeartbeats(Object.fromEntries(Object.entries({ ...activities, ...combinedCalls({ ...activities, ...kube }) }).map(([name, activity]) => [name, asActivity(activity as (...args: unknown[]) => Promise<unknown>, client, stopping)])) as unknown as WorkflowCallActivities);
 }
 

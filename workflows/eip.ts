@@ -11,7 +11,7 @@ import type { Allocation } from '../domain/ipam.js';
 import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
-import { eipReady, readyCondition, readySince, setCondition, type ConditionInput, type PhasedStatus } from '../domain/status.js';
+import { eipReady, readyCondition, setCondition, type ConditionInput, type PhasedStatus } from '../domain/status.js';
 import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type ClaimWait, type EipWatch, type Fence, type KubeRelease } from '../domain/workflow-api.js';
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
@@ -432,8 +432,7 @@ class Eip {
     // As its first call wrote it, if it did (then written once only).
     const written = this.readyWritten;
     this.readyWritten = undefined;
-    if (written) this.k8s.writtenByCall(written);
-    this.setPhase('Ready', readyCondition(eipReady(address, gateway)), { at: written && readySince(written) });
+    this.setPhase('Ready', readyCondition(eipReady(address, gateway)), { written });
     if (this.takesWaitingClaims) this.takeWaitingClaims(); // before the publisher, which sends the newest status, wakes
     this.notifyWatchers();
   }

@@ -28,16 +28,15 @@ export interface KubeSync {
     nothingHeld: () => void,
     before: () => { status: PhasedStatus; generation: number },
   ): Promise<R>;
-  /**
-   * The Ready status the first call wrote (`writesReadyWithFirstCall`: `before()`, the status and
-   * generation it is made Ready from, sent with the call; no status of the publisher's is written
-   * while it runs): published next, the same status writes nothing.
-   */
-  writtenByCall(status: PhasedStatus): void;
   /** Adopts the object with a call of its own, if no call has yet; NotAdopted thrown when it is gone or being deleted. */
   ensureAdopted(): Promise<void>;
-  /** Publishes the latest status soon; intermediate ones may be skipped. `passing`: a step it only passes through (see `deletingWritesOnlyWaits`). */
-  publish(status: Record<string, unknown>, opts?: { passing?: boolean }): void;
+  /**
+   * Publishes the latest status soon; intermediate ones may be skipped. `passing`: a step it only
+   * passes through (see `deletingWritesOnlyWaits`). `written`: the status the first call wrote
+   * (`writesReadyWithFirstCall`: made from `firstCall`'s `before()`, sent with the call; no status
+   * of the publisher's is written while it runs): when it is this one, it is not written again.
+   */
+  publish(status: Record<string, unknown>, opts?: { passing?: boolean; written?: PhasedStatus }): void;
   /** The cleanup has begun (see `deletingStatusLasts`). */
   cleaningUp(): void;
   /**
@@ -106,7 +105,7 @@ export interface KubeSyncOptions {
   releasesWithLastCall?: boolean;
   /**
    * The V6 types: the lifecycle's first call writes the Ready status it makes (`firstCall`'s
-   * `before`, `writtenByCall`), not a `kubePublishStatus` call of the publisher's: a call and a
+   * `before`, `publish`'s `written`), not a `kubePublishStatus` call of the publisher's: a call and a
    * workflow task fewer per resource that becomes Ready at once.
    */
   writesReadyWithFirstCall?: boolean;
@@ -132,7 +131,7 @@ export class NotAdopted extends Error {
 export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, options: KubeSyncOptions = {}): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
   if (!resource.fromKube) {
-    return { adopt: async () => 'adopted', adoption: () => undefined, firstCall: ({ plain }, req, summary) => plain.executeWithOptions({ summary }, [req]), ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, lastCall: (call) => call(), writtenByCall: () => undefined, release: async () => undefined };
+    return { adopt: async () => 'adopted', adoption: () => undefined, firstCall: ({ plain }, req, summary) => plain.executeWithOptions({ summary }, [req]), ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, lastCall: (call) => call(), release: async () => undefined };
   }
   const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false, deletingWritesOnlyWaits = false, releasesWithLastCall = false, writesReadyWithFirstCall = false } = options;
   /** No call has adopted the object yet (`adoptsWithFirstCall`). */
@@ -157,8 +156,6 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   let releasedByCall = false;
   /** A first call that may write the status is under way: the publisher waits, its write could land after the call's. */
   let callWrites = false;
-  /** The status the first call wrote, until the next one is published. */
-  let written: PhasedStatus | undefined;
   // One publisher, outside cancellation, always sending the newest status: a burst of phase
   // changes costs one write, and the final status still goes out while cleanup runs.
   /** A status the cleanup only passes through, which the V5 types leave to the release. */
@@ -217,13 +214,9 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       if (adoption !== 'adopted') throw new NotAdopted(adoption, false);
       unadopted = false;
     },
-    writtenByCall(status) {
-      written = status;
-    },
     publish(status, opts = {}) {
       // The first call wrote this one, and no write of the publisher's can land after it.
-      const writtenAlready = written !== undefined && !writing && sameStatus(status, written);
-      written = undefined;
+      const writtenAlready = opts.written !== undefined && !writing && sameStatus(status, opts.written);
       latest = status;
       latestPassing = opts.passing ?? false;
       version++;

@@ -18,7 +18,7 @@ import { HistoryBudget, type WaitFor } from './history-budget.js';
 import { patches, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
-import { natRuleReady, readyCondition, readySince, type PhasedStatus } from '../domain/status.js';
+import { natRuleReady, readyCondition, type PhasedStatus } from '../domain/status.js';
 
 /** Legacy runs: a gateway that was not ready is tried again this often. */
 const RETRY_GATEWAY_AFTER = '10s';
@@ -410,8 +410,7 @@ class NatRuleResource {
   /** `written`: the Ready status its first call wrote (the V6 types), shown as it was written. */
   private showReady(serving: Serving, written?: PhasedStatus): void {
     this.refusalsInARow = 0;
-    if (written) this.k8s.writtenByCall(written);
-    this.setPhase('Ready', readyCondition(natRuleReady(serving)), { at: written && readySince(written) });
+    this.setPhase('Ready', readyCondition(natRuleReady(serving)), { written });
   }
 
   /** Sends the rule to the gateway; the refusal when it did not take it. */
@@ -546,7 +545,7 @@ class NatRuleResource {
     return current.ok && current.value === eipName;
   }
 
-  private setPhase(phase: NatPhase, condition: ReadyCondition, opts?: { passing?: boolean; at?: Date }): void {
+  private setPhase(phase: NatPhase, condition: ReadyCondition, opts?: { passing?: boolean; written?: PhasedStatus }): void {
     Object.assign(this.status, specEcho(this.input));
     this.reporter.setPhase(phase, condition, opts);
   }

@@ -4,7 +4,7 @@
 import * as wf from '@temporalio/workflow';
 import { Reason } from '../domain/errors.js';
 import { searchAttributes, type NatflowAttributes } from '../domain/search-attributes.js';
-import { withPhase, type PhasedStatus } from '../domain/status.js';
+import { readySince, withPhase, type PhasedStatus } from '../domain/status.js';
 import type { ReadyCondition } from './failures.js';
 import type { WaitFor } from './history-budget.js';
 import type { KubeSync } from './kube-sync.js';
@@ -21,15 +21,18 @@ import type { Patched } from './patches.js';
 export function phaseReporter<S extends PhasedStatus>(status: S, k8s: KubeSync, generation: () => number, lean: boolean) {
   let pending: NatflowAttributes = {};
   return {
-    /** `at`: the time it took this phase, when not now (a Ready status its first call wrote, as of the call's clock). */
-    setPhase(phase: S['phase'], condition: ReadyCondition, opts: { passing?: boolean; at?: Date } = {}) {
-      Object.assign(status, withPhase(status, phase, condition, opts.at ?? new Date(), generation()));
+    /**
+     * `written`: the status a call wrote for this phase (a V6 first call's Ready), shown as written
+     * (its time too, the call's clock) and, when it is the same, not written again.
+     */
+    setPhase(phase: S['phase'], condition: ReadyCondition, opts: { passing?: boolean; written?: PhasedStatus } = {}) {
+      Object.assign(status, withPhase(status, phase, condition, (opts.written && readySince(opts.written)) ?? new Date(), generation()));
       if (!lean || !opts.passing) {
         wf.upsertSearchAttributes(searchAttributes({ ...pending, phase }));
         pending = {};
       }
       wf.setCurrentDetails(`**${phase}**: ${condition.message}`);
-      k8s.publish({ ...status } as Record<string, unknown>, { passing: opts.passing });
+      k8s.publish({ ...status } as Record<string, unknown>, { passing: opts.passing, written: opts.written });
     },
     /** The status `setPhase(phase, condition)` would leave, with `changes` made first; nothing set or shown. */
     preview(phase: S['phase'], condition: ReadyCondition, changes: Partial<S> = {}): S {

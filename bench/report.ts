@@ -4,7 +4,8 @@
 //   npm run bench                      # 50, 200, 1,000 pairs (CLI path), 1,000 through the API,
 //                                      # 2 minutes of 20 FIP creates and deletes a second, the gateway layer
 //   npm run bench -- --pairs 50,200,1000,5000 --api 1000 --latency 120 --rate 20 --fips 1000
-//   npm run bench -- --smoke           # a few of everything (what CI runs so that it cannot rot)
+//   npm run bench -- --breakdown       # and where each throughput scenario's time went (bench/breakdown.ts)
+//   npm run bench -- --smoke           # a few of everything, with the breakdown (what CI runs so that it cannot rot)
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -20,6 +21,7 @@ const { values } = parseArgs({
     rate: { type: 'string', default: '20' },
     fips: { type: 'string', default: '1000' },
     smoke: { type: 'boolean', default: false },
+    breakdown: { type: 'boolean', default: false },
   },
 });
 const o = values.smoke ? { pairs: '10', api: '10', latency: '5', rate: '5', fips: '100' } : values;
@@ -27,10 +29,11 @@ const o = values.smoke ? { pairs: '10', api: '10', latency: '5', rate: '5', fips
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'natflow-bench-report-'));
 const out = path.join(scratch, 'rows.jsonl');
 const here = path.dirname(new URL(import.meta.url).pathname);
+const breakdown = values.smoke || values.breakdown ? ['--breakdown'] : [];
 const scenarios: [string, string[]][] = [
-  ['throughput.ts', ['--pairs', o.pairs!]],
-  ...(o.api !== '0' ? ([['throughput.ts', ['--path', 'api', '--pairs', o.api!, '--no-floor']]] as [string, string[]][]) : []),
-  ...(o.latency !== '0' ? ([['throughput.ts', ['--pairs', '0', '--latency', o.latency!, '--rate', o.rate!]]] as [string, string[]][]) : []),
+  ['throughput.ts', ['--pairs', o.pairs!, ...breakdown]],
+  ...(o.api !== '0' ? ([['throughput.ts', ['--path', 'api', '--pairs', o.api!, '--no-floor', ...breakdown]]] as [string, string[]][]) : []),
+  ...(o.latency !== '0' ? ([['throughput.ts', ['--pairs', '0', '--latency', o.latency!, '--rate', o.rate!, ...breakdown]]] as [string, string[]][]) : []),
   ['gateway-layer.ts', ['--fips', o.fips!, '--scale', ...(values.smoke ? ['--reps', '3'] : [])]],
 ];
 

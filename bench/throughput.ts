@@ -14,6 +14,9 @@
 // server's time of the FIP's Ready write) and delete → clean (the time its workflow closed, its
 // rules and conntrack entries gone from the gateway) per FIP, p50 and p99. `--pairs 0` skips the bursts.
 //
+// `--breakdown`: after each scenario, where its time went, from the histories (bench/breakdown.ts):
+// a sample of its resource workflows and its gateway's runs, steps by the time they took in all.
+//
 // API path (`--path api`): the same pairs as IptablesEIP and IptablesFIPRule objects created
 // through a kube-apiserver (the bridge starts the workflows, status is written back), Ready when
 // every FIP object's status says so, deleted when every object is gone (finalizers released).
@@ -39,6 +42,8 @@ import { startAgentProcess } from '../temporal-dev/agent-process.js';
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
 import { reportRow } from './results.js';
+import { addSteps, printSteps, type Steps } from './breakdown.js';
+import { workflowIds } from '../domain/names.js';
 import { createResource, ensureGateway, ensureSubnet, findRunning, gatewayState, subnetState } from '../starter/resources.js';
 
 const { values } = parseArgs({
@@ -49,6 +54,7 @@ const { values } = parseArgs({
     latency: { type: 'string', default: '0' },
     rate: { type: 'string', default: '20' },
     path: { type: 'string', default: 'cli' },
+    breakdown: { type: 'boolean' },
   },
 });
 const apiPath = values.path === 'api';
@@ -165,6 +171,15 @@ try {
       return Object.keys(gw.rules).length === 0 && Object.keys(gw.eips).length === 0 && Object.keys(ipam.allocations).length === 0;
     });
     const deleted = Date.now() - t1;
+    if (values.breakdown) {
+      const sample = (['eip', 'fip'] as const).flatMap((kind) => created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 20));
+      for (const [phase, window] of [['creating', [t0, t0 + ready]], ['deleting', [t1, t1 + deleted]]] as const) {
+        const steps: Steps = new Map();
+        for (const workflowId of sample) await addSteps(steps, client, { workflowId }, [...window]);
+        printSteps(`${n} pairs ${phase}: ${sample.length} EIP and FIP workflows`, steps);
+        printSteps(`${n} pairs ${phase}: the gateway`, await gatewaySteps([...window]));
+      }
+    }
 
     let floor = '-';
     if (!values['no-floor']) floor = seconds(await temporalFloor(client, nativeConnection, n, perKind));
@@ -301,9 +316,22 @@ async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips
     const closed = (await client.workflow.getHandle(f.workflowId).describe()).closeTime;
     if (closed && f.deletedAt) clean.push(closed.getTime() - f.deletedAt);
   }
+  if (values.breakdown) {
+    const steps: Steps = new Map();
+    for (const f of fips.filter((_, i) => i % 5 === 0)) await addSteps(steps, client, f, [t0, Infinity], f.createdAt);
+    printSteps('latency: 1 in 5 FIP workflows', steps);
+    printSteps('latency: the gateway', await gatewaySteps([t0, Date.now()]));
+  }
   for (const name of eips) await client.workflow.getHandle((await findRunning(r, 'eip', { name }))[0]!.workflowId).cancel();
   await until('every EIP closed', async () => (await count(client, 'NatflowKind = "eip" AND ExecutionStatus = "Running"')) === 0);
   return { fips: fips.length, ready, clean };
+}
+
+/** The steps of the gateway's runs in `window`. */
+async function gatewaySteps(window: [number, number]): Promise<Steps> {
+  const steps: Steps = new Map();
+  for await (const run of client.workflow.list({ query: `WorkflowId = ${JSON.stringify(workflowIds.gateway(GATEWAY))}` })) await addSteps(steps, client, run, window);
+  return steps;
 }
 
 interface Calls {

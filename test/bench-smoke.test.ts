@@ -14,6 +14,11 @@ describe('npm run bench smoke', () => {
     expect(row, stdout).not.toBeNull();
     expect(Number(row![1]) + Number(row![2])).toBeGreaterThan(0);
     expect(Number(row![3]) + Number(row![4])).toBeGreaterThan(0);
+    // Where the time went (--breakdown): steps read from the histories, each with its count and times.
+    const step = (title: string, name: string) => new RegExp(String.raw`^${title}\ntotal s\tn\tp50 ms\tp99 ms\tstep\n(?:.*\n)*?[\d.]+\t[1-9]\d*\t\d+\t\d+\t${name}$`, 'm');
+    expect(stdout).toMatch(step('10 pairs creating: 20 EIP and FIP workflows', String.raw`workflowTaskScheduled → workflowTaskStarted`));
+    expect(stdout).toMatch(step('10 pairs deleting: the gateway', String.raw`activityTaskStarted \((?:applyNatRules|changeEipAddresses|applyGatewayChange)\) → activityTaskCompleted \(\w+\)`));
+    expect(stdout).toMatch(step('latency: 1 in 5 FIP workflows', String.raw`activityTaskStarted \(findClaimAndApply\) → activityTaskCompleted \(findClaimAndApply\)`));
     const report = stdout.slice(stdout.indexOf('natflow benchmark report'));
     expect(report).toContain('| scenario | size | result | p50 | p99 | compared with | ratio | peak RSS |');
     const time = String.raw`[\d.]+ (?:s|ms)`;

@@ -3,7 +3,8 @@
 // how long it took, p50 and p99, and how much of the sampled workflows' time it took in all. A
 // workflow task waiting to start is the worker's or the server's queue; an activity from scheduled
 // to completed is the call (for a resource, its updates to the gateway and the EIP; for the
-// gateway, its agent's apply).
+// gateway, its agent's apply). An activity's start is written into its history with its end (with
+// the start's time), so a step that ends at a start can be short, even negative.
 //
 //   npm run bench:throughput -- --pairs 0 --latency 60 --breakdown
 import type { Client } from '@temporalio/client';
@@ -39,17 +40,24 @@ export async function addSteps(steps: Steps, client: Client, run: { workflowId: 
     const current = { name: activity ? `${eventName(e)} (${activity})` : eventName(e), at: eventMs(e) };
     if (previous && current.at >= window[0] && current.at <= window[1]) {
       const step = `${previous.name} → ${current.name}`;
-      steps.set(step, [...(steps.get(step) ?? []), current.at - previous.at]);
+      let times = steps.get(step);
+      if (!times) steps.set(step, (times = []));
+      times.push(current.at - previous.at);
     }
     previous = current;
   }
 }
 
+/** The value below which a share `p` of `values` lies (NaN for none). */
+export function quantile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!;
+}
+
 /** The steps that took the most time in all, with their p50 and p99. */
 export function printSteps(title: string, steps: Steps, top = 12): void {
-  const q = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!;
-  const rows = [...steps].map(([step, ms]) => ({ step, sorted: [...ms].sort((a, b) => a - b), total: ms.reduce((a, b) => a + b, 0) })).sort((a, b) => b.total - a.total);
+  const rows = [...steps].map(([step, ms]) => ({ step, ms, total: ms.reduce((a, b) => a + b, 0) })).sort((a, b) => b.total - a.total);
   console.log(`\n${title}`);
   console.log(['total s', 'n', 'p50 ms', 'p99 ms', 'step'].join('\t'));
-  for (const { step, sorted, total } of rows.slice(0, top)) console.log([(total / 1000).toFixed(1), sorted.length, q(sorted, 0.5), q(sorted, 0.99), step].join('\t'));
+  for (const { step, ms, total } of rows.slice(0, top)) console.log([(total / 1000).toFixed(1), ms.length, quantile(ms, 0.5), quantile(ms, 0.99), step].join('\t'));
 }

@@ -42,7 +42,7 @@ import { startAgentProcess } from '../temporal-dev/agent-process.js';
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
 import { reportRow } from './results.js';
-import { addSteps, printSteps, type Steps } from './breakdown.js';
+import { addSteps, printSteps, quantile, type Steps } from './breakdown.js';
 import { workflowIds } from '../domain/names.js';
 import { createResource, ensureGateway, ensureSubnet, findRunning, gatewayState, subnetState } from '../starter/resources.js';
 
@@ -212,13 +212,12 @@ if (rows.length > 0) {
 }
 
 if (latency) {
-  const q = (values: number[], p: number) => (values.length === 0 ? NaN : [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil(p * values.length) - 1)]!);
   const ms = (v: number) => `${Math.round(v)} ms`;
   console.log(`\nlatency: ${rate} FIP creates/s and ${rate} deletes/s for ${latencySeconds} s (${latency.fips} FIPs)`);
   console.log(['', 'p50', 'p99', 'max', 'measured'].join('\t'));
   for (const [what, values] of [['create → Ready', latency.ready], ['delete → clean', latency.clean]] as const) {
-    console.log([what, ms(q(values, 0.5)), ms(q(values, 0.99)), ms(Math.max(...values)), String(values.length)].join('\t'));
-    reportRow({ scenario: `FIP ${what}, ${rate}/s created and deleted`, size: `${latencySeconds} s, ${values.length} FIPs`, result: `max ${ms(Math.max(...values))}`, p50: ms(q(values, 0.5)), p99: ms(q(values, 0.99)) });
+    console.log([what, ms(quantile(values, 0.5)), ms(quantile(values, 0.99)), ms(Math.max(...values)), String(values.length)].join('\t'));
+    reportRow({ scenario: `FIP ${what}, ${rate}/s created and deleted`, size: `${latencySeconds} s, ${values.length} FIPs`, result: `max ${ms(Math.max(...values))}`, p50: ms(quantile(values, 0.5)), p99: ms(quantile(values, 0.99)) });
   }
 }
 

@@ -25,6 +25,7 @@
 // gateway `gwb` with a /19 external subnet, the control worker in this process and the gateway's
 // agent in a process of its own (as a gateway pod runs it).
 // The FIPs point at addresses of a /16 VPC that the lab does not route: no traffic is measured.
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -121,7 +122,7 @@ await bridge?.start();
 const watched = objects ? { eip: await watchObjects('eip'), fip: await watchObjects('fip') } : undefined;
 const r = { client };
 const rows: string[][] = [];
-let latency: { fips: number; ready: number[]; clean: number[] } | null = null;
+let latency: { fips: number; ready: number[]; clean: number[]; busy: number } | null = null;
 try {
   await ensureSubnet(r, { name: SUBNET, cidrBlock: '172.30.0.0/19', gateway: '172.30.0.1', excludeIps: [] });
   await ensureGateway(r, { name: GATEWAY, externalSubnet: SUBNET, lanIp: topology.lanIp, internalCidr: '10.0.0.0/16' });
@@ -213,11 +214,11 @@ if (rows.length > 0) {
 
 if (latency) {
   const ms = (v: number) => `${Math.round(v)} ms`;
-  console.log(`\nlatency: ${rate} FIP creates/s and ${rate} deletes/s for ${latencySeconds} s (${latency.fips} FIPs)`);
+  console.log(`\nlatency: ${rate} FIP creates/s and ${rate} deletes/s for ${latencySeconds} s (${latency.fips} FIPs); the machine ${latency.busy} % busy meanwhile`);
   console.log(['', 'p50', 'p99', 'max', 'measured'].join('\t'));
   for (const [what, values] of [['create → Ready', latency.ready], ['delete → clean', latency.clean]] as const) {
     console.log([what, ms(quantile(values, 0.5)), ms(quantile(values, 0.99)), ms(Math.max(...values)), String(values.length)].join('\t'));
-    reportRow({ scenario: `FIP ${what}, ${rate}/s created and deleted`, size: `${latencySeconds} s, ${values.length} FIPs`, result: `max ${ms(Math.max(...values))}`, p50: ms(quantile(values, 0.5)), p99: ms(quantile(values, 0.99)) });
+    reportRow({ scenario: `FIP ${what}, ${rate}/s created and deleted`, size: `${latencySeconds} s, ${values.length} FIPs`, result: `max ${ms(Math.max(...values))}`, p50: ms(quantile(values, 0.5)), p99: ms(quantile(values, 0.99)), versus: `machine ${latency.busy} % busy` });
   }
 }
 
@@ -276,7 +277,7 @@ async function readyWrittenAt(workflowId: string, which: 'first' | 'lasting'): P
  * created 3 s earlier deleted. Times come from the server afterwards (the Ready write's event time,
  * the close time), so measuring takes nothing from the run.
  */
-async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips: number; ready: number[]; clean: number[] }> {
+async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips: number; ready: number[]; clean: number[]; busy: number }> {
   const lagTicks = 3 * perSecond;
   const poolSize = 10 * perSecond; // an EIP's last FIP was deleted ~7 s before the next one claims it
   const eips = Array.from({ length: poolSize }, (_, i) => `l-e${i}`);
@@ -286,6 +287,7 @@ async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips
   const work: Promise<unknown>[] = [];
   const ticks = seconds * perSecond;
   const t0 = Date.now();
+  const cpuAtStart = cpuTimes();
   for (let k = 0; k < ticks + lagTicks; k++) {
     await sleep(Math.max(0, t0 + (k * 1000) / perSecond - Date.now()));
     if (k < ticks) {
@@ -306,6 +308,9 @@ async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips
     }
   }
   await Promise.all(work);
+  // Near full, the latency depends on the hour as much as on the code (README, "Where the time goes").
+  const cpu = cpuTimes();
+  const busy = Math.round((100 * (cpu.busy - cpuAtStart.busy)) / (cpu.total - cpuAtStart.total));
   await until('every FIP closed', async () => (await count(client, 'NatflowKind = "fip" AND ExecutionStatus = "Running"')) === 0);
   const ready: number[] = [];
   const clean: number[] = [];
@@ -323,7 +328,14 @@ async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips
   }
   for (const name of eips) await client.workflow.getHandle((await findRunning(r, 'eip', { name }))[0]!.workflowId).cancel();
   await until('every EIP closed', async () => (await count(client, 'NatflowKind = "eip" AND ExecutionStatus = "Running"')) === 0);
-  return { fips: fips.length, ready, clean };
+  return { fips: fips.length, ready, clean, busy };
+}
+
+/** The machine's CPU time, all cores, busy and in all (/proc/stat: idle and iowait are not busy). */
+function cpuTimes(): { busy: number; total: number } {
+  const ticks = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number); // user … steal (guest time is in user already)
+  const total = ticks.reduce((a, b) => a + b, 0);
+  return { busy: total - ticks[3]! - ticks[4]!, total };
 }
 
 /** The steps of the gateway's runs in `window`. */

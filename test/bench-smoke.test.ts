@@ -25,8 +25,8 @@ describe('npm run bench smoke', () => {
     for (const line of [
       String.raw`\| EIP\+FIP pairs to Ready \(CLI path\) \| 10 pairs \| ${time} \|  \|  \| floor [\d.]+ s \| [\d.]+× \| control [1-9]\d* MiB, agent [1-9]\d* MiB \|`, // both peaks measured
       String.raw`\| EIP\+FIP pairs to Ready \(API path[^|]*\) \| 10 pairs \| ${time} \|`,
-      String.raw`\| FIP create → Ready, 5/s created and deleted \| 5 s, \d+ FIPs \| max ${time} \| ${time} \| ${time} \|`,
-      String.raw`\| FIP delete → clean, 5/s created and deleted \| 5 s, \d+ FIPs \| max ${time} \| ${time} \| ${time} \|`,
+      String.raw`\| FIP create → Ready, 5/s created and deleted \| 5 s, \d+ FIPs \| max ${time} \| ${time} \| ${time} \| machine \d+ % busy \|`,
+      String.raw`\| FIP delete → clean, 5/s created and deleted \| 5 s, \d+ FIPs \| max ${time} \| ${time} \| ${time} \| machine \d+ % busy \|`,
       String.raw`\| gateway layer: a burst of FIP changes applied \| 100 FIPs \| ${time} \|  \|  \| per-rule baseline ${time}; floor ${time} \| [\d.]+× faster`,
       String.raw`\| gateway: one change at scale \(agent\) \| 10000 rules \| p50 ${time} \|`,
     ]) {

@@ -156,8 +156,9 @@ try {
     if (unknown > 0) console.log(`[bench] ${unknown} of ${n} FIPs without a known Ready time: counted at ${seconds(seen - t0)} s`);
     const ready = Math.max(...readyTimes.map((t) => t ?? seen)) - t0;
     if (objects) for await (const w of client.workflow.list({ query: 'NatflowKind IN ("eip", "fip") AND ExecutionStatus = "Running"' })) created.push(w.workflowId);
-    // What a pair cost: activities and local activities per EIP and per FIP workflow (from a sample of each), for the floor.
-    const perKind = await Promise.all((['eip', 'fip'] as const).map((kind) => callsPerWorkflow(created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 20))));
+    // A sample of each kind: what a pair cost (activities and local activities per EIP and per FIP workflow, for the floor), and where the time went.
+    const samples = (['eip', 'fip'] as const).map((kind) => created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 20));
+    const perKind = await Promise.all(samples.map(callsPerWorkflow));
 
     const t1 = Date.now();
     if (objects) {
@@ -173,7 +174,7 @@ try {
     });
     const deleted = Date.now() - t1;
     if (values.breakdown) {
-      const sample = (['eip', 'fip'] as const).flatMap((kind) => created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 20));
+      const sample = samples.flat();
       for (const [phase, window] of [['creating', [t0, t0 + ready]], ['deleting', [t1, t1 + deleted]]] as const) {
         const steps: Steps = new Map();
         for (const workflowId of sample) await addSteps(steps, client, { workflowId }, [...window]);

@@ -70,6 +70,7 @@ Runtime.install({ logger: new DefaultLogger('ERROR'), shutdownSignals: [] });
 const GATEWAY = 'gwb';
 const SUBNET = 'bench-ext';
 const seconds = (ms: number) => (ms / 1000).toFixed(1);
+const mib = (bytes: number | undefined) => `${Math.round((bytes ?? 0) / 2 ** 20)} MiB`;
 /** How often the bench counts: each count walks every running workflow's visibility record. */
 const POLL_MS = 500;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -101,8 +102,9 @@ const count = async (client: Client, query: string) => (await client.workflow.co
 
 /** Peak RSS of this process (control worker + bench client), sampled. */
 let peakRss = 0;
-/** The agent's, read from the kernel before it stops. */
+/** The agent's and the dev server's, read from the kernel before they stop. */
 let agentPeakRss = 0;
+let serverPeakRss = 0;
 setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 250).unref();
 
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'natflow-bench-'));
@@ -186,13 +188,14 @@ try {
     let floor = '-';
     if (!values['no-floor']) floor = seconds(await temporalFloor(client, nativeConnection, n, perKind));
     rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), perKind.map((c, i) => `${i === 0 ? 'eip' : 'fip'} ${c.activities} + ${c.localActivities} local`).join(', '), floor, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
-    const rss = `control ${Math.round(peakRss / 2 ** 20)} MiB, agent ${Math.round((agent.peakRss() ?? 0) / 2 ** 20)} MiB`;
+    const rss = `control ${mib(peakRss)}, agent ${mib(agent.peakRss())}, server ${mib(server.peakRss())}`;
     reportRow({ scenario: `EIP+FIP pairs to Ready (${apiPath ? 'API path: kube objects, bridge, status' : 'CLI path'})`, size: `${n} pairs`, result: `${seconds(ready)} s`, versus: floor === '-' ? undefined : `floor ${floor} s`, ratio: floor === '-' ? undefined : `${(ready / 1000 / Number(floor)).toFixed(2)}×`, rss });
     reportRow({ scenario: 'the same pairs deleted, nothing left', size: `${n} pairs`, result: `${seconds(deleted)} s`, versus: `create ${seconds(ready)} s`, ratio: `${(deleted / ready).toFixed(2)}×` });
     console.log(`[bench] ${n} pairs: Ready in ${seconds(ready)} s, deleted in ${seconds(deleted)} s`);
   }
   if (latencySeconds > 0) latency = await steadyLatency(latencySeconds, rate);
   agentPeakRss = agent.peakRss() ?? 0;
+  serverPeakRss = server.peakRss() ?? 0;
   await agent.stop();
 } finally {
   await Promise.all(Object.values(watched ?? {}).map((w) => w.stop()));
@@ -208,7 +211,7 @@ try {
 
 if (rows.length > 0) console.log(`\nnatflow throughput, ${apiPath ? 'API path (kubectl-style creates through a kube-apiserver, the bridge, status written back)' : 'CLI path'} (${new Date().toISOString().slice(0, 10)}; ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; @temporalio ${(await import('@temporalio/worker/package.json', { with: { type: 'json' } })).default.version})`);
 if (rows.length > 0) {
-  console.log(`${inflight} creates in flight; dev server on SQLite (WAL); peak RSS of control worker + bench ${Math.round(peakRss / 2 ** 20)} MiB, of the agent ${Math.round(agentPeakRss / 2 ** 20)} MiB\n`);
+  console.log(`${inflight} creates in flight; dev server on SQLite (WAL); peak RSS of control worker + bench ${mib(peakRss)}, of the agent ${mib(agentPeakRss)}, of the dev server ${mib(serverPeakRss)}\n`);
   console.log(['pairs', 'created s', 'all Ready s', 'all deleted s', 'ms/pair', 'activities/wf', 'floor s', 'Ready/floor'].join('\t'));
   for (const row of rows) console.log(row.join('\t'));
 }

@@ -19,17 +19,18 @@ export interface ResourceRecord<K extends string = ResourceKind> {
 
 /**
  * Running workflows of a natflow kind (`eip` ... `snat`, `gateway`), found through their search
- * attributes. A lookup by name asks the server for every run of that name and keeps the running
- * ones here: the SQLite visibility store answers `ExecutionStatus = "Running"` from its status
- * index, walking every running workflow (a lookup per resource would cost O(N²) in a burst),
- * while without it the name's own index answers, whatever the number of resources.
+ * attributes. A lookup by name asks the server for every run of that name, of any kind, and keeps
+ * the running ones of this kind here: the SQLite visibility store answers through one index, and
+ * of two equalities it may pick either (which Keyword column an attribute got is the server's
+ * choice, per database). `ExecutionStatus = "Running"` or `NatflowKind` beside the name would let
+ * it walk every running workflow or every one of the kind, a lookup per resource O(N²) in a burst.
  */
 export async function findRunning<K extends ResourceKind | 'gateway' | 'subnet'>(r: { client: Client }, kind: K, filter: { name?: string; gateway?: string } = {}): Promise<ResourceRecord<K>[]> {
-  const clauses = filter.name ? [`NatflowName = ${JSON.stringify(validateName(filter.name, 'name'))}`, `NatflowKind = "${kind}"`] : [`NatflowKind = "${kind}"`, 'ExecutionStatus = "Running"'];
+  const clauses = filter.name ? [`NatflowName = ${JSON.stringify(validateName(filter.name, 'name'))}`] : [`NatflowKind = "${kind}"`, 'ExecutionStatus = "Running"'];
   if (filter.gateway) clauses.push(`NatflowGateway = ${JSON.stringify(validateName(filter.gateway, 'gateway'))}`);
   const found: ResourceRecord<K>[] = [];
   for await (const execution of r.client.workflow.list({ query: clauses.join(' AND ') })) {
-    if (execution.status.name !== 'RUNNING') continue;
+    if (execution.status.name !== 'RUNNING' || attributeOf(execution, 'NatflowKind') !== kind) continue;
     const gateway = attributeOf(execution, 'NatflowGateway');
     found.push({ kind, name: attributeOf(execution, 'NatflowName') ?? execution.workflowId.split('/')[2] ?? execution.workflowId, workflowId: execution.workflowId, phase: phaseOf(execution), ...(gateway ? { gateway } : {}), fromKube: execution.memo?.source === FROM_KUBERNETES_MEMO.source });
   }

@@ -3,8 +3,7 @@
 // worker's (forking a 1.3 GB process per command cost the control process a fifth of its CPU
 // in a burst), and its work leaves the control worker's event loop.
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { tiedToParent, terminate } from './child-process.js';
+import { peakRssOf, tiedToParent, terminate } from './child-process.js';
 import { repoRoot } from './provision.js';
 import type { LabTopology } from '../domain/lab.js';
 
@@ -21,13 +20,5 @@ export function startAgentProcess(address: string, gateway: string, topology: Pi
   const [cmd, argv] = tiedToParent(process.execPath, args, 'KILL');
   const child = spawn(cmd, argv, { cwd: repoRoot(), stdio: ['ignore', 'ignore', 'inherit'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const peakRss = () => {
-    try {
-      const kib = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1];
-      return kib ? Number(kib) * 1024 : undefined;
-    } catch {
-      return undefined; // exited
-    }
-  };
-  return { peakRss, stop: () => terminate(child, exited, () => child.exitCode !== null || child.signalCode !== null) };
+  return { peakRss: () => peakRssOf(child.pid), stop: () => terminate(child, exited, () => child.exitCode !== null || child.signalCode !== null) };
 }

@@ -1,6 +1,6 @@
 // Stopping a local server process: politely first, then for sure.
 import type { ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 
 const STOP_TIMEOUT_MS = 15_000;
 
@@ -26,4 +26,14 @@ const SETPRIV = '/usr/bin/setpriv';
  */
 export function tiedToParent(bin: string, args: string[], signal: 'TERM' | 'KILL'): [string, string[]] {
   return existsSync(SETPRIV) ? [SETPRIV, ['--pdeathsig', signal, '--', bin, ...args]] : [bin, args];
+}
+
+/** A running process's peak resident memory so far, in bytes (the kernel's high-water mark); undefined once it has exited. */
+export function peakRssOf(pid: number | undefined): number | undefined {
+  try {
+    const kib = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+    return kib ? Number(kib) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -14,7 +14,7 @@ import { Connection } from '@temporalio/client';
 import { findOrProvisionTemporalCli, repoRoot } from './provision.js';
 import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../domain/search-attributes.js';
 import { isMainModule, stopOnSignal } from '../worker/process.js';
-import { terminate, tiedToParent } from './child-process.js';
+import { peakRssOf, terminate, tiedToParent } from './child-process.js';
 
 export interface DevServerOptions {
   /** gRPC port, default 7233. */
@@ -36,6 +36,8 @@ export interface DevServer {
   uiUrl: string;
   /** SIGTERM the server and wait for it to exit; does nothing if an already-running server was reused. */
   stop(): Promise<void>;
+  /** Its peak resident memory so far, in bytes; undefined for a reused server or once it has exited. */
+  peakRss(): number | undefined;
 }
 
 const HOST = '127.0.0.1';
@@ -85,12 +87,28 @@ async function temporalAnswers(address: string, namespace?: string, timeoutMs = 
  * partition, not four: on a one-process server a task that lands in a partition no poller waits
  * on is forwarded or stored and read back (measured: 2,000 workflows of two no-op activities,
  * 56–59 s with four partitions, 51 s with one; a production cluster sizes its own).
+ *
+ * Two of the CLI's own defaults for `start-dev` are undone (measured with `perf` on the server
+ * under a 1,000-pair burst through the API): it re-reads the search attributes from SQLite on
+ * every read of them (so that one registered a moment ago is seen at once), 5.6 % of its CPU,
+ * once per row of every visibility list; natflow registers its own before the server serves. And
+ * its mutable-state cache holds 8,096 workflows: a 5,000-pair burst keeps 10,000 open.
  */
 const SERVER_DEFAULTS = {
   'system.enableActivityEagerExecution': true,
   'matching.numTaskqueueReadPartitions': 1,
   'matching.numTaskqueueWritePartitions': 1,
+  'system.forceSearchAttributesCacheRefreshOnRead': false,
+  'history.hostLevelCacheMaxSize': 16_384,
 };
+
+/**
+ * The server's Go garbage collector runs less often than Go's default (GOGC=100): it was 11 % of
+ * the server's CPU in a burst, the server is what bounds one, and a dev server's live heap is
+ * small beside this machine's memory (peak RSS in the benchmark's report). A GOGC set in the
+ * environment wins.
+ */
+const SERVER_GOGC = '800';
 
 export async function startDevServer(opts: DevServerOptions = {}): Promise<DevServer> {
   const port = opts.port ?? 7233;
@@ -102,7 +120,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
 
   if (await tcpAnswers(HOST, port)) {
     if (await temporalAnswers(address, undefined, 5_000)) {
-      return { address, uiUrl, stop: async () => undefined };
+      return { address, uiUrl, stop: async () => undefined, peakRss: () => undefined };
     }
     throw new Error(`port ${port} on ${HOST} is in use by something that is not a Temporal server`);
   }
@@ -138,7 +156,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
   // process group: a terminal's Ctrl-C reaches only us, and we stop it last (the workers shutting
   // down still need it to hand back their tasks).
   const [cmd, argv] = tiedToParent(cli, args, 'TERM');
-  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { GOGC: SERVER_GOGC, ...process.env } });
   let logTail = '';
   const keep = (chunk: Buffer) => {
     logTail = (logTail + chunk.toString()).slice(-LOG_TAIL_CHARS);
@@ -178,7 +196,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
     const detail = logTail.trim() ? `\n--- temporal output (tail) ---\n${logTail.trim()}` : '';
     throw new Error(`${e instanceof Error ? e.message : String(e)} (${cli} ${args.join(' ')})${detail}`);
   }
-  return { address, uiUrl, stop };
+  return { address, uiUrl, stop, peakRss: () => peakRssOf(child.pid) };
 }
 
 async function waitUntilReady(

@@ -114,4 +114,18 @@ describe('natflow CLI', () => {
     await deleteResource(r, 'eip', 'e-object');
     expect(await natflow('eip', 'list')).toEqual([]);
   });
+
+  it('a lookup by name finds the running resource of its kind, not another kind of the same name', async () => {
+    const r = { client: env.client };
+    const eip = await createResource(r, 'eip', 'shared', { natGwDp: 'no-gw', externalSubnet: 'ext-cli' });
+    const fip = await createResource(r, 'fip', 'shared', { eip: 'shared', internalIp: '10.0.0.5' });
+    // Visibility follows starts and ends a moment later.
+    const found = (kind: 'eip' | 'fip' | 'dnat') => expect.poll(async () => (await findRunning(r, kind, { name: 'shared' })).map((w) => w.workflowId), { timeout: 10_000 });
+    await found('fip').toEqual([fip.workflowId]);
+    await found('eip').toEqual([eip.workflowId]);
+    expect(await findRunning(r, 'dnat', { name: 'shared' })).toEqual([]);
+    await deleteResource(r, 'fip', 'shared');
+    await deleteResource(r, 'eip', 'shared');
+    await found('eip').toEqual([]);
+  });
 });

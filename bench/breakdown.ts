@@ -13,6 +13,8 @@ import proto from '@temporalio/proto';
 type HistoryEvent = proto.temporal.api.history.v1.IHistoryEvent;
 const { EventType } = proto.temporal.api.enums.v1;
 
+/** One run's history events. */
+export type History = HistoryEvent[];
 /** Milliseconds each step took, by step. */
 export type Steps = Map<string, number[]>;
 
@@ -24,12 +26,16 @@ const eventName = (e: HistoryEvent) =>
 
 const eventMs = (e: HistoryEvent) => Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6);
 
+/** One run's history events, read once for every window they are broken down in. */
+export async function historyOf(client: Client, run: { workflowId: string; runId?: string }): Promise<History> {
+  return (await client.workflow.getHandle(run.workflowId, run.runId).fetchHistory()).events ?? [];
+}
+
 /**
  * Adds the steps of one run's history to `steps`: those that ended in `window` (ms, inclusive), and
  * from `requestedAt` (when the client asked for the workflow) to its start, when given.
  */
-export async function addSteps(steps: Steps, client: Client, run: { workflowId: string; runId?: string }, window: [number, number], requestedAt?: number): Promise<void> {
-  const events = (await client.workflow.getHandle(run.workflowId, run.runId).fetchHistory()).events ?? [];
+export function addSteps(steps: Steps, events: History, window: [number, number], requestedAt?: number): void {
   const activityTypes = new Map<string, string>();
   let previous: { name: string; at: number } | undefined = requestedAt === undefined ? undefined : { name: 'requested', at: requestedAt };
   for (const e of events) {

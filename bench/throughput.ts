@@ -43,7 +43,7 @@ import { startAgentProcess } from '../temporal-dev/agent-process.js';
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
 import { reportRow } from './results.js';
-import { addSteps, printSteps, quantile, type Steps } from './breakdown.js';
+import { addSteps, historyOf, printSteps, quantile, type History, type Steps } from './breakdown.js';
 import { workflowIds } from '../domain/names.js';
 import { createResource, ensureGateway, ensureSubnet, findRunning, gatewayState, subnetState } from '../starter/resources.js';
 
@@ -176,12 +176,11 @@ try {
     });
     const deleted = Date.now() - t1;
     if (values.breakdown) {
-      const sample = samples.flat();
+      const sample = await Promise.all(samples.flat().map((workflowId) => historyOf(client, { workflowId })));
+      const gateway = await gatewayHistories();
       for (const [phase, window] of [['creating', [t0, t0 + ready]], ['deleting', [t1, t1 + deleted]]] as const) {
-        const steps: Steps = new Map();
-        for (const workflowId of sample) await addSteps(steps, client, { workflowId }, [...window]);
-        printSteps(`${n} pairs ${phase}: ${sample.length} EIP and FIP workflows`, steps);
-        printSteps(`${n} pairs ${phase}: the gateway`, await gatewaySteps([...window]));
+        printSteps(`${n} pairs ${phase}: ${sample.length} EIP and FIP workflows`, stepsOf(sample, [...window]));
+        printSteps(`${n} pairs ${phase}: the gateway`, stepsOf(gateway, [...window]));
       }
     }
 
@@ -326,9 +325,9 @@ async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips
   }
   if (values.breakdown) {
     const steps: Steps = new Map();
-    for (const f of fips.filter((_, i) => i % 5 === 0)) await addSteps(steps, client, f, [t0, Infinity], f.createdAt);
+    for (const f of fips.filter((_, i) => i % 5 === 0)) addSteps(steps, await historyOf(client, f), [t0, Infinity], f.createdAt);
     printSteps('latency: 1 in 5 FIP workflows', steps);
-    printSteps('latency: the gateway', await gatewaySteps([t0, Date.now()]));
+    printSteps('latency: the gateway', stepsOf(await gatewayHistories(), [t0, Date.now()]));
   }
   for (const name of eips) await client.workflow.getHandle((await findRunning(r, 'eip', { name }))[0]!.workflowId).cancel();
   await until('every EIP closed', async () => (await count(client, 'NatflowKind = "eip" AND ExecutionStatus = "Running"')) === 0);
@@ -342,10 +341,17 @@ function cpuTimes(): { busy: number; total: number } {
   return { busy: total - ticks[3]! - ticks[4]!, total };
 }
 
-/** The steps of the gateway's runs in `window`. */
-async function gatewaySteps(window: [number, number]): Promise<Steps> {
+/** The histories of the gateway's runs. */
+async function gatewayHistories(): Promise<History[]> {
+  const histories: History[] = [];
+  for await (const run of client.workflow.list({ query: `WorkflowId = ${JSON.stringify(workflowIds.gateway(GATEWAY))}` })) histories.push(await historyOf(client, run));
+  return histories;
+}
+
+/** The steps of these histories in `window`. */
+function stepsOf(histories: History[], window: [number, number]): Steps {
   const steps: Steps = new Map();
-  for await (const run of client.workflow.list({ query: `WorkflowId = ${JSON.stringify(workflowIds.gateway(GATEWAY))}` })) await addSteps(steps, client, run, window);
+  for (const events of histories) addSteps(steps, events, window);
   return steps;
 }
 

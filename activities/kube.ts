@@ -63,6 +63,22 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
     return true;
   }
 
+  /**
+   * A new object's adoption in one request, without reading it first: natflow's finalizer added as
+   * its only one, the uid tested and the finalizers tested absent (then it is not being deleted
+   * either: such an object without finalizers is gone). False when a test failed (422: it has
+   * finalizers, ours perhaps, or another object took the name) or it is gone (404): read it then.
+   */
+  async function addOnlyFinalizer(ref: KubeRef): Promise<boolean> {
+    try {
+      await api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: null }, { op: 'add', path: '/metadata/finalizers', value: [FINALIZER] }] }, jsonPatch);
+      return true;
+    } catch (err) {
+      if (isStatus(err, 422) || isStatus(err, 404)) return false;
+      throw err;
+    }
+  }
+
   async function setFinalizers(ref: KubeRef, obj: KubeObject, finalizers: string[]): Promise<void> {
     // resourceVersion makes this a compare-and-swap: a concurrent change gives 409, and a retry.
     const body = { metadata: { resourceVersion: obj.metadata?.resourceVersion, finalizers } };
@@ -72,6 +88,7 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
   return withHeartbeats<KubeActivities>({
     // The first step of every lifecycle: a delete can never outrun cleanup.
     async kubeAdopt(ref) {
+      if (await addOnlyFinalizer(ref)) return { exists: true, deleting: false }; // the usual case: a new object
       const obj = await current(ref);
       if (!obj) return { exists: false, deleting: false };
       if (obj.metadata?.deletionTimestamp) return { exists: true, deleting: true };

@@ -134,6 +134,7 @@ try {
   for (const [round, n] of sizes.entries()) {
     const pairs = Array.from({ length: n }, (_, i) => ({ eip: `b${round}-e${i}`, fip: `b${round}-f${i}`, internalIp: `10.0.${16 + Math.floor(i / 250)}.${1 + (i % 250)}` }));
     const created: string[] = [];
+    console.log(`[bench] ${n} pairs: creating`);
     const t0 = Date.now();
     await pool(pairs, inflight, async (p) => {
       if (objects) {
@@ -162,6 +163,7 @@ try {
     const samples = (['eip', 'fip'] as const).map((kind) => created.filter((id) => id.startsWith(`natflow/${kind}/`)).slice(0, 20));
     const perKind = await Promise.all(samples.map(callsPerWorkflow));
 
+    console.log(`[bench] ${n} pairs: Ready in ${seconds(ready)} s; deleting`);
     const t1 = Date.now();
     if (objects) {
       await pool(pairs.flatMap((p) => [['fip', p.fip], ['eip', p.eip]] as const), inflight, ([kind, name]) => objects.deleteClusterCustomObject({ ...crd(kind), name }));

@@ -11,6 +11,7 @@ import { combinedCalls } from '../activities/combined-calls.js';
 import { FakeCalls, fakeKube, statusesWritten, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { Worker } from '@temporalio/worker';
+import { WithStartWorkflowOperation } from '@temporalio/client';
 import { resourceStart } from '../starter/resources.js';
 import type { EipStatus } from '../domain/eip.js';
 import { eipWorkflowV2, eipWorkflowV3, eipWorkflowV4, eipWorkflowV5, eipWorkflowV6 } from '../workflows/eip.js';
@@ -206,6 +207,25 @@ describe('EIP workflow (mocked activities)', () => {
       await expect(h.executeUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f2/u2', kind: 'fip', name: 'f2' }, undefined, { forMs: 120_000 }] })).rejects.toMatchObject({ cause: { message: expect.stringMatching(/not ready/) } });
       expect(Date.now() - waited).toBeLessThan(60_000); // refused when the take is, not at the end of its wait
       expect((await h.query(statusQuery)).phase).toBe('WaitingForGateway');
+      await deleteAndWait(h);
+    });
+  });
+
+  it("a claim that may wait, reaching a new EIP with its start (a rule's call ran before the EIP's first task), waits for its address too", async () => {
+    // Delivered as its handler is registered, before the run has begun to take its address: it
+    // was refused, and the rule watched and claimed again (most pairs of a burst through the API).
+    const fake = control({ bindAddress: { delayMs: 500 } });
+    const taskQueue = uniqueQueue('eip-claim-with-start');
+    const { workflow, options } = resourceStart('eip', { name: 'e1', uid: uid(), generation: 1 }, spec);
+    const worker = await Worker.create({ connection: env().nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities: fake.activities() });
+    await worker.runUntil(async () => {
+      const startWorkflowOperation = new WithStartWorkflowOperation(workflow, { ...options, taskQueue, workflowIdConflictPolicy: 'FAIL' });
+      const claim = { owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1' };
+      expect(await env().client.workflow.executeUpdateWithStart(claimEipUpdate, { args: [claim, undefined, { forMs: 10_000 }], startWorkflowOperation })).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
+      const h = await startWorkflowOperation.workflowHandle();
+      expect(await h.query(statusQuery)).toMatchObject({ phase: 'Ready', nat: 'fip' });
+      expect(fake.started().filter((name) => name === 'takeAddress')).toHaveLength(1);
+      await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: claim.owner }] });
       await deleteAndWait(h);
     });
   });

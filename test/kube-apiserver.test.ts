@@ -249,7 +249,21 @@ describe('kube-apiserver with natflow CRDs', () => {
       (await create({ apiVersion: KUBEOVN_API_VERSION, kind: 'IptablesFIPRule', metadata: { name, ...(finalizers && { finalizers }) }, spec: { eip: 'e', internalIp: '10.0.1.5' } })) as Obj;
     const refOf = (o: Obj) => ({ kind: 'fip' as const, name: o.metadata!.name!, uid: o.metadata!.uid! });
 
+    // A new object is adopted in one request (the apiserver's own count): its finalizer added, nothing read first.
+    const requests = async () => {
+      const counts = { GET: 0, PATCH: 0 };
+      for (const [, labels, value] of (await execFileP(env().binaries.kubectl, ['--kubeconfig', env().kubeconfigPath, 'get', '--raw', '/metrics'], { encoding: 'utf8', maxBuffer: 64 * 2 ** 20 })).stdout.matchAll(/^apiserver_request_total\{(.*)\} (\S+)$/gm)) {
+        const verb = /verb="(\w+)"/.exec(labels!)?.[1];
+        if (labels!.includes('resource="iptables-fip-rules"') && (verb === 'GET' || verb === 'PATCH')) counts[verb] += Number(value);
+      }
+      return counts;
+    };
     const fip = refOf(await make('kc-fip'));
+    const before = await requests();
+    expect(await calls.kubeAdopt(fip)).toEqual({ exists: true, deleting: false });
+    expect(await requests()).toEqual({ GET: before.GET, PATCH: before.PATCH + 1 });
+    expect((await get('kc-fip')).metadata!.finalizers).toEqual([FINALIZER]);
+    // Adopted again (a retried call): read, and left as it is.
     expect(await calls.kubeAdopt(fip)).toEqual({ exists: true, deleting: false });
     expect((await get('kc-fip')).metadata!.finalizers).toEqual([FINALIZER]);
     await calls.kubePublishStatus({ ...fip, status: { phase: 'Applying', ready: false, v4ip: '172.18.0.9' } });

@@ -106,6 +106,7 @@ class Eip {
       this.specChanged = false;
       const spec = checkSpec(() => normalizeEipSpec(this.name, this.spec));
       if (!spec.ok) {
+        this.taking = false; // nothing is taken until the spec changes
         await this.k8s.ensureAdopted(); // no first call to adopt it: an object being deleted is cleaned up, not left waiting
         this.setPhase('Invalid', spec.invalid);
         await this.waitFor(() => this.specChanged);
@@ -161,8 +162,13 @@ class Eip {
   private allocationRefusals = 0;
   private gatewayChanged = false;
   private deleting: boolean;
-  /** Its takeAddress call is under way (claims that may wait for it wait). */
-  private taking = false;
+  /**
+   * Its takeAddress call is under way, or (a new run's) is its first step still to come: claims that
+   * may wait for it wait. A rule's claim can reach a new EIP before it has begun (the rule's call
+   * ran first): delivered as its handler is registered, it would be refused, and the rule would
+   * watch and claim again, five workflow tasks and two calls more (most pairs of an API burst).
+   */
+  private taking: boolean;
   /** The Ready status its takeAddress call wrote (the V6 type), until it shows Ready. */
   private readyWritten: PhasedStatus | undefined;
   private readonly status: EipStatus;
@@ -221,6 +227,7 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
+    this.taking = !carried && combined;
     this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6, writesReadyWithFirstCall: type >= 6 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
     this.setPhase = this.reporter.setPhase;

@@ -25,7 +25,7 @@ import type { NatRule } from '../domain/nat-rules.js';
 
 export type CombinedCalls = Pick<WorkflowCallActivities, 'takeAddress' | 'adoptAndTakeAddress' | 'claimAndApply' | 'findClaimAndApply' | 'adoptAndFindClaimAndApply' | 'giveBackByIdentity' | 'removeRuleAndUnclaim' | 'unbindAndRelease'>;
 /** The steps; `kubeAdopt` on a worker with a Kubernetes client. */
-type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'> & Partial<Pick<KubeActivities, 'kubeAdopt' | 'kubePublishStatus' | 'kubeRelease'>>;
+type Steps = Pick<WorkflowCallActivities, 'gatewayReadiness' | 'allocateAddress' | 'bindAddress' | 'unbindAddress' | 'releaseAddress' | 'notifyEipWaiters' | 'eipForRule' | 'claimEip' | 'setGatewayRule' | 'removeGatewayRule' | 'removeGatewayRuleEverywhere' | 'unclaimEip'> & Partial<Pick<KubeActivities, 'kubeAdopt' | 'kubePublishStatus' | 'kubeWriteNat' | 'kubeRelease'>>;
 
 /** How long a rule's first claim waits for an EIP taking its address: well within the call's start-to-close timeout. */
 export const CLAIM_WAIT_MS = 10_000;
@@ -77,15 +77,26 @@ export function combinedCalls(steps: Steps): CombinedCalls {
     return { applied: true, objectReleased: true };
   }
 
-  /** Claim, then set the rule on the claimed EIP's gateway; not applied when that is not `gateway` (when one is expected). */
-  async function claimAndApply({ gateway, rule, wait, ...claim }: { eipWorkflowId: string; gateway?: string; rule: NatRule; wait?: ClaimWait } & EipClaim, writeReady?: WritesReady['writeReady']): Promise<ClaimedAndApplied> {
-    let target: ClaimedEip;
+  /**
+   * Claim, then set the rule on the claimed EIP's gateway; not applied when that is not `gateway`
+   * (when one is expected). A worker with a Kubernetes client offers to write the EIP's `status.nat`
+   * (as Kube-OVN's rules do): what the EIP hands over is written beside the apply. A write that
+   * fails fails the call, whose retry claims again, and the EIP then writes its status itself.
+   */
+  async function claimAndApply({ gateway, wait, ...req }: { eipWorkflowId: string; gateway?: string; rule: NatRule; wait?: ClaimWait } & EipClaim, writeReady?: WritesReady['writeReady']): Promise<ClaimedAndApplied> {
+    let answer: ClaimedEip;
     try {
-      target = await steps.claimEip({ ...claim, ...(wait && { wait }) });
+      answer = await steps.claimEip({ eipWorkflowId: req.eipWorkflowId, owner: req.owner, kind: req.kind, name: req.name, ...(wait && { wait }), ...(steps.kubeWriteNat && { writesNat: true as const }) });
     } catch (err) {
       return { claimRefused: refusedAs(err), mayHold: retried() };
     }
-    if (gateway !== undefined && target.gateway !== gateway) return { claimed: target, notApplied: { reason: Reason.GatewayNotFound, message: `EIP ${claim.eipWorkflowId} is on ${target.gateway}, not on ${gateway}` } };
+    const { writeNat, ...target } = answer;
+    const [taken] = await Promise.all([applyClaimed(target, gateway, req, writeReady), writeNat && steps.kubeWriteNat!(writeNat)]);
+    return taken;
+  }
+
+  async function applyClaimed(target: ClaimedEip, gateway: string | undefined, { eipWorkflowId, rule }: { eipWorkflowId: string; rule: NatRule }, writeReady?: WritesReady['writeReady']): Promise<ClaimedAndApplied> {
+    if (gateway !== undefined && target.gateway !== gateway) return { claimed: target, notApplied: { reason: Reason.GatewayNotFound, message: `EIP ${eipWorkflowId} is on ${target.gateway}, not on ${gateway}` } };
     try {
       await steps.setGatewayRule({ gateway: target.gateway, rule: { ...rule, eip: target.address } });
     } catch (err) {

@@ -102,6 +102,15 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
       await writeStatus(ref, ref.status);
     },
 
+    async kubeWriteNat({ object, from, to }) {
+      // Conditional on the value the EIP had before: a status of the EIP's written since is newer.
+      try {
+        await api.patchClusterCustomObjectStatus({ ...coords(object), body: [sameUid(object), { op: 'test', path: '/status/nat', value: from }, { op: 'add', path: '/status/nat', value: to }] }, jsonPatch);
+      } catch (err) {
+        if (!isStatus(err, 422) && !isStatus(err, 404)) throw err;
+      }
+    },
+
     async kubeRelease(ref) {
       // The usual case, ours the only finalizer: one request takes it off, and the object goes.
       if (await takeFinalizerOff(ref, [FINALIZER])) return;

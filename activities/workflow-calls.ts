@@ -18,12 +18,15 @@ import {
   gatewayRequestsUpdate,
   ipamRequestsUpdate,
   watchEipSignal,
+  type ClaimWait,
   type Fence,
   type GatewayRequest,
   type IpamRequest,
   type KubeActivities,
+  type NatWriter,
   type WorkflowCallActivities,
 } from '../domain/workflow-api.js';
+import type { EipClaim } from '../domain/nat-resources.js';
 import { attributeOf, findOneRunning, findRunning, phaseOf } from '../starter/find-resources.js';
 import { combinedCalls, type CombinedCalls } from './combined-calls.js';
 import { withHeartbeats } from './heartbeats.js';
@@ -144,7 +147,7 @@ function fail(reason: Reason, message: string): never {
  * `stopping`: aborted when the worker running these as local activities starts to shut down.
  * `kube`: a worker's Kubernetes calls, with which a first call adopts its object (combined-calls.ts).
  */
-export function createWorkflowCallActivities(client: Client, batchLimits?: BatchLimits, stopping?: AbortSignal, kube?: Pick<KubeActivities, 'kubeAdopt' | 'kubePublishStatus' | 'kubeRelease'>): WorkflowCallActivities {
+export function createWorkflowCallActivities(client: Client, batchLimits?: BatchLimits, stopping?: AbortSignal, kube?: Pick<KubeActivities, 'kubeAdopt' | 'kubePublishStatus' | 'kubeWriteNat' | 'kubeRelease'>): WorkflowCallActivities {
   // Requests to the IPAM and gateway workflows go in batches (see update-batches.ts).
   const ipam = new UpdateBatcher<IpamRequest, Allocation | string | null>((id, requests) => client.workflow.getHandle(id).executeUpdate(ipamRequestsUpdate, { args: [requests] }), batchLimits);
   const gateways = new UpdateBatcher<GatewayRequest, { applied: boolean } | null>((id, requests) => client.workflow.getHandle(id).executeUpdate(gatewayRequestsUpdate, { args: [requests] }), batchLimits);
@@ -245,7 +248,12 @@ export function createWorkflowCallActivities(client: Client, batchLimits?: Batch
 
     async claimEip(req) {
       return viaUpdate(
-        () => client.workflow.getHandle(req.eipWorkflowId).executeUpdate(claimEipUpdate, { args: req.wait ? [{ owner: req.owner, kind: req.kind, name: req.name }, fence(), req.wait] : [{ owner: req.owner, kind: req.kind, name: req.name }, fence()] }),
+        () => {
+          const claim = { owner: req.owner, kind: req.kind, name: req.name };
+          // The arguments an older worker's calls sent, and so its replays see, when there is no wait or writer.
+          const args: [EipClaim, Fence?, ClaimWait?, NatWriter?] = req.writesNat ? [claim, fence(), req.wait, { writesNat: true }] : req.wait ? [claim, fence(), req.wait] : [claim, fence()];
+          return client.workflow.getHandle(req.eipWorkflowId).executeUpdate(claimEipUpdate, { args });
+        },
         () => fail(Reason.EipNotFound, `EIP ${req.eipWorkflowId} does not exist any more`),
       );
     },

@@ -53,6 +53,22 @@ export const eipChangedSignal = defineSignal('eipChanged');
 export interface ClaimedEip {
   address: string;
   gateway: string;
+  /** The EIP's `status.nat` for the claimer to write (it said it can: `NatWriter`), the EIP writing none of its own. */
+  writeNat?: NatWrite;
+}
+/**
+ * A claimer that can write its EIP's `status.nat` (as Kube-OVN's NAT rules write it): a claim that
+ * only changes that field is then written by the rule's call, beside its apply, rather than by a
+ * call and a workflow task of the EIP's own.
+ */
+export interface NatWriter {
+  writesNat: true;
+}
+/** The EIP object's `status.nat` to change from `from` to `to`: written only while it still is `from` (else a newer status is there). */
+export interface NatWrite {
+  object: KubeRef;
+  from: string;
+  to: string;
 }
 /**
  * How long a claim may wait for an EIP that is taking its address as it arrives (the rule created
@@ -62,7 +78,7 @@ export interface ClaimWait {
   forMs: number;
 }
 /** A NAT rule takes (a share of) the EIP; refused unless Ready (or soon: `ClaimWait`) and compatible with its other users. */
-export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim, Fence?, ClaimWait?]>('claim');
+export const claimEipUpdate = defineUpdate<ClaimedEip, [EipClaim, Fence?, ClaimWait?, NatWriter?]>('claim');
 export const unclaimEipUpdate = defineUpdate<void, [{ owner: string }]>('unclaim');
 /** The NAT rules holding a claim on this EIP now (a rule holds its claim while its rule is on the gateway). */
 export const eipClaimsQuery = defineQuery<EipClaim[]>('claims');
@@ -233,7 +249,7 @@ export interface WorkflowCallActivities {
   unbindAndRelease(req: { gateway: string; subnet: string; owner: string } & LastCall): Promise<Removed>;
   /** `watch`: when the EIP exists but is not ready, it is asked at once to wake the rule once that holds. */
   eipForRule(eip: string, watch?: EipWatch): Promise<EipForRule | null>;
-  claimEip(req: { eipWorkflowId: string; wait?: ClaimWait } & EipClaim): Promise<ClaimedEip>;
+  claimEip(req: { eipWorkflowId: string; wait?: ClaimWait } & Partial<NatWriter> & EipClaim): Promise<ClaimedEip>;
   /**
    * A NAT rule's two steps in one call: claim the EIP, then set `rule` (its `eip` filled with the
    * claimed address) on the claimed EIP's gateway, if that is `gateway`. A refusal is answered,
@@ -298,6 +314,8 @@ export interface KubeActivities {
   /** Is the object there and not being deleted? Then the finalizer goes on, before anything else. */
   kubeAdopt(ref: KubeRef): Promise<{ exists: boolean; deleting: boolean }>;
   kubePublishStatus(ref: KubeRef & { status: Record<string, unknown> }): Promise<void>;
+  /** An EIP's `status.nat`, handed to its claimer (`NatWrite`). */
+  kubeWriteNat(write: NatWrite): Promise<void>;
   /** Removes the finalizer: the last step of every cleanup. `status`, the last one not written yet, is written first if another finalizer keeps the object. */
   kubeRelease(ref: KubeRelease): Promise<void>;
 }

@@ -265,6 +265,32 @@ describe('EIP workflow (mocked activities)', () => {
     expect((await readyStatusesWritten(eipWorkflowV6)).map((s) => s.nat)).toEqual(['', 'fip']);
   });
 
+  it("a claim whose call writes status.nat is handed that write, when nothing of the EIP's own could land after it: once between its own writes, and not for a retried claim", async () => {
+    const kube = fakeKube();
+    const natOf = () => (kube.args.kubePublishStatus ?? []).map(([ref]) => (ref.status as unknown as EipStatus).nat);
+    const fake = new FakeCalls<WorkflowCallActivities>(working()).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
+    const object = { kind: 'eip', name: 'eip1', uid: uid() };
+    const { options } = resourceStart('eip', { name: 'eip1', uid: object.uid, generation: 1, fromKube: true }, spec);
+    await withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, eipWorkflowV6, options, async (h) => {
+      await workflowPhase(Object.assign(h, { kind: 'eip' as const }), 'Ready');
+      const claim = (owner: string, kind: 'dnat' | 'snat', name: string) => h.executeUpdate(claimEipUpdate, { args: [{ owner, kind, name }, undefined, undefined, { writesNat: true }] });
+      expect(await claim('natflow/dnat/d1/u1', 'dnat', 'd1')).toEqual({ address: '172.18.0.5', gateway: 'gw1', writeNat: { object, from: '', to: 'dnat' } });
+      // Handed over once: the next change is the EIP's own write (two handed-over writes could land in either order).
+      expect(await claim('natflow/snat/s1/u1', 'snat', 's1')).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
+      await eventually(async () => natOf(), (nats) => nats.includes('dnat,snat'), 10_000, 'the EIP writing dnat,snat itself');
+      expect(natOf()).toEqual(['', 'dnat,snat']); // Ready by its first call; 'dnat' was the DNAT's call's to write
+      // After a write of its own, it hands over again; a retried claim (one it holds) is written by the EIP.
+      await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: 'natflow/snat/s1/u1' }] });
+      await eventually(async () => natOf(), (nats) => nats.length === 3, 10_000, 'dnat written');
+      expect(await claim('natflow/snat/s1/u1', 'snat', 's1')).toEqual({ address: '172.18.0.5', gateway: 'gw1', writeNat: { object, from: 'dnat', to: 'dnat,snat' } });
+      expect(await claim('natflow/snat/s1/u1', 'snat', 's1')).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
+      await eventually(async () => natOf(), (nats) => nats.length === 4, 10_000, 'the retried claim written');
+      expect(natOf()).toEqual(['', 'dnat,snat', 'dnat', 'dnat,snat']);
+      for (const owner of ['natflow/dnat/d1/u1', 'natflow/snat/s1/u1']) await h.executeUpdate(unclaimEipUpdate, { args: [{ owner }] });
+      await deleteAndWait(h);
+    });
+  });
+
   it('a V6 first call that may write Ready waits for a status write in flight, so that the older status cannot land after it', async () => {
     let looks = 0;
     const kube = fakeKube();

@@ -50,6 +50,7 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
     const kube: KubeActivities = {
       kubeAdopt: async (ref) => (kubeCalls.push(`adopt ${ref.kind} ${ref.name}`), { exists: true, deleting: false }),
       kubePublishStatus: async (ref) => void (kubeCalls.push(`status ${ref.kind} ${ref.name}`), published.push(ref.status)),
+      kubeWriteNat: async ({ object, to }) => void kubeCalls.push(`nat of ${object.kind} ${object.name}: ${to}`),
       kubeRelease: async (ref) => void kubeCalls.push(`release ${ref.kind} ${ref.name}`),
     };
     controlWorker = await Worker.create({

@@ -297,6 +297,24 @@ describe('kube-apiserver with natflow CRDs', () => {
     expect(await calls.kubeAdopt(held)).toEqual({ exists: false, deleting: false });
   });
 
+  test("an EIP's status.nat handed to its claimer is written only while it still is what the EIP had", async () => {
+    const calls = createKubeActivities(loadKubeConfig(env().kubeconfigPath));
+    const get = async () => (await env().custom.getClusterCustomObject({ ...crd('eip'), name: 'kc-eip' })) as Obj;
+    const made = (await create({ apiVersion: KUBEOVN_API_VERSION, kind: 'IptablesEIP', metadata: { name: 'kc-eip' }, spec: { natGwDp: 'gw1' } })) as Obj;
+    const object = { kind: 'eip' as const, name: 'kc-eip', uid: made.metadata!.uid! };
+    await calls.kubePublishStatus({ ...object, status: { ready: true, ip: '172.18.0.7', nat: '' } });
+    await calls.kubeWriteNat({ object, from: '', to: 'fip' });
+    expect((await get()).status).toEqual({ ready: true, ip: '172.18.0.7', nat: 'fip' });
+    // A newer status is there (another claimer's, or the EIP's own): left as it is, and no error.
+    await calls.kubeWriteNat({ object, from: '', to: 'dnat' });
+    expect((await get()).status).toMatchObject({ nat: 'fip' });
+    // Another object of the name, or none: nothing written, no error.
+    await calls.kubeWriteNat({ object: { ...object, uid: 'another' }, from: 'fip', to: 'snat' });
+    expect((await get()).status).toMatchObject({ nat: 'fip' });
+    await env().custom.deleteClusterCustomObject({ ...crd('eip'), name: 'kc-eip' });
+    await calls.kubeWriteNat({ object, from: 'fip', to: '' });
+  });
+
   test('the RBAC lets the natflow service account read, write status and finalizers, and nothing else', async () => {
     const rbac = loadAllYaml(await readFile(path.join(repoRoot(), 'deploy', 'rbac.yaml'), 'utf8')) as KubernetesObject[];
     expect(rbac.map((o) => o.kind)).toEqual(['Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding']);

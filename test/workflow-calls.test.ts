@@ -9,6 +9,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { Reason } from '../domain/errors.js';
 import { InterceptingCall, ListenerBuilder, RequesterBuilder, type Interceptor } from '@grpc/grpc-js';
 import { createWorkflowCallActivities, viaUpdate } from '../activities/workflow-calls.js';
+import { combinedCalls } from '../activities/combined-calls.js';
 import type { Allocation } from '../domain/ipam.js';
 import { workflowIds } from '../domain/names.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
@@ -27,6 +28,23 @@ describe('workflow-call activities', () => {
     expect(sent).toBe(2);
     const refused = new WorkflowUpdateFailedError('Workflow Update failed', ApplicationFailure.nonRetryable('EIP e1 is not ready (Deleting)', Reason.EipNotReady));
     await expect(viaUpdate(() => Promise.reject(refused), () => 'gone')).rejects.toMatchObject({ type: Reason.EipNotReady, nonRetryable: true });
+  });
+
+  it("a rule's claim offers to write its EIP's status.nat where the worker can write to Kubernetes, and writes what the EIP hands it beside the apply", async () => {
+    const rule = { kind: 'fip' as const, owner: 'natflow/fip/f1/u1', eip: '', internalIp: '10.0.1.5' };
+    const writeNat = { object: { kind: 'eip' as const, name: 'e1', uid: 'u' }, from: '', to: 'fip' };
+    const claims: unknown[] = [];
+    const written: unknown[] = [];
+    const steps = (handOver: boolean) => ({
+      claimEip: async (req: object) => (claims.push(req), { address: '172.18.0.9', gateway: 'gw1', ...(handOver && { writeNat }) }),
+      setGatewayRule: async () => undefined,
+    });
+    const claim = { eipWorkflowId: 'natflow/eip/e1/u', owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1', gateway: 'gw1', rule };
+    const withKube = combinedCalls({ ...steps(true), kubeWriteNat: async (write: unknown) => void written.push(write) } as never);
+    expect(await withKube.claimAndApply(claim)).toEqual({ applied: { address: '172.18.0.9', gateway: 'gw1' } });
+    expect(written).toEqual([writeNat]);
+    expect(await combinedCalls(steps(false) as never).claimAndApply(claim)).toEqual({ applied: { address: '172.18.0.9', gateway: 'gw1' } });
+    expect(claims).toEqual([expect.objectContaining({ owner: 'natflow/fip/f1/u1', writesNat: true }), expect.not.objectContaining({ writesNat: true })]);
   });
 
   it('an attempt that waited in the queue longer than its timeout still allocates: its fence counts from its start', async () => {

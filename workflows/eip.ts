@@ -12,7 +12,7 @@ import type { ResourceRef } from '../domain/names.js';
 import { claimConflict, type EipClaim, type NatKind } from '../domain/nat-resources.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { eipReady, readyCondition, setCondition, type ConditionInput, type PhasedStatus } from '../domain/status.js';
-import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type ClaimWait, type EipWatch, type Fence, type KubeRelease } from '../domain/workflow-api.js';
+import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type ClaimedEip, type ClaimWait, type EipWatch, type Fence, type KubeRelease, type NatWrite, type NatWriter } from '../domain/workflow-api.js';
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
@@ -182,6 +182,10 @@ class Eip {
   private readonly watchers: Set<string>;
   /** Claims waiting for the address being taken, by owner (a V3 run takes them as it becomes ready). */
   private readonly waitingClaims = new Map<string, EipClaim>();
+  /** Of those, the owners whose calls write `status.nat` (NatWriter). */
+  private readonly natWriters = new Set<string>();
+  /** The `status.nat` writes handed to claims just taken, by owner, until their handlers answer. */
+  private readonly natWrites = new Map<string, NatWrite>();
   /** Their wake-ups, sent and not yet delivered. */
   private readonly wakeUpsInFlight = new Set<Promise<void>>();
   readonly k8s: KubeSync;
@@ -234,7 +238,7 @@ class Eip {
 
     wf.setHandler(statusQuery, () => this.status);
     wf.setHandler(eipClaimsQuery, () => [...this.claims.values()]);
-    wf.setHandler(claimEipUpdate, (claim: EipClaim, _fence?: Fence, wait?: ClaimWait) => this.claim(claim, wait), { validator: (claim: EipClaim, fence?: Fence, wait?: ClaimWait) => this.checkClaim(claim, fence, wait) });
+    wf.setHandler(claimEipUpdate, (claim: EipClaim, _fence?: Fence, wait?: ClaimWait, writer?: NatWriter) => this.claim(claim, wait, writer), { validator: (claim: EipClaim, fence?: Fence, wait?: ClaimWait, _writer?: NatWriter) => this.checkClaim(claim, fence, wait) });
     wf.setHandler(unclaimEipUpdate, ({ owner }) => this.unclaim(owner));
     wf.setHandler(gatewayChangedSignal, () => {
       this.budget.countSignal();
@@ -446,13 +450,13 @@ class Eip {
 
   /** The claims that waited for its address and can be taken now, taken in the order they came (as their handlers would). */
   private takeWaitingClaims(): void {
-    let taken = 0;
+    const taken: EipClaim[] = [];
     for (const claim of this.waitingClaims.values()) {
       if (this.claimRefusal(claim.kind, claim.owner)) continue; // each is checked against those taken before it
       this.take(claim);
-      taken++;
+      taken.push(claim);
     }
-    if (taken > 0) this.showUsers();
+    if (taken.length > 0) this.showUsers(taken.length === 1 && this.natWriters.has(taken[0]!.owner) ? taken[0]!.owner : undefined);
   }
 
   private take(claim: EipClaim): void {
@@ -536,22 +540,28 @@ class Eip {
     return conflict ? wf.ApplicationFailure.nonRetryable(`EIP ${this.name}: ${conflict}`, Reason.EipInUse) : null;
   }
 
-  private async claim(claim: EipClaim, wait: ClaimWait | undefined) {
+  private async claim(claim: EipClaim, wait: ClaimWait | undefined, writer: NatWriter | undefined): Promise<ClaimedEip> {
     this.budget.countUpdate();
-    const answer = () => ({ address: this.status.ip, gateway: this.status.natGwDp });
+    const answer = (): ClaimedEip => {
+      const writeNat = this.natWrites.get(claim.owner);
+      this.natWrites.delete(claim.owner);
+      return { address: this.status.ip, gateway: this.status.natGwDp, ...(writeNat && { writeNat }) };
+    };
     if (wait && this.claimRefusal(claim.kind, claim.owner)) {
       this.waitingClaims.set(claim.owner, claim);
+      if (writer?.writesNat) this.natWriters.add(claim.owner);
       try {
         await wf.condition(() => this.claims.get(claim.owner) === claim || !this.readySoon() || !this.claimRefusal(claim.kind, claim.owner), wait.forMs);
       } finally {
         if (this.waitingClaims.get(claim.owner) === claim) this.waitingClaims.delete(claim.owner);
+        this.natWriters.delete(claim.owner);
       }
       if (this.claims.get(claim.owner) === claim) return answer(); // taken as it became ready
       const refused = this.claimRefusal(claim.kind, claim.owner);
       if (refused) throw refused;
     }
     this.take(claim);
-    this.showUsers();
+    this.showUsers(writer?.writesNat ? claim.owner : undefined);
     return answer();
   }
 
@@ -660,9 +670,17 @@ class Eip {
     return [...this.claims.values()].map((c) => `${c.kind} ${c.name}`).join(', ');
   }
 
-  /** Kube-OVN's `status.nat`: the kinds of NAT using this EIP. */
-  private showUsers(): void {
+  /**
+   * Kube-OVN's `status.nat`: the kinds of NAT using this EIP. `writer`: the owner of the one claim
+   * just taken, whose call writes that field (as Kube-OVN's rules do) if it is all that changed and
+   * no write of the EIP's own could land after it: a status call and a workflow task fewer. A
+   * retried claim changes nothing, and is written here (its first attempt may not have written it).
+   */
+  private showUsers(writer?: string): void {
+    const from = this.status.nat;
     this.status.nat = [...new Set([...this.claims.values()].map((c) => c.kind))].sort().join(',');
-    this.k8s.publish({ ...this.status });
+    const object = writer !== undefined && this.status.nat !== from ? this.k8s.handOver({ ...this.status }) : undefined;
+    if (object) this.natWrites.set(writer!, { object, from, to: this.status.nat });
+    else this.k8s.publish({ ...this.status });
   }
 }

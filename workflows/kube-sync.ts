@@ -37,6 +37,15 @@ export interface KubeSync {
    * of the publisher's is written while it runs): when it is this one, it is not written again.
    */
   publish(status: Record<string, unknown>, opts?: { passing?: boolean; written?: PhasedStatus }): void;
+  /**
+   * `status` is written by another's call (an EIP's `status.nat`, by the rule that claimed it): it
+   * counts as published, when nothing of this publisher's is pending or in flight (a write of that
+   * could land after the other's), nor handed over since its last write (two handed-over writes,
+   * each conditional on the value before it, could land in either order; a write of the
+   * publisher's carries everything). The object to write to; undefined when not handed over (then
+   * publish it).
+   */
+  handOver(status: Record<string, unknown>): KubeRef | undefined;
   /** The cleanup has begun (see `deletingStatusLasts`). */
   cleaningUp(): void;
   /**
@@ -131,7 +140,7 @@ export class NotAdopted extends Error {
 export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: CallProxies['kube'] = remoteKube, status: CallProxies['status'] = kube, options: KubeSyncOptions = {}): KubeSync {
   const ref = { kind, name: resource.name, uid: resource.uid };
   if (!resource.fromKube) {
-    return { adopt: async () => 'adopted', adoption: () => undefined, firstCall: ({ plain }, req, summary) => plain.executeWithOptions({ summary }, [req]), ensureAdopted: async () => undefined, publish: () => undefined, cleaningUp: () => undefined, lastCall: (call) => call(), release: async () => undefined };
+    return { adopt: async () => 'adopted', adoption: () => undefined, firstCall: ({ plain }, req, summary) => plain.executeWithOptions({ summary }, [req]), ensureAdopted: async () => undefined, publish: () => undefined, handOver: () => undefined, cleaningUp: () => undefined, lastCall: (call) => call(), release: async () => undefined };
   }
   const { finalStatusWithRelease = false, deletingStatusLasts = false, adoptsWithFirstCall = false, deletingWritesOnlyWaits = false, releasesWithLastCall = false, writesReadyWithFirstCall = false } = options;
   /** No call has adopted the object yet (`adoptsWithFirstCall`). */
@@ -156,6 +165,8 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
   let releasedByCall = false;
   /** A first call that may write the status is under way: the publisher waits, its write could land after the call's. */
   let callWrites = false;
+  /** A status was handed over since the publisher's last write. */
+  let handed = false;
   // One publisher, outside cancellation, always sending the newest status: a burst of phase
   // changes costs one write, and the final status still goes out while cleanup runs.
   /** A status the cleanup only passes through, which the V5 types leave to the release. */
@@ -174,6 +185,7 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       writing = true;
       await status.kubePublishStatus.executeWithOptions({ summary: `status of ${kind} ${resource.name}` }, [{ ...ref, status: latest! }]);
       writing = false;
+      handed = false;
       published = sending;
     }
   });
@@ -221,6 +233,14 @@ export function kubeSync(kind: KubeRef['kind'], resource: ResourceRef, kube: Cal
       latestPassing = opts.passing ?? false;
       version++;
       if (writtenAlready) published = version;
+    },
+    handOver(status) {
+      if (handed || writing || releasing || callWrites || cleaning || published !== version) return undefined;
+      handed = true;
+      latest = status;
+      latestPassing = false;
+      published = ++version;
+      return ref;
     },
     cleaningUp() {
       cleaning = true;

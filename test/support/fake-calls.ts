@@ -84,6 +84,7 @@ export const fakeKube = () =>
   new FakeCalls<KubeActivities>({
     kubeAdopt: async () => ({ exists: true, deleting: false }),
     kubePublishStatus: async () => undefined,
+    kubeWriteNat: async () => undefined,
     kubeRelease: async () => undefined,
   });
 

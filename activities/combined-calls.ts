@@ -83,15 +83,15 @@ export function combinedCalls(steps: Steps): CombinedCalls {
    * (as Kube-OVN's rules do): what the EIP hands over is written beside the apply. A write that
    * fails fails the call, whose retry claims again, and the EIP then writes its status itself.
    */
-  async function claimAndApply({ gateway, wait, ...req }: { eipWorkflowId: string; gateway?: string; rule: NatRule; wait?: ClaimWait } & EipClaim, writeReady?: WritesReady['writeReady']): Promise<ClaimedAndApplied> {
+  async function claimAndApply({ gateway, rule, wait, ...claim }: { eipWorkflowId: string; gateway?: string; rule: NatRule; wait?: ClaimWait } & EipClaim, writeReady?: WritesReady['writeReady']): Promise<ClaimedAndApplied> {
     let answer: ClaimedEip;
     try {
-      answer = await steps.claimEip({ eipWorkflowId: req.eipWorkflowId, owner: req.owner, kind: req.kind, name: req.name, ...(wait && { wait }), ...(steps.kubeWriteNat && { writesNat: true as const }) });
+      answer = await steps.claimEip({ ...claim, ...(wait && { wait }), ...(steps.kubeWriteNat && { writesNat: true as const }) });
     } catch (err) {
       return { claimRefused: refusedAs(err), mayHold: retried() };
     }
     const { writeNat, ...target } = answer;
-    const [taken] = await Promise.all([applyClaimed(target, gateway, req, writeReady), writeNat && steps.kubeWriteNat!(writeNat)]);
+    const [taken] = await Promise.all([applyClaimed(target, gateway, { eipWorkflowId: claim.eipWorkflowId, rule }, writeReady), writeNat && steps.kubeWriteNat!(writeNat)]);
     return taken;
   }
 

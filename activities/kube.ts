@@ -47,6 +47,18 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
     }
   }
 
+  /** A JSON patch made conditional by its `test` operations: 'refused' when a test failed (422), 'gone' when the object is (404). */
+  async function patchIf(patch: () => Promise<unknown>): Promise<'applied' | 'refused' | 'gone'> {
+    try {
+      await patch();
+      return 'applied';
+    } catch (err) {
+      if (isStatus(err, 422)) return 'refused';
+      if (isStatus(err, 404)) return 'gone';
+      throw err;
+    }
+  }
+
   /**
    * Takes natflow's finalizer off this object if its finalizers are still `read` (uid and list
    * tested, one request): true when done or the object is gone, false when a test failed (422:
@@ -54,13 +66,7 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
    */
   async function takeFinalizerOff(ref: KubeRef, read: string[]): Promise<boolean> {
     const rest = read.filter((f) => f !== FINALIZER);
-    try {
-      await api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: read }, { op: 'replace', path: '/metadata/finalizers', value: rest }] }, jsonPatch);
-    } catch (err) {
-      if (isStatus(err, 422)) return false;
-      if (!isStatus(err, 404)) throw err;
-    }
-    return true;
+    return (await patchIf(() => api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: read }, { op: 'replace', path: '/metadata/finalizers', value: rest }] }, jsonPatch))) !== 'refused';
   }
 
   /**
@@ -70,13 +76,7 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
    * finalizers, ours perhaps, or another object took the name) or it is gone (404): read it then.
    */
   async function addOnlyFinalizer(ref: KubeRef): Promise<boolean> {
-    try {
-      await api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: null }, { op: 'add', path: '/metadata/finalizers', value: [FINALIZER] }] }, jsonPatch);
-      return true;
-    } catch (err) {
-      if (isStatus(err, 422) || isStatus(err, 404)) return false;
-      throw err;
-    }
+    return (await patchIf(() => api.patchClusterCustomObject({ ...coords(ref), body: [sameUid(ref), { op: 'test', path: '/metadata/finalizers', value: null }, { op: 'add', path: '/metadata/finalizers', value: [FINALIZER] }] }, jsonPatch))) === 'applied';
   }
 
   async function setFinalizers(ref: KubeRef, obj: KubeObject, finalizers: string[]): Promise<void> {
@@ -103,12 +103,8 @@ export function createKubeActivities(kubeConfig: KubeConfig): KubeActivities {
     },
 
     async kubeWriteNat({ object, from, to }) {
-      // Conditional on the value the EIP had before: a status of the EIP's written since is newer.
-      try {
-        await api.patchClusterCustomObjectStatus({ ...coords(object), body: [sameUid(object), { op: 'test', path: '/status/nat', value: from }, { op: 'add', path: '/status/nat', value: to }] }, jsonPatch);
-      } catch (err) {
-        if (!isStatus(err, 422) && !isStatus(err, 404)) throw err;
-      }
+      // Conditional on the value the EIP had before: a status of the EIP's written since is newer (refused, and left).
+      await patchIf(() => api.patchClusterCustomObjectStatus({ ...coords(object), body: [sameUid(object), { op: 'test', path: '/status/nat', value: from }, { op: 'add', path: '/status/nat', value: to }] }, jsonPatch));
     },
 
     async kubeRelease(ref) {

@@ -267,7 +267,7 @@ async function watchObjects(kind: 'eip' | 'fip'): Promise<Informer<Watched> & Ob
  * current run: the first one, or the one it has kept since (`lasting`: none if it is not Ready now).
  */
 async function readyWrittenAt(workflowId: string, which: 'first' | 'lasting'): Promise<number | undefined> {
-  const events = (await client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+  const events = await historyOf(client, { workflowId });
   const phases = events.flatMap((e) => {
     const phase = e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields?.NatflowPhase?.data;
     if (!phase || e.eventTime?.seconds == null) return [];
@@ -367,7 +367,7 @@ async function callsPerWorkflow(workflowIds: string[]): Promise<Calls> {
   let activities = 0;
   let localActivities = 0;
   for (const id of workflowIds) {
-    const events = (await client.workflow.getHandle(id).fetchHistory()).events ?? [];
+    const events = await historyOf(client, { workflowId: id });
     activities += events.filter((e) => e.activityTaskScheduledEventAttributes).length;
     localActivities += events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
   }

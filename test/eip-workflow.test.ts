@@ -291,6 +291,24 @@ describe('EIP workflow (mocked activities)', () => {
     });
   });
 
+  it('a claim that waited for the address, whose call writes status.nat, is handed that write as the EIP becomes Ready: the EIP writes none of its own', async () => {
+    const kube = fakeKube();
+    const fake = new FakeCalls<WorkflowCallActivities>(working(), { bindAddress: { delayMs: 1500 } }).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
+    const object = { kind: 'eip', name: 'eip1', uid: uid() };
+    const { options } = resourceStart('eip', { name: 'eip1', uid: object.uid, generation: 1, fromKube: true }, spec);
+    await withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, eipWorkflowV6, options, async (h) => {
+      await eventually(async () => fake.started(), (names) => names.includes('bindAddress'), 10_000, 'the bind under way');
+      const claim = { owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1' };
+      expect(await h.executeUpdate(claimEipUpdate, { args: [claim, undefined, { forMs: 10_000 }, { writesNat: true }] })).toEqual({ address: '172.18.0.5', gateway: 'gw1', writeNat: { object, from: '', to: 'fip' } });
+      await new Promise((resolve) => setTimeout(resolve, 1000)); // a write of its own would have landed
+      // Ready written by its first call, `nat: fip` left to the FIP's: no status call of the EIP's.
+      expect((kube.args.kubePublishStatus ?? []).map(([ref]) => (ref.status as unknown as EipStatus).nat)).toEqual(['']);
+      expect((await historyOf(h)).filter((e) => isCallOf(e, 'kubePublishStatus'))).toEqual([]);
+      await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: claim.owner }] });
+      await deleteAndWait(h);
+    });
+  });
+
   it('a V6 first call that may write Ready waits for a status write in flight, so that the older status cannot land after it', async () => {
     let looks = 0;
     const kube = fakeKube();

@@ -180,10 +180,11 @@ class Eip {
   private readonly claims: Map<string, EipClaim>;
   /** NAT rules waiting for this EIP to change. */
   private readonly watchers: Set<string>;
-  /** Claims waiting for the address being taken, by owner (a V3 run takes them as it becomes ready). */
-  private readonly waitingClaims = new Map<string, EipClaim>();
-  /** Of those, the owners whose calls write `status.nat` (NatWriter). */
-  private readonly natWriters = new Set<string>();
+  /**
+   * Claims waiting for the address being taken, by owner (a V3 run takes them as it becomes ready),
+   * each with whether its call writes `status.nat` (NatWriter).
+   */
+  private readonly waitingClaims = new Map<string, { claim: EipClaim; writesNat: boolean }>();
   /** The `status.nat` writes handed to claims just taken, by owner, until their handlers answer. */
   private readonly natWrites = new Map<string, NatWrite>();
   /** Their wake-ups, sent and not yet delivered. */
@@ -450,13 +451,13 @@ class Eip {
 
   /** The claims that waited for its address and can be taken now, taken in the order they came (as their handlers would). */
   private takeWaitingClaims(): void {
-    const taken: EipClaim[] = [];
-    for (const claim of this.waitingClaims.values()) {
-      if (this.claimRefusal(claim.kind, claim.owner)) continue; // each is checked against those taken before it
-      this.take(claim);
-      taken.push(claim);
+    const taken: { claim: EipClaim; writesNat: boolean }[] = [];
+    for (const waiting of this.waitingClaims.values()) {
+      if (this.claimRefusal(waiting.claim.kind, waiting.claim.owner)) continue; // each is checked against those taken before it
+      this.take(waiting.claim);
+      taken.push(waiting);
     }
-    if (taken.length > 0) this.showUsers(taken.length === 1 && this.natWriters.has(taken[0]!.owner) ? taken[0]!.owner : undefined);
+    if (taken.length > 0) this.showUsers(taken.length === 1 && taken[0]!.writesNat ? taken[0]!.claim.owner : undefined);
   }
 
   private take(claim: EipClaim): void {
@@ -548,13 +549,11 @@ class Eip {
       return { address: this.status.ip, gateway: this.status.natGwDp, ...(writeNat && { writeNat }) };
     };
     if (wait && this.claimRefusal(claim.kind, claim.owner)) {
-      this.waitingClaims.set(claim.owner, claim);
-      if (writer?.writesNat) this.natWriters.add(claim.owner);
+      this.waitingClaims.set(claim.owner, { claim, writesNat: writer?.writesNat === true });
       try {
         await wf.condition(() => this.claims.get(claim.owner) === claim || !this.readySoon() || !this.claimRefusal(claim.kind, claim.owner), wait.forMs);
       } finally {
-        if (this.waitingClaims.get(claim.owner) === claim) this.waitingClaims.delete(claim.owner);
-        this.natWriters.delete(claim.owner);
+        if (this.waitingClaims.get(claim.owner)?.claim === claim) this.waitingClaims.delete(claim.owner);
       }
       if (this.claims.get(claim.owner) === claim) return answer(); // taken as it became ready
       const refused = this.claimRefusal(claim.kind, claim.owner);
@@ -680,7 +679,7 @@ class Eip {
     const from = this.status.nat;
     this.status.nat = [...new Set([...this.claims.values()].map((c) => c.kind))].sort().join(',');
     const object = writer !== undefined && this.status.nat !== from ? this.k8s.handOver({ ...this.status }) : undefined;
-    if (object) this.natWrites.set(writer!, { object, from, to: this.status.nat });
+    if (writer !== undefined && object) this.natWrites.set(writer, { object, from, to: this.status.nat });
     else this.k8s.publish({ ...this.status });
   }
 }

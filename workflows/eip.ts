@@ -94,6 +94,9 @@ async function eipLifecycle(input: EipInput, type: TypeVersion): Promise<void> {
   if (ended) throw ended;
 }
 
+/** A claim waiting for the address being taken, and whether its call writes `status.nat` (NatWriter). */
+type WaitingClaim = { claim: EipClaim; writesNat: boolean };
+
 class Eip {
   /** validate → wait for the gateway → allocate → bind → serve (Ready) → give back; again after a change that needs it. */
   async lifecycle(): Promise<void> {
@@ -180,11 +183,8 @@ class Eip {
   private readonly claims: Map<string, EipClaim>;
   /** NAT rules waiting for this EIP to change. */
   private readonly watchers: Set<string>;
-  /**
-   * Claims waiting for the address being taken, by owner (a V3 run takes them as it becomes ready),
-   * each with whether its call writes `status.nat` (NatWriter).
-   */
-  private readonly waitingClaims = new Map<string, { claim: EipClaim; writesNat: boolean }>();
+  /** Claims waiting for the address being taken, by owner (a V3 run takes them as it becomes ready). */
+  private readonly waitingClaims = new Map<string, WaitingClaim>();
   /** The `status.nat` writes handed to claims just taken, by owner, until their handlers answer. */
   private readonly natWrites = new Map<string, NatWrite>();
   /** Their wake-ups, sent and not yet delivered. */
@@ -451,7 +451,7 @@ class Eip {
 
   /** The claims that waited for its address and can be taken now, taken in the order they came (as their handlers would). */
   private takeWaitingClaims(): void {
-    const taken: { claim: EipClaim; writesNat: boolean }[] = [];
+    const taken: WaitingClaim[] = [];
     for (const waiting of this.waitingClaims.values()) {
       if (this.claimRefusal(waiting.claim.kind, waiting.claim.owner)) continue; // each is checked against those taken before it
       this.take(waiting.claim);

@@ -242,14 +242,22 @@ interface Proc {
 }
 
 /**
+ * The local apiserver's Go garbage collector runs a quarter as often as Go's default (GOGC=100), as
+ * the dev server's does: in a 1,000-pair burst through the API it took 11.4–12.5 cpu-s instead of
+ * 14.7–15.2, for a peak RSS of 0.9 GiB instead of 0.5 (800: no less CPU, 1.5 GiB). A GOGC set in
+ * the environment wins; a real cluster's apiserver is its own.
+ */
+const APISERVER_GOGC = '400';
+
+/**
  * Starts a server process with its output in a log file; it dies with this process, even if this
  * process is killed (a crashed test leaves no apiserver behind).
  */
-async function startProc(name: string, bin: string, args: string[], logFile: string): Promise<Proc> {
+async function startProc(name: string, bin: string, args: string[], logFile: string, env?: NodeJS.ProcessEnv): Promise<Proc> {
   const log = await open(logFile, 'w');
   const [cmd, argv] = tiedToParent(bin, args, 'KILL');
   // Its own process group, as the dev server's: a terminal's Ctrl-C reaches only us, and we stop it in order.
-  const child = spawn(cmd, argv, { stdio: ['ignore', log.fd, log.fd], detached: true });
+  const child = spawn(cmd, argv, { stdio: ['ignore', log.fd, log.fd], detached: true, ...(env && { env }) });
   await log.close();
   let spawnError: Error | undefined;
   child.once('error', (e) => {
@@ -442,6 +450,7 @@ export async function startKubeApiserver(opts: KubeApiserverOptions = {}): Promi
         '--v=0',
       ],
       path.join(dataDir, 'kube-apiserver.log'),
+      { GOGC: APISERVER_GOGC, ...process.env },
     );
     procs.push(apiserver);
     try {

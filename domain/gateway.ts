@@ -129,6 +129,8 @@ export interface GatewayCarried {
   /** Still rebuilding its desired state from its users (a new incarnation): no full restore yet. */
   rebuilding: boolean;
   deleting: boolean;
+  /** The EIPs a gateway being deleted last found naming it: its next run shows them until it asks again. */
+  users?: string[];
   conditions: Condition[];
 }
 

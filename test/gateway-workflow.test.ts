@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkflowHandle } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Context } from '@temporalio/activity';
 import { Worker } from '@temporalio/worker';
 import { createWorkflowCallActivities } from '../activities/workflow-calls.js';
 import { Reason } from '../domain/errors.js';
@@ -40,8 +41,11 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
   /** A gateway's wake-ups wait for this before they are answered. */
   const heldWakes = new Map<string, Promise<void>>();
   const users = new Map<string, string[]>();
+  /** A gateway's users are answered this late (ms); the runs whose question was answered. */
+  const slowUsers = new Map<string, number>();
+  const usersAnsweredTo: string[] = [];
   const kubeCalls: string[] = [];
-  const published: Record<string, unknown>[] = [];
+  const published: { name: string; status: Record<string, unknown> }[] = [];
   let calls: ReturnType<typeof createWorkflowCallActivities>;
 
   beforeAll(async () => {
@@ -49,7 +53,7 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
     calls = createWorkflowCallActivities(env.client);
     const kube: KubeActivities = {
       kubeAdopt: async (ref) => (kubeCalls.push(`adopt ${ref.kind} ${ref.name}`), { exists: true, deleting: false }),
-      kubePublishStatus: async (ref) => void (kubeCalls.push(`status ${ref.kind} ${ref.name}`), published.push(ref.status)),
+      kubePublishStatus: async (ref) => void (kubeCalls.push(`status ${ref.kind} ${ref.name}`), published.push({ name: ref.name, status: ref.status })),
       kubeWriteNat: async ({ object, to }) => void kubeCalls.push(`nat of ${object.kind} ${object.name}: ${to}`),
       kubeRelease: async (ref) => void kubeCalls.push(`release ${ref.kind} ${ref.name}`),
     };
@@ -60,7 +64,11 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       activities: {
         ...kube,
         notifyGatewayWaiters: async (gateway: string) => (wakes.set(gateway, (wakes.get(gateway) ?? 0) + 1), await heldWakes.get(gateway), 0),
-        gatewayUsers: async (gateway: string) => users.get(gateway) ?? [],
+        gatewayUsers: async (gateway: string) => {
+          await new Promise((r) => setTimeout(r, slowUsers.get(gateway) ?? 0));
+          usersAnsweredTo.push(Context.current().info.workflowExecution?.runId ?? '');
+          return users.get(gateway) ?? [];
+        },
       },
     });
     controlRun = controlWorker.run();
@@ -378,12 +386,17 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       expect(readyCondition(waiting)?.message).toBe('waiting for its users to be deleted: eip eip1, eip eip2');
       expect(waiting.deleting).toBe(true);
       await eventually(async () => published, (p) => p.some((s) => JSON.stringify(s).includes('waiting for its users')), 10_000, 'the condition published');
+      const publishedBefore = published.length;
 
-      // Signals spend the budget while deleting: the next run still waits, with the same state.
+      // Signals spend the budget while deleting: the next run still waits, with the same state, and
+      // shows it so before it has asked its users again (they answer late: its agent answers first).
+      slowUsers.set(gw, 1500);
       for (let i = 0; i < 3; i++) await env.client.workflow.getHandle(h.workflowId).signal(agentStartedSignal, agent.info);
-      await eventually(() => runIdOf(h), (id) => id !== h.firstExecutionRunId, 20_000, 'a second run');
-      await new Promise((r) => setTimeout(r, 2000));
+      const second = await eventually(() => runIdOf(h), (id) => id !== h.firstExecutionRunId, 20_000, 'a second run');
+      await eventually(async () => usersAnsweredTo, (runs) => runs.includes(second), 20_000, 'the second run told its users');
       const next = await stateOf(h);
+      const shown = published.slice(publishedBefore).filter((p) => p.name === gw);
+      expect(shown.map((p) => JSON.stringify(p.status)).filter((s) => !s.includes('waiting for its users to be deleted: eip eip1, eip eip2'))).toEqual([]);
       // The same state, but for `rebuilding`: a run's rebuild window is its own (a continued run that
       // carried it starts one again), so whether it was still on when the run handed over is timing.
       const withoutRebuilding = ({ rebuilding: _, ...state }: GatewayState) => state;
@@ -394,6 +407,7 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
 
       // The users leave: one unbinds (a wake-up), the other simply goes.
       users.set(gw, []);
+      slowUsers.delete(gw);
       await calls.unbindAddress({ gateway: gw, owner: 'eip1' });
       await ended(h);
       expect(net.owners()).toEqual([]);

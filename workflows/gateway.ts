@@ -150,7 +150,7 @@ class Gateway {
   private stopping = false;
   private serving: Promise<void> | null = null;
   /** The EIPs naming the gateway while it is being deleted, and a hint that one may have left. */
-  private users: string[] = [];
+  private users: string[];
   private userLeft = false;
   private phase = '';
   /** Its users are being told of a readiness change; `wakeAgain`: it changed again meanwhile. */
@@ -180,6 +180,7 @@ class Gateway {
     this.removals = new Set(carried?.removals);
     this.addressRemovals = new Set(carried?.addressRemovals);
     this.state.rebuilding = carried?.rebuilding ?? this.fresh;
+    this.users = carried?.users ?? [];
     this.budget = new HistoryBudget({ ...(wf.patched(SHORTER_RUNS_PATCH) && GATEWAY_HISTORY_LIMITS), ...input.limits });
     this.agent = gatewayAgent(this.name);
     this.sessions = agentSessions(this.name, SESSION_MS);
@@ -439,7 +440,7 @@ class Gateway {
     await wf.condition(() => wf.allHandlersFinished() && (!this.pending() || !this.state.ready), DRAIN_MS);
     await this.stopServing();
     const { spec, eips, rules, ready, reason, agent, deleting, conditions = [] } = this.state;
-    const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], addressRemovals: [...this.addressRemovals], rebuilding: this.state.rebuilding ?? false, deleting, conditions };
+    const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], addressRemovals: [...this.addressRemovals], rebuilding: this.state.rebuilding ?? false, deleting, users: this.users, conditions };
     const kube = this.kube && { ...this.kube, generation: this.generation };
     const next = wf.makeContinueAsNewFunc<typeof gatewayWorkflow>({ workflowTaskTimeout: ENTITY_WORKFLOW_TASK_TIMEOUT });
     return next({ spec, eips, rules, kube, carried, limits: this.input.limits, rebuildWindowMs: this.input.rebuildWindowMs });

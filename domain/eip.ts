@@ -43,6 +43,10 @@ export interface EipCarried {
   deleting: boolean;
   /** Its object not adopted yet (a V5 run continued before its first call): the next run's first call adopts it. */
   unadopted?: boolean;
+  /** Continued while giving back what it held (its gateway not ready to take the address off). */
+  releasing?: boolean;
+  /** A spec or gateway change that arrived while the run was handing over, not acted on yet. */
+  changed?: { spec: boolean; gateway: boolean };
 }
 
 export type EipPhase = 'Pending' | 'Invalid' | 'WaitingForGateway' | 'Allocating' | 'Binding' | 'Ready' | 'Failed' | 'Deleting' | 'Deleted';

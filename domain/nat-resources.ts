@@ -52,6 +52,10 @@ export interface NatCarried {
   deleting: boolean;
   /** Its object not adopted yet (a V5 run continued before its first call): the next run's first call adopts it. */
   unadopted?: boolean;
+  /** Continued while giving back what it held (its gateway not ready to take the rule off). */
+  releasing?: boolean;
+  /** The EIP its NatflowEip search attribute names (the spec may name another by now). */
+  shownEip?: string;
 }
 
 export type NatPhase = 'Pending' | 'Invalid' | 'WaitingForEip' | 'Claiming' | 'Applying' | 'WaitingForGateway' | 'Ready' | 'Failed' | 'Deleting' | 'Deleted';

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApplicationFailure } from '@temporalio/common';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
-import type { EipInput, EipSpec } from '../domain/eip.js';
+import type { EipCarried, EipInput, EipSpec } from '../domain/eip.js';
 import type { KubeActivities, WorkflowCallActivities } from '../domain/workflow-api.js';
 import { allocateUpdate, claimEipUpdate, eipChangedSignal, gatewayChangedSignal, ipamStateQuery, specChangedSignal, unclaimEipUpdate } from '../domain/workflow-api.js';
 import { workflowIds } from '../domain/names.js';
@@ -277,6 +277,59 @@ describe('a life of months (mocked activities)', () => {
       await eventually(async () => fake.args.allocateAddress ?? [], (calls) => calls.length === 2, 20_000, 'a second allocation');
       expect(fake.args.allocateAddress![1]![0]).toMatchObject({ requested: '172.18.0.77' });
       expect(fake.started()).toContain('releaseAddress');
+      await deleteAndWait(h);
+    });
+  });
+
+  it('an EIP continued as new while giving back its old address (its gateway not ready to take it off) finishes that first, then takes the new one', async () => {
+    const fake = fakeCalls({ unbindAddress: { answer: async () => ({ applied: false }) } });
+    await withEip(fake, { limits: { signals: 3 } }, async (h) => {
+      await untilPhase(() => eipStatus(h), 'Ready');
+      const from = fake.started().length;
+      await h.signal(specChangedSignal, { spec: { natGwDp: 'gw1', v4ip: '172.18.0.77' }, generation: 2 });
+      await eventually(async () => fake.started(), (s) => s.includes('unbindAddress'), 20_000, 'the old address being taken off');
+      await spend(h, 2);
+      fake.script('unbindAddress', {});
+      await h.signal(gatewayChangedSignal);
+      await eventually(() => eipStatus(h), (s) => s.phase === 'Ready' && s.observedGeneration === 2, 20_000, 'Ready at generation 2');
+      // The old address went back before a new one was asked for (older runs asked at once, and it stayed allocated).
+      const calls = fake.started().slice(from);
+      expect(calls.indexOf('releaseAddress')).toBeGreaterThan(calls.lastIndexOf('unbindAddress'));
+      expect(calls.indexOf('allocateAddress')).toBeGreaterThan(calls.indexOf('releaseAddress'));
+      expect(fake.args.allocateAddress!.at(-1)![0]).toMatchObject({ requested: '172.18.0.77' });
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a run handed a gateway change that landed while the run before it handed over (its wake-ups being delivered) acts on it at once: it binds its address again', async () => {
+    const fake = fakeCalls();
+    const resource = { name: 'eip1', uid: uid(), generation: 1 };
+    const allocation = { owner: workflowIds.resource('eip', resource), address: '172.18.0.5', prefixLength: 24 };
+    const status: EipStatus = { phase: 'WaitingForGateway', ready: false, ip: allocation.address, natGwDp: 'gw1', nat: '', conditions: [], observedGeneration: 1 };
+    const carried: EipCarried = { status, held: { subnet: 'ext' }, bound: { gateway: 'gw1' }, serving: { allocation, gateway: 'gw1', spec: { natGwDp: 'gw1' } }, claims: [], watchers: [], deleting: false, changed: { spec: false, gateway: true } };
+    await withEip(fake, { resource, carried }, async (h) => {
+      await untilPhase(() => eipStatus(h), 'Ready', 20_000);
+      expect(fake.started()).toEqual(['gatewayReadiness', 'bindAddress']);
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a NAT rule continued as new while giving back its old EIP (its gateway not ready to take the rule off) finishes that first, then claims the new one and is listed under it', async () => {
+    const fake = fakeCalls({ eipForRule: { answer: async (name) => ({ workflowId: `natflow/eip/${name}/u`, ready: true, reason: '', gateway: 'gw1' }) } });
+    await withFip(fake, { limits: { signals: 3 } }, async (h) => {
+      await untilPhase(() => natStatus(h), 'Ready');
+      fake.script('removeGatewayRule', { answer: async () => ({ applied: false }) });
+      await h.signal(specChangedSignal, { spec: { eip: 'e2', internalIp: '10.0.1.10' }, generation: 2 });
+      await eventually(async () => fake.started(), (s) => s.includes('removeGatewayRule'), 20_000, 'the rule being taken off');
+      await spend(h, 2);
+      fake.script('removeGatewayRule', {});
+      await h.signal(gatewayChangedSignal);
+      await eventually(() => natStatus(h), (s) => s.phase === 'Ready' && s.observedGeneration === 2, 20_000, 'Ready at generation 2');
+      // EIP e1 was given back before e2 was claimed (older runs claimed e2 at once, and e1 stayed claimed).
+      expect(fake.args.unclaimEip?.map(([req]) => req.eipWorkflowId)).toEqual(['natflow/eip/e1/u']);
+      expect(fake.args.claimEip?.map(([req]) => req.eipWorkflowId)).toEqual(['natflow/eip/e1/u', 'natflow/eip/e2/u']);
+      expect(fake.started().lastIndexOf('claimEip')).toBeGreaterThan(fake.started().indexOf('unclaimEip'));
+      expect((await h.describe()).searchAttributes.NatflowEip).toEqual(['e2']);
       await deleteAndWait(h);
     });
   });

@@ -16,7 +16,7 @@ import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal,
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
-import { patches, type Patched, type TypeVersion } from './patches.js';
+import { patches, RESUME_RELEASE, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 
@@ -104,6 +104,8 @@ class Eip {
       // Continued while serving: it still holds its address and claims.
       await this.keepServing();
       await this.releaseAll();
+    } else if (this.input.carried?.releasing && wf.patched(RESUME_RELEASE)) {
+      await this.releaseAll(); // continued while giving them back
     }
     for (;;) {
       this.specChanged = false;
@@ -160,10 +162,10 @@ class Eip {
   private readonly waitFor: WaitFor;
   private spec: EipSpec;
   private generation: number;
-  private specChanged = false;
+  private specChanged: boolean;
   /** Refused allocations in a row: the next try waits longer (up to RETRY_FAILED_AFTER_MS). */
   private allocationRefusals = 0;
-  private gatewayChanged = false;
+  private gatewayChanged: boolean;
   private deleting: boolean;
   /**
    * Its takeAddress call is under way, or (a new run's) is its first step still to come: claims that
@@ -179,6 +181,8 @@ class Eip {
   private held: { subnet: string } | null;
   private bound: { gateway: string } | null;
   private serving: EipCarried['serving'];
+  /** Giving back what it held: a run continued meanwhile finishes that before anything else. */
+  private releasing = false;
   /** The NAT rules using this EIP, by owner. */
   private readonly claims: Map<string, EipClaim>;
   /** NAT rules waiting for this EIP to change. */
@@ -232,6 +236,8 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
+    this.specChanged = carried?.changed?.spec ?? false;
+    this.gatewayChanged = carried?.changed?.gateway ?? false;
     this.taking = !carried && combined;
     this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6, writesReadyWithFirstCall: type >= 6 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);
@@ -467,6 +473,7 @@ class Eip {
 
   /** Gives back whatever may be held. Both calls are idempotent, so "may" is enough. `last`: the cleanup's, whose last call may release the object too. */
   private async releaseAll(last = false): Promise<void> {
+    this.releasing = true;
     if (this.bound) {
       // Released only once it is off: an address still on one gateway must not be given to another EIP.
       const { gateway } = this.bound;
@@ -495,6 +502,7 @@ class Eip {
       this.held = null;
     }
     this.status.ip = '';
+    this.releasing = false;
   }
 
   /** The status the cleanup ends with (releaseAll's, then 'Deleted'). */
@@ -516,6 +524,9 @@ class Eip {
       watchers: [...this.watchers],
       deleting: this.deleting,
       ...(this.k8s.adoption() && { unadopted: true }),
+      ...(this.releasing && { releasing: true }),
+      // Signals can land while its wake-ups are delivered, after its last wait.
+      ...((this.specChanged || this.gatewayChanged) && { changed: { spec: this.specChanged, gateway: this.gatewayChanged } }),
     };
     return wf.continueAsNew<typeof eipWorkflow>({ resource: { ...this.resource, generation: this.generation }, spec: this.spec, limits: this.input.limits, ...(this.legacy ? {} : { carried }) });
   }

@@ -15,7 +15,7 @@ import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery,
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
-import { patches, type Patched, type TypeVersion } from './patches.js';
+import { patches, RESUME_RELEASE, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 import { natRuleReady, readyCondition, type PhasedStatus } from '../domain/status.js';
@@ -89,6 +89,8 @@ class NatRuleResource {
       // Continued while serving: it still holds its claim and its rule.
       await this.serve(this.serving);
       await this.releaseAll();
+    } else if (this.input.carried?.releasing && wf.patched(RESUME_RELEASE)) {
+      await this.releaseAll(); // continued while giving them back
     }
     for (;;) {
       this.specChanged = false;
@@ -148,6 +150,8 @@ class NatRuleResource {
   private claimed: { eipWorkflowId: string } | null;
   private applied: { gateway: string } | null;
   private serving: NatCarried['serving'];
+  /** Giving back what it held: a run continued meanwhile finishes that before anything else. */
+  private releasing = false;
   readonly k8s: KubeSync;
   /** Remote activities; local ones in the runs from 'local-calls' to 'remote-calls' (workflows/patches.ts). */
   private readonly calls: CallProxies['calls'];
@@ -186,7 +190,7 @@ class NatRuleResource {
     this.applied = carried?.applied ?? null;
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
-    this.shownEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
+    this.shownEip = carried?.shownEip ?? (input.spec as Partial<NatSpec>)?.eip ?? '';
     this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6, writesReadyWithFirstCall: type >= 6 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 
@@ -446,6 +450,7 @@ class NatRuleResource {
 
   /** Gives back whatever may be held: the rule first, then the claim. `last`: the cleanup's, whose last call may release the object too. */
   private async releaseAll(last = false): Promise<void> {
+    this.releasing = true;
     if (this.holdsUnknown) {
       const { eipName } = this.holdsUnknown;
       const eipWorkflowId = this.claimed?.eipWorkflowId;
@@ -482,6 +487,7 @@ class NatRuleResource {
       this.claimed = null;
     }
     this.status.v4ip = '';
+    this.releasing = false;
   }
 
   /**
@@ -531,7 +537,7 @@ class NatRuleResource {
 
   private async continueAsNew(): Promise<never> {
     await wf.condition(wf.allHandlersFinished);
-    const carried: NatCarried = { status: this.status, claimed: this.claimed, applied: this.applied, serving: this.serving, deleting: this.deleting, ...(this.k8s.adoption() && { unadopted: true }) };
+    const carried: NatCarried = { status: this.status, claimed: this.claimed, applied: this.applied, serving: this.serving, deleting: this.deleting, shownEip: this.shownEip, ...(this.k8s.adoption() && { unadopted: true }), ...(this.releasing && { releasing: true }) };
     return wf.continueAsNew<typeof fipWorkflow>({ ...(this.input as NatInput<'fip'>), carried });
   }
 

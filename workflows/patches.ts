@@ -60,6 +60,13 @@ export const COMBINED_CALLS = 'combined-calls';
  */
 export const FIND_CLAIM_APPLY = 'find-claim-apply';
 
+/**
+ * A run continued while giving back what it held (its gateway not ready to take the address or
+ * rule off) finishes that first: older runs took a new address or EIP over the old one, which
+ * then stayed allocated or claimed. Asked only by such a run, so others record no marker.
+ */
+export const RESUME_RELEASE = 'resume-release';
+
 /** A resource workflow type's version: 1 for the types without a suffix, then `…V2` to `…V6`. */
 export type TypeVersion = 1 | 2 | 3 | 4 | 5 | 6;
 

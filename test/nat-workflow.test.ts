@@ -172,10 +172,19 @@ describe('NAT rule workflow (mocked activities)', () => {
     const fake = control({ eipForRule: { answer: missingEip } });
     await withFip(fake, async (h) => {
       await workflowPhase(h, 'WaitingForEip');
-      await new Promise((r) => setTimeout(r, 4000)); // its re-check backoff has grown past the rest of this test
+      // Three lookups: the re-check timer now runs 4 s, far from the signal below.
+      await eventually(async () => fake.started().filter((n) => n === 'eipForRule').length, (n) => n >= 3, 20_000, 'a third lookup');
       fake.script('eipForRule', {});
       await h.signal(eipChangedSignal);
-      await workflowPhase(h, 'Ready', 2_000);
+      await workflowPhase(h, 'Ready');
+      // The signal itself woke it: the next lookup came without the re-check timer firing first.
+      const history = await historyOf(h);
+      const signaled = history.findIndex((e) => e.type === 'workflowExecutionSignaled' && e.name === eipChangedSignal.name);
+      const nextLookup = history.findIndex((e, i) => i > signaled && isCallOf(e, 'eipForRule'));
+      expect(signaled).toBeGreaterThan(-1);
+      expect(nextLookup).toBeGreaterThan(signaled);
+      const between = history.slice(signaled, nextLookup + 1).map((e) => e.type);
+      expect(between, `from the signal to the next lookup: ${between.join(' → ')}`).not.toContain('timerFired');
       await deleteAndWait(h);
     });
   });

@@ -123,9 +123,12 @@ describe('a life of months, compressed', () => {
     // Idle: with nothing changing and the bridge resyncing every 2 s, history stays put.
     const lengths = async () => {
       const running = new Map<string, number>();
-      for await (const w of client().workflow.list({ query: 'ExecutionStatus = "Running"' })) running.set(w.workflowId, w.historyLength ?? 0);
+      // Visibility's historyLength is as of the run's last visibility write: ask each run itself.
+      for await (const w of client().workflow.list({ query: 'ExecutionStatus = "Running"' })) running.set(w.workflowId, (await client().workflow.getHandle(w.workflowId).describe()).historyLength);
       return running;
     };
+    // The last round's deletes have finished: only the live objects' workflows run.
+    await eventually(() => countWorkflows(client(), 'NatflowKind IN ("eip", "fip", "dnat", "snat") AND ExecutionStatus = "Running"'), (running) => running.length === previous.length, 60_000, 'only the live resources running');
     await new Promise((r) => setTimeout(r, 5000)); // let the last statuses land
     const before = await lengths();
     await new Promise((r) => setTimeout(r, 30_000));

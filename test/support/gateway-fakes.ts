@@ -13,11 +13,16 @@ export const EXT = 'net1';
 export class FakeGateway implements CommandRunner {
   readonly nat = new FakeCommands();
   readonly addresses = new Map<string, number>();
-  /** How long each iptables-restore takes (a busy gateway). */
-  restoreDelayMs = 0;
+  /** While set, each iptables-restore waits for it (a busy gateway); `restoresHeld` counts those waiting. */
+  restoreGate: Promise<void> | null = null;
+  restoresHeld = 0;
 
   async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
-    if (cmd === 'iptables-restore') await new Promise((r) => setTimeout(r, this.restoreDelayMs));
+    if (cmd === 'iptables-restore' && this.restoreGate) {
+      this.restoresHeld++;
+      await this.restoreGate;
+      this.restoresHeld--;
+    }
     const ok = (stdout = ''): RunResult => ({ stdout, stderr: '', code: 0 });
     const line = args.join(' ');
     if (cmd === 'ip' && line === `-j -4 addr show dev ${EXT}`) {

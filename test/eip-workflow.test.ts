@@ -8,10 +8,10 @@ import { Reason } from '../domain/errors.js';
 import type { GatewayReadiness } from '../domain/gateway.js';
 import { claimEipUpdate, gatewayChangedSignal, specChangedSignal, statusQuery, unclaimEipUpdate, watchEipSignal, type KubeActivities, type WorkflowCallActivities } from '../domain/workflow-api.js';
 import { combinedCalls } from '../activities/combined-calls.js';
-import { FakeCalls, fakeKube, statusesWritten, type CallScripts } from './support/fake-calls.js';
+import { FakeCalls, fakeKube, gate, statusesWritten, type CallScripts } from './support/fake-calls.js';
 import { useTestEnv } from './support/temporal-env.js';
 import { Worker } from '@temporalio/worker';
-import { WithStartWorkflowOperation } from '@temporalio/client';
+import { WithStartWorkflowOperation, WorkflowUpdateStage } from '@temporalio/client';
 import { resourceStart } from '../starter/resources.js';
 import type { EipStatus } from '../domain/eip.js';
 import { eipWorkflowV2, eipWorkflowV3, eipWorkflowV4, eipWorkflowV5, eipWorkflowV6 } from '../workflows/eip.js';
@@ -189,22 +189,28 @@ describe('EIP workflow (mocked activities)', () => {
   });
 
   it('a claim that may wait, sent while the EIP takes its address, is answered once it is Ready; sent while its take is refused, it is refused as not ready', async () => {
-    const fake = control({ bindAddress: { delayMs: 1500 } });
+    const bind = gate();
+    const fake = control({ bindAddress: { until: bind.closed } });
     await withEip(fake, spec, async (h) => {
       await eventually(async () => fake.started(), (names) => names.includes('bindAddress'), 10_000, 'the bind under way');
       const claim = { owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1' };
       // Without a wait it is refused as it always was; with one it is let in, and answered once Ready.
       await expect(h.executeUpdate(claimEipUpdate, { args: [claim] })).rejects.toMatchObject({ cause: { message: expect.stringMatching(/not ready/) } });
-      expect(await h.executeUpdate(claimEipUpdate, { args: [claim, undefined, { forMs: 10_000 }] })).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
+      const waiting = await h.startUpdate(claimEipUpdate, { args: [claim, undefined, { forMs: 10_000 }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+      bind.open();
+      expect(await waiting.result()).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
       expect((await h.query(statusQuery)).phase).toBe('Ready');
       await h.executeUpdate(unclaimEipUpdate, { args: [{ owner: claim.owner }] });
       await deleteAndWait(h);
     });
-    const refusing = control({ gatewayReadiness: { answer: missingGateway, delayMs: 1500 } });
+    const check = gate();
+    const refusing = control({ gatewayReadiness: { answer: missingGateway, until: check.closed } });
     await withEip(refusing, spec, async (h) => {
       await eventually(async () => refusing.started(), (names) => names.includes('gatewayReadiness'), 10_000, 'the take under way');
+      const waiting = await h.startUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f2/u2', kind: 'fip', name: 'f2' }, undefined, { forMs: 120_000 }], waitForStage: WorkflowUpdateStage.ACCEPTED });
       const waited = Date.now();
-      await expect(h.executeUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f2/u2', kind: 'fip', name: 'f2' }, undefined, { forMs: 120_000 }] })).rejects.toMatchObject({ cause: { message: expect.stringMatching(/not ready/) } });
+      check.open();
+      await expect(waiting.result()).rejects.toMatchObject({ cause: { message: expect.stringMatching(/not ready/) } });
       expect(Date.now() - waited).toBeLessThan(60_000); // refused when the take is, not at the end of its wait
       expect((await h.query(statusQuery)).phase).toBe('WaitingForGateway');
       await deleteAndWait(h);
@@ -234,11 +240,14 @@ describe('EIP workflow (mocked activities)', () => {
   async function readyStatusesWritten(workflow: typeof eipWorkflowV3): Promise<EipStatus[]> {
     const kube = fakeKube();
     const written = () => (kube.args.kubePublishStatus ?? []).map(([ref]) => ref.status as unknown as EipStatus);
-    const fake = new FakeCalls<WorkflowCallActivities>(working(), { bindAddress: { delayMs: 1500 } }).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
+    const bind = gate();
+    const fake = new FakeCalls<WorkflowCallActivities>(working(), { bindAddress: { until: bind.closed } }).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
     const { options } = resourceStart('eip', { name: 'eip1', uid: uid(), generation: 1, fromKube: true }, spec);
     return withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, workflow, options, async (h) => {
       await eventually(async () => fake.started(), (names) => names.includes('bindAddress'), 10_000, 'the bind under way');
-      expect(await h.executeUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f1/u1', kind: 'fip', name: 'f1' }, undefined, { forMs: 10_000 }] })).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
+      const waiting = await h.startUpdate(claimEipUpdate, { args: [{ owner: 'natflow/fip/f1/u1', kind: 'fip', name: 'f1' }, undefined, { forMs: 10_000 }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+      bind.open();
+      expect(await waiting.result()).toEqual({ address: '172.18.0.5', gateway: 'gw1' });
       await eventually(async () => written().some((s) => s.ready && s.nat === 'fip'), (done) => done, 10_000, 'a Ready status naming the FIP');
       await new Promise((resolve) => setTimeout(resolve, 1000)); // a write after it would have landed
       const ready = written().filter((s) => s.ready);
@@ -293,13 +302,16 @@ describe('EIP workflow (mocked activities)', () => {
 
   it('a claim that waited for the address, whose call writes status.nat, is handed that write as the EIP becomes Ready: the EIP writes none of its own', async () => {
     const kube = fakeKube();
-    const fake = new FakeCalls<WorkflowCallActivities>(working(), { bindAddress: { delayMs: 1500 } }).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
+    const bind = gate();
+    const fake = new FakeCalls<WorkflowCallActivities>(working(), { bindAddress: { until: bind.closed } }).alsoServe((served) => combinedCalls({ ...served, ...kube.activities() }));
     const object = { kind: 'eip', name: 'eip1', uid: uid() };
     const { options } = resourceStart('eip', { name: 'eip1', uid: object.uid, generation: 1, fromKube: true }, spec);
     await withWorkflow(env(), { ...fake.activities(), ...kube.activities() }, eipWorkflowV6, options, async (h) => {
       await eventually(async () => fake.started(), (names) => names.includes('bindAddress'), 10_000, 'the bind under way');
       const claim = { owner: 'natflow/fip/f1/u1', kind: 'fip' as const, name: 'f1' };
-      expect(await h.executeUpdate(claimEipUpdate, { args: [claim, undefined, { forMs: 10_000 }, { writesNat: true }] })).toEqual({ address: '172.18.0.5', gateway: 'gw1', writeNat: { object, from: '', to: 'fip' } });
+      const waiting = await h.startUpdate(claimEipUpdate, { args: [claim, undefined, { forMs: 10_000 }, { writesNat: true }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+      bind.open();
+      expect(await waiting.result()).toEqual({ address: '172.18.0.5', gateway: 'gw1', writeNat: { object, from: '', to: 'fip' } });
       await new Promise((resolve) => setTimeout(resolve, 1000)); // a write of its own would have landed
       // Ready written by its first call, `nat: fip` left to the FIP's: no status call of the EIP's.
       expect((kube.args.kubePublishStatus ?? []).map(([ref]) => (ref.status as unknown as EipStatus).nat)).toEqual(['']);

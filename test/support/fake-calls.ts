@@ -12,6 +12,8 @@ export interface CallScript<F extends AsyncFn> {
   answer?: F;
   /** Waits this long before answering (or failing). */
   delayMs?: number;
+  /** Waits for this before answering (or failing): a gate the test opens (see `gate`). */
+  until?: Promise<unknown>;
   /** Throws this instead of answering... */
   failure?: Error;
   /** ...on the first `failures` calls only (every call when unset). */
@@ -65,6 +67,7 @@ export class FakeCalls<A extends { [K in keyof A]: AsyncFn }> {
     try {
       const script: CallScript<A[K]> = this.scripts[name] ?? {};
       if (script.delayMs) await new Promise((r) => setTimeout(r, script.delayMs));
+      await script.until;
       if (script.failure) {
         const failed = this.failed.get(name) ?? 0;
         if (script.failures === undefined || failed < script.failures) {
@@ -77,6 +80,13 @@ export class FakeCalls<A extends { [K in keyof A]: AsyncFn }> {
       this.events.push(`${name}:end`);
     }
   }
+}
+
+/** A gate for `CallScript.until`: calls wait at it until the test opens it. */
+export function gate(): { closed: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const closed = new Promise<void>((resolve) => (open = resolve));
+  return { closed, open };
 }
 
 /** The kube calls of a resource from the cluster, recorded: its object exists and is not being deleted. */

@@ -32,8 +32,13 @@ describe('convergence by wake-ups (end to end)', () => {
     // While the other FIP keeps the EIP, the refused one waits quietly: no retry loop.
     const second = (await resourceStatus(r(), 'fip', 'fip-second')).workflowId;
     const historyLength = async () => (await stack.env.client.workflow.getHandle(second).describe()).historyLength;
-    await new Promise((resolve) => setTimeout(resolve, 2000));
-    const quiet = await historyLength();
+    // Its last steps (asking the EIP to wake it, its re-check timer) land first; then nothing more.
+    const settled = async () => {
+      const before = await historyLength();
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      return { before, after: await historyLength() };
+    };
+    const { after: quiet } = await eventually(settled, (h) => h.before === h.after, 30_000, 'its history settled');
     await new Promise((resolve) => setTimeout(resolve, 5000));
     expect(await historyLength()).toBe(quiet);
 

@@ -8,6 +8,27 @@ import { runCommand } from '../../activities/exec.js';
 const inNs = (netns: string, args: string[]) => spawn('ip', ['netns', 'exec', netns, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Whether `child` says `pattern` on stderr within `timeoutMs` (nc -v tells when it is bound or connected). */
+function saysOnStderr(child: ChildProcess, pattern: RegExp, timeoutMs = 10_000): Promise<boolean> {
+  return new Promise((resolve) => {
+    let said = '';
+    const done = (result: boolean) => {
+      clearTimeout(timer);
+      child.stderr!.off('data', onData);
+      child.off('close', onClose);
+      resolve(result);
+    };
+    const onData = (d: Buffer | string) => {
+      said += d.toString();
+      if (pattern.test(said)) done(true);
+    };
+    const onClose = () => done(false);
+    const timer = setTimeout(() => done(false), timeoutMs);
+    child.stderr!.on('data', onData);
+    child.on('close', onClose);
+  });
+}
+
 export class Listener {
   received = '';
   /** Source addresses of accepted connections (nc -v prints "Connection received on <ip> <port>"). */
@@ -22,8 +43,12 @@ export class Listener {
   /** Listens on `port` in `netns`; TCP keeps accepting connections, UDP takes one peer. */
   static async open(netns: string, port: number, protocol: 'tcp' | 'udp' = 'tcp'): Promise<Listener> {
     const args = protocol === 'tcp' ? ['nc', '-l', '-k', '-v', '-n', String(port)] : ['nc', '-l', '-u', '-v', '-n', String(port)];
-    const listener = new Listener(inNs(netns, args));
-    await sleep(150); // let nc bind before anyone connects
+    const child = inNs(netns, args);
+    const listener = new Listener(child);
+    if (!(await saysOnStderr(child, /^(Listening|Bound) on /m))) {
+      listener.close();
+      throw new Error(`nc did not bind ${protocol} port ${port} in ${netns}`);
+    }
     return listener;
   }
 
@@ -52,10 +77,11 @@ export async function send(netns: string, address: string, port: number, text: s
 export class Session {
   private constructor(private readonly child: ChildProcess) {}
 
+  /** Once connected (or, if it could not connect, once nc gave up: what the test checks then tells). */
   static async open(netns: string, address: string, port: number): Promise<Session> {
-    const session = new Session(inNs(netns, ['nc', '-n', address, String(port)]));
-    await sleep(200);
-    return session;
+    const child = inNs(netns, ['nc', '-v', '-n', address, String(port)]);
+    await saysOnStderr(child, / succeeded!/);
+    return new Session(child);
   }
 
   write(text: string): void {

@@ -203,7 +203,7 @@ describe('kube bridge, level-triggered (real kube-apiserver)', () => {
     await del('vpc-nat-gw', 'gw2');
     await gone('vpc-nat-gw', 'gw2');
     // Letting the object go is the run's last step: it ends just after.
-    await eventually(async () => (await gateway.describe()).status.name, (s) => s === 'CANCELLED', 10_000, 'the gateway workflow cancelled');
+    await eventually(async () => (await gateway.describe()).status.name, (s) => s === 'CANCELLED', 30_000, 'the gateway workflow cancelled');
     // A late event of the object as it was while deleting (finalizer still on) starts no run that only finds it gone.
     const lateEvent = { ...adopted, metadata: { ...adopted.metadata, deletionTimestamp: new Date() } };
     await (bridge as unknown as { driveGateway(obj: unknown): Promise<void> }).driveGateway(lateEvent);

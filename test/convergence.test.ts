@@ -44,7 +44,7 @@ describe('convergence by wake-ups (end to end)', () => {
 
     await deleteResource(r(), 'fip', 'fip-first');
     // Its next timed re-check is an hour away: only the EIP's wake-up can make this.
-    const ready = await resourcePhase(r(), 'fip', 'fip-second', 'Ready', 15_000);
+    const ready = await resourcePhase(r(), 'fip', 'fip-second', 'Ready', 60_000);
     expect(ready).toMatchObject({ v4ip: ip, internalIp: '10.0.1.11' });
     const uid = (await resourceStatus(r(), 'fip', 'fip-second')).workflowId.split('/')[3];
     expect((await stack.natRules(GW)).map((rule) => rule.owner)).toEqual([uid, uid]);
@@ -66,7 +66,7 @@ describe('convergence by wake-ups (end to end)', () => {
     const runsBefore = (await stack.env.client.workflow.count(`WorkflowId = "${eip.workflowId}"`)).count;
 
     await deleteResource(r(), 'fip', 'fip-leaving');
-    await resourcePhase(r(), 'fip', 'fip-waiting', 'Ready', 15_000);
+    await resourcePhase(r(), 'fip', 'fip-waiting', 'Ready', 60_000);
     expect((await stack.env.client.workflow.count(`WorkflowId = "${eip.workflowId}"`)).count).toBeGreaterThan(runsBefore); // it did continue as new
     await deleteResource(r(), 'fip', 'fip-waiting');
     await deleteResource(r(), 'eip', 'eip-handover');
@@ -79,7 +79,7 @@ describe('convergence by wake-ups (end to end)', () => {
     await resourcePhase(r(), 'fip', 'fip-other', 'WaitingForEip');
     await createResource(r(), 'eip', 'eip-late', { natGwDp: GW });
     await resourcePhase(r(), 'eip', 'eip-late', 'Ready');
-    await resourcePhase(r(), 'fip', 'fip-early', 'Ready', 15_000);
+    await resourcePhase(r(), 'fip', 'fip-early', 'Ready', 60_000);
     // The rule waiting for another EIP got no wake-up: a ready EIP signals only the rules naming it.
     const other = await resourceStatus(r(), 'fip', 'fip-other');
     const signals = ((await stack.env.client.workflow.getHandle(other.workflowId).fetchHistory()).events ?? []).flatMap((e) => e.workflowExecutionSignaledEventAttributes?.signalName ?? []);
@@ -121,7 +121,7 @@ describe('convergence by wake-ups (end to end)', () => {
     expect(waiting.conditions.find((c) => c.type === 'Ready')?.reason).toBe(Reason.EipNotReady);
     await deleteResource(r(), 'fip', 'fip-user'); // the EIP's delete goes on and ends
     // Not the hour-long re-check: the EIP wakes who watched it during its delete once it is gone.
-    const gone = await eventually(() => resourceStatus(r(), 'fip', 'fip-late'), (s) => s.conditions.find((c) => c.type === 'Ready')?.reason === Reason.EipNotFound, 15_000, 'the rule sees its EIP gone');
+    const gone = await eventually(() => resourceStatus(r(), 'fip', 'fip-late'), (s) => s.conditions.find((c) => c.type === 'Ready')?.reason === Reason.EipNotFound, 60_000, 'the rule sees its EIP gone');
     expect(gone.phase).toBe('WaitingForEip');
     await deleteResource(r(), 'fip', 'fip-late');
   });

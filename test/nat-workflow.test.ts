@@ -215,8 +215,8 @@ describe('NAT rule workflow (mocked activities)', () => {
       const waiting = await workflowPhase(h, 'WaitingForEip');
       expect(waiting.conditions[0]).toMatchObject({ reason: Reason.EipNotReady, message: 'EIP e1 is not ready: Deleted' });
       fake.script('eipForRule', { answer: missingEip }); // it is gone now, and nothing tells the rule
-      const gone = await workflowPhase(h, 'WaitingForEip', 5_000);
-      expect(await eventually(() => statusOf(h), (s) => s.conditions[0]?.reason === Reason.EipNotFound, 5_000, 'EipNotFound')).toBeTruthy();
+      const gone = await workflowPhase(h, 'WaitingForEip', 20_000);
+      expect(await eventually(() => statusOf(h), (s) => s.conditions[0]?.reason === Reason.EipNotFound, 20_000, 'EipNotFound')).toBeTruthy();
       expect(gone.phase).toBe('WaitingForEip');
       await deleteAndWait(h);
     });

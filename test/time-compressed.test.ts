@@ -143,7 +143,7 @@ describe('a life of months, compressed', () => {
     expect(await stack.eipAddresses(GW)).toEqual([]);
     await eventually(() => subnetState(stack.resources, DEFAULT_EXTERNAL_SUBNET), (s) => Object.keys(s.allocations).length === 0, 60_000, 'no allocation');
     // A run ends in the task that lets its object go, or just after (visibility follows a moment later).
-    await eventually(() => countWorkflows(client(), 'NatflowKind IN ("eip", "fip", "dnat", "snat") AND ExecutionStatus = "Running"'), (running) => running.length === 0, 10_000, 'no resource workflow running');
+    await eventually(() => countWorkflows(client(), 'NatflowKind IN ("eip", "fip", "dnat", "snat") AND ExecutionStatus = "Running"'), (running) => running.length === 0, 30_000, 'no resource workflow running');
     expect(await countWorkflows(client(), 'ExecutionStatus IN ("Terminated", "Failed", "TimedOut")')).toEqual([]);
   }, 900_000);
 });

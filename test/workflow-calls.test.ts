@@ -120,12 +120,10 @@ describe('workflow-call activities', () => {
       try {
         const shuttingDown = new MockActivityEnvironment({ startToCloseTimeoutMs: 60_000 });
         const cut = shuttingDown.run(createWorkflowCallActivities(counted.client).allocateAddress, { subnet: subnet.name, owner: 'natflow/eip/b/u1' });
-        await new Promise((r) => setTimeout(r, 500));
-        expect(counted.inFlight()).toBe(1); // the update, waiting for its answer
+        await eventually(async () => counted.inFlight(), (n) => n === 1, 10_000, 'the update sent, waiting for its answer');
         shuttingDown.cancel('WORKER_SHUTDOWN');
         expect(await settledWithin(cut, 2000)).toBe('rejected: WORKER_SHUTDOWN');
-        await new Promise((r) => setTimeout(r, 200));
-        expect(counted.inFlight()).toBe(0);
+        await eventually(async () => counted.inFlight(), (n) => n === 0, 10_000, 'no request left in flight');
       } finally {
         await counted.close();
       }

@@ -131,6 +131,8 @@ export interface GatewayCarried {
   deleting: boolean;
   /** The EIPs a gateway being deleted last found naming it: its next run shows them until it asks again. */
   users?: string[];
+  /** A full restore was asked for (the audit found drift) and not made yet. */
+  restore?: boolean;
   conditions: Condition[];
 }
 

@@ -156,6 +156,22 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
     }
   });
 
+  it('a run handed a full restore the audit asked for (signalled while the run before handed over) makes it at once', async () => {
+    const gw = newName();
+    const net = new FakeGateway(); // drifted: it lost what the carried state says its agent has
+    const agent = await startAgent(gw, net);
+    const rule = fip('fip-1', '172.18.0.40', '10.0.1.40');
+    const carried = { ready: true, reason: '', agent: agent.info, appliedBy: agent.info.instanceId, removals: [], rebuilding: false, deleting: false, conditions: [], restore: true };
+    const h = await startGateway(gw, { eips: { 'eip-1': { address: rule.eip, prefixLength: 24 } }, rules: { [rule.owner]: rule }, carried });
+    try {
+      await eventually(async () => net.owners(), (owners) => owners.includes('fip-1'), 20_000, 'the rule restored');
+      expect([...net.addresses.keys()]).toEqual([rule.eip]);
+    } finally {
+      await h.terminate();
+      await agent.stop();
+    }
+  });
+
   it('holds 10,000 rules on 7,500 addresses of a /16: restored and continued as new with every payload under 2 MB', async () => {
     const gw = newName();
     const net = new FakeGateway();

@@ -144,7 +144,7 @@ class Gateway {
   private appliedGeneration = 0;
   private probeRequested = false;
   /** The audit found the agent's state drifted from the desired one: restore it in full. */
-  private restoreRequested = false;
+  private restoreRequested: boolean;
   /** This run's budget is spent: new requests go to the next run. */
   private draining = false;
   private stopping = false;
@@ -181,6 +181,7 @@ class Gateway {
     this.addressRemovals = new Set(carried?.addressRemovals);
     this.state.rebuilding = carried?.rebuilding ?? this.fresh;
     this.users = carried?.users ?? [];
+    this.restoreRequested = carried?.restore ?? false;
     this.budget = new HistoryBudget({ ...(wf.patched(SHORTER_RUNS_PATCH) && GATEWAY_HISTORY_LIMITS), ...input.limits });
     this.agent = gatewayAgent(this.name);
     this.sessions = agentSessions(this.name, SESSION_MS);
@@ -440,7 +441,7 @@ class Gateway {
     await wf.condition(() => wf.allHandlersFinished() && (!this.pending() || !this.state.ready), DRAIN_MS);
     await this.stopServing();
     const { spec, eips, rules, ready, reason, agent, deleting, conditions = [] } = this.state;
-    const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], addressRemovals: [...this.addressRemovals], rebuilding: this.state.rebuilding ?? false, deleting, users: this.users, conditions };
+    const carried: GatewayCarried = { ready, reason, agent, appliedBy: this.pending() ? null : this.appliedBy, removals: [...this.removals], addressRemovals: [...this.addressRemovals], rebuilding: this.state.rebuilding ?? false, deleting, users: this.users, conditions, ...(this.restoreRequested && { restore: true }) };
     const kube = this.kube && { ...this.kube, generation: this.generation };
     const next = wf.makeContinueAsNewFunc<typeof gatewayWorkflow>({ workflowTaskTimeout: ENTITY_WORKFLOW_TASK_TIMEOUT });
     return next({ spec, eips, rules, kube, carried, limits: this.input.limits, rebuildWindowMs: this.input.rebuildWindowMs });

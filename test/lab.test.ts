@@ -6,6 +6,7 @@ import { runCommand } from '../activities/exec.js';
 import { labTopology } from '../domain/lab.js';
 import { labDown, labPrefix, labStatus, labUp } from '../temporal-dev/lab.js';
 import { ping } from './support/traffic.js';
+import { eventually } from './support/workflows.js';
 
 const GW = 't-lab';
 const t = labTopology(GW, labPrefix());
@@ -96,10 +97,7 @@ describe('local lab', () => {
   it('down kills what runs inside, removes every namespace, and can run twice', async () => {
     const sleeper = spawn('ip', ['netns', 'exec', t.gatewayNs, 'sleep', '30'], { stdio: 'ignore' });
     const exited = new Promise<NodeJS.Signals | null>((resolve) => sleeper.on('exit', (_code, signal) => resolve(signal)));
-    // Wait until the process is inside the namespace.
-    for (let i = 0; i < 50 && !(await runCommand('ip', ['netns', 'pids', t.gatewayNs])).stdout.trim(); i++) {
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await eventually(async () => (await runCommand('ip', ['netns', 'pids', t.gatewayNs])).stdout.trim(), (pids) => pids !== '', 10_000, 'the process inside the namespace');
 
     await labDown(GW);
     expect(await exited).toBe('SIGKILL');

@@ -9,7 +9,7 @@ import type { EipCarried, EipInput, EipSpec } from '../domain/eip.js';
 import type { KubeActivities, WorkflowCallActivities } from '../domain/workflow-api.js';
 import { allocateUpdate, claimEipUpdate, eipChangedSignal, gatewayChangedSignal, ipamStateQuery, specChangedSignal, unclaimEipUpdate } from '../domain/workflow-api.js';
 import { workflowIds } from '../domain/names.js';
-import type { NatInput } from '../domain/nat-resources.js';
+import type { NatInput, NatSpec } from '../domain/nat-resources.js';
 import { eipWorkflow } from '../workflows/eip.js';
 import { ipamWorkflow } from '../workflows/ipam.js';
 import { fipWorkflow } from '../workflows/nat-rule.js';
@@ -281,17 +281,33 @@ describe('a life of months (mocked activities)', () => {
     });
   });
 
+  /**
+   * Moves a Ready `h` to `spec` (generation 2) while its gateway does not take the old address or
+   * rule off (`removal` answers not applied), has it continue as new meanwhile, then lets the
+   * gateway take it off: its status once Ready at generation 2.
+   */
+  async function continuedWhileGivingBack<S extends { phase: string; observedGeneration: number }>(
+    h: WorkflowHandleWithFirstExecutionRunId,
+    fake: FakeCalls<Activities>,
+    status: () => Promise<S>,
+    spec: EipSpec | NatSpec,
+    removal: 'unbindAddress' | 'removeGatewayRule',
+  ): Promise<S> {
+    fake.script(removal, { answer: async () => ({ applied: false }) });
+    await h.signal(specChangedSignal, { spec, generation: 2 });
+    await eventually(async () => fake.started(), (s) => s.includes(removal), 20_000, `${removal} under way`);
+    await spend(h, 2);
+    fake.script(removal, {});
+    await h.signal(gatewayChangedSignal);
+    return eventually(status, (s) => s.phase === 'Ready' && s.observedGeneration === 2, 20_000, 'Ready at generation 2');
+  }
+
   it('an EIP continued as new while giving back its old address (its gateway not ready to take it off) finishes that first, then takes the new one', async () => {
-    const fake = fakeCalls({ unbindAddress: { answer: async () => ({ applied: false }) } });
+    const fake = fakeCalls();
     await withEip(fake, { limits: { signals: 3 } }, async (h) => {
       await untilPhase(() => eipStatus(h), 'Ready');
       const from = fake.started().length;
-      await h.signal(specChangedSignal, { spec: { natGwDp: 'gw1', v4ip: '172.18.0.77' }, generation: 2 });
-      await eventually(async () => fake.started(), (s) => s.includes('unbindAddress'), 20_000, 'the old address being taken off');
-      await spend(h, 2);
-      fake.script('unbindAddress', {});
-      await h.signal(gatewayChangedSignal);
-      await eventually(() => eipStatus(h), (s) => s.phase === 'Ready' && s.observedGeneration === 2, 20_000, 'Ready at generation 2');
+      await continuedWhileGivingBack(h, fake, () => eipStatus(h), { natGwDp: 'gw1', v4ip: '172.18.0.77' }, 'unbindAddress');
       // The old address went back before a new one was asked for (older runs asked at once, and it stayed allocated).
       const calls = fake.started().slice(from);
       expect(calls.indexOf('releaseAddress')).toBeGreaterThan(calls.lastIndexOf('unbindAddress'));
@@ -318,13 +334,7 @@ describe('a life of months (mocked activities)', () => {
     const fake = fakeCalls({ eipForRule: { answer: async (name) => ({ workflowId: `natflow/eip/${name}/u`, ready: true, reason: '', gateway: 'gw1' }) } });
     await withFip(fake, { limits: { signals: 3 } }, async (h) => {
       await untilPhase(() => natStatus(h), 'Ready');
-      fake.script('removeGatewayRule', { answer: async () => ({ applied: false }) });
-      await h.signal(specChangedSignal, { spec: { eip: 'e2', internalIp: '10.0.1.10' }, generation: 2 });
-      await eventually(async () => fake.started(), (s) => s.includes('removeGatewayRule'), 20_000, 'the rule being taken off');
-      await spend(h, 2);
-      fake.script('removeGatewayRule', {});
-      await h.signal(gatewayChangedSignal);
-      await eventually(() => natStatus(h), (s) => s.phase === 'Ready' && s.observedGeneration === 2, 20_000, 'Ready at generation 2');
+      await continuedWhileGivingBack(h, fake, () => natStatus(h), { eip: 'e2', internalIp: '10.0.1.10' }, 'removeGatewayRule');
       // EIP e1 was given back before e2 was claimed (older runs claimed e2 at once, and e1 stayed claimed).
       expect(fake.args.unclaimEip?.map(([req]) => req.eipWorkflowId)).toEqual(['natflow/eip/e1/u']);
       expect(fake.args.claimEip?.map(([req]) => req.eipWorkflowId)).toEqual(['natflow/eip/e1/u', 'natflow/eip/e2/u']);

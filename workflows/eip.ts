@@ -16,7 +16,7 @@ import { claimEipUpdate, eipChangedSignal, eipClaimsQuery, gatewayChangedSignal,
 import { callProxies, type CallProxies } from './activity-proxies.js';
 import { checkFence, checkSpec, isRefusal, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
-import { patches, RESUME_RELEASE, type Patched, type TypeVersion } from './patches.js';
+import { HAND_OVER, patches, RESUME_RELEASE, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 
@@ -236,8 +236,9 @@ class Eip {
     this.claims = new Map((carried?.claims ?? []).map((c) => [c.owner, c]));
     this.watchers = new Set(carried?.watchers);
     this.deleting = carried?.deleting ?? false;
-    this.specChanged = carried?.changed?.spec ?? false;
-    this.gatewayChanged = carried?.changed?.gateway ?? false;
+    const changed = carried?.changed && wf.patched(HAND_OVER) ? carried.changed : { spec: false, gateway: false };
+    this.specChanged = changed.spec;
+    this.gatewayChanged = changed.gateway;
     this.taking = !carried && combined;
     this.k8s = kubeSync('eip', input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6, writesReadyWithFirstCall: type >= 6 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.generation, lean);

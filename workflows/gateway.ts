@@ -81,6 +81,12 @@ const BACKGROUND_WAKE_PATCH = 'gateway-background-wake';
  * path where the gateway does one thing at a time (patched: older runs made two calls).
  */
 const ONE_CALL_PATCH = 'gateway-one-call-change';
+/**
+ * What a run hands over beyond its desired state (its users while deleted, a restore asked for) is
+ * taken by the next run (patched, asked only when there is something: a run whose first tasks a
+ * worker from before it ran ignored them, and must replay so).
+ */
+const HAND_OVER_PATCH = 'gateway-hand-over';
 /** A gateway whose agent is gone for good does not hold its delete: its pod goes with what it carried. */
 const TAKE_OFF_TRIES = 4;
 
@@ -180,8 +186,9 @@ class Gateway {
     this.removals = new Set(carried?.removals);
     this.addressRemovals = new Set(carried?.addressRemovals);
     this.state.rebuilding = carried?.rebuilding ?? this.fresh;
-    this.users = carried?.users ?? [];
-    this.restoreRequested = carried?.restore ?? false;
+    const handedOver = (carried?.users?.length || carried?.restore) && wf.patched(HAND_OVER_PATCH);
+    this.users = (handedOver && carried?.users) || [];
+    this.restoreRequested = (handedOver && carried?.restore) || false;
     this.budget = new HistoryBudget({ ...(wf.patched(SHORTER_RUNS_PATCH) && GATEWAY_HISTORY_LIMITS), ...input.limits });
     this.agent = gatewayAgent(this.name);
     this.sessions = agentSessions(this.name, SESSION_MS);

@@ -15,7 +15,7 @@ import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery,
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
-import { patches, RESUME_RELEASE, type Patched, type TypeVersion } from './patches.js';
+import { HAND_OVER, patches, RESUME_RELEASE, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 import { natRuleReady, readyCondition, type PhasedStatus } from '../domain/status.js';
@@ -190,7 +190,9 @@ class NatRuleResource {
     this.applied = carried?.applied ?? null;
     this.serving = carried?.serving ?? null;
     this.deleting = carried?.deleting ?? false;
-    this.shownEip = carried?.shownEip ?? (input.spec as Partial<NatSpec>)?.eip ?? '';
+    const specEip = (input.spec as Partial<NatSpec>)?.eip ?? '';
+    const shown = carried?.shownEip;
+    this.shownEip = shown !== undefined && shown !== specEip && wf.patched(HAND_OVER) ? shown : specEip;
     this.k8s = kubeSync(this.kind, input.resource, proxies.kube, proxies.status, { finalStatusWithRelease: combined, deletingStatusLasts: type >= 4, adoptsWithFirstCall: type >= 5, deletingWritesOnlyWaits: type >= 5, releasesWithLastCall: type >= 6, writesReadyWithFirstCall: type >= 6 });
     this.reporter = phaseReporter(this.status, this.k8s, () => this.input.resource.generation, lean);
 

@@ -67,6 +67,13 @@ export const FIND_CLAIM_APPLY = 'find-claim-apply';
  */
 export const RESUME_RELEASE = 'resume-release';
 
+/**
+ * What a run hands over beyond what it holds (an EIP's changes signalled during the hand-over, a
+ * rule's `NatflowEip`) is taken by the next run. Asked only when there is something, so that a run
+ * whose first tasks a worker from before it ran (which ignored them) replays as it ran.
+ */
+export const HAND_OVER = 'hand-over';
+
 /** A resource workflow type's version: 1 for the types without a suffix, then `…V2` to `…V6`. */
 export type TypeVersion = 1 | 2 | 3 | 4 | 5 | 6;
 

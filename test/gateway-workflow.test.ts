@@ -19,6 +19,7 @@ import { conntrackFilters } from '../domain/nat-table.js';
 import { agentStartedSignal, gatewayRequestsUpdate, gatewaySpecSignal, gatewayStateQuery, type KubeActivities, type NamedNatRule } from '../domain/workflow-api.js';
 import { createAgentActivities } from '../worker/agent.js';
 import { gatewayWorkflow } from '../workflows/gateway.js';
+import { gate } from './support/fake-calls.js';
 import { EXT, FakeGateway } from './support/gateway-fakes.js';
 import { largestPayload, PAYLOAD_LIMIT, wireSize } from './support/payloads.js';
 import { createTestEnv } from './support/temporal-env.js';
@@ -499,8 +500,8 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       const rule = fip('fip-same', '172.18.0.70', '10.0.0.70');
       await bind(gw, 'eip-same', rule.eip);
       await setRule(gw, rule);
-      let release!: () => void;
-      net.restoreGate = new Promise((r) => (release = r));
+      const restore = gate();
+      net.restoreGate = restore.closed;
       let slowAnswered = false;
       const slow = setRule(gw, fip('fip-slow', '172.18.0.71', '10.0.0.71')).finally(() => (slowAnswered = true));
       await eventually(async () => net.restoresHeld, (n) => n === 1, 20_000, 'the slow apply under way');
@@ -511,12 +512,12 @@ describe('gateway workflow (fake gateway, real agent activities)', () => {
       for (const p of [slow, reasserted]) p.catch(() => undefined); // a failure is reported where they are awaited
       const held = new Promise((_, reject) => setTimeout(() => reject(new Error('the re-assertions waited behind the held apply')), 20_000));
       await Promise.race([reasserted, held]).catch((err: unknown) => {
-        release(); // the agent can stop
+        restore.open(); // the agent can stop
         throw err;
       });
       expect(slowAnswered).toBe(false); // answered while the apply was still held
       net.restoreGate = null;
-      release();
+      restore.open();
       await slow;
 
       const refused = (r: NamedNatRule) => setRule(gw, r).then(() => null, (err: Error) => ({ type: (err as { type?: string }).type, message: err.message }));

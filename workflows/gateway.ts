@@ -186,9 +186,9 @@ class Gateway {
     this.removals = new Set(carried?.removals);
     this.addressRemovals = new Set(carried?.addressRemovals);
     this.state.rebuilding = carried?.rebuilding ?? this.fresh;
-    const handedOver = (carried?.users?.length || carried?.restore) && wf.patched(HAND_OVER_PATCH);
-    this.users = (handedOver && carried?.users) || [];
-    this.restoreRequested = (handedOver && carried?.restore) || false;
+    const handedOver = (carried?.users?.length || carried?.restore) && wf.patched(HAND_OVER_PATCH) ? carried : undefined;
+    this.users = handedOver?.users ?? [];
+    this.restoreRequested = handedOver?.restore ?? false;
     this.budget = new HistoryBudget({ ...(wf.patched(SHORTER_RUNS_PATCH) && GATEWAY_HISTORY_LIMITS), ...input.limits });
     this.agent = gatewayAgent(this.name);
     this.sessions = agentSessions(this.name, SESSION_MS);

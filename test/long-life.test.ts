@@ -240,6 +240,25 @@ describe('a life of months (mocked activities)', () => {
     });
   });
 
+  it('a NAT rule continued as new while waiting for its gateway before its first Ready keeps its claim: the EIP, being deleted meanwhile, gets it back with the rule', async () => {
+    const fake = fakeCalls({ setGatewayRule: refused('GatewayNotReady'), eipForRule: { answer: async (name) => ({ workflowId: `natflow/eip/${name}/u`, ready: true, reason: '', gateway: 'gw1' }) } });
+    await withFip(fake, { limits: { signals: 2 } }, async (h) => {
+      await untilPhase(() => natStatus(h), 'WaitingForGateway');
+      // Its EIP is deleted now: it refuses claims, and waits for this rule's to be given back.
+      fake.script('claimEip', refused('EipNotReady'));
+      await spend(h, 2);
+      await eventually(async () => count(fake, 'setGatewayRule'), (n) => n >= 2, 20_000, 'the continued run applying again');
+      expect((await natStatus(h)).phase).toBe('WaitingForGateway');
+      fake.script('setGatewayRule', {});
+      await h.signal(gatewayChangedSignal);
+      await untilPhase(() => natStatus(h), 'Ready');
+      await deleteAndWait(h);
+      // Claimed once, and given back (older runs claimed again, were refused, and forgot the claim the EIP waits on).
+      expect(fake.args.claimEip?.map(([req]) => req.eipWorkflowId)).toEqual(['natflow/eip/e1/u']);
+      expect(fake.args.unclaimEip?.map(([req]) => req.eipWorkflowId)).toEqual(['natflow/eip/e1/u']);
+    });
+  });
+
   it('a NAT rule continued as new while Invalid stays Invalid and claims nothing until its spec is fixed', async () => {
     const fake = fakeCalls();
     await withFip(fake, { spec: { eip: 'e1', internalIp: 'not-an-ip' }, limits: { signals: 2 } }, async (h) => {

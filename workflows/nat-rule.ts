@@ -15,7 +15,7 @@ import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery,
 import { callProxies, eipCalls, type CallProxies } from './activity-proxies.js';
 import { checkSpec, refusal, type ReadyCondition } from './failures.js';
 import { HistoryBudget, type WaitFor } from './history-budget.js';
-import { HAND_OVER, patches, RESUME_RELEASE, type Patched, type TypeVersion } from './patches.js';
+import { HAND_OVER, patches, RESUME_APPLY, RESUME_RELEASE, type Patched, type TypeVersion } from './patches.js';
 import { adoptedLifecycle, kubeSync, type KubeSync } from './kube-sync.js';
 import { backoff, phaseReporter, RECHECK_MAX_MS, removeUntilApplied, RETRY_FAILED_AFTER_MS, waitForGatewayToRemove } from './resource-status.js';
 import { natRuleReady, readyCondition, type PhasedStatus } from '../domain/status.js';
@@ -89,6 +89,11 @@ class NatRuleResource {
       // Continued while serving: it still holds its claim and its rule.
       await this.serve(this.serving);
       await this.releaseAll();
+    } else if (this.input.carried?.applying && wf.patched(RESUME_APPLY)) {
+      // Continued while its gateway was not ready to take the rule: it tries again with the claim it holds.
+      const applying = this.input.carried.applying;
+      if (this.sameEip(applying.eipName) && (await this.applySpec(applying))) await this.serve(applying);
+      await this.releaseAll();
     } else if (this.input.carried?.releasing && wf.patched(RESUME_RELEASE)) {
       await this.releaseAll(); // continued while giving them back
     }
@@ -152,6 +157,8 @@ class NatRuleResource {
   private serving: NatCarried['serving'];
   /** Giving back what it held: a run continued meanwhile finishes that before anything else. */
   private releasing = false;
+  /** Waiting for its gateway to take its rule before its first Ready: a run continued meanwhile tries again first. */
+  private applying: Serving | null = null;
   readonly k8s: KubeSync;
   /** Remote activities; local ones in the runs from 'local-calls' to 'remote-calls' (workflows/patches.ts). */
   private readonly calls: CallProxies['calls'];
@@ -405,7 +412,12 @@ class NatRuleResource {
       // The gateway's wake-up goes to the rules its visibility lists under it, and this rule is listed
       // only with this phase: a gateway ready meanwhile wakes it not (2 of 240 rules waited an hour
       // after a restart). A combined run looks again soon, backing off; older runs wait as they did.
-      await this.waitFor(() => this.specChanged || this.gatewayChanged, this.combined ? backoff(waits, 1000, RECHECK_MAX_MS) : RECHECK_MAX_MS);
+      this.applying = this.serving ? null : serving;
+      try {
+        await this.waitFor(() => this.specChanged || this.gatewayChanged, this.combined ? backoff(waits, 1000, RECHECK_MAX_MS) : RECHECK_MAX_MS);
+      } finally {
+        this.applying = null;
+      }
       if (this.specChanged) return true; // serve() takes the change
       refused = await this.apply(serving.gateway, rule.value);
     }
@@ -539,7 +551,7 @@ class NatRuleResource {
 
   private async continueAsNew(): Promise<never> {
     await wf.condition(wf.allHandlersFinished);
-    const carried: NatCarried = { status: this.status, claimed: this.claimed, applied: this.applied, serving: this.serving, deleting: this.deleting, shownEip: this.shownEip, ...(this.k8s.adoption() && { unadopted: true }), ...(this.releasing && { releasing: true }) };
+    const carried: NatCarried = { status: this.status, claimed: this.claimed, applied: this.applied, serving: this.serving, deleting: this.deleting, shownEip: this.shownEip, ...(this.k8s.adoption() && { unadopted: true }), ...(this.releasing && { releasing: true }), ...(this.applying && { applying: this.applying }) };
     return wf.continueAsNew<typeof fipWorkflow>({ ...(this.input as NatInput<'fip'>), carried });
   }
 

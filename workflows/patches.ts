@@ -68,6 +68,13 @@ export const FIND_CLAIM_APPLY = 'find-claim-apply';
 export const RESUME_RELEASE = 'resume-release';
 
 /**
+ * A NAT rule continued while its gateway was not ready to take its rule, before its first Ready,
+ * tries again with the claim it holds: older runs claimed the EIP again and, refused (an EIP being
+ * deleted refuses every claim), forgot the one the EIP waits on. Asked only by such a run.
+ */
+export const RESUME_APPLY = 'resume-apply';
+
+/**
  * What a run hands over beyond what it holds (an EIP's changes signalled during the hand-over, a
  * rule's `NatflowEip`) is taken by the next run. Asked only when there is something, so that a run
  * whose first tasks a worker from before it ran (which ignored them) replays as it ran.

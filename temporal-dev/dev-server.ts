@@ -15,6 +15,7 @@ import { findOrProvisionTemporalCli, repoRoot } from './provision.js';
 import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../domain/search-attributes.js';
 import { isMainModule, stopOnSignal } from '../worker/process.js';
 import { peakRssOf, terminate, tiedToParent } from './child-process.js';
+import { dropUnusedVisibilityIndexes } from './visibility-indexes.js';
 
 export interface DevServerOptions {
   /** gRPC port, default 7233. */
@@ -191,6 +192,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
 
   try {
     await waitUntilReady(child, { address, namespace, uiPort, hasExited, spawnError: () => spawnError });
+    await dropUnusedVisibilityIndexes(dbFile);
   } catch (e) {
     await stop();
     const detail = logTail.trim() ? `\n--- temporal output (tail) ---\n${logTail.trim()}` : '';

@@ -9,6 +9,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startDevServer } from '../temporal-dev/dev-server.js';
 import { findOrProvisionTemporalCli } from '../temporal-dev/provision.js';
+import { VISIBILITY_INDEXES_KEPT, visibilityIndexes } from '../temporal-dev/visibility-indexes.js';
 import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../domain/search-attributes.js';
 
 const NAMES = NATFLOW_SEARCH_ATTRIBUTE_KEYS.map((k) => k.name);
@@ -77,6 +78,25 @@ describe('startDevServer', () => {
       }
     } finally {
       await second.stop();
+    }
+  });
+
+  test('keeps only the visibility indexes natflow lists by, at every start; a list on another column still answers', { timeout: 120_000 }, async () => {
+    const opts = { port: 17253, uiPort: 18253, dbFile: path.join(scratch, 'indexes', 'temporal.sqlite') };
+    for (const start of ['first', 'restart']) {
+      const server = await startDevServer(opts);
+      try {
+        expect((await visibilityIndexes(opts.dbFile)).sort(), start).toEqual([...VISIBILITY_INDEXES_KEPT].sort());
+        const connection = await Connection.connect({ address: server.address });
+        try {
+          const listed = await connection.workflowService.listWorkflowExecutions({ namespace: 'default', query: 'HistoryLength > 0 AND ExecutionStatus = "Running"' });
+          expect(listed.executions).toEqual([]);
+        } finally {
+          await connection.close();
+        }
+      } finally {
+        await server.stop();
+      }
     }
   });
 

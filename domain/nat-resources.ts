@@ -54,7 +54,7 @@ export interface NatCarried {
   unadopted?: boolean;
   /** Continued while giving back what it held (its gateway not ready to take the rule off). */
   releasing?: boolean;
-  /** Continued while its gateway was not ready to take its rule, before its first Ready: the EIP it holds and where it was applying. */
+  /** Continued while its gateway was not ready to take its rule (before its first Ready, or since): the EIP it holds and where it was applying. */
   applying?: { eipName: string; eipWorkflowId: string; address: string; gateway: string };
   /** The EIP its NatflowEip search attribute names (the spec may name another by now). */
   shownEip?: string;

@@ -259,6 +259,22 @@ describe('a life of months (mocked activities)', () => {
     });
   });
 
+  it('a NAT rule continued as new while applying again after its gateway changed keeps trying on its own timer: Ready without a wake-up', async () => {
+    const fake = fakeCalls();
+    await withFip(fake, { limits: { signals: 3 } }, async (h) => {
+      await untilPhase(() => natStatus(h), 'Ready');
+      fake.script('setGatewayRule', refused('GatewayNotReady'));
+      await h.signal(gatewayChangedSignal);
+      await untilPhase(() => natStatus(h), 'WaitingForGateway');
+      await spend(h, 2);
+      // The gateway takes it again, and says nothing: the continued run's timer finds that out.
+      fake.script('setGatewayRule', {});
+      await untilPhase(() => natStatus(h), 'Ready', 20_000);
+      expect([count(fake, 'claimEip'), count(fake, 'unclaimEip'), count(fake, 'removeGatewayRule')]).toEqual([1, 0, 0]);
+      await deleteAndWait(h);
+    });
+  });
+
   it('a NAT rule continued as new while Invalid stays Invalid and claims nothing until its spec is fixed', async () => {
     const fake = fakeCalls();
     await withFip(fake, { spec: { eip: 'e1', internalIp: 'not-an-ip' }, limits: { signals: 2 } }, async (h) => {

@@ -85,14 +85,16 @@ async function natRuleWorkflow(input: NatInput, type: TypeVersion): Promise<void
 class NatRuleResource {
   /** validate → wait for the EIP → claim it → apply → serve (Ready, spec changes in place) → give back; again after a change of EIP. */
   async lifecycle(): Promise<void> {
-    if (this.serving) {
+    const applying = this.input.carried?.applying;
+    if (applying && wf.patched(RESUME_APPLY)) {
+      // Continued while its gateway was not ready to take the rule (before its first Ready, or
+      // since): it tries again with what it holds, on its own timer as before, then serves.
+      if (this.sameEip(applying.eipName) && (await this.applySpec(applying))) await this.serve(applying);
+      this.serving = null;
+      await this.releaseAll();
+    } else if (this.serving) {
       // Continued while serving: it still holds its claim and its rule.
       await this.serve(this.serving);
-      await this.releaseAll();
-    } else if (this.input.carried?.applying && wf.patched(RESUME_APPLY)) {
-      // Continued while its gateway was not ready to take the rule: it tries again with the claim it holds.
-      const applying = this.input.carried.applying;
-      if (this.sameEip(applying.eipName) && (await this.applySpec(applying))) await this.serve(applying);
       await this.releaseAll();
     } else if (this.input.carried?.releasing && wf.patched(RESUME_RELEASE)) {
       await this.releaseAll(); // continued while giving them back
@@ -157,7 +159,7 @@ class NatRuleResource {
   private serving: NatCarried['serving'];
   /** Giving back what it held: a run continued meanwhile finishes that before anything else. */
   private releasing = false;
-  /** Waiting for its gateway to take its rule before its first Ready: a run continued meanwhile tries again first. */
+  /** Waiting for its gateway to take its rule (before its first Ready, or since): a run continued meanwhile tries again first. */
   private applying: Serving | null = null;
   readonly k8s: KubeSync;
   /** Remote activities; local ones in the runs from 'local-calls' to 'remote-calls' (workflows/patches.ts). */
@@ -412,7 +414,7 @@ class NatRuleResource {
       // The gateway's wake-up goes to the rules its visibility lists under it, and this rule is listed
       // only with this phase: a gateway ready meanwhile wakes it not (2 of 240 rules waited an hour
       // after a restart). A combined run looks again soon, backing off; older runs wait as they did.
-      this.applying = this.serving ? null : serving;
+      this.applying = serving;
       try {
         await this.waitFor(() => this.specChanged || this.gatewayChanged, this.combined ? backoff(waits, 1000, RECHECK_MAX_MS) : RECHECK_MAX_MS);
       } finally {

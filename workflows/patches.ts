@@ -68,9 +68,10 @@ export const FIND_CLAIM_APPLY = 'find-claim-apply';
 export const RESUME_RELEASE = 'resume-release';
 
 /**
- * A NAT rule continued while its gateway was not ready to take its rule, before its first Ready,
- * tries again with the claim it holds: older runs claimed the EIP again and, refused (an EIP being
- * deleted refuses every claim), forgot the one the EIP waits on. Asked only by such a run.
+ * A NAT rule continued while its gateway was not ready to take its rule tries again with what it
+ * holds, on its own timer: before its first Ready, older runs claimed the EIP again and, refused
+ * (an EIP being deleted refuses every claim), forgot the one the EIP waits on; since, they waited
+ * for the gateway's wake-up alone. Asked only by such a run.
  */
 export const RESUME_APPLY = 'resume-apply';
 

@@ -247,8 +247,9 @@ describe('a life of months (mocked activities)', () => {
       // Its EIP is deleted now: it refuses claims, and waits for this rule's to be given back.
       fake.script('claimEip', refused('EipNotReady'));
       await spend(h, 2);
-      await eventually(async () => count(fake, 'setGatewayRule'), (n) => n >= 2, 20_000, 'the continued run applying again');
-      expect((await natStatus(h)).phase).toBe('WaitingForGateway');
+      const applied = count(fake, 'setGatewayRule'); // the first run's tries, and perhaps the new run's first
+      await eventually(async () => count(fake, 'setGatewayRule'), (n) => n > applied, 20_000, 'the continued run applying again');
+      await untilPhase(() => natStatus(h), 'WaitingForGateway');
       fake.script('setGatewayRule', {});
       await h.signal(gatewayChangedSignal);
       await untilPhase(() => natStatus(h), 'Ready');
@@ -271,6 +272,25 @@ describe('a life of months (mocked activities)', () => {
       fake.script('setGatewayRule', {});
       await untilPhase(() => natStatus(h), 'Ready', 20_000);
       expect([count(fake, 'claimEip'), count(fake, 'unclaimEip'), count(fake, 'removeGatewayRule')]).toEqual([1, 0, 0]);
+      await deleteAndWait(h);
+    });
+  });
+
+  it('a NAT rule continued as new after giving everything back on a refusal while serving claims its EIP again before its rule goes back', async () => {
+    const fake = fakeCalls();
+    await withFip(fake, { limits: { signals: 3 } }, async (h) => {
+      await untilPhase(() => natStatus(h), 'Ready');
+      fake.script('setGatewayRule', refused('DuplicateDnat'));
+      await h.signal(gatewayChangedSignal);
+      await eventually(async () => count(fake, 'unclaimEip') + count(fake, 'removeGatewayRule'), (n) => n > 0, 20_000, 'everything given back');
+      await untilPhase(() => natStatus(h), 'Failed');
+      fake.script('setGatewayRule', {});
+      await spend(h, 2);
+      await h.signal(specChangedSignal, { spec: { eip: 'e1', internalIp: '10.0.1.11' }, generation: 2 });
+      await eventually(() => natStatus(h), (s) => s.phase === 'Ready' && s.observedGeneration === 2, 20_000, 'Ready at generation 2');
+      // Its claim was given back with the rule: the continued run claims again first (older runs put the rule back unclaimed).
+      expect(count(fake, 'claimEip')).toBe(2);
+      expect(fake.started().lastIndexOf('claimEip')).toBeLessThan(fake.started().lastIndexOf('setGatewayRule'));
       await deleteAndWait(h);
     });
   });

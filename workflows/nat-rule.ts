@@ -395,6 +395,7 @@ class NatRuleResource {
   private async applySpec(serving: Serving, refusedAlready?: ReadyCondition): Promise<boolean> {
     const rule = checkSpec(() => natRuleFor(this.input, serving.address));
     if (!rule.ok) {
+      this.serving = null; // given back: a run continued in the wait below starts over
       await this.releaseAll();
       this.setPhase('Invalid', rule.invalid);
       this.specChanged = false;
@@ -404,6 +405,7 @@ class NatRuleResource {
     let refused = refusedAlready ?? (await this.apply(serving.gateway, rule.value));
     for (let waits = 0; refused; waits++) {
       if (this.legacy || !GATEWAY_REFUSALS.includes(refused.reason)) {
+        this.serving = null;
         await this.releaseAll();
         this.setPhase('Failed', refused);
         await this.waitAfterRefusal(serving.eipWorkflowId, { until: 'changed' });

@@ -141,6 +141,12 @@ describe('a life of months (mocked activities)', () => {
     await continued(h);
   };
   const refused = (reason: string) => ({ failure: ApplicationFailure.nonRetryable(`refused: ${reason}`, reason) });
+  /** A rule Ready, then told its gateway changed, which now refuses it with `reason`. */
+  const readyThenRefused = async (h: WorkflowHandleWithFirstExecutionRunId, fake: FakeCalls<Activities>, reason: string) => {
+    await untilPhase(() => natStatus(h), 'Ready');
+    fake.script('setGatewayRule', refused(reason));
+    await h.signal(gatewayChangedSignal);
+  };
 
   it('an EIP continued as new while Invalid stays Invalid and takes nothing until its spec is fixed', async () => {
     const fake = fakeCalls();
@@ -263,9 +269,7 @@ describe('a life of months (mocked activities)', () => {
   it('a NAT rule continued as new while applying again after its gateway changed keeps trying on its own timer: Ready without a wake-up', async () => {
     const fake = fakeCalls();
     await withFip(fake, { limits: { signals: 3 } }, async (h) => {
-      await untilPhase(() => natStatus(h), 'Ready');
-      fake.script('setGatewayRule', refused('GatewayNotReady'));
-      await h.signal(gatewayChangedSignal);
+      await readyThenRefused(h, fake, 'GatewayNotReady');
       await untilPhase(() => natStatus(h), 'WaitingForGateway');
       await spend(h, 2);
       // The gateway takes it again, and says nothing: the continued run's timer finds that out.
@@ -279,9 +283,7 @@ describe('a life of months (mocked activities)', () => {
   it('a NAT rule continued as new after giving everything back on a refusal while serving claims its EIP again before its rule goes back', async () => {
     const fake = fakeCalls();
     await withFip(fake, { limits: { signals: 3 } }, async (h) => {
-      await untilPhase(() => natStatus(h), 'Ready');
-      fake.script('setGatewayRule', refused('DuplicateDnat'));
-      await h.signal(gatewayChangedSignal);
+      await readyThenRefused(h, fake, 'DuplicateDnat');
       await eventually(async () => count(fake, 'unclaimEip') + count(fake, 'removeGatewayRule'), (n) => n > 0, 20_000, 'everything given back');
       await untilPhase(() => natStatus(h), 'Failed');
       fake.script('setGatewayRule', {});

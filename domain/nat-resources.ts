@@ -41,21 +41,29 @@ export interface NatInput<K extends NatKind = NatKind> {
   limits?: Partial<HistoryLimits>;
 }
 
+/** The EIP a NAT rule took and where that EIP lives. */
+export interface NatServing {
+  eipName: string;
+  eipWorkflowId: string;
+  address: string;
+  gateway: string;
+}
+
 /** Everything a NAT rule workflow holds, carried across continue-as-new. */
 export interface NatCarried {
   status: NatStatus;
   /** The EIP it may hold a claim on, and the gateway its rule may be on. */
   claimed: { eipWorkflowId: string } | null;
   applied: { gateway: string } | null;
-  /** Set while serving: the EIP it took and where that EIP lives. */
-  serving: { eipName: string; eipWorkflowId: string; address: string; gateway: string } | null;
+  /** Set while serving. */
+  serving: NatServing | null;
   deleting: boolean;
   /** Its object not adopted yet (a V5 run continued before its first call): the next run's first call adopts it. */
   unadopted?: boolean;
   /** Continued while giving back what it held (its gateway not ready to take the rule off). */
   releasing?: boolean;
-  /** Continued while its gateway was not ready to take its rule (before its first Ready, or since): the EIP it holds and where it was applying. */
-  applying?: { eipName: string; eipWorkflowId: string; address: string; gateway: string };
+  /** Continued while its gateway was not ready to take its rule (before its first Ready, or since): what it was applying. */
+  applying?: NatServing;
   /** The EIP its NatflowEip search attribute names (the spec may name another by now). */
   shownEip?: string;
 }

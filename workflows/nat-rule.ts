@@ -8,7 +8,7 @@
 // resource it waits on (the EIP, the gateway), with a long timer only as a fallback.
 import * as wf from '@temporalio/workflow';
 import { Reason } from '../domain/errors.js';
-import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
+import { natEipName, natRuleFor, validateNatSpec, type NatCarried, type NatInput, type NatPhase, type NatServing, type NatSpec, type NatSpecs, type NatStatus } from '../domain/nat-resources.js';
 import type { NatRule } from '../domain/nat-rules.js';
 import { searchAttributes } from '../domain/search-attributes.js';
 import { eipChangedSignal, gatewayChangedSignal, specChangedSignal, statusQuery, watchEipSignal, type ClaimedAndApplied, type ClaimedEip, type EipForRule, type EipWatch, type FoundClaimedAndApplied, type KubeRelease, type WatchUntil } from '../domain/workflow-api.js';
@@ -41,8 +41,6 @@ const LEAVING_EIP = new Set(['Deleting', 'Deleted']);
 const REFUSAL_BACKOFF_MAX_MS = 5 * 60_000;
 /** Refusals the gateway gives while it is not there or not ready: the rule keeps its claim and waits for it. */
 const GATEWAY_REFUSALS: string[] = [Reason.GatewayNotReady, Reason.GatewayNotFound];
-
-type Serving = NonNullable<NatCarried['serving']>;
 
 const DELETED: ReadyCondition = { status: 'False', reason: Reason.Deleting, message: 'nothing is left on the gateway' };
 
@@ -160,7 +158,7 @@ class NatRuleResource {
   /** Giving back what it held: a run continued meanwhile finishes that before anything else. */
   private releasing = false;
   /** Waiting for its gateway to take its rule (before its first Ready, or since): a run continued meanwhile tries again first. */
-  private applying: Serving | null = null;
+  private applying: NatServing | null = null;
   readonly k8s: KubeSync;
   /** Remote activities; local ones in the runs from 'local-calls' to 'remote-calls' (workflows/patches.ts). */
   private readonly calls: CallProxies['calls'];
@@ -298,7 +296,7 @@ class NatRuleResource {
    * refusal and its wait, as the steps one by one do. A rule not applied keeps its claim and goes
    * on as a claimed rule whose apply was refused does (applySpec).
    */
-  private async claimAndApply(eipName: string, eip: EipForRule, gateway: string): Promise<Serving | null> {
+  private async claimAndApply(eipName: string, eip: EipForRule, gateway: string): Promise<NatServing | null> {
     const rule = checkSpec(() => natRuleFor(this.input, '')); // the claim gives its EIP's address
     if (!rule.ok) return this.claimThenApply(eipName, eip);
     this.setPhase('Claiming', { status: 'False', reason: 'Claiming', message: `claiming EIP ${this.input.spec.eip} and applying on ${gateway}` }, { passing: true });
@@ -316,7 +314,7 @@ class NatRuleResource {
    * not applied keeps its claim and goes on as a claimed rule whose apply was refused does (applySpec).
    * `gateway`: where the rule was to go, if the call was told (else, wherever its EIP is).
    */
-  private async tookOrRefused(eipName: string, eip: EipForRule, taken: ClaimedAndApplied, gateway?: string): Promise<Serving | null> {
+  private async tookOrRefused(eipName: string, eip: EipForRule, taken: ClaimedAndApplied, gateway?: string): Promise<NatServing | null> {
     if ('claimRefused' in taken) {
       if (taken.mayHold) await this.releaseAll(); // an earlier attempt may have claimed and applied
       await this.claimRefused({ status: 'False', ...taken.claimRefused }, eip);
@@ -335,7 +333,7 @@ class NatRuleResource {
   }
 
   /** Claim, then apply, a call each: Ready, or null after a refusal and its wait. */
-  private async claimThenApply(eipName: string, eip: EipForRule): Promise<Serving | null> {
+  private async claimThenApply(eipName: string, eip: EipForRule): Promise<NatServing | null> {
     const target = await this.claim(eip);
     if (!target) return null;
     const serving = { eipName, eipWorkflowId: eip.workflowId, address: target.address, gateway: target.gateway };
@@ -392,7 +390,7 @@ class NatRuleResource {
    * (everything given back, after a wait). A gateway that is not ready keeps the claim: the rule
    * is recorded there and waits for it. `refusedAlready`: the gateway's answer to a combined call.
    */
-  private async applySpec(serving: Serving, refusedAlready?: ReadyCondition): Promise<boolean> {
+  private async applySpec(serving: NatServing, refusedAlready?: ReadyCondition): Promise<boolean> {
     const rule = checkSpec(() => natRuleFor(this.input, serving.address));
     if (!rule.ok) {
       this.serving = null; // given back: a run continued in the wait below starts over
@@ -430,7 +428,7 @@ class NatRuleResource {
   }
 
   /** `written`: the Ready status its first call wrote (the V6 types), shown as it was written. */
-  private showReady(serving: Serving, written?: PhasedStatus): void {
+  private showReady(serving: NatServing, written?: PhasedStatus): void {
     this.refusalsInARow = 0;
     this.setPhase('Ready', readyCondition(natRuleReady(serving)), { written });
   }
@@ -454,7 +452,7 @@ class NatRuleResource {
    * mapping and flushes its conntrack entries); another EIP starts over. A gateway that changed
    * (not ready, new, ready again) gets the rule again, and the status follows.
    */
-  private async serve(serving: Serving): Promise<void> {
+  private async serve(serving: NatServing): Promise<void> {
     this.serving = serving;
     for (;;) {
       await this.waitFor(() => this.specChanged || (!this.legacy && this.gatewayChanged));

@@ -30,6 +30,7 @@ import { Driver } from './soak/operations.js';
 import { createRng } from './soak/prng.js';
 import { probe, type ProbeResult } from './soak/probes.js';
 import { KubeServer, Supervised, TemporalServer } from './soak/processes.js';
+import { labGarp } from '../temporal-dev/garp.js';
 
 const { values } = parseArgs({
   options: {
@@ -154,7 +155,7 @@ async function soak(): Promise<number> {
   const logFile = (name: string) => path.join(scratch, `${name}.log`);
   const add = (name: ProcessName, script: string, args: string[]) => children.set(name, new Supervised(name, script, args, logFile(name), log));
   add('control', 'worker/control.ts', [...address, '--kubeconfig', kube.kubeconfigPath]);
-  add('agent', 'worker/agent.ts', [...address, '--gateway', GATEWAY, '--netns', lab.gatewayNs, '--external-interface', lab.externalInterface, '--vpc-interface', lab.vpcInterface]);
+  add('agent', 'worker/agent.ts', [...address, '--gateway', GATEWAY, '--netns', lab.gatewayNs, '--external-interface', lab.externalInterface, '--vpc-interface', lab.vpcInterface, '--garp', labGarp()]);
   add('bridge', 'starter/bridge.ts', [...address, '--kubeconfig', kube.kubeconfigPath]);
   for (const child of children.values()) child.start();
 

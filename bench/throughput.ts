@@ -39,7 +39,7 @@ import { installCrds, startKubeApiserver } from '../temporal-dev/kube/apiserver.
 import { loadKubeConfig } from '../worker/kube-config.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
 import { startDevServer } from '../temporal-dev/dev-server.js';
-import { startAgentProcess } from '../temporal-dev/agent-process.js';
+import { startAgentProcess, type AgentProcess } from '../temporal-dev/agent-process.js';
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
 import { reportRow } from './results.js';
@@ -136,6 +136,7 @@ try {
     const created: string[] = [];
     console.log(`[bench] ${n} pairs: creating`);
     const t0 = Date.now();
+    const cpu0 = cpuSeconds(agent);
     await pool(pairs, inflight, async (p) => {
       if (objects) {
         await objects.createClusterCustomObject({ ...crd('eip'), body: kubeObject('eip', p.eip, { natGwDp: GATEWAY, externalSubnet: SUBNET }) });
@@ -148,6 +149,7 @@ try {
     const started = Date.now() - t0;
     if (objects) await until(`${n} FIP objects ready`, async () => readyIn(watched!.fip.list()) >= n && readyIn(await listObjects('fip')) >= n);
     else await until(`${n} FIPs Ready`, async () => (await count(client, 'NatflowKind = "fip" AND NatflowPhase = "Ready" AND ExecutionStatus = "Running"')) >= n);
+    const burstCpu = cpuSince(cpu0, agent);
     // When the last one became Ready (and stayed so), not when the check above (every POLL_MS) saw
     // it: the floor's end is its last workflow's completion, to the millisecond. Where that time is
     // not known (a run continued as new since, a watch event missed), the check's time stands.
@@ -190,8 +192,14 @@ try {
     }
 
     let floor = '-';
-    if (!values['no-floor']) floor = seconds(await temporalFloor(client, nativeConnection, n, perKind));
-    rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), perKind.map((c, i) => `${i === 0 ? 'eip' : 'fip'} ${c.activities} + ${c.localActivities} local`).join(', '), floor, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
+    let floorCpu = '-';
+    if (!values['no-floor']) {
+      const cpu1 = cpuSeconds(agent);
+      floor = seconds(await temporalFloor(client, nativeConnection, n, perKind));
+      floorCpu = cpuSince(cpu1, agent);
+    }
+    console.log(`[bench] ${n} pairs: CPU seconds until all Ready: ${burstCpu}; the floor's: ${floorCpu}`);
+    rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), perKind.map((c, i) => `${i === 0 ? 'eip' : 'fip'} ${c.activities} + ${c.localActivities} local`).join(', '), burstCpu, floor, floorCpu, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
     const rss = `control ${mib(peakRss)}, agent ${mib(agent.peakRss())}, server ${mib(server.peakRss())}`;
     reportRow({ scenario: `EIP+FIP pairs to Ready (${apiPath ? 'API path: kube objects, bridge, status' : 'CLI path'})`, size: `${n} pairs`, result: `${seconds(ready)} s`, versus: floor === '-' ? undefined : `floor ${floor} s`, ratio: floor === '-' ? undefined : `${(ready / 1000 / Number(floor)).toFixed(2)}×`, rss });
     reportRow({ scenario: 'the same pairs deleted, nothing left', size: `${n} pairs`, result: `${seconds(deleted)} s`, versus: `create ${seconds(ready)} s`, ratio: `${(deleted / ready).toFixed(2)}×` });
@@ -216,7 +224,7 @@ try {
 if (rows.length > 0) console.log(`\nnatflow throughput, ${apiPath ? 'API path (kubectl-style creates through a kube-apiserver, the bridge, status written back)' : 'CLI path'} (${new Date().toISOString().slice(0, 10)}; ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; @temporalio ${(await import('@temporalio/worker/package.json', { with: { type: 'json' } })).default.version})`);
 if (rows.length > 0) {
   console.log(`${inflight} creates in flight; dev server on SQLite (WAL); peak RSS of control worker + bench ${mib(peakRss)}, of the agent ${mib(agentPeakRss)}, of the dev server ${mib(serverPeakRss)}\n`);
-  console.log(['pairs', 'created s', 'all Ready s', 'all deleted s', 'ms/pair', 'activities/wf', 'floor s', 'Ready/floor'].join('\t'));
+  console.log(['pairs', 'created s', 'all Ready s', 'all deleted s', 'ms/pair', 'activities/wf', 'CPU s until Ready', 'floor s', 'floor CPU s', 'Ready/floor'].join('\t'));
   for (const row of rows) console.log(row.join('\t'));
 }
 
@@ -337,6 +345,18 @@ async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips
   for (const name of eips) await client.workflow.getHandle((await findRunning(r, 'eip', { name }))[0]!.workflowId).cancel();
   await until('every EIP closed', async () => (await count(client, 'NatflowKind = "eip" AND ExecutionStatus = "Running"')) === 0);
   return { fips: fips.length, ready, clean, busy };
+}
+
+/** CPU seconds so far of this process (the control worker and the bench's client), the dev server and the agent. */
+function cpuSeconds(agent: AgentProcess): number[] {
+  const own = process.cpuUsage();
+  return [(own.user + own.system) / 1e6, server.cpuSeconds() ?? NaN, agent.cpuSeconds() ?? NaN];
+}
+
+/** Each process's CPU seconds since `before`, as the report prints them. */
+function cpuSince(before: number[], agent: AgentProcess): string {
+  const now = cpuSeconds(agent);
+  return ['control', 'server', 'agent'].map((name, i) => `${name} ${(now[i]! - before[i]!).toFixed(1)}`).join(', ');
 }
 
 /** The machine's CPU time, all cores, busy and in all (/proc/stat: idle and iowait are not busy). */

@@ -21,6 +21,7 @@ import { installCrds, startKubeApiserver } from '../temporal-dev/kube/apiserver.
 import { loadKubeConfig } from '../worker/kube-config.js';
 import { repoRoot } from '../temporal-dev/provision.js';
 import path from 'node:path';
+import { labGarp } from '../temporal-dev/garp.js';
 
 const { values } = parseArgs({
   options: {
@@ -65,7 +66,7 @@ const control = await createControlWorker({ connection: nativeConnection, client
 const controlRun = control.run();
 await ensureSubnet({ client }, labExternalSubnet(DEFAULT_EXTERNAL_SUBNET));
 const gatewayWorkflowId = await ensureGateway({ client }, { name: gateway, externalSubnet: DEFAULT_EXTERNAL_SUBNET, lanIp: topology.lanIp, internalCidr: topology.vpcCidr });
-const agent = await startGatewayAgent({ gateway, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcInterface: topology.vpcInterface }, nativeConnection, client);
+const agent = await startGatewayAgent({ gateway, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcInterface: topology.vpcInterface, garp: labGarp() }, nativeConnection, client);
 log(`control worker and gateway agent (instance ${agent.info.instanceId}) are polling`);
 await ensureAuditSchedule({ client }, auditEveryMinutes * 60_000);
 log(auditEveryMinutes > 0 ? `audit every ${auditEveryMinutes} min (Schedule ${AUDIT_SCHEDULE_ID}); by hand: npm run natflow -- audit` : `audit Schedule ${AUDIT_SCHEDULE_ID} paused; by hand: npm run natflow -- audit`);

@@ -14,7 +14,7 @@ import { Connection } from '@temporalio/client';
 import { findOrProvisionTemporalCli, repoRoot } from './provision.js';
 import { NATFLOW_SEARCH_ATTRIBUTE_KEYS } from '../domain/search-attributes.js';
 import { isMainModule, stopOnSignal } from '../worker/process.js';
-import { peakRssOf, terminate, tiedToParent } from './child-process.js';
+import { cpuSecondsOf, peakRssOf, terminate, tiedToParent } from './child-process.js';
 import { dropUnusedVisibilityIndexes } from './visibility-indexes.js';
 
 export interface DevServerOptions {
@@ -39,6 +39,8 @@ export interface DevServer {
   stop(): Promise<void>;
   /** Its peak resident memory so far, in bytes; undefined for a reused server or once it has exited. */
   peakRss(): number | undefined;
+  /** Its CPU time so far, in seconds; undefined for a reused server or once it has exited. */
+  cpuSeconds(): number | undefined;
 }
 
 const HOST = '127.0.0.1';
@@ -121,7 +123,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
 
   if (await tcpAnswers(HOST, port)) {
     if (await temporalAnswers(address, undefined, 5_000)) {
-      return { address, uiUrl, stop: async () => undefined, peakRss: () => undefined };
+      return { address, uiUrl, stop: async () => undefined, peakRss: () => undefined, cpuSeconds: () => undefined };
     }
     throw new Error(`port ${port} on ${HOST} is in use by something that is not a Temporal server`);
   }
@@ -198,7 +200,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
     const detail = logTail.trim() ? `\n--- temporal output (tail) ---\n${logTail.trim()}` : '';
     throw new Error(`${e instanceof Error ? e.message : String(e)} (${cli} ${args.join(' ')})${detail}`);
   }
-  return { address, uiUrl, stop, peakRss: () => peakRssOf(child.pid) };
+  return { address, uiUrl, stop, peakRss: () => peakRssOf(child.pid), cpuSeconds: () => cpuSecondsOf(child.pid) };
 }
 
 async function waitUntilReady(

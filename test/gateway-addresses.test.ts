@@ -6,6 +6,7 @@ import { createAddressActivities } from '../activities/gateway-addresses.js';
 import type { EipAddress } from '../domain/gateway.js';
 import type { LabTopology } from '../domain/lab.js';
 import { labDown, labUp } from '../temporal-dev/lab.js';
+import { labGarp } from '../temporal-dev/garp.js';
 import { ping } from './support/traffic.js';
 
 const GW = 't-addr';
@@ -108,6 +109,20 @@ describe('EIP addresses on the gateway', () => {
     expect(mac).toBe(net1Mac);
     await acts.announced();
     expect(warnings).toEqual([]);
+  });
+
+  it('announces with the batch announcer (worker/garp) as with arping', async () => {
+    const withGarp = createAddressActivities({ netns: t.gatewayNs, externalInterface: t.externalInterface, warn: (m) => warnings.push(m), garp: labGarp() });
+    await runCommand('ip', ['-n', t.clientNs, 'neigh', 'replace', '172.18.0.14', 'lladdr', '02:00:00:00:00:98', 'dev', 'eth0', 'nud', 'stale']);
+    const { stdout } = await runCommand('ip', ['-n', t.gatewayNs, '-j', 'link', 'show', 'dev', 'net1']);
+    const net1Mac = (JSON.parse(stdout) as { address: string }[])[0]!.address;
+
+    await withGarp.changeEipAddresses({ add: [eip('172.18.0.14')], remove: [] });
+    await withGarp.announced();
+    const neigh = await runCommand('ip', ['-n', t.clientNs, '-j', 'neigh', 'show', '172.18.0.14', 'dev', 'eth0']);
+    expect((JSON.parse(neigh.stdout) as { lladdr?: string }[])[0]?.lladdr).toBe(net1Mac);
+    expect(warnings).toEqual([]);
+    await withGarp.changeEipAddresses({ add: [], remove: ['172.18.0.14'] });
   });
 
   it('takes a burst of 500 EIPs on and off in one pass each', async () => {
@@ -247,5 +262,50 @@ describe('EIP address activities through a given runner', () => {
     }
     await done;
     expect(announced.sort()).toEqual(burst.slice(0, 19).map((e) => e.address).sort());
+  });
+
+  it('with the batch announcer, announces what waits in one process, removes an address only after its batch, and warns each address of a failed batch', async () => {
+    const onInterface = new Set<string>();
+    const batches: { addresses: string[]; finish: (code: number) => void }[] = [];
+    const runner: CommandRunner = {
+      async run(cmd, args, opts) {
+        if (cmd === '/opt/garp') {
+          const code = await new Promise<number>((finish) => batches.push({ addresses: args.slice(1), finish }));
+          if (code !== 0) throw new Error(`garp exited with code ${code}`);
+          return { stdout: '', stderr: '', code };
+        }
+        if (args[0] === '-j') return { stdout: JSON.stringify([{ addr_info: [...onInterface].map((a) => ({ family: 'inet', local: a, prefixlen: 24, label: 'net1:eip' })) }]), stderr: '', code: 0 };
+        for (const line of (opts?.input ?? '').split('\n').filter(Boolean)) {
+          const [, verb, c] = line.split(' ');
+          if (verb === 'replace') onInterface.add(c!.split('/')[0]!);
+          else onInterface.delete(c!.split('/')[0]!);
+        }
+        return { stdout: '', stderr: '', code: 0 };
+      },
+    };
+    const warned: string[] = [];
+    const faked = createAddressActivities({ externalInterface: 'net1', runner, warn: (m) => warned.push(m), garp: '/opt/garp' });
+    const settle = () => new Promise((r) => setTimeout(r, 20));
+    const burst = Array.from({ length: 20 }, (_, i) => eip(`172.18.0.${10 + i}`));
+    await faked.changeEipAddresses({ add: burst, remove: [] }); // answered before the announcement
+    await settle();
+    expect(batches.map((b) => b.addresses)).toEqual([burst.map((e) => e.address)]);
+    // Two more arrive while it is sent: they wait for the next process, together.
+    await faked.changeEipAddresses({ add: [eip('172.18.0.40'), eip('172.18.0.41')], remove: [] });
+    // An address of the batch being sent is removed only once the batch has gone out.
+    const removing = faked.changeEipAddresses({ add: [], remove: ['172.18.0.10'] });
+    await settle();
+    expect(onInterface.has('172.18.0.10')).toBe(true);
+    batches.shift()!.finish(0);
+    await removing;
+    expect(onInterface.has('172.18.0.10')).toBe(false);
+    await settle();
+    expect(batches.map((b) => b.addresses)).toEqual([['172.18.0.40', '172.18.0.41']]);
+    batches.shift()!.finish(1);
+    await faked.announced();
+    expect(warned).toEqual([
+      'EIP 172.18.0.40 added on net1 but the ARP announcement failed: garp exited with code 1',
+      'EIP 172.18.0.41 added on net1 but the ARP announcement failed: garp exited with code 1',
+    ]);
   });
 });

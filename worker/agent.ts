@@ -26,6 +26,8 @@ export interface AgentConfig {
   vpcInterface?: string;
   /** Runs ip, iptables and conntrack; real processes by default (a test gives a fake gateway). */
   runner?: CommandRunner;
+  /** The ARP announcer (worker/garp, `--garp`); arping announces new EIPs when unset. */
+  garp?: string;
 }
 
 // The agent remembers its nat table between changes (activities/gateway-nat.ts): a change on a gateway
@@ -67,7 +69,7 @@ export async function agentSession(info: AgentInfo, req: { instanceId: string; f
 }
 
 export function createAgentActivities(cfg: AgentConfig, info: AgentInfo): GatewayAgentActivities {
-  const addresses = createAddressActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, runner: cfg.runner });
+  const addresses = createAddressActivities({ netns: cfg.netns, externalInterface: cfg.externalInterface, runner: cfg.runner, garp: cfg.garp });
   const nat = natActivities(cfg);
   return {
     agentInfo: async () => info,
@@ -134,18 +136,19 @@ async function main(): Promise<void> {
       netns: { type: 'string' },
       'external-interface': { type: 'string', default: 'net1' },
       'vpc-interface': { type: 'string' },
+      garp: { type: 'string' },
       address: { type: 'string' },
       namespace: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help || !values.gateway) {
-    console.log('usage: agent --gateway NAME [--netns NS] [--external-interface net1] [--vpc-interface eth0] [--address host:port] [--namespace default]');
+    console.log('usage: agent --gateway NAME [--netns NS] [--external-interface net1] [--vpc-interface eth0] [--garp PATH] [--address host:port] [--namespace default]');
     process.exit(values.help ? 0 : 2);
   }
   const target = temporalTarget({ address: values.address, namespace: values.namespace });
   const temporal = await connectTemporal(target);
-  const agent = await startGatewayAgent({ gateway: values.gateway, netns: values.netns, externalInterface: values['external-interface']!, vpcInterface: values['vpc-interface'] }, temporal.nativeConnection, temporal.client, target.namespace);
+  const agent = await startGatewayAgent({ gateway: values.gateway, netns: values.netns, externalInterface: values['external-interface']!, vpcInterface: values['vpc-interface'], garp: values.garp }, temporal.nativeConnection, temporal.client, target.namespace);
   console.log(JSON.stringify({ msg: 'gateway agent started', ...agent.info, taskQueue: gatewayTaskQueue(values.gateway) }));
   await agent.done;
   await temporal.close();

@@ -13,6 +13,7 @@ import { ensureGateway, ensureSubnet, type Resources } from '../../starter/resou
 import { connectTemporal, temporalTarget } from '../../worker/connection.js';
 import { createTestEnv } from './temporal-env.js';
 import { uniqueQueue, workflowBundle } from './workflows.js';
+import { labGarp } from '../../temporal-dev/garp.js';
 
 export interface Stack {
   /** The Temporal side: a throwaway test server, or the given one. */
@@ -51,7 +52,7 @@ export async function startStack(subnetName: string, opts: { kubeConfig?: KubeCo
   const controlRun = control.run();
   const gateways: Stack['gateways'] = new Map();
   const agentFor = (name: string, topology: LabTopology) =>
-    startGatewayAgent({ gateway: name, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcInterface: topology.vpcInterface }, env.nativeConnection, env.client);
+    startGatewayAgent({ gateway: name, netns: topology.gatewayNs, externalInterface: topology.externalInterface, vpcInterface: topology.vpcInterface, garp: labGarp() }, env.nativeConnection, env.client);
 
   const stack: Stack = {
     env,

@@ -1,0 +1,3 @@
+module natflow.local/garp
+
+go 1.22

@@ -129,6 +129,7 @@ try {
   await ensureSubnet(r, { name: SUBNET, cidrBlock: '172.30.0.0/19', gateway: '172.30.0.1', excludeIps: [] });
   await ensureGateway(r, { name: GATEWAY, externalSubnet: SUBNET, lanIp: topology.lanIp, internalCidr: '10.0.0.0/16' });
   const agent = startAgentProcess(server.address, GATEWAY, topology);
+  const cpu = cpuMeter(agent);
   await until('the gateway ready', async () => (await gatewayState(r, GATEWAY)).ready);
 
   for (const [round, n] of sizes.entries()) {
@@ -136,7 +137,7 @@ try {
     const created: string[] = [];
     console.log(`[bench] ${n} pairs: creating`);
     const t0 = Date.now();
-    const cpu0 = cpuSeconds(agent);
+    const cpu0 = cpu.now();
     await pool(pairs, inflight, async (p) => {
       if (objects) {
         await objects.createClusterCustomObject({ ...crd('eip'), body: kubeObject('eip', p.eip, { natGwDp: GATEWAY, externalSubnet: SUBNET }) });
@@ -149,7 +150,7 @@ try {
     const started = Date.now() - t0;
     if (objects) await until(`${n} FIP objects ready`, async () => readyIn(watched!.fip.list()) >= n && readyIn(await listObjects('fip')) >= n);
     else await until(`${n} FIPs Ready`, async () => (await count(client, 'NatflowKind = "fip" AND NatflowPhase = "Ready" AND ExecutionStatus = "Running"')) >= n);
-    const burstCpu = cpuSince(cpu0, agent);
+    const burstCpu = cpu.since(cpu0);
     // When the last one became Ready (and stayed so), not when the check above (every POLL_MS) saw
     // it: the floor's end is its last workflow's completion, to the millisecond. Where that time is
     // not known (a run continued as new since, a watch event missed), the check's time stands.
@@ -194,9 +195,9 @@ try {
     let floor = '-';
     let floorCpu = '-';
     if (!values['no-floor']) {
-      const cpu1 = cpuSeconds(agent);
-      floor = seconds(await temporalFloor(client, nativeConnection, n, perKind));
-      floorCpu = cpuSince(cpu1, agent);
+      const measured = await temporalFloor(client, nativeConnection, n, perKind, cpu);
+      floor = seconds(measured.ms);
+      floorCpu = measured.cpu;
     }
     console.log(`[bench] ${n} pairs: CPU seconds until all Ready: ${burstCpu}; the floor's: ${floorCpu}`);
     rows.push([String(n), seconds(started), seconds(ready), seconds(deleted), (ready / n).toFixed(1), perKind.map((c, i) => `${i === 0 ? 'eip' : 'fip'} ${c.activities} + ${c.localActivities} local`).join(', '), burstCpu, floor, floorCpu, floor === '-' ? '-' : (ready / 1000 / Number(floor)).toFixed(2)]);
@@ -347,16 +348,17 @@ async function steadyLatency(seconds: number, perSecond: number): Promise<{ fips
   return { fips: fips.length, ready, clean, busy };
 }
 
-/** CPU seconds so far of this process (the control worker and the bench's client), the dev server and the agent. */
-function cpuSeconds(agent: AgentProcess): number[] {
-  const own = process.cpuUsage();
-  return [(own.user + own.system) / 1e6, server.cpuSeconds() ?? NaN, agent.cpuSeconds() ?? NaN];
-}
-
-/** Each process's CPU seconds since `before`, as the report prints them. */
-function cpuSince(before: number[], agent: AgentProcess): string {
-  const now = cpuSeconds(agent);
-  return ['control', 'server', 'agent'].map((name, i) => `${name} ${(now[i]! - before[i]!).toFixed(1)}`).join(', ');
+/** CPU seconds of this process (the control worker and the bench's client), the dev server and the agent: `now()`, and since then as the report prints them. */
+function cpuMeter(agent: AgentProcess) {
+  const now = () => {
+    const own = process.cpuUsage();
+    return [(own.user + own.system) / 1e6, server.cpuSeconds() ?? NaN, agent.cpuSeconds() ?? NaN];
+  };
+  const since = (before: number[]) => {
+    const after = now();
+    return ['control', 'server', 'agent'].map((name, i) => `${name} ${(after[i]! - before[i]!).toFixed(1)}`).join(', ');
+  };
+  return { now, since };
 }
 
 /** The machine's CPU time, all cores, busy and in all (/proc/stat: idle and iowait are not busy). */
@@ -401,7 +403,7 @@ async function callsPerWorkflow(workflowIds: string[]): Promise<Calls> {
  * The floor: for each pair, a trivial workflow of as many no-op (local) activities as natflow's EIPs
  * ran and one of as many as its FIPs ran (`perKind`), `inflight` starts at a time, until all completed.
  */
-async function temporalFloor(client: Client, connection: typeof nativeConnection, pairs: number, perKind: Calls[]): Promise<number> {
+async function temporalFloor(client: Client, connection: typeof nativeConnection, pairs: number, perKind: Calls[], cpu: ReturnType<typeof cpuMeter>): Promise<{ ms: number; cpu: string }> {
   const taskQueue = 'bench-floor';
   const worker = await Worker.create({
     connection,
@@ -412,6 +414,7 @@ async function temporalFloor(client: Client, connection: typeof nativeConnection
   });
   return worker.runUntil(async () => {
     const t0 = Date.now();
+    const cpu0 = cpu.now(); // from here, as natflow's: the worker made (its bundle built) before
     const handles: { result(): Promise<unknown> }[] = [];
     await pool(Array.from({ length: pairs * perKind.length }, (_, i) => i), inflight, async (i) => {
       const calls = perKind[i % perKind.length]!;
@@ -420,6 +423,6 @@ async function temporalFloor(client: Client, connection: typeof nativeConnection
     // Waited for `inflight` at a time, as they were started: a wait is a long poll, and the server
     // limits those per namespace (10,000 at once, at 5,000 pairs: "namespace concurrent poller limit exceeded").
     await pool(handles, inflight, (h) => h.result());
-    return Date.now() - t0;
+    return { ms: Date.now() - t0, cpu: cpu.since(cpu0) };
   });
 }

@@ -9,8 +9,9 @@ import { describe, expect, it } from 'vitest';
 describe('npm run bench smoke', () => {
   it('runs every scenario small and prints one report table with a measured row for each', async () => {
     const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'bench/report.ts', '--smoke'], { timeout: 600_000, maxBuffer: 64 << 20 });
-    // The throughput scenario's own table: activities and local activities per EIP and per FIP workflow, the floor, the ratio, all measured.
-    const row = /^10\t[\d.]+\t[\d.]+\t[\d.]+\t[\d.]+\teip (\d+) \+ (\d+) local, fip (\d+) \+ (\d+) local\t[\d.]+\t[\d.]+$/m.exec(stdout);
+    // The throughput scenario's own table: activities and local activities per EIP and per FIP workflow, each process's CPU seconds, the floor, the ratio, all measured.
+    const cpu = String.raw`control \d+\.\d, server \d+\.\d, agent \d+\.\d`;
+    const row = new RegExp(String.raw`^10\t[\d.]+\t[\d.]+\t[\d.]+\t[\d.]+\teip (\d+) \+ (\d+) local, fip (\d+) \+ (\d+) local\t${cpu}\t[\d.]+\t${cpu}\t[\d.]+$`, 'm').exec(stdout);
     expect(row, stdout).not.toBeNull();
     expect(Number(row![1]) + Number(row![2])).toBeGreaterThan(0);
     expect(Number(row![3]) + Number(row![4])).toBeGreaterThan(0);

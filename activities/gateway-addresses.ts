@@ -172,7 +172,10 @@ export function createAddressActivities(cfg: AddressActivitiesConfig): AddressAc
   }
 
   async function announce(batch: [string, Warn][]): Promise<void> {
-    if (!cfg.garp) return announceWithArping(...batch[0]!);
+    if (!cfg.garp) {
+      for (const [address, warn] of batch) await announceWithArping(address, warn);
+      return;
+    }
     try {
       await run(cfg.garp, [dev, ...batch.map(([address]) => address)]);
     } catch (err) {

@@ -31,6 +31,7 @@ import { createRng } from './soak/prng.js';
 import { probe, type ProbeResult } from './soak/probes.js';
 import { KubeServer, Supervised, TemporalServer } from './soak/processes.js';
 import { labGarp } from '../temporal-dev/garp.js';
+import { onInterrupt } from './teardown.js';
 
 const { values } = parseArgs({
   options: {
@@ -106,12 +107,7 @@ function teardown(): Promise<void> {
   })();
   return tearingDown;
 }
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    log(`${signal}: tearing everything down`);
-    void teardown().finally(() => process.exit(130));
-  });
-}
+onInterrupt(teardown, log);
 
 interface Result {
   seed: number;

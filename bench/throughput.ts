@@ -43,6 +43,7 @@ import { startAgentProcess, type AgentProcess } from '../temporal-dev/agent-proc
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
 import { reportRow } from './results.js';
+import { onInterrupt, Teardown } from './teardown.js';
 import { addSteps, historyOf, printSteps, quantile, type History, type Steps } from './breakdown.js';
 import { workflowIds } from '../domain/names.js';
 import { createResource, ensureGateway, ensureSubnet, findRunning, gatewayState, subnetState } from '../starter/resources.js';
@@ -107,21 +108,32 @@ let agentPeakRss = 0;
 let serverPeakRss = 0;
 setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 250).unref();
 
+// Each thing is taken down as it was set up, in reverse: at the end, after a failure, on Ctrl-C.
+const teardown = new Teardown((line) => console.error(`[bench] ${line}`));
+onInterrupt(() => teardown.run(), (line) => console.error(`[bench] ${line}`));
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'natflow-bench-'));
+teardown.add('remove the scratch directory', () => rm(scratch, { recursive: true, force: true }));
 const server = await startDevServer({ port: 17433, uiPort: 18433, dbFile: path.join(scratch, 'temporal.sqlite') });
+teardown.add('stop the Temporal server', () => server.stop());
+teardown.add('take the lab down', () => labDown(GATEWAY));
 const topology = await labUp(GATEWAY);
 const temporal = await connectTemporal(temporalTarget({ address: server.address }));
+teardown.add('close the Temporal connections', () => temporal.close());
 const { client, nativeConnection } = temporal;
 // The API path's cluster: a kube-apiserver with the CRDs, and the bridge.
 const kube = apiPath ? await startKubeApiserver({ dataDir: path.join(scratch, 'kube') }) : undefined;
+if (kube) teardown.add('stop kube-apiserver', () => kube.stop());
 if (kube) await installCrds(kube.kubeconfigPath);
 const kubeConfig = kube ? loadKubeConfig(kube.kubeconfigPath) : undefined;
 const objects = kubeConfig?.makeApiClient(CustomObjectsApi);
 const control = await createControlWorker({ connection: nativeConnection, client, kubeConfig });
 const controlRun = control.run();
+teardown.add('stop the control worker', () => (control.shutdown(), controlRun.catch(() => undefined)));
 const bridge = kubeConfig ? new KubeBridge({ kubeConfig, client, log: () => undefined }) : undefined;
+if (bridge) teardown.add('stop the bridge', () => bridge.stop());
 await bridge?.start();
 const watched = objects ? { eip: await watchObjects('eip'), fip: await watchObjects('fip') } : undefined;
+if (watched) teardown.add('stop the watches', () => Promise.all(Object.values(watched).map((w) => w.stop())));
 const r = { client };
 const rows: string[][] = [];
 let latency: { fips: number; ready: number[]; clean: number[]; busy: number } | null = null;
@@ -129,6 +141,7 @@ try {
   await ensureSubnet(r, { name: SUBNET, cidrBlock: '172.30.0.0/19', gateway: '172.30.0.1', excludeIps: [] });
   await ensureGateway(r, { name: GATEWAY, externalSubnet: SUBNET, lanIp: topology.lanIp, internalCidr: '10.0.0.0/16' });
   const agent = startAgentProcess(server.address, GATEWAY, topology);
+  teardown.add('stop the agent', () => agent.stop());
   const cpu = cpuMeter(agent);
   await until('the gateway ready', async () => (await gatewayState(r, GATEWAY)).ready);
 
@@ -211,15 +224,7 @@ try {
   serverPeakRss = server.peakRss() ?? 0;
   await agent.stop();
 } finally {
-  await Promise.all(Object.values(watched ?? {}).map((w) => w.stop()));
-  await bridge?.stop();
-  control.shutdown();
-  await controlRun.catch(() => undefined);
-  await temporal.close();
-  await labDown(GATEWAY);
-  await kube?.stop();
-  await server.stop();
-  await rm(scratch, { recursive: true, force: true });
+  await teardown.run();
 }
 
 if (rows.length > 0) console.log(`\nnatflow throughput, ${apiPath ? 'API path (kubectl-style creates through a kube-apiserver, the bridge, status written back)' : 'CLI path'} (${new Date().toISOString().slice(0, 10)}; ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; @temporalio ${(await import('@temporalio/worker/package.json', { with: { type: 'json' } })).default.version})`);

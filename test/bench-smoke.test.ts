@@ -1,8 +1,13 @@
 // `npm run bench`, small, so that it cannot rot: every scenario (pairs through the CLI path with
 // the floor beside them, pairs through the API, steady latency, the gateway layer and its scale)
 // on its own dev server and lab gateway, and the one report table. Speed is the benchmark's
-// business, not this test's.
-import { execFile } from 'node:child_process';
+// business, not this test's. And a bench stopped half-way (Ctrl-C) takes down what it set up.
+import { execFile, spawn } from 'node:child_process';
+import { connect } from 'node:net';
+import { once } from 'node:events';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
@@ -34,4 +39,36 @@ describe('npm run bench smoke', () => {
       expect(report, report).toMatch(new RegExp(line));
     }
   }, 660_000);
+
+  it('a bench stopped with Ctrl-C in the middle of a burst leaves nothing behind: no lab namespace, server, agent or scratch directory', async () => {
+    const tmp = await mkdtemp(path.join(os.tmpdir(), 'natflow-interrupted-'));
+    const env = { ...process.env, TMPDIR: tmp, NATFLOW_LAB_PREFIX: 'nfint' };
+    try {
+      const bench = spawn(process.execPath, ['--import', 'tsx', 'bench/throughput.ts', '--pairs', '2000', '--no-floor'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const exited = once(bench, 'exit');
+      let output = '';
+      const creating = new Promise<void>((resolve) => bench.stdout.on('data', (chunk: Buffer) => (output += chunk) && output.includes('[bench] 2000 pairs: creating') && resolve()));
+      bench.stderr.on('data', (chunk: Buffer) => (output += chunk));
+      await Promise.race([creating, exited.then(() => Promise.reject(new Error(`the bench ended before its burst: ${output}`)))]);
+      await new Promise((resolve) => setTimeout(resolve, 3_000)); // the burst under way
+      expect(await labNamespaces(), 'the lab is up while it runs').not.toEqual([]);
+      expect(await scratchDirs(tmp)).toHaveLength(1);
+      bench.kill('SIGINT');
+      const [code] = await exited;
+      expect(code, output).toBe(130);
+      expect(await labNamespaces()).toEqual([]); // the agent ran in one of them
+      expect(await scratchDirs(tmp)).toEqual([]); // with the dev server's database
+      expect(await answers(17433)).toBe(false); // the dev server
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }, 180_000);
+
+  const scratchDirs = async (tmp: string) => (await readdir(tmp)).filter((name) => name.startsWith('natflow-bench-'));
+  const labNamespaces = async () => (await promisify(execFile)('ip', ['netns', 'list'])).stdout.split('\n').filter((line) => line.startsWith('nfint-'));
+  const answers = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const socket = connect(port, '127.0.0.1', () => (socket.destroy(), resolve(true)));
+      socket.on('error', () => resolve(false));
+    });
 });

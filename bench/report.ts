@@ -6,12 +6,13 @@
 //   npm run bench -- --pairs 50,200,1000,5000 --api 1000 --latency 120 --rate 20 --fips 1000
 //   npm run bench -- --breakdown       # and where each throughput scenario's time went (bench/breakdown.ts)
 //   npm run bench -- --smoke           # a few of everything, with the breakdown (what CI runs so that it cannot rot)
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import type { BenchRow } from './results.js';
+import { onInterrupt, Teardown } from './teardown.js';
 
 const { values } = parseArgs({
   options: {
@@ -26,7 +27,16 @@ const { values } = parseArgs({
 });
 const o = values.smoke ? { pairs: '10', api: '10', latency: '5', rate: '5', fips: '100' } : values;
 
+const teardown = new Teardown((line) => console.error(`[bench] ${line}`));
+onInterrupt(() => teardown.run(), (line) => console.error(`[bench] ${line}`));
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'natflow-bench-report-'));
+teardown.add('remove the report scratch directory', () => rm(scratch, { recursive: true, force: true }));
+/** The scenario running: stopped as a Ctrl-C stops it (it takes down its own stack), waited for. */
+let running: { child: ChildProcess; exited: Promise<number | null> } | undefined;
+teardown.add('stop the scenario running', async () => {
+  running?.child.kill('SIGINT');
+  await running?.exited;
+});
 const out = path.join(scratch, 'rows.jsonl');
 const here = path.dirname(new URL(import.meta.url).pathname);
 const breakdown = values.smoke || values.breakdown ? ['--breakdown'] : [];
@@ -41,7 +51,9 @@ try {
   for (const [script, args] of scenarios) {
     console.log(`\n[bench] ${script} ${args.join(' ')}`);
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(here, script), ...args], { stdio: 'inherit', env: { ...process.env, NATFLOW_BENCH_OUT: out } });
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    running = { child, exited: new Promise<number | null>((resolve) => child.on('exit', resolve)) };
+    const code = await running.exited;
+    running = undefined;
     if (code !== 0) throw new Error(`${script} ${args.join(' ')} exited with code ${code}`);
   }
   const rows = (await readFile(out, 'utf8')).split('\n').filter(Boolean).map((line) => JSON.parse(line) as BenchRow);
@@ -51,5 +63,5 @@ try {
   const table = [['scenario', 'size', 'result', 'p50', 'p99', 'compared with', 'ratio', 'peak RSS'], ...rows.map((r) => [r.scenario, r.size, r.result, r.p50 ?? '', r.p99 ?? '', r.versus ?? '', r.ratio ?? '', r.rss ?? ''])];
   console.log(table.map((row, i) => `| ${row.join(' | ')} |${i === 0 ? `\n|${row.map(() => '---').join('|')}|` : ''}`).join('\n'));
 } finally {
-  await rm(scratch, { recursive: true, force: true });
+  await teardown.run();
 }

@@ -23,12 +23,16 @@ export class Teardown {
   }
 }
 
-/** On the first SIGINT or SIGTERM: `teardown`, then exit 130 (a second one exits at once). */
+/**
+ * On SIGINT or SIGTERM: `teardown`, then exit 130. A signal that comes during the teardown waits for
+ * it (a Ctrl-C reaches `npm run bench` and the scenario it runs, and the report passes it on too).
+ */
 export function onInterrupt(teardown: () => Promise<unknown>, log: (line: string) => void): void {
+  let exiting: Promise<unknown> | undefined;
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
+    process.on(signal, () => {
       log(`${signal}: tearing everything down`);
-      void teardown().finally(() => process.exit(130));
+      exiting ??= teardown().finally(() => process.exit(130));
     });
   }
 }

@@ -31,8 +31,9 @@ export function onInterrupt(teardown: () => Promise<unknown>, log: (line: string
   let exiting: Promise<unknown> | undefined;
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.on(signal, () => {
+      if (exiting) return;
       log(`${signal}: tearing everything down`);
-      exiting ??= teardown().finally(() => process.exit(130));
+      exiting = teardown().finally(() => process.exit(130));
     });
   }
 }

@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import type { BenchRow } from './results.js';
-import { onInterrupt, Teardown } from './teardown.js';
+import { Teardown } from './teardown.js';
 
 const { values } = parseArgs({
   options: {
@@ -27,8 +27,7 @@ const { values } = parseArgs({
 });
 const o = values.smoke ? { pairs: '10', api: '10', latency: '5', rate: '5', fips: '100' } : values;
 
-const teardown = new Teardown((line) => console.error(`[bench] ${line}`));
-onInterrupt(() => teardown.run(), (line) => console.error(`[bench] ${line}`));
+const teardown = new Teardown((line) => console.error(`[bench] ${line}`)).onInterrupt();
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'natflow-bench-report-'));
 teardown.add('remove the report scratch directory', () => rm(scratch, { recursive: true, force: true }));
 /** The scenario running: stopped as a Ctrl-C stops it (it takes down its own stack), waited for. */

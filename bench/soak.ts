@@ -31,7 +31,7 @@ import { createRng } from './soak/prng.js';
 import { probe, type ProbeResult } from './soak/probes.js';
 import { KubeServer, Supervised, TemporalServer } from './soak/processes.js';
 import { labGarp } from '../temporal-dev/garp.js';
-import { onInterrupt } from './teardown.js';
+import { Teardown } from './teardown.js';
 
 const { values } = parseArgs({
   options: {
@@ -91,23 +91,16 @@ let labIsUp = false;
 
 /** 0 once the soak passed: a failed run keeps its temp dir (logs, databases) to be looked into. */
 let exitCode = 1;
-let tearingDown: Promise<void> | undefined;
-function teardown(): Promise<void> {
-  tearingDown ??= (async () => {
-    // Each step runs even when an earlier one failed: nothing may be left behind.
-    const steps: [string, () => Promise<unknown>][] = [
-      ...(['bridge', 'agent', 'control'] as const).map((name) => [`stop ${name}`, () => children.get(name)?.stop() ?? Promise.resolve()] as [string, () => Promise<unknown>]),
-      ['close the Temporal client', () => closeClient?.() ?? Promise.resolve()],
-      ['take the lab down', () => (labIsUp ? labDown(GATEWAY) : Promise.resolve())],
-      ['stop kube-apiserver', () => kube.stop()],
-      ['stop the Temporal server', () => temporal.stop()],
-      ['remove the temp dir', () => (values.keep || exitCode !== 0 ? Promise.resolve(log(`kept ${scratch}`)) : rm(scratch, { recursive: true, force: true }))],
-    ];
-    for (const [what, step] of steps) await step().catch((err: unknown) => console.error(`[soak] teardown: ${what} failed: ${(err as Error).message ?? err}`));
-  })();
-  return tearingDown;
-}
-onInterrupt(teardown, log);
+// Each step undoes what is set up here or in soak(); they run latest first (bench/teardown.ts),
+// each even when one before it failed, at the end or on Ctrl-C.
+const teardown = new Teardown((line) => console.error(`[soak] ${line}`));
+teardown.add('remove the temp dir', async () => (values.keep || exitCode !== 0 ? log(`kept ${scratch}`) : rm(scratch, { recursive: true, force: true })));
+teardown.add('stop the Temporal server', () => temporal.stop());
+teardown.add('stop kube-apiserver', () => kube.stop());
+teardown.add('take the lab down', async () => labIsUp && labDown(GATEWAY));
+teardown.add('close the Temporal client', async () => closeClient?.());
+for (const name of ['control', 'agent', 'bridge'] as const) teardown.add(`stop ${name}`, async () => children.get(name)?.stop());
+teardown.onInterrupt(log);
 
 interface Result {
   seed: number;
@@ -134,7 +127,7 @@ try {
   console.error(`[soak] failed: ${(err as Error).stack ?? err}`);
   for (const child of children.values()) console.error(`--- ${child.name} log (tail) ---\n${await child.logTail()}`);
 } finally {
-  await teardown();
+  await teardown.run();
 }
 process.exit(exitCode);
 

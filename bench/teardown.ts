@@ -6,6 +6,7 @@
 export class Teardown {
   private readonly steps: { what: string; step: () => Promise<unknown> }[] = [];
   private running: Promise<void> | undefined;
+  private interrupted = false;
 
   constructor(private readonly log: (line: string) => void) {}
 
@@ -21,19 +22,21 @@ export class Teardown {
     })();
     return this.running;
   }
-}
 
-/**
- * On SIGINT or SIGTERM: `teardown`, then exit 130. A signal that comes during the teardown waits for
- * it (a Ctrl-C reaches `npm run bench` and the scenario it runs, and the report passes it on too).
- */
-export function onInterrupt(teardown: () => Promise<unknown>, log: (line: string) => void): void {
-  let exiting: Promise<unknown> | undefined;
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.on(signal, () => {
-      if (exiting) return;
-      log(`${signal}: tearing everything down`);
-      exiting = teardown().finally(() => process.exit(130));
-    });
+  /**
+   * On SIGINT or SIGTERM: the teardown, then exit 130. A signal that comes during it waits for it
+   * (a Ctrl-C reaches `npm run bench` and the scenario it runs, and the report passes it on too).
+   */
+  onInterrupt(log: (line: string) => void = this.log): this {
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      process.on(signal, () => {
+        if (this.interrupted) return;
+        this.interrupted = true;
+        log(`${signal}: tearing everything down`);
+        void this.run().finally(() => process.exit(130));
+      });
+    }
+    return this;
   }
 }
+

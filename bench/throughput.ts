@@ -43,7 +43,7 @@ import { startAgentProcess, type AgentProcess } from '../temporal-dev/agent-proc
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
 import { reportRow } from './results.js';
-import { onInterrupt, Teardown } from './teardown.js';
+import { Teardown } from './teardown.js';
 import { addSteps, historyOf, printSteps, quantile, type History, type Steps } from './breakdown.js';
 import { workflowIds } from '../domain/names.js';
 import { createResource, ensureGateway, ensureSubnet, findRunning, gatewayState, subnetState } from '../starter/resources.js';
@@ -109,8 +109,7 @@ let serverPeakRss = 0;
 setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 250).unref();
 
 // Each thing is taken down as it was set up, in reverse: at the end, after a failure, on Ctrl-C.
-const teardown = new Teardown((line) => console.error(`[bench] ${line}`));
-onInterrupt(() => teardown.run(), (line) => console.error(`[bench] ${line}`));
+const teardown = new Teardown((line) => console.error(`[bench] ${line}`)).onInterrupt();
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'natflow-bench-'));
 teardown.add('remove the scratch directory', () => rm(scratch, { recursive: true, force: true }));
 const server = await startDevServer({ port: 17433, uiPort: 18433, dbFile: path.join(scratch, 'temporal.sqlite') });
@@ -222,7 +221,6 @@ try {
   if (latencySeconds > 0) latency = await steadyLatency(latencySeconds, rate);
   agentPeakRss = agent.peakRss() ?? 0;
   serverPeakRss = server.peakRss() ?? 0;
-  await agent.stop();
 } finally {
   await teardown.run();
 }

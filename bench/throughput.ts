@@ -31,7 +31,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Client } from '@temporalio/client';
-import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { CustomObjectsApi, makeInformer, type Informer, type KubernetesObject, type ObjectCache } from '@kubernetes/client-node';
 import { crd, KUBEOVN_API_VERSION, KUBEOVN_GROUP, KUBEOVN_KINDS, KUBEOVN_VERSION } from '../domain/kube.js';
 import { KubeBridge } from '../starter/bridge.js';
@@ -42,6 +42,7 @@ import { startDevServer } from '../temporal-dev/dev-server.js';
 import { startAgentProcess, type AgentProcess } from '../temporal-dev/agent-process.js';
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
 import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
+import { UntimedSandboxWorker } from '../worker/untimed-sandbox.js';
 import { reportRow } from './results.js';
 import { Teardown } from './teardown.js';
 import { addSteps, historyOf, printSteps, quantile, type History, type Steps } from './breakdown.js';
@@ -408,12 +409,13 @@ async function callsPerWorkflow(workflowIds: string[]): Promise<Calls> {
  */
 async function temporalFloor(client: Client, connection: typeof nativeConnection, pairs: number, perKind: Calls[], cpu: ReturnType<typeof cpuMeter>): Promise<{ ms: number; cpu: string }> {
   const taskQueue = 'bench-floor';
-  const worker = await Worker.create({
+  // The resource workflows' own worker and settings.
+  const worker = await UntimedSandboxWorker.create({
     connection,
     taskQueue,
     workflowsPath: new URL('./floor-workflow.ts', import.meta.url).pathname,
     activities: { noop: async () => undefined },
-    ...RESOURCE_TUNING, // the resource workflows' own worker settings
+    ...RESOURCE_TUNING,
   });
   return worker.runUntil(async () => {
     const t0 = Date.now();

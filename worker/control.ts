@@ -15,6 +15,7 @@ import { CONTROL_TASK_QUEUE, entityTaskQueue } from '../domain/names.js';
 import { connectTemporal, temporalTarget, type TemporalTarget } from './connection.js';
 import { payloadCodecPlugin } from './payload-codec.js';
 import { isMainModule } from './process.js';
+import { UntimedSandboxWorker } from './untimed-sandbox.js';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
@@ -91,7 +92,8 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<C
       ...createAuditActivities(opts.client, opts.kubeConfig, taskQueue),
     },
   };
-  const resources = await Worker.create({ ...common, taskQueue, ...RESOURCE_TUNING });
+  // Thousands of small activations: entered without the SDK's per-call watchdog (worker/untimed-sandbox.ts).
+  const resources = await UntimedSandboxWorker.create({ ...common, taskQueue, ...RESOURCE_TUNING });
   const entities = await Worker.create({ ...common, taskQueue: entityTaskQueue(taskQueue), ...ENTITY_TUNING });
   const stop = (worker: Worker) => worker.getState() === 'RUNNING' && worker.shutdown();
   return {

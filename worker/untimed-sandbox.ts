@@ -4,8 +4,9 @@
 // of unblocked conditions, the completion) with `vm`'s `timeout` option, 5 s by default, to fail a
 // workflow task that never yields. Node enforces that timeout with a watchdog thread created and
 // joined for every call (nodejs/node#47739): ~220 µs of CPU a call here against ~2 µs without, on
-// the one thread that runs every resource workflow. Without it a 1,000-pair burst took 10–16 % less
-// time and the control process 12–21 % less CPU (README, Benchmarks, seventh stop).
+// the one thread that runs every resource workflow. Without it, in interleaved 1,000-pair bursts, the
+// control process used 4–21 % less CPU and the burst took 0–16 % less time, the more the busier the
+// machine (README, Benchmarks, seventh stop).
 //
 // What is given up: a resource workflow activation that never yields (a bug: their loops run over
 // one resource's own claims and watchers) blocks that thread instead of failing its task after 5 s.

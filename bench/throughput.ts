@@ -41,8 +41,7 @@ import { labDown, labUp } from '../temporal-dev/lab.js';
 import { startDevServer } from '../temporal-dev/dev-server.js';
 import { startAgentProcess, type AgentProcess } from '../temporal-dev/agent-process.js';
 import { connectTemporal, temporalTarget } from '../worker/connection.js';
-import { createControlWorker, RESOURCE_TUNING } from '../worker/control.js';
-import { UntimedSandboxWorker } from '../worker/untimed-sandbox.js';
+import { createControlWorker, createResourceWorker } from '../worker/control.js';
 import { reportRow } from './results.js';
 import { Teardown } from './teardown.js';
 import { addSteps, historyOf, printSteps, quantile, type History, type Steps } from './breakdown.js';
@@ -409,13 +408,11 @@ async function callsPerWorkflow(workflowIds: string[]): Promise<Calls> {
  */
 async function temporalFloor(client: Client, connection: typeof nativeConnection, pairs: number, perKind: Calls[], cpu: ReturnType<typeof cpuMeter>): Promise<{ ms: number; cpu: string }> {
   const taskQueue = 'bench-floor';
-  // The resource workflows' own worker and settings.
-  const worker = await UntimedSandboxWorker.create({
+  const worker = await createResourceWorker({
     connection,
     taskQueue,
     workflowsPath: new URL('./floor-workflow.ts', import.meta.url).pathname,
     activities: { noop: async () => undefined },
-    ...RESOURCE_TUNING,
   });
   return worker.runUntil(async () => {
     const t0 = Date.now();

@@ -60,12 +60,21 @@ export interface ControlWorkerOptions {
  * 296.1 s, for 4.0 GiB of RSS instead of 2.7). Remote activities (older runs, the entity
  * workflows' own calls) mostly wait too.
  */
-export const RESOURCE_TUNING = {
+const RESOURCE_TUNING = {
   maxConcurrentWorkflowTaskExecutions: 200,
   maxConcurrentLocalActivityExecutions: 400,
   maxConcurrentActivityTaskExecutions: 500,
   maxCachedWorkflows: 12000,
 } satisfies Partial<WorkerOptions>;
+
+/**
+ * The SDK worker of the resource workflows: their settings, their sandbox entered without the
+ * per-call watchdog (worker/untimed-sandbox.ts). The bench's floor runs on one too, so that it
+ * runs as they do.
+ */
+export function createResourceWorker(options: WorkerOptions): Promise<Worker> {
+  return UntimedSandboxWorker.create({ ...options, ...RESOURCE_TUNING });
+}
 
 /** A few IPAM and gateway workflows, each handling batches: the defaults, with a small cache. */
 const ENTITY_TUNING = {
@@ -92,8 +101,7 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<C
       ...createAuditActivities(opts.client, opts.kubeConfig, taskQueue),
     },
   };
-  // Thousands of small activations: entered without the SDK's per-call watchdog (worker/untimed-sandbox.ts).
-  const resources = await UntimedSandboxWorker.create({ ...common, taskQueue, ...RESOURCE_TUNING });
+  const resources = await createResourceWorker({ ...common, taskQueue });
   const entities = await Worker.create({ ...common, taskQueue: entityTaskQueue(taskQueue), ...ENTITY_TUNING });
   const stop = (worker: Worker) => worker.getState() === 'RUNNING' && worker.shutdown();
   return {
